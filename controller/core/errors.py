@@ -1,0 +1,25 @@
+"""meshpilot's own error tree.
+
+Adapters translate library errors (HTTP, kubernetes ApiException, timeouts) into one of two
+kinds so the control loop can decide what to do without knowing which library failed:
+a `TemporaryError` means "hold and retry next tick", a `PermanentError` means "stop managing
+this route and alert". Always raise them ``from`` the library error to keep the cause.
+"""
+
+from __future__ import annotations
+
+
+class MeshpilotError(Exception):
+    """Base of every error meshpilot raises on purpose."""
+
+
+class TemporaryError(MeshpilotError):
+    """A failure that may go away by itself (timeout, 5xx, conflict, leader change)."""
+
+
+class PermanentError(MeshpilotError):
+    """A failure that retrying will not fix (missing route, RBAC denied, bad config)."""
+
+
+class ConfigError(PermanentError):
+    """A configuration, scenario or model file is malformed; the message names file and field."""
