@@ -167,7 +167,7 @@ def encode_weights(weights: Weights, spec: FeatureSpec) -> np.ndarray:
     vals = np.asarray(weights.values_tuple, dtype=np.float64) / 100.0
     logits = np.log(np.maximum(vals, 1e-12)) / spec.action_temperature
     positive = vals > 0
-    logits -= logits[positive].max()
+    logits -= (logits[positive].max() + logits[positive].min()) / 2.0
     action = np.full(spec.max_subsets, -1.0, dtype=np.float32)
     action[: len(vals)] = np.clip(logits, -1.0, 1.0)
     return action

@@ -28,7 +28,7 @@ class RouteRef:
 
     @property
     def key(self) -> str:
-        """Stable text id ``namespace/virtual_service/route`` used in logs, the API and the store."""
+        """Stable text id `namespace/virtual_service/route` for logs, the API and the store."""
         return f"{self.namespace}/{self.virtual_service}/{self.route}"
 
     @classmethod

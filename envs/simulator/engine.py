@@ -126,13 +126,16 @@ class MeshSimulator:
             [
                 max(
                     [sub.replicas]
-                    + [int(e.set["replicas"]) for e in scenario.events
-                       if e.subset == sub.name and "replicas" in e.set]
+                    + [
+                        int(e.set["replicas"])
+                        for e in scenario.events
+                        if e.subset == sub.name and "replicas" in e.set
+                    ]
                 )
                 for sub in scenario.subsets
             ],
             dtype=np.int64,
-        )  # fmt: skip
+        )
         self._rep_offset = np.concatenate([[0], np.cumsum(self._max_reps)[:-1]]).astype(np.int64)
         self._window_steps = max(1, math.ceil(scenario.telemetry.window_s / scenario.step_s))
         self.reset(seed)
@@ -194,8 +197,10 @@ class MeshSimulator:
         t = self.t_s + self.scenario.step_s / 2 if t_s is None else t_s
         subsets = []
         for sub in self.scenario.subsets:
-            values = {f: float(getattr(sub, f)) for f in
-                      ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")}  # fmt: skip
+            values = {
+                f: float(getattr(sub, f))
+                for f in ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")
+            }
             for ev in self.scenario.events:
                 if ev.subset != sub.name:
                     continue
@@ -261,8 +266,12 @@ class MeshSimulator:
         reps = np.array([s.replicas for s in truth.subsets], dtype=np.int64)
         reps = np.minimum(reps, self._max_reps)
         dist = np.array(
-            [kernel.DIST_LOGNORMAL if s.service_dist == "lognormal" else kernel.DIST_EXPONENTIAL
-             for s in truth.subsets], dtype=np.int64)  # fmt: skip
+            [
+                kernel.DIST_LOGNORMAL if s.service_dist == "lognormal" else kernel.DIST_EXPONENTIAL
+                for s in truth.subsets
+            ],
+            dtype=np.int64,
+        )
         mean_s = np.array([s.service_ms / s.capacity_factor / 1000.0 for s in truth.subsets])
         sigma2 = np.log1p(np.array([s.cv for s in truth.subsets]) ** 2)
         ln_mu = np.log(mean_s) - sigma2 / 2.0
@@ -274,14 +283,39 @@ class MeshSimulator:
         lat_sum = np.zeros(n_sub)
         hist = np.zeros((n_sub, N_BINS), dtype=np.int64)
         kernel.simulate_step(
-            arrivals, u_subset, u_rep1, u_rep2, std_exp, std_norm, u_error,
-            cum, reps, self._rep_offset, dist, mean_s, ln_mu, np.sqrt(sigma2), err,
-            kernel.BALANCER_LEAST_REQUEST if sc.balancer == "least_request"
+            arrivals,
+            u_subset,
+            u_rep1,
+            u_rep2,
+            std_exp,
+            std_norm,
+            u_error,
+            cum,
+            reps,
+            self._rep_offset,
+            dist,
+            mean_s,
+            ln_mu,
+            np.sqrt(sigma2),
+            err,
+            kernel.BALANCER_LEAST_REQUEST
+            if sc.balancer == "least_request"
             else kernel.BALANCER_RANDOM,
-            sc.timeout_ms / 1000.0, sc.slo_ms / 1000.0, QUEUE_LIMIT,
-            self._free_at, self._deps, self._head, self._tail, EDGES_S,
-            count, errors, slow, bad, lat_sum, hist,
-        )  # fmt: skip
+            sc.timeout_ms / 1000.0,
+            sc.slo_ms / 1000.0,
+            QUEUE_LIMIT,
+            self._free_at,
+            self._deps,
+            self._head,
+            self._tail,
+            EDGES_S,
+            count,
+            errors,
+            slow,
+            bad,
+            lat_sum,
+            hist,
+        )
         self.t_s = t0 + dt
         self.step_index += 1
         counts = StepCounts(self.t_s, count, errors, slow, bad, lat_sum * 1000.0, hist)

@@ -180,6 +180,8 @@ def _describe(err: ValidationError, source: str) -> str:
 
 def parse_scenario(data: Any, *, source: str = "<scenario>") -> Scenario:
     """Validate already-parsed YAML/JSON data; raises `ScenarioError` naming source and field."""
+    if data is None:
+        raise ScenarioError(f"{source}: the scenario is empty")
     if not isinstance(data, Mapping):
         raise ScenarioError(f"{source}: a scenario must be a mapping, got {type(data).__name__}")
     try:
@@ -200,7 +202,10 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ScenarioError(f"{p}: not valid YAML ({err})") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ScenarioError(f"{p}: not valid YAML{where}: {problem}") from err
     return parse_scenario(data, source=str(p))
 
 

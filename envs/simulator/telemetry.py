@@ -12,9 +12,26 @@ import math
 import numpy as np
 
 ISTIO_BUCKETS_MS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
-    600000, 1800000, 3600000,
-)  # fmt: skip
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
 """Istio's default `istio_request_duration_milliseconds` bucket upper bounds (ms)."""
 
 _FINE_RATIO = 1.03

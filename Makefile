@@ -1,0 +1,47 @@
+# meshpilot — every target installs what it needs first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps run test test-unit lint type format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Python packages into .venv (torch pinned to the 2.13.0 CPU build)
+
+system-deps:  ## Prometheus from Debian and kube-apiserver+etcd built from Debian's source (cached)
+	bash .ci/system-deps.sh
+
+run: install  ## the main job: controller + API against the embedded simulated mesh
+	$(VENV)/bin/meshpilot simulate degraded-canary --policy proportional
+
+test: install system-deps  ## the whole test suite, with real Prometheus, Envoy and kube-apiserver
+	$(PY) -m pytest
+
+test-unit: install  ## fast unit tests only
+	$(PY) -m pytest tests/unit
+
+lint: install  ## ruff (lint + format check), mypy, import-linter layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+type: install
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install  ## measured performance numbers (printed, never asserted)
+	$(PY) bench/simulator_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

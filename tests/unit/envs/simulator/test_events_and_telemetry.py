@@ -1,0 +1,69 @@
+"""Scenario dynamics and what the controller sees.
+
+Cases: error ramps interpolate and hold; events with duration revert; capacity drops raise
+latency; dropped samples are NaN; before the first step all stats are NaN; diurnal/bursts
+modulate the load.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from envs.simulator.engine import MeshSimulator
+from envs.simulator.scenario import parse_scenario
+
+BASE = {
+    "name": "events",
+    "duration_s": 2000,
+    "load": {
+        "rps": 100,
+        "diurnal": {"amplitude": 0.5, "period_s": 1000},
+        "bursts": [{"at_s": 100, "duration_s": 10, "factor": 3}],
+    },
+    "subsets": [
+        {"name": "a", "replicas": 2, "service_ms": 10},
+        {"name": "b", "replicas": 1, "service_ms": 10},
+    ],
+    "events": [
+        {"at_s": 100, "subset": "b", "set": {"error_rate": 0.2}, "ramp_s": 100},
+        {"at_s": 500, "subset": "a", "set": {"capacity_factor": 0.5}, "duration_s": 100},
+    ],
+}
+
+
+def test_ramps_interpolate_and_durations_revert() -> None:
+    sim = MeshSimulator(parse_scenario(BASE), seed=0)
+    b = {t: sim.true_state(t).subsets[1].error_rate for t in (50, 150, 250)}
+    assert b == {50: 0.0, 150: pytest.approx(0.1), 250: pytest.approx(0.2)}
+    a = [sim.true_state(t).subsets[0].capacity_factor for t in (499, 550, 601)]
+    assert a == [1.0, 0.5, 1.0]
+
+
+def test_load_modulation() -> None:
+    sim = MeshSimulator(parse_scenario(BASE), seed=0)
+    assert sim.load_rps(0) == pytest.approx(100)
+    assert sim.load_rps(250) == pytest.approx(150)
+    assert sim.load_rps(105) == pytest.approx(3 * 100 * (1 + 0.5 * math.sin(2 * math.pi * 0.105)))
+
+
+def test_nothing_observed_before_first_step_and_drops_are_nan() -> None:
+    data = dict(BASE, telemetry={"drop_prob": 1.0})
+    sim = MeshSimulator(parse_scenario(data), seed=0)
+    obs = sim.observe()
+    assert all(math.isnan(s.rps) for s in obs.stats)
+    sim.step(sim.weights)
+    assert all(not s.has_data for s in sim.observe().stats)
+    assert all(s.has_data for s in sim.observe_last_step().stats)
+
+
+def test_noise_changes_only_the_seen_p99() -> None:
+    clean = MeshSimulator(parse_scenario(BASE), seed=4)
+    noisy = MeshSimulator(parse_scenario(dict(BASE, telemetry={"noise": 0.5})), seed=4)
+    for _ in range(5):
+        clean.step(clean.weights)
+        noisy.step(noisy.weights)
+    assert clean.summary() == noisy.summary()
+    assert clean.observe().stat("a").p99_ms != noisy.observe().stat("a").p99_ms
+    assert clean.observe().stat("a").rps == noisy.observe().stat("a").rps
