@@ -1,0 +1,450 @@
+"""Safety layer between the policy and the actuator: nothing reaches Istio without passing here.
+
+A policy, learned or not, may propose any split at any moment. The guard bounds how fast
+weights move (a max step per subset per tick), keeps every subset at or above its floor,
+refuses to act on stale telemetry (hold the current split, then drift back to a safe baseline),
+and lets operators pin, pause or shadow a route. It is pure: no I/O, time comes in as ``now_s``.
+State is kept per route and behind a lock, because the API thread edits the controls while the
+scheduler thread reviews.
+
+Precedence of one review, first match wins:
+
+1. ``paused`` — the operator paused the route: never write, keep the current weights.
+2. ``shadow`` — the route (or the whole loop, via ``phase_hint``) is in shadow: run steps 3-5
+   to learn what *would* be written, record it, never write.
+3. ``overridden`` — an unexpired pin: write the pinned weights at once, exactly as pinned.
+4. ``holding`` — data missing or stale: keep the current weights for ``hold_s``, then move
+   toward the baseline by ``decay_step`` points per tick.
+5. ``active`` — lift the proposal to the floors, then step toward it by at most ``max_step``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from controller.core import (
+    WEIGHT_TOTAL,
+    ConfigError,
+    Observation,
+    RouteRef,
+    Weights,
+    largest_remainder,
+)
+
+Phase = Literal["shadow", "active", "overridden", "holding", "paused"]
+"""The phases a route can be in (DESIGN.md, "Data flow of one tick")."""
+
+Mode = Literal["active", "shadow"]
+"""The loop's default mode for a route; see `Guard.review`'s ``phase_hint``."""
+
+
+def _check_points(owner: str, name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{owner}: {name} must be an integer in {lo}..{hi} points, got {value!r}")
+    return value
+
+
+def _check_seconds(owner: str, name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{owner}: {name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+def _frozen_points(owner: str, name: str, values: Mapping[str, int]) -> Mapping[str, int]:
+    checked: dict[str, int] = {}
+    for subset, points in values.items():
+        if not isinstance(subset, str) or not subset:
+            raise ConfigError(f"{owner}: {name} keys must be subset names, got {subset!r}")
+        checked[subset] = _check_points(owner, f"{name}[{subset!r}]", points, 0, WEIGHT_TOTAL)
+    return MappingProxyType(checked)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """How hard the guard holds the policy back. Invalid values raise `ConfigError`."""
+
+    max_step: int = 10
+    """Max points any one subset may gain or lose per tick (default 10). With a 5 s tick a
+    full shift takes at least 50 s — time for the next observations to show a bad canary
+    before most traffic reaches it. 1..100."""
+
+    floors: Mapping[str, int] = field(default_factory=dict)
+    """Minimum weight per subset name in points (default: none). Keeps a stable version warm
+    and observable whatever the policy says. Subsets not named have floor 0; names that a
+    route does not have are ignored. Must sum to at most 100, or no split could satisfy them."""
+
+    hold_s: float = 30.0
+    """How long to keep the current weights after data was last fresh (s, default 30). A
+    Prometheus hiccup of a few scrapes should not move traffic either way."""
+
+    stale_after_s: float = 30.0
+    """Data older than this counts as stale (s, default 30): one rate window. Acting on a
+    window that no longer describes the mesh is worse than not acting."""
+
+    decay_step: int = 5
+    """Max points per subset per tick when drifting toward the baseline after ``hold_s``
+    (default 5): slower than ``max_step`` because we drift blind, without data. 1..100."""
+
+    baseline: Mapping[str, int] | None = None
+    """The safe split, as points by subset name (default None: the weights the guard first saw
+    on the route, i.e. what the operator had configured before meshpilot took over — an equal
+    split could send a third of the traffic to an untested canary). Restricted to a route's
+    subsets and rescaled to 100 with largest remainder; if it gives a route no positive weight,
+    that route falls back to its first-seen weights. Always lifted to the floors."""
+
+    min_change: int = 1
+    """Smallest total change worth writing (L1 points, default 1): a policy proposal that
+    moves the weights by fewer points in total is not written. 1 means "never write the same
+    weights twice"; larger values damp jitter but leave the split up to that far from the
+    proposal. Guard-initiated moves (pins, decay, floor repair) ignore it. 1..200."""
+
+    def __post_init__(self) -> None:
+        owner = "GuardConfig"
+        _check_points(owner, "max_step", self.max_step, 1, WEIGHT_TOTAL)
+        _check_points(owner, "decay_step", self.decay_step, 1, WEIGHT_TOTAL)
+        _check_points(owner, "min_change", self.min_change, 1, 2 * WEIGHT_TOTAL)
+        _check_seconds(owner, "hold_s", self.hold_s)
+        _check_seconds(owner, "stale_after_s", self.stale_after_s)
+        floors = _frozen_points(owner, "floors", self.floors)
+        if sum(floors.values()) > WEIGHT_TOTAL:
+            raise ConfigError(
+                f"{owner}: floors {dict(floors)} sum to {sum(floors.values())} points; "
+                f"no split of {WEIGHT_TOTAL} can satisfy them"
+            )
+        object.__setattr__(self, "floors", floors)
+        if self.baseline is not None:
+            baseline = _frozen_points(owner, "baseline", self.baseline)
+            if sum(baseline.values()) == 0:
+                raise ConfigError(f"{owner}: baseline {dict(baseline)} gives no subset any weight")
+            object.__setattr__(self, "baseline", baseline)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard decided for one route in one tick.
+
+    ``weights`` is what to write when ``write`` is true, the current weights when nothing is to
+    be written, and — in shadow — what would have been written. ``reason`` is for humans (the
+    audit log and the API), e.g. ``"step clamped +40->+10 on v2"``.
+    """
+
+    weights: Weights
+    write: bool
+    phase: Phase
+    reason: str
+
+
+@dataclass(frozen=True)
+class RouteControls:
+    """A snapshot of the operator controls and data freshness of one route (for the API)."""
+
+    paused: bool
+    shadow: bool
+    pin: Weights | None
+    pin_until_s: float | None
+    last_fresh_s: float | None
+
+
+@dataclass
+class _RouteState:
+    paused: bool = False
+    shadow: bool = False
+    pin: Weights | None = None
+    pin_until_s: float = math.inf
+    first_seen_s: float | None = None
+    initial: Weights | None = None
+    last_fresh_s: float | None = None
+
+
+def _fmt(weights: Weights) -> str:
+    return "{" + ", ".join(f"{s}: {v}" for s, v in weights.items()) + "}"
+
+
+def _same_subsets(a: Weights, b: Weights) -> bool:
+    return set(a.subsets) == set(b.subsets)
+
+
+def _ordered_like(weights: Weights, like: Weights) -> Weights:
+    return Weights(like.subsets, [weights[s] for s in like.subsets])
+
+
+def lift_to_floors(target: Weights, floors: Mapping[str, int]) -> Weights:
+    """Raise every subset of `target` to its floor (points), taking the difference from the rest.
+
+    A target that already respects the floors comes back unchanged. Otherwise every subset gets
+    its floor plus a share of the remaining ``100 - sum(floors)`` points proportional to how far
+    the target had it above its floor, rounded with largest remainder (deterministic).
+    """
+    names = target.subsets
+    floor = [floors.get(s, 0) for s in names]
+    spare = WEIGHT_TOTAL - sum(floor)
+    if spare < 0:
+        raise ConfigError(f"floors {dict(floors)} sum to more than {WEIGHT_TOTAL} points")
+    values = list(target.values_tuple)
+    if all(v >= f for v, f in zip(values, floor, strict=True)):
+        return target
+    if spare == 0:
+        return Weights(names, floor)
+    # Some subset is below its floor, so the excess above the floors sums to more than `spare`.
+    extra = largest_remainder([max(v - f, 0) for v, f in zip(values, floor, strict=True)], spare)
+    return Weights(names, [f + e for f, e in zip(floor, extra, strict=True)])
+
+
+def step_toward(current: Weights, target: Weights, max_step: int) -> Weights:
+    """Move from `current` toward `target` by at most `max_step` points per subset.
+
+    Exact algorithm (weights in `current`'s subset order):
+
+    1. clamp each subset's change to ``[-max_step, +max_step]``;
+    2. the clamped split sums to ``100 + surplus``. While the surplus is positive, take one
+       point back from the subset that rose the most; while it is negative, give one point back
+       to the subset that fell the most (ties: the earlier subset).
+
+    Step 2 only undoes part of a move, never reverses one, so every subset ends between its
+    current and its target weight (a floor that both respect holds in the result), within
+    ``max_step`` of current, and the sum is exactly 100. It always terminates: the surplus
+    equals the total rise minus the total fall, so a subset with room is always there. When
+    ``current != target`` at least one point moves, so repeated calls reach the target.
+    """
+    if not _same_subsets(current, target):
+        raise ValueError(f"cannot step from {_fmt(current)} toward {_fmt(target)}: other subsets")
+    if max_step < 1:
+        raise ValueError(f"max_step must be at least 1 point, got {max_step}")
+    names = current.subsets
+    cur = list(current.values_tuple)
+    new = [min(max(target[s], c - max_step), c + max_step) for s, c in zip(names, cur, strict=True)]
+    order = range(len(names))
+    surplus = sum(new) - WEIGHT_TOTAL
+    while surplus > 0:
+        i = max(order, key=lambda j: (new[j] - cur[j], -j))
+        new[i] -= 1
+        surplus -= 1
+    while surplus < 0:
+        i = max(order, key=lambda j: (cur[j] - new[j], -j))
+        new[i] += 1
+        surplus += 1
+    return Weights(names, new)
+
+
+def _describe_move(current: Weights, wanted: Weights, got: Weights) -> list[str]:
+    notes = []
+    for s in current.subsets:
+        want, moved = wanted[s] - current[s], got[s] - current[s]
+        if want != moved:
+            notes.append(f"step clamped {want:+d}->{moved:+d} on {s}")
+    return notes
+
+
+class Guard:
+    """Reviews every proposed split before it is written; one instance serves all routes.
+
+    Controls (`pin`, `pause`, `set_shadow`, ...) take a `RouteRef` or its ``key`` and may be set
+    before the route is first reviewed. Thread-safe.
+    """
+
+    def __init__(self, config: GuardConfig | None = None) -> None:
+        self.config = config if config is not None else GuardConfig()
+        self._routes: dict[str, _RouteState] = {}
+        self._lock = threading.Lock()
+
+    # -- operator controls -------------------------------------------------------------------
+
+    def pin(self, route: RouteRef | str, weights: Weights, until_s: float) -> None:
+        """Override the policy with `weights` until `until_s` (s, the clock of ``now_s``).
+
+        Operators who pin expect the split they typed, now: the next review writes it at once,
+        without step limit or floors (an operator may mean to drain a subset). When the pin
+        expires the policy resumes from the pinned weights, step-limited as usual.
+        """
+        if not math.isfinite(until_s):
+            raise ValueError(f"pin until_s must be a finite time in s, got {until_s}")
+        with self._lock:
+            state = self._state(route)
+            state.pin, state.pin_until_s = weights, float(until_s)
+
+    def unpin(self, route: RouteRef | str) -> None:
+        """Drop the pin now; the policy resumes from the current weights, step-limited."""
+        with self._lock:
+            state = self._state(route)
+            state.pin, state.pin_until_s = None, math.inf
+
+    def pause(self, route: RouteRef | str) -> None:
+        """Stop writing this route at all (pins included) until `resume`."""
+        with self._lock:
+            self._state(route).paused = True
+
+    def resume(self, route: RouteRef | str) -> None:
+        with self._lock:
+            self._state(route).paused = False
+
+    def set_shadow(self, route: RouteRef | str, enabled: bool) -> None:
+        """Put one route in shadow (decide and record, never write), or take it out again.
+
+        Taking a route out does not override a ``phase_hint="shadow"`` from the loop (e.g. not
+        the leader): shadow from either source wins.
+        """
+        with self._lock:
+            self._state(route).shadow = enabled
+
+    def controls(self, route: RouteRef | str) -> RouteControls:
+        with self._lock:
+            state = self._state(route)
+            return RouteControls(
+                paused=state.paused,
+                shadow=state.shadow,
+                pin=state.pin,
+                pin_until_s=state.pin_until_s if state.pin is not None else None,
+                last_fresh_s=state.last_fresh_s,
+            )
+
+    # -- the review --------------------------------------------------------------------------
+
+    def review(
+        self,
+        *,
+        route: RouteRef,
+        current: Weights,
+        proposed: Weights | None,
+        observation: Observation | None,
+        now_s: float,
+        phase_hint: Mode = "active",
+    ) -> Verdict:
+        """Decide what to write for `route` this tick.
+
+        current: the weights read from the actuator; proposed: the policy's split, or None if
+        it had none; observation: this tick's data, or None if there was none; now_s: the
+        loop's clock (s); phase_hint: the loop's mode for this route — ``"shadow"`` when the
+        whole loop must not write (settings, not the leader), else ``"active"``.
+        A `Verdict` with ``write=True`` always carries weights different from `current`.
+        """
+        if phase_hint not in ("active", "shadow"):
+            raise ValueError(f"phase_hint must be 'active' or 'shadow', got {phase_hint!r}")
+        if observation is not None and observation.route.key != route.key:
+            raise ValueError(f"observation of {observation.route.key} given for {route.key}")
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be a finite time in s, got {now_s}")
+        with self._lock:
+            state = self._state(route)
+            if state.first_seen_s is None:
+                state.first_seen_s = now_s
+            if state.initial is None or not _same_subsets(state.initial, current):
+                state.initial = current
+            stale = self._why_stale(current, observation)
+            if stale is None:
+                state.last_fresh_s = now_s
+            note = ""
+            if state.pin is not None and now_s >= state.pin_until_s:
+                note = f"pin expired at {state.pin_until_s:.1f} s; "
+                state.pin, state.pin_until_s = None, math.inf
+            if state.paused:
+                return Verdict(current, False, "paused", f"{note}paused by operator: not written")
+            verdict = self._decide(state, current, proposed, stale, now_s)
+            if phase_hint == "shadow" or state.shadow:
+                would = "would write" if verdict.write else "would not write"
+                reason = f"{note}shadow, {would} ({verdict.phase}): {verdict.reason}"
+                return Verdict(verdict.weights, False, "shadow", reason)
+            return Verdict(verdict.weights, verdict.write, verdict.phase, note + verdict.reason)
+
+    def _state(self, route: RouteRef | str) -> _RouteState:
+        key = route.key if isinstance(route, RouteRef) else route
+        return self._routes.setdefault(key, _RouteState())
+
+    def _floors(self, weights: Weights) -> dict[str, int]:
+        return {s: self.config.floors.get(s, 0) for s in weights.subsets}
+
+    def _why_stale(self, current: Weights, observation: Observation | None) -> str | None:
+        if observation is None:
+            return "no observation"
+        age_s = observation.staleness_s
+        if not age_s <= self.config.stale_after_s:
+            return f"data is {age_s:.1f} s old (> stale_after_s {self.config.stale_after_s:.1f})"
+        if not any(st.has_data for st in observation.stats):
+            return "no subset has data"
+        if set(observation.subsets) != set(current.subsets):
+            return (
+                f"observation has subsets {sorted(observation.subsets)} "
+                f"but the route has {sorted(current.subsets)}"
+            )
+        return None
+
+    def _decide(
+        self,
+        state: _RouteState,
+        current: Weights,
+        proposed: Weights | None,
+        stale: str | None,
+        now_s: float,
+    ) -> Verdict:
+        if state.pin is not None:
+            return self._pinned(state.pin, state.pin_until_s, current)
+        if stale is not None:
+            return self._holding(state, current, stale, now_s)
+        if proposed is None:
+            return Verdict(current, False, "active", "no proposal from the policy: not written")
+        if not _same_subsets(proposed, current):
+            reason = f"proposal {_fmt(proposed)} does not match the route's subsets; not written"
+            return Verdict(current, False, "holding", reason)
+        return self._active(current, proposed)
+
+    def _pinned(self, pin: Weights, until_s: float, current: Weights) -> Verdict:
+        if not _same_subsets(pin, current):
+            reason = f"pin {_fmt(pin)} does not match the route's subsets; not written"
+            return Verdict(current, False, "overridden", reason)
+        pinned = _ordered_like(pin, current)
+        if pinned == current:
+            return Verdict(current, False, "overridden", f"pinned until {until_s:.1f} s: in place")
+        reason = f"pinned until {until_s:.1f} s: {_fmt(current)} -> {_fmt(pinned)} at once"
+        return Verdict(pinned, True, "overridden", reason)
+
+    def _holding(self, state: _RouteState, current: Weights, why: str, now_s: float) -> Verdict:
+        since_s = state.last_fresh_s if state.last_fresh_s is not None else state.first_seen_s
+        held_s = now_s - (since_s if since_s is not None else now_s)
+        if held_s < self.config.hold_s:
+            reason = f"{why}; holding current weights ({held_s:.1f} of {self.config.hold_s:.1f} s)"
+            return Verdict(current, False, "holding", reason)
+        baseline = self._baseline(state, current)
+        moved = step_toward(current, baseline, self.config.decay_step)
+        if moved == current:
+            reason = f"{why}; no fresh data for {held_s:.1f} s; at baseline {_fmt(baseline)}"
+            return Verdict(current, False, "holding", reason)
+        reason = (
+            f"{why}; no fresh data for {held_s:.1f} s: decaying toward baseline {_fmt(baseline)}, "
+            f"{_fmt(current)} -> {_fmt(moved)}"
+        )
+        return Verdict(moved, True, "holding", reason)
+
+    def _baseline(self, state: _RouteState, current: Weights) -> Weights:
+        names = current.subsets
+        base: Weights | None = None
+        if self.config.baseline is not None:
+            shares = [self.config.baseline.get(s, 0) for s in names]
+            if sum(shares) > 0:
+                base = Weights(names, largest_remainder(shares))
+        if base is None:
+            initial = state.initial if state.initial is not None else current
+            base = _ordered_like(initial, current)
+        return lift_to_floors(base, self._floors(current))
+
+    def _active(self, current: Weights, proposed: Weights) -> Verdict:
+        floors = self._floors(current)
+        target = _ordered_like(lift_to_floors(proposed, floors), current)
+        moved = step_toward(current, target, self.config.max_step)
+        notes = [
+            f"lifted to floor {proposed[s]}->{target[s]} on {s}"
+            for s in current.subsets
+            if target[s] != proposed[s]
+        ]
+        notes += _describe_move(current, target, moved)
+        if moved == current:
+            return Verdict(current, False, "active", "proposal equals current weights: not written")
+        change = moved.l1_distance(current)
+        below_floor = any(current[s] < f for s, f in floors.items())
+        if change < self.config.min_change and not below_floor:
+            reason = f"change of {change} points < min_change {self.config.min_change}: not written"
+            return Verdict(current, False, "active", reason)
+        notes.append(f"{_fmt(current)} -> {_fmt(moved)}")
+        return Verdict(moved, True, "active", "; ".join(notes))
