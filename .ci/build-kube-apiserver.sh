@@ -7,8 +7,8 @@
 #   apt/                              private apt config + lists (system lists untouched)
 #   debs/, src/                       downloaded .debs and the source package (kept: offline rebuild)
 #   root/                             unpacked .debs (Go 1.19, etcd, reflect2 1.0.2)
-#   gopath/, gocache/                 the build tree (~2.2 GB); removed after a successful build
-#                                     unless MESHPILOT_KUBE_KEEP_WORK=1
+#   gopath/, gocache/                 the build tree (~2.2 GB)
+# After a successful build only bin/, debs/ and src/ stay (~250 MB) unless MESHPILOT_KUBE_KEEP_WORK=1.
 # Idempotent: if both binaries exist and run, exits 0 at once; each step leaves a stamp file.
 # See /work/shared/FACTS.md "Building kube-apiserver from Debian's source package".
 set -euo pipefail
@@ -204,9 +204,10 @@ log "OK: $("$BIN/kube-apiserver" --version); $("$BIN/etcd" --version | head -1)"
 
 # ---------------------------------------------------------------- cleanup
 if [[ "${MESHPILOT_KUBE_KEEP_WORK:-0}" != 1 ]]; then
-  log "removing build tree and go cache (set MESHPILOT_KUBE_KEEP_WORK=1 to keep them)"
+  # Keep debs/ and src/ (~120 MB): a rebuild then needs no network.
+  log "removing build tree, go cache, unpacked debs, apt lists (MESHPILOT_KUBE_KEEP_WORK=1 keeps them)"
   chmod -R u+w "$GOPATH" "$GOCACHE" 2>/dev/null || true
-  rm -rf "$GOPATH" "$GOCACHE" "$CACHE/tools"
-  rm -f "$CACHE/.stamp-tree" "$CACHE/.stamp-openapi"
+  rm -rf "$GOPATH" "$GOCACHE" "$CACHE/tools" "$ROOT" "$APT_DIR/lists" "$APT_DIR/cache"
+  rm -f "$CACHE/.stamp-tree" "$CACHE/.stamp-openapi" "$CACHE/.stamp-unpacked"
 fi
 log "done in $(( $(date +%s) - START ))s; binaries in $BIN ($(du -sh "$CACHE" | cut -f1) cached)"
