@@ -84,7 +84,9 @@ class _IstioCollector:
             }
         labels = ["reporter", "destination_service", "destination_version"]
         requests = CounterMetricFamily(
-            "istio_requests", "Requests served, by response code.", labels=[*labels, "response_code"]
+            "istio_requests",
+            "Requests served, by response code.",
+            labels=[*labels, "response_code"],
         )
         duration = HistogramMetricFamily(
             "istio_request_duration_milliseconds",
