@@ -1,25 +1,75 @@
-"""Policy names on the command line -> `Policy` objects (see DESIGN.md for the list)."""
+"""Policy names on the command line -> `Policy` objects (see DESIGN.md for the list).
+
+``ppo`` is the shipped default model and ``ppo:PATH`` a model file; both are served by
+`agents.ppo_policy` (numpy only). It and the oracle (which needs the simulator) are imported
+only when asked for, so listing names or building a baseline stays light for the live loop.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from agents.baselines import EqualPolicy, ProportionalPolicy
+from agents.baselines import (
+    CanaryPolicy,
+    EqualPolicy,
+    EwmaPolicy,
+    GreedyPolicy,
+    ProportionalPolicy,
+    SqrtPolicy,
+)
 from controller.core.errors import ConfigError
 from controller.core.ports import Policy
+
+PPO_PREFIX = "ppo:"
+
+
+def _oracle() -> Policy:
+    """Imported on demand: the oracle pulls in the simulator (numba), which serving never needs."""
+    from agents.oracle import OraclePolicy
+
+    return OraclePolicy()
+
 
 _FACTORIES: dict[str, Callable[[], Policy]] = {
     "equal": EqualPolicy,
     "proportional": ProportionalPolicy,
+    "sqrt": SqrtPolicy,
+    "greedy": GreedyPolicy,
+    "canary": CanaryPolicy,
+    "ewma": EwmaPolicy,
+    "oracle": _oracle,
 }
 
 
 def policy_names() -> list[str]:
-    return sorted(_FACTORIES)
+    """Every accepted policy name, ``ppo:PATH`` standing for any model file."""
+    return ["ppo", "ppo:PATH", *sorted(_FACTORIES)]
+
+
+def _load_ppo(path: str | None) -> Policy:
+    what = "the shipped PPO model" if path is None else f"the PPO model {path}"
+    try:
+        from agents.ppo_policy import load_ppo_policy
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot load {what}: the PPO policy module is not available ({err})"
+        ) from err
+    try:
+        policy: Policy = load_ppo_policy(path)
+    except OSError as err:
+        raise ConfigError(f"cannot load {what}: {err.strerror or err}") from err
+    return policy
 
 
 def make_policy(name: str) -> Policy:
     """Build the policy called `name`; unknown names raise `ConfigError` listing the known ones."""
+    if name == "ppo":
+        return _load_ppo(None)
+    if name.startswith(PPO_PREFIX):
+        path = name[len(PPO_PREFIX) :]
+        if not path:
+            raise ConfigError("policy 'ppo:' needs a model path, e.g. ppo:runs/x/policy.npz")
+        return _load_ppo(path)
     try:
         factory = _FACTORIES[name]
     except KeyError:

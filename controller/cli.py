@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from controller.core.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate",)
+SUBCOMMANDS = ("simulate", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

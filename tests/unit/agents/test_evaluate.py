@@ -1,0 +1,171 @@
+"""`meshpilot evaluate` and its engine (agents.evaluate), on short episodes.
+
+Cases:
+- the JSON report has every contract key (and the extensions) for 2 policies x 2 scenarios x
+  2 seeds; means sit inside their 95 % intervals; the oracle's ratio to itself is 1 and other
+  ratios follow the per-seed bad fractions; same seed => same requests for every policy;
+- the table names every scenario and policy; plots are written as PNG files;
+- results do not depend on policy order or on the number of worker processes;
+- scenarios resolve from suite names, files and directories, with a duration override;
+  duplicates are refused;
+- the CLI exits 2 with one clear line for an unknown scenario, a malformed scenario file, an
+  unknown policy, and a duration shorter than a control step;
+- every registered policy name builds a policy of that name; ``ppo:PATH`` with a missing file
+  or no path is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.evaluate import (
+    METRICS,
+    format_table,
+    resolve_scenarios,
+    run_evaluation,
+    summarize,
+)
+from agents.registry import make_policy, policy_names
+from controller.cli import main
+from controller.core.errors import ConfigError
+from envs.simulator.scenario import ScenarioError, suite_paths
+
+SHORT = "30"
+
+
+def _run_cli(tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    out = tmp_path / "report.json"
+    code = main(
+        [
+            "evaluate",
+            "--scenarios",
+            "steady-80",
+            "latency-spike",
+            "--policy",
+            "proportional",
+            "oracle",
+            "--seeds",
+            "2",
+            "--duration-s",
+            SHORT,
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_report_has_every_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = _run_cli(tmp_path)
+    assert code == 0
+    assert list(report) == ["steady-80", "latency-spike"]
+    for entries in report.values():
+        assert list(entries) == ["proportional", "oracle"]
+        for entry in entries.values():
+            for metric in METRICS:
+                assert isinstance(entry[metric], float)
+                lo, hi = entry[f"{metric}_ci95"]
+                assert lo <= entry[metric] <= hi
+                assert len(entry["per_seed"][metric]) == 2
+            assert entry["n_seeds"] == 2
+            assert entry["seeds"] == [0, 1]
+            assert entry["duration_s"] == float(SHORT)
+            assert entry["requests"] > 0
+        assert entries["oracle"]["oracle_ratio"] == pytest.approx(1.0)
+        prop, orc = entries["proportional"], entries["oracle"]
+        if orc["bad_fraction"] > 0:
+            ratio = sum(prop["per_seed"]["bad_fraction"]) / sum(orc["per_seed"]["bad_fraction"])
+            assert prop["oracle_ratio"] == pytest.approx(ratio)
+        assert prop["requests"] == orc["requests"]  # same seeds, same arrivals
+    table = capsys.readouterr().out
+    for name in ("steady-80", "latency-spike", "proportional", "oracle"):
+        assert name in table
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    code, _ = _run_cli(tmp_path, "--plots", str(plots))
+    assert code == 0
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["bad_fraction.png", "weights_latency-spike.png", "weights_steady-80.png"]
+    for p in plots.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.stat().st_size > 5000
+
+
+def test_results_do_not_depend_on_order_or_workers() -> None:
+    scenarios = resolve_scenarios(["steady-80"], duration_s=20.0)
+    a = summarize(run_evaluation(scenarios, ["sqrt", "greedy"], [0, 1]), scenarios, ["sqrt"])
+    b = summarize(
+        run_evaluation(scenarios, ["greedy", "sqrt"], [0, 1], workers=2), scenarios, ["sqrt"]
+    )
+    assert a == b
+
+
+def test_resolve_scenarios_from_names_files_and_directories(tmp_path: Path) -> None:
+    src = suite_paths()[0]
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x.yaml").write_text(src.read_text().replace(src.stem, "x-copy", 1))
+    got = resolve_scenarios(["steady-50", str(suite_paths()[1]), str(tmp_path / "dir")])
+    assert [s.name for s in got] == ["steady-50", suite_paths()[1].stem, "x-copy"]
+    short = resolve_scenarios(["steady-50"], duration_s=15.0)
+    assert short[0].duration_s == 15.0
+    with pytest.raises(ScenarioError, match="unique"):
+        resolve_scenarios(["steady-50", "steady-50"])
+    with pytest.raises(ScenarioError, match=r"no \*\.yaml"):
+        resolve_scenarios([str(tmp_path)])
+
+
+def test_table_marks_missing_values() -> None:
+    scenarios = resolve_scenarios(["steady-50"], duration_s=10.0)
+    report = summarize(run_evaluation(scenarios, ["equal"], [3]), scenarios, ["equal"])
+    entry = report["steady-50"]["equal"]
+    assert entry["bad_fraction_ci95"] == [None, None]  # one seed: no interval
+    assert entry["oracle_ratio"] is None  # oracle not evaluated
+    assert " - " in format_table(report)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--scenarios", "steady-8", "--policy", "equal"], "steady-8"),
+        (["--scenarios", "steady-80", "--policy", "bogus"], "bogus"),
+        (["--scenarios", "steady-80", "--policy", "equal", "--duration-s", "1"], "duration"),
+    ],
+    ids=["unknown-scenario", "unknown-policy", "too-short"],
+)
+def test_cli_errors_exit_2_with_one_line(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("meshpilot evaluate: error:") and needle in err[0]
+
+
+def test_cli_malformed_scenario_names_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nduration_s: 10\nload: {rps: 10}\nsubsets: []\nwieght: 3\n")
+    assert main(["evaluate", "--quiet", "--scenarios", str(bad), "--policy", "equal"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+
+
+def test_registry_builds_every_named_policy() -> None:
+    names = [n for n in policy_names() if not n.startswith("ppo")]
+    assert {"equal", "proportional", "sqrt", "greedy", "canary", "ewma", "oracle"} <= set(names)
+    for name in names:
+        assert make_policy(name).name == name
+
+
+@pytest.mark.parametrize("name", ["ppo:/nonexistent/model.npz", "ppo:"])
+def test_registry_ppo_path_errors_are_config_errors(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"ppo|model"):
+        make_policy(name)
