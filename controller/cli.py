@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from controller.core.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate", "evaluate")
+SUBCOMMANDS = ("simulate", "evaluate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

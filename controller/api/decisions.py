@@ -1,0 +1,42 @@
+"""``GET /decisions``: the audit log — why did v2 get 40 points at 03:12?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from controller.api.deps import StoreDep
+from controller.api.errors import unprocessable
+from controller.api.schemas import DecisionView
+from controller.core import RouteRef
+
+router = APIRouter(tags=["decisions"])
+
+MAX_LIMIT = 1000
+"""Most decisions one request returns (a day of one route at a 5 s tick is 17 280)."""
+
+
+@router.get("/decisions", summary="Newest decisions first, of one route or of all")
+def list_decisions(
+    store: StoreDep,
+    route: Annotated[
+        str | None,
+        Query(description="route key `namespace/virtualservice/route`; all routes if omitted"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="how many")] = 50,
+) -> list[DecisionView]:
+    if route is not None:
+        try:
+            RouteRef.parse(route)
+        except ValueError as err:
+            unprocessable(("query", "route"), str(err), route)
+    return [DecisionView.of(r) for r in store.latest(route, limit)]
+
+
+@router.get("/decisions/{decision_id}", summary="One decision by id")
+def get_decision(decision_id: int, store: StoreDep) -> DecisionView:
+    record = store.get(decision_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no decision {decision_id}")
+    return DecisionView.of(record)

@@ -1,0 +1,155 @@
+"""Request and response bodies of the API (they are the OpenAPI schema operators read).
+
+Weights are JSON objects ``{subset: points}``; times are on the loop's clock (s: Unix time in
+production, simulated time with ``mesh: sim``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from controller.core import WEIGHT_TOTAL, RouteRef
+from controller.guard import Guard
+from controller.loop import ControlLoop, VerifyResult
+from controller.store import DecisionRecord, DecisionStore
+
+Points = Annotated[int, Field(strict=True, ge=0, le=WEIGHT_TOTAL)]
+"""One weight: an integer 0..100 (strict: 50.0 or "50" is rejected, not rounded)."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OverrideRequest(_Body):
+    """Pin a route's weights for `ttl_s` seconds; subsets not named get 0."""
+
+    weights: dict[str, Points] = Field(min_length=1, examples=[{"stable": 90, "canary": 10}])
+    ttl_s: float = Field(gt=0, allow_inf_nan=False, examples=[600])
+
+    @field_validator("weights")
+    @classmethod
+    def _sums_to_100(cls, weights: dict[str, int]) -> dict[str, int]:
+        total = sum(weights.values())
+        if total != WEIGHT_TOTAL:
+            raise PydanticCustomError(
+                "weights_sum",
+                "weights must sum to {expected}, got {total}",
+                {"expected": WEIGHT_TOTAL, "total": total},
+            )
+        return weights
+
+
+class ShadowRequest(_Body):
+    """Put one route in shadow (decide and record, never write) or take it out."""
+
+    enabled: bool = Field(strict=True)
+
+
+class VerifyView(BaseModel):
+    """The last concluded check that traffic follows the written weights."""
+
+    ok: bool | None
+    at_s: float
+    detail: str
+
+    @classmethod
+    def of(cls, result: VerifyResult | None) -> VerifyView | None:
+        return None if result is None else cls(ok=result.ok, at_s=result.at_s, detail=result.detail)
+
+
+class ControlsView(BaseModel):
+    """Operator controls of a route."""
+
+    paused: bool
+    shadow: bool
+    pin: dict[str, int] | None
+    pin_until_s: float | None
+
+
+class DecisionView(BaseModel):
+    """One recorded decision (see `controller.store.DecisionRecord`)."""
+
+    id: int | None
+    ts_s: float
+    route: str
+    phase: str
+    reason: str
+    outcome: str
+    observation: dict[str, Any] | None
+    raw_action: list[float | None] | None
+    proposed: dict[str, int] | None
+    written: dict[str, int] | None
+    wrote: bool
+    reward: float | None
+    policy: str
+    writer: str
+
+    @classmethod
+    def of(cls, record: DecisionRecord) -> DecisionView:
+        return cls.model_validate(record.to_dict())
+
+
+class RouteView(BaseModel):
+    """A managed route: where it stands, who controls it, what was decided last."""
+
+    key: str
+    namespace: str
+    virtual_service: str
+    route: str | int
+    host: str
+    phase: str
+    weights: dict[str, int] | None
+    failed: str | None
+    failed_since_s: float | None
+    controls: ControlsView
+    verify: VerifyView | None
+    last_decision: DecisionView | None
+
+    @classmethod
+    def build(
+        cls, route: RouteRef, *, loop: ControlLoop, guard: Guard, store: DecisionStore
+    ) -> RouteView:
+        status = loop.route_status(route)
+        controls = guard.controls(route)
+        last = store.get(status.last_decision_id) if status.last_decision_id is not None else None
+        return cls(
+            key=route.key,
+            namespace=route.namespace,
+            virtual_service=route.virtual_service,
+            route=route.route,
+            host=route.host,
+            phase=status.phase,
+            weights=status.weights.as_dict() if status.weights is not None else None,
+            failed=status.failed,
+            failed_since_s=status.failed_since_s,
+            controls=ControlsView(
+                paused=controls.paused,
+                shadow=controls.shadow,
+                pin=controls.pin.as_dict() if controls.pin is not None else None,
+                pin_until_s=controls.pin_until_s,
+            ),
+            verify=VerifyView.of(status.verify),
+            last_decision=DecisionView.of(last) if last is not None else None,
+        )
+
+
+class HealthView(BaseModel):
+    """Liveness: is the loop still ticking?"""
+
+    status: str
+    ticks: int
+    last_tick_age_s: float | None
+
+
+class ReadyView(BaseModel):
+    """Readiness: has a tick observed successfully; is this replica the leader?"""
+
+    ready: bool
+    leader: bool
+    mode: str
+    ticks: int
+    failed_routes: list[str]

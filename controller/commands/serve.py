@@ -1,0 +1,323 @@
+"""`meshpilot serve`: run the controller — control loop plus HTTP API — until told to stop.
+
+This is the one place that wires settings to parts: observer and actuator (the embedded
+simulated mesh, or Prometheus + Istio), policy, guard, store, leader, loop and API. Shutdown on
+SIGTERM (Kubernetes) or Ctrl-C is graceful: the loop finishes its tick and stops writing first,
+then the API, the mesh and the store close, and the process exits 0. The serving path imports
+neither torch nor stable-baselines3 (the PPO policy runs in numpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from controller.adapters.nop import ShadowActuator
+from controller.core import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
+from controller.guard import Guard
+from controller.loop import AlwaysLeader, ControlLoop, Leadership
+from controller.settings import Settings, load_settings
+from controller.store import DecisionStore
+
+_log = logging.getLogger("meshpilot.serve")
+
+SHUTDOWN_GRACE_S = 10.0
+"""Longest wait for the API server to finish in-flight requests on shutdown (s)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the controller and its HTTP API (simulated mesh or Istio on Kubernetes)",
+        description=(
+            "Run the control loop every --tick-s seconds (observe, decide, guard, write, verify, "
+            "record) and serve the API (/routes, /decisions, overrides, /healthz, /readyz, "
+            "/metrics, /docs). Settings come from options, MESHPILOT_* environment variables "
+            "and an optional YAML file, in that order of priority. SIGTERM or Ctrl-C stops "
+            "gracefully."
+        ),
+    )
+    p.add_argument(
+        "--mesh",
+        choices=("sim", "k8s"),
+        help="sim: embedded simulated mesh; k8s: Prometheus + Istio VirtualServices "
+        "(default: settings, sim)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML settings file (default: $MESHPILOT_CONFIG, none)"
+    )
+    p.add_argument("--port", type=int, help="API port on the API host (default: settings, 8080)")
+    p.add_argument(
+        "--policy",
+        metavar="NAME",
+        help="policy: ppo, ppo:PATH, proportional, equal, ... (default: ppo when the shipped "
+        "model loads, else proportional)",
+    )
+    p.add_argument(
+        "--tick-s", type=float, metavar="S", help="wall seconds between ticks (default: 5)"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        metavar="X",
+        help="--mesh sim: simulated seconds per wall second (default: 1.0)",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="--mesh sim: a suite scenario name or YAML path, one route each; repeatable "
+        "(default: degraded-canary, latency-spike, steady-80)",
+    )
+    p.add_argument(
+        "--db", metavar="PATH", help="SQLite decision log (default: meshpilot-decisions.db)"
+    )
+    p.add_argument(
+        "--shadow", action="store_true", help="decide and record, never write (shadow mode)"
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (default: info)",
+    )
+    p.set_defaults(run=run)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line options as nested settings (only those given), above env and file."""
+    out: dict[str, Any] = {}
+    sim: dict[str, Any] = {}
+    if args.mesh is not None:
+        out["mesh"] = args.mesh
+    if args.port is not None:
+        out["api"] = {"port": args.port}
+    if args.policy is not None:
+        out["policy"] = args.policy
+    if args.tick_s is not None:
+        out["tick_s"] = args.tick_s
+    if args.db is not None:
+        out["store"] = {"path": args.db}
+    if args.shadow:
+        out["mode"] = "shadow"
+    if args.speed is not None:
+        sim["speed"] = args.speed
+    if args.scenario:
+        sim["scenarios"] = list(args.scenario)
+    if sim:
+        out["sim"] = sim
+    return out
+
+
+def resolve_policy(requested: str | None) -> tuple[Policy, str]:
+    """(policy, why this one): ``ppo`` when the shipped model loads, else ``proportional``."""
+    from agents.registry import make_policy
+
+    if requested is not None:
+        return make_policy(requested), f"policy {requested} requested"
+    try:
+        return make_policy("ppo"), "default policy ppo: the shipped model loaded"
+    except ConfigError as err:
+        why = f"default policy proportional: the shipped PPO model did not load ({err})"
+        return make_policy("proportional"), why
+
+
+@dataclass
+class _Mesh:
+    """What a mesh backend contributes to the loop."""
+
+    observer: Observer
+    actuator: Actuator
+    clock: Clock
+    routes: list[RouteRef]
+    window_s: float
+
+
+def _sim_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
+    from controller.adapters.sim import RealtimeSimulatedMesh
+    from envs.simulator.scenario import load_scenario
+
+    scenarios = [load_scenario(name) for name in settings.sim.scenarios]
+    mesh = RealtimeSimulatedMesh.from_scenarios(
+        scenarios=scenarios, speed=settings.sim.speed, seed=settings.sim.seed
+    )
+    routes = [r.ref() for r in settings.routes] or list(mesh.routes)
+    mesh.start()
+    stack.callback(mesh.stop)
+    return _Mesh(mesh, mesh, mesh.clock, routes, mesh.window_s())
+
+
+def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
+    from controller.clock import WallClock
+
+    try:
+        from controller.adapters.istio import VirtualServiceActuator
+    except ImportError as err:
+        raise ConfigError(f"k8s mesh not available: {err}") from err
+    from controller.adapters.prometheus import PrometheusObserver
+
+    actuator = VirtualServiceActuator(
+        kubeconfig=settings.kube.kubeconfig, dry_run=settings.kube.dry_run
+    )
+    stack.callback(actuator.close)
+    routes = [r.ref() for r in settings.routes]
+    prom = settings.prometheus
+    observer = PrometheusObserver(
+        url=prom.url,
+        profile=prom.profile,
+        window_s=prom.window_s,
+        reporter=prom.reporter,
+        timeout_s=prom.timeout_s,
+        slo_ms=settings.slo_ms,
+        subsets_by_route={r.ref(): r.subsets for r in settings.routes if r.subsets},
+        weights_source=_weights_or_none(actuator),
+    )
+    stack.callback(observer.close)
+    return _Mesh(observer, actuator, WallClock(), routes, prom.window_s)
+
+
+def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
+    def read(route: RouteRef) -> Weights | None:
+        try:
+            return actuator.current(route)
+        except Exception:  # the loop reports the actuator's errors; the observer just lacks weights
+            return None
+
+    return read
+
+
+def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
+    if not settings.leader.enabled:
+        return AlwaysLeader()
+    try:
+        from controller.leader import LeaseElector
+    except ImportError as err:
+        raise ConfigError(f"leader election not available: {err}") from err
+    le = settings.leader
+    elector = LeaseElector(
+        name=le.lease_name,
+        namespace=le.lease_namespace,
+        identity=le.identity,
+        lease_duration_s=le.lease_duration_s,
+        kubeconfig=settings.kube.kubeconfig,
+    )
+    start, stop = getattr(elector, "start", None), getattr(elector, "stop", None)
+    if callable(start):
+        start()
+    if callable(stop):
+        stack.callback(stop)
+    leadership: Leadership = elector
+    return leadership
+
+
+def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[ControlLoop, Guard]:
+    """Every part of the controller, wired from `settings`; closed by `stack`."""
+    policy, why = resolve_policy(settings.policy)
+    _log.info("%s", why)
+    mesh = _sim_mesh(settings, stack) if settings.mesh == "sim" else _k8s_mesh(settings, stack)
+    store = DecisionStore(
+        settings.store.path, max_rows=settings.store.max_rows, max_age_s=settings.store.max_age_s
+    )
+    stack.callback(store.close)
+    actuator: Actuator = mesh.actuator
+    if settings.mode == "shadow":  # belt and braces: the loop also never asks to write
+        actuator = ShadowActuator(reader=mesh.actuator)
+    guard = Guard(settings.guard.to_config())
+    loop = ControlLoop(
+        observer=mesh.observer,
+        actuator=actuator,
+        policy=policy,
+        guard=guard,
+        store=store,
+        routes=mesh.routes,
+        clock=mesh.clock,
+        leader=_leader(settings, stack),
+        slo_ms=settings.slo_ms,
+        writer_id=settings.leader.identity,
+        verify_after_s=settings.verify.delay_s or mesh.window_s,
+        verify_tolerance=settings.verify.tolerance_points,
+        mode=settings.mode,
+        tick_s=settings.tick_s,
+        capacity_hints={r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
+        recheck_failed_every=settings.recheck_failed_every,
+    )
+    return loop, guard
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    return sock
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while inside; previous handlers restored on exit."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        _log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controller.api.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(args.config, **settings_overrides(args))
+    with contextlib.ExitStack() as stack, _stop_on_signals() as stop:
+        loop, guard = build_loop(settings, stack)
+        app = create_app(settings=settings, loop=loop, store=loop.store, guard=guard)
+        sock = _listen(settings.api.host, settings.api.port)
+        stack.callback(sock.close)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="off")
+        )
+        api = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="meshpilot-api", daemon=True
+        )
+        loop.start()
+        stack.callback(loop.stop)  # runs first on exit: stop writing before anything closes
+        api.start()
+        _log.info(
+            "meshpilot serving %d routes on http://%s:%d (mesh %s, policy %s, mode %s)",
+            len(loop.routes),
+            settings.api.host,
+            settings.api.port,
+            settings.mesh,
+            loop.policy.name,
+            settings.mode,
+        )
+        while not stop.wait(0.5):
+            if not api.is_alive():
+                _log.error("the API server stopped unexpectedly")
+                return 1
+        loop.stop()
+        server.should_exit = True
+        api.join(SHUTDOWN_GRACE_S)
+    _log.info("meshpilot stopped")
+    return 0

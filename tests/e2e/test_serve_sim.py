@@ -1,0 +1,170 @@
+"""`meshpilot serve --mesh sim` as a real process on 127.0.0.1, driven only through HTTP.
+
+Cases: the process becomes ready; decisions are recorded and the policy moves the
+degraded-canary route off its 90/10 start; an operator override is written and shown as
+``overridden`` with the pinned weights; SIGTERM stops it gracefully with exit code 0, and the
+audit log it leaves shows this replica as the only writer. Also: every `serve` option has help
+text, and the serving path never imports torch.
+
+Waits poll with generous deadlines (numba may compile the simulator kernel on a cold cache);
+nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.store import DecisionStore
+
+REPO = Path(__file__).resolve().parents[2]
+CANARY = "lirmm-services/degraded-canary/default"
+STEADY = "lirmm-services/steady-80/default"
+WAIT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.upper().startswith("MESHPILOT_")}
+    out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
+    out["HOSTNAME"] = "e2e-pod"
+    return out
+
+
+def wait_for(what: str, probe: Callable[[], Any], proc: subprocess.Popen[str]) -> Any:
+    """Poll `probe` until it returns something truthy; fail with `what` if the process dies."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"meshpilot exited with {proc.returncode} while waiting for {what}")
+        try:
+            value = probe()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client, Path]]:
+    port = free_port()
+    db = tmp_path / "decisions.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "serve",
+        "--mesh",
+        "sim",
+        "--port",
+        str(port),
+        "--tick-s",
+        "0.5",
+        "--speed",
+        "10",
+        "--db",
+        str(db),
+        "--policy",
+        "proportional",
+    ]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+    try:
+        yield proc, client, db
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def route(client: httpx.Client, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.get(f"/routes/{key}").json()
+    return body
+
+
+def test_serve_sim_decides_accepts_an_override_and_stops_on_sigterm(
+    server: tuple[subprocess.Popen[str], httpx.Client, Path], tmp_path: Path
+) -> None:
+    proc, client, db = server
+    ready = wait_for("/readyz", lambda: client.get("/readyz").status_code == 200, proc)
+    assert ready
+    assert client.get("/readyz").json()["leader"] is True
+
+    decisions = wait_for("decisions", lambda: client.get("/decisions").json(), proc)
+    assert {d["writer"] for d in decisions} == {"e2e-pod"}
+
+    moved = wait_for(
+        "the policy to move degraded-canary",
+        lambda: route(client, CANARY)["weights"] not in (None, {"stable": 90, "canary": 10}),
+        proc,
+    )
+    assert moved
+    assert route(client, CANARY)["last_decision"]["policy"] == "proportional"
+
+    pinned = {"v1": 10, "v2": 10, "v3": 80}
+    response = client.post(f"/routes/{STEADY}/override", json={"weights": pinned, "ttl_s": 600})
+    assert response.status_code == 200, response.text
+    applied = wait_for(
+        "the override to be written",
+        lambda: (r := route(client, STEADY))["phase"] == "overridden" and r["weights"] == pinned,
+        proc,
+    )
+    assert applied
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "meshpilot stopped" in log
+    with DecisionStore(db) as store:
+        assert set(store.writers()) == {"e2e-pod"}
+        assert any(r.written == pinned for r in store.latest(STEADY, limit=1000) if r.wrote)
+
+
+def test_every_serve_option_has_help_text() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "serve", "--help"],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--mesh", "--config", "--port", "--policy", "--tick-s", "--speed", "--db"):
+        assert option in out, option
+    assert "simulated seconds per wall second" in out
+
+
+def test_the_serving_path_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "import controller.commands.serve as serve\n"
+        "import controller.api.app, controller.adapters.sim, controller.loop\n"
+        "serve.resolve_policy(None)\n"
+        "serve.resolve_policy('proportional')\n"
+        "heavy = ('torch', 'stable_baselines3')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), check=True)

@@ -1,0 +1,279 @@
+"""The HTTP API over a real loop driving the simulated mesh (advanced by hand, no threads).
+
+Cases: GET /routes and /routes/{ns}/{vs}/{route} show phase, weights, controls, verification
+and the last decision; 404 for an unmanaged route; /decisions filters by route, bounds the
+limit, rejects a malformed route key, serves one decision by id and 404s an unknown one; a
+swapped-in store (dependency override) is what the handlers read, and a busy store is a 503;
+override validation — sum, non-integers, range, unknown subsets, TTL bounds, extra keys — is a
+422 naming the field and the problem; a valid override is applied at the next tick, subsets
+not named get 0, and DELETE drops it; subsets not known yet is a 409; pause, resume and shadow
+take effect at the next tick; /healthz, /readyz (503 before the first tick, then 200 with
+leader status); /metrics is Prometheus text with our series; the OpenAPI docs are served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agents.registry import make_policy
+from controller.adapters.sim import RealtimeSimulatedMesh, route_for
+from controller.api.app import create_app
+from controller.api.deps import get_loop, get_store
+from controller.core import TemporaryError, largest_remainder
+from controller.guard import Guard, GuardConfig
+from controller.loop import ControlLoop
+from controller.settings import Settings, load_settings
+from controller.store import DecisionStore
+from envs.simulator.scenario import load_scenario
+
+CANARY = route_for("degraded-canary")
+STEADY = route_for("steady-80")
+CANARY_PATH = "/routes/lirmm-services/degraded-canary/default"
+STEADY_PATH = "/routes/lirmm-services/steady-80/default"
+
+
+@dataclass
+class Controller:
+    mesh: RealtimeSimulatedMesh
+    loop: ControlLoop
+    guard: Guard
+    store: DecisionStore
+    settings: Settings
+    client: TestClient
+
+    def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.mesh.advance()
+            self.loop.tick()
+
+
+def build_loop(mesh: RealtimeSimulatedMesh, guard: Guard, store: DecisionStore) -> ControlLoop:
+    return ControlLoop(
+        observer=mesh,
+        actuator=mesh,
+        policy=make_policy("proportional"),
+        guard=guard,
+        store=store,
+        routes=mesh.routes,
+        clock=mesh.clock,
+        slo_ms=250.0,
+        writer_id="pod-test",
+        verify_after_s=30.0,
+        verify_tolerance=10.0,
+    )
+
+
+@pytest.fixture
+def ctl() -> Iterator[Controller]:
+    mesh = RealtimeSimulatedMesh.from_scenarios(
+        scenarios=[load_scenario("degraded-canary"), load_scenario("steady-80")], seed=3
+    )
+    guard = Guard(GuardConfig(max_step=10))
+    store = DecisionStore(":memory:")
+    settings = load_settings(api={"max_override_ttl_s": 3600})
+    loop = build_loop(mesh, guard, store)
+    app = create_app(settings=settings, loop=loop, store=store, guard=guard)
+    with TestClient(app) as client:
+        yield Controller(mesh, loop, guard, store, settings, client)
+    store.close()
+
+
+def errors_of(response: object) -> list[tuple[list[object], str]]:
+    body = response.json()  # type: ignore[attr-defined]
+    return [(e["loc"], e["msg"]) for e in body["detail"]]
+
+
+def test_lists_managed_routes_with_phase_weights_and_last_decision(ctl: Controller) -> None:
+    capacity = ctl.mesh.capacity_rps(CANARY)
+    expected = dict(zip(capacity, largest_remainder(list(capacity.values())), strict=True))
+    assert expected != {"stable": 90, "canary": 10}  # the scenario starts away from it
+    ctl.tick(12)  # 10 points a tick at most: converged by now
+    response = ctl.client.get("/routes")
+    assert response.status_code == 200
+    routes = {r["key"]: r for r in response.json()}
+    assert set(routes) == {CANARY.key, STEADY.key}
+    canary = routes[CANARY.key]
+    assert canary["phase"] == "active"
+    assert canary["weights"] == expected  # proportional to capacity
+    assert canary["controls"] == {
+        "paused": False,
+        "shadow": False,
+        "pin": None,
+        "pin_until_s": None,
+    }
+    assert canary["failed"] is None
+    last = canary["last_decision"]
+    assert last["route"] == CANARY.key and last["policy"] == "proportional"
+    assert last["observation"]["subsets"][0]["name"] == "stable"
+    one = ctl.client.get(CANARY_PATH)
+    assert one.status_code == 200 and one.json()["weights"] == canary["weights"]
+
+
+def test_unknown_route_is_404(ctl: Controller) -> None:
+    response = ctl.client.get("/routes/lirmm-services/nope/default")
+    assert response.status_code == 404
+    assert "route lirmm-services/nope/default is not managed" in response.json()["detail"]
+    assert ctl.client.post("/routes/x/y/z/pause").status_code == 404
+
+
+def test_decisions_by_route_limit_and_id(ctl: Controller) -> None:
+    ctl.tick(4)
+    everything = ctl.client.get("/decisions", params={"limit": 1000}).json()
+    assert len(everything) == 8
+    canary = ctl.client.get("/decisions", params={"route": CANARY.key, "limit": 2}).json()
+    assert len(canary) == 2 and {d["route"] for d in canary} == {CANARY.key}
+    assert canary[0]["id"] > canary[1]["id"]  # newest first
+    one = ctl.client.get(f"/decisions/{canary[0]['id']}")
+    assert one.status_code == 200 and one.json() == canary[0]
+    assert ctl.client.get("/decisions/99999").status_code == 404
+    assert ctl.client.get("/decisions", params={"limit": 0}).status_code == 422
+    assert ctl.client.get("/decisions", params={"limit": 1001}).status_code == 422
+    bad = ctl.client.get("/decisions", params={"route": "just-a-name"})
+    assert bad.status_code == 422
+    assert errors_of(bad)[0][0] == ["query", "route"]
+    assert "namespace/virtualservice/route" in errors_of(bad)[0][1]
+
+
+def test_handlers_read_the_store_they_are_given(ctl: Controller) -> None:
+    ctl.tick(2)
+    empty = DecisionStore(":memory:")
+    ctl.client.app.dependency_overrides[get_store] = lambda: empty  # type: ignore[attr-defined]
+    assert ctl.client.get("/decisions").json() == []
+
+    class Busy(DecisionStore):
+        def latest(self, route: object = None, limit: int = 50) -> list[object]:  # type: ignore[override]
+            raise TemporaryError("decision store: database is locked")
+
+    ctl.client.app.dependency_overrides[get_store] = lambda: Busy(":memory:")  # type: ignore[attr-defined]
+    busy = ctl.client.get("/decisions")
+    assert busy.status_code == 503 and "database is locked" in busy.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "message"),
+    [
+        ({"weights": {"v1": 50, "v2": 30, "v3": 10}, "ttl_s": 60}, "weights", "sum to 100, got 90"),
+        ({"weights": {"v1": 50.5, "v2": 49.5}, "ttl_s": 60}, "v1", "valid integer"),
+        ({"weights": {"v1": "50", "v2": 50}, "ttl_s": 60}, "v1", "valid integer"),
+        ({"weights": {"v1": 150, "v2": -50}, "ttl_s": 60}, "v1", "less than or equal to 100"),
+        ({"weights": {}, "ttl_s": 60}, "weights", "at least 1 item"),
+        ({"weights": {"v1": 100}, "ttl_s": 0}, "ttl_s", "greater than 0"),
+        ({"weights": {"v1": 100}}, "ttl_s", "Field required"),
+        ({"weights": {"v1": 100}, "ttl_s": 60, "why": "x"}, "why", "Extra inputs"),
+        ({"weights": {"v1": 100}, "ttl_s": 7200}, "ttl_s", "at most 3600 s"),
+        ({"weights": {"v1": 60, "v9": 40}, "ttl_s": 60}, "weights", "unknown subsets ['v9']"),
+    ],
+)
+def test_override_validation_is_a_clear_422(
+    ctl: Controller, body: dict[str, object], loc: str, message: str
+) -> None:
+    ctl.tick()
+    response = ctl.client.post(f"{STEADY_PATH}/override", json=body)
+    assert response.status_code == 422
+    problems = errors_of(response)
+    assert any(loc in [str(p) for p in where] and message in msg for where, msg in problems), (
+        problems
+    )
+    assert ctl.guard.controls(STEADY).pin is None
+
+
+def test_override_is_applied_next_tick_and_can_be_dropped(ctl: Controller) -> None:
+    ctl.tick()
+    now = ctl.loop.now()
+    response = ctl.client.post(
+        f"{STEADY_PATH}/override", json={"weights": {"v1": 20, "v3": 80}, "ttl_s": 600}
+    )
+    assert response.status_code == 200
+    controls = response.json()["controls"]
+    assert controls["pin"] == {"v1": 20, "v2": 0, "v3": 80}  # subsets not named get 0
+    assert controls["pin_until_s"] == pytest.approx(now + 600)
+    ctl.tick()
+    route = ctl.client.get(STEADY_PATH).json()
+    assert route["phase"] == "overridden"
+    assert route["weights"] == {"v1": 20, "v2": 0, "v3": 80}
+    assert route["last_decision"]["outcome"] == "written"
+    dropped = ctl.client.delete(f"{STEADY_PATH}/override")
+    assert dropped.status_code == 200 and dropped.json()["controls"]["pin"] is None
+    ctl.tick()
+    assert ctl.client.get(STEADY_PATH).json()["phase"] == "active"
+
+
+def test_override_before_the_first_tick_is_a_409(ctl: Controller) -> None:
+    response = ctl.client.post(
+        f"{STEADY_PATH}/override", json={"weights": {"v1": 100}, "ttl_s": 60}
+    )
+    assert response.status_code == 409
+    assert "not known yet" in response.json()["detail"]
+
+
+def test_pause_resume_and_shadow_take_effect_next_tick(ctl: Controller) -> None:
+    ctl.tick()
+    paused = ctl.client.post(f"{CANARY_PATH}/pause")
+    assert paused.status_code == 200 and paused.json()["controls"]["paused"] is True
+    before = ctl.mesh.current(CANARY)
+    ctl.tick(2)
+    route = ctl.client.get(CANARY_PATH).json()
+    assert route["phase"] == "paused" and ctl.mesh.current(CANARY) == before
+    assert ctl.client.post(f"{CANARY_PATH}/resume").json()["controls"]["paused"] is False
+    ctl.tick()
+    assert ctl.client.get(CANARY_PATH).json()["phase"] == "active"
+    assert ctl.mesh.current(CANARY) != before
+    on = ctl.client.post(f"{CANARY_PATH}/shadow", json={"enabled": True})
+    assert on.status_code == 200 and on.json()["controls"]["shadow"] is True
+    ctl.tick()
+    assert ctl.client.get(CANARY_PATH).json()["phase"] == "shadow"
+    bad = ctl.client.post(f"{CANARY_PATH}/shadow", json={"enabled": "yes"})
+    assert bad.status_code == 422 and errors_of(bad)[0][0] == ["body", "enabled"]
+
+
+def test_health_and_readiness(ctl: Controller) -> None:
+    health = ctl.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    not_ready = ctl.client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["ready"] is False
+    ctl.tick()
+    ready = ctl.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "ready": True,
+        "leader": True,
+        "mode": "active",
+        "ticks": 1,
+        "failed_routes": [],
+    }
+    fresh = build_loop(ctl.mesh, Guard(), ctl.store)  # swap in a loop that never ticked
+    ctl.client.app.dependency_overrides[get_loop] = lambda: fresh  # type: ignore[attr-defined]
+    assert ctl.client.get("/readyz").status_code == 503
+
+
+def test_metrics_are_prometheus_text_with_our_series(ctl: Controller) -> None:
+    ctl.tick(2)
+    weights = ctl.loop.route_status(CANARY).weights
+    assert weights is not None and weights["canary"] != 10  # moved off the start
+    canary = float(weights["canary"])
+    response = ctl.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        "meshpilot_ticks_total 2.0",
+        "meshpilot_tick_duration_seconds_bucket",
+        "meshpilot_query_errors_total",
+        "meshpilot_conflicts_total",
+        f'meshpilot_writes_total{{route="{CANARY.key}"}}',
+        f'meshpilot_route_phase{{phase="active",route="{CANARY.key}"}} 1.0',
+        f'meshpilot_route_weight{{route="{CANARY.key}",subset="canary"}} {canary:.1f}',
+        'meshpilot_decisions_total{outcome="written"',
+        "meshpilot_leader 1.0",
+    ):
+        assert name in text, name
+
+
+def test_openapi_docs_are_served(ctl: Controller) -> None:
+    schema = ctl.client.get("/openapi.json").json()
+    assert "/routes/{ns}/{vs}/{route}/override" in schema["paths"]
+    assert ctl.client.get("/docs").status_code == 200
