@@ -19,7 +19,7 @@ system-deps:  ## Prometheus from Debian and kube-apiserver+etcd built from Debia
 	bash .ci/system-deps.sh
 
 run: install  ## the main job: controller + API against the embedded simulated mesh
-	$(VENV)/bin/meshpilot simulate degraded-canary --policy proportional
+	$(VENV)/bin/meshpilot serve --mesh sim
 
 test: install system-deps  ## the whole test suite, with real Prometheus, Envoy and kube-apiserver
 	$(PY) -m pytest
