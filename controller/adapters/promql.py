@@ -31,31 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from controller.core.errors import ConfigError
-
-ISTIO_BUCKETS_MS: tuple[float, ...] = (
-    0.5,
-    1,
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10000,
-    30000,
-    60000,
-    300000,
-    600000,
-    1800000,
-    3600000,
-)
-"""Upper bounds (ms) of ``istio_request_duration_milliseconds`` buckets: Envoy's default histogram
-buckets (``source/common/stats/histogram_impl.cc``), which Istio's sidecars use unless
-``stats_config.histogram_bucket_settings`` overrides them; ``+Inf`` follows implicitly."""
+from controller.core.telemetry_format import ISTIO_BUCKETS_MS
 
 STAT_LABEL = "meshpilot_stat"
 """Label added by ``label_replace`` to tell the parts of one query apart."""

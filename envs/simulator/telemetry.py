@@ -11,28 +11,7 @@ import math
 
 import numpy as np
 
-ISTIO_BUCKETS_MS: tuple[float, ...] = (
-    0.5,
-    1,
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10000,
-    30000,
-    60000,
-    300000,
-    600000,
-    1800000,
-    3600000,
-)
-"""Istio's default `istio_request_duration_milliseconds` bucket upper bounds (ms)."""
+from controller.core.telemetry_format import ISTIO_BUCKETS_MS
 
 _FINE_RATIO = 1.03
 
