@@ -1,0 +1,404 @@
+"""The Kubernetes and Istio manifests in manifests/ are valid, consistent and sufficient.
+
+Cases:
+
+* the kustomization lists every file of manifests/base (and only those), uses only the features
+  this test renders (namespace + resources), and `kubectl kustomize` (when installed) renders
+  the same objects;
+* every Istio object validates against its CRD's openAPIV3Schema from Istio's
+  crd-all.gen.yaml (jsonschema), with no field the schema does not know (the API server would
+  silently drop a typo like ``wieght``) — and the check does catch such mistakes;
+* every object (base and examples) is accepted by a server-side dry-run create as admin on a
+  real kube-apiserver with Istio's CRDs, comes back with every field it was sent (nothing
+  pruned), and is not persisted;
+* end to end through the ServiceAccount: base + examples created for real, a token for
+  ServiceAccount ``meshpilot`` (TokenRequest) drives `VirtualServiceActuator` on the route of
+  the ConfigMap and `LeaseElector` on the Lease of the settings — the manifests' RoleBinding
+  and Role are enough — and cannot delete the VirtualService;
+* the ConfigMap's settings load with the Deployment's environment, and agree with the
+  Deployment (port, probes), the Role (Lease name) and the example VirtualService (route,
+  host, subsets).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kube_lab import ISTIO_CRDS, KubeLab, kube_binaries, kube_cache_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+BASE = MANIFESTS / "base"
+EXAMPLES = MANIFESTS / "examples"
+NS = "lirmm-services"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def render_base() -> list[dict[str, Any]]:
+    """What ``kubectl kustomize manifests/base`` renders, for the features the base uses."""
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    unsupported = set(kust) - {"apiVersion", "kind", "namespace", "resources"}
+    assert not unsupported, f"extend render_base() for kustomization keys {unsupported}"
+    out = []
+    for resource in kust["resources"]:
+        for doc in load_docs(BASE / resource):
+            if doc["kind"] not in CLUSTER_SCOPED and "namespace" in kust:
+                doc["metadata"]["namespace"] = kust["namespace"]
+            out.append(doc)
+    return out
+
+
+def example_docs() -> list[dict[str, Any]]:
+    return [d for p in sorted(EXAMPLES.glob("*.yaml")) for d in load_docs(p)]
+
+
+def key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    return (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# -- static ----------------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_base_file() -> None:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    files = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kust["resources"]) == sorted(files)
+    kinds = {d["kind"] for d in render_base()}
+    assert kinds == {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+    }
+    assert all(
+        d["metadata"].get("namespace") == NS for d in render_base() if d["kind"] != "Namespace"
+    )
+
+
+def test_kubectl_kustomize_renders_the_same_objects() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: the kustomize cross-check needs it")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(BASE)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    theirs = {key(d): d for d in yaml.safe_load_all(out) if d}
+    ours = {key(d): d for d in render_base()}
+    assert theirs == ours
+
+
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema, for every served version of every CRD."""
+    out = {}
+    for crd in load_docs(ISTIO_CRDS):
+        if crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                schema = version["schema"]["openAPIV3Schema"]
+                out[(f"{group}/{version['name']}", kind)] = schema
+    return out
+
+
+TOP_LEVEL = {"apiVersion", "kind", "metadata"}  # checked by the API server, not the CRD schema
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Paths in `value` that `schema` does not declare (what a structural schema prunes)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for k, v in value.items():
+            here = f"{path}.{k}" if path else k
+            if props is not None and k in props:
+                found += unknown_fields(v, props[k], here)
+            elif isinstance(extra, dict):
+                found += unknown_fields(v, extra, here)
+            elif props is not None and not (path == "" and k in TOP_LEVEL):
+                found.append(here)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for n, v in enumerate(value):
+            found += unknown_fields(v, schema["items"], f"{path}[{n}]")
+    return found
+
+
+def schema_problems(
+    doc: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    import jsonschema
+
+    schema = schemas[(doc["apiVersion"], doc["kind"])]
+    validator = jsonschema.Draft7Validator(schema)
+    problems = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
+    return problems + [f"{p}: unknown field" for p in unknown_fields(doc, schema)]
+
+
+def istio_docs() -> list[dict[str, Any]]:
+    docs = [d for d in render_base() + example_docs() if d["apiVersion"].endswith(".istio.io/v1")]
+    assert {d["kind"] for d in docs} >= {"VirtualService", "DestinationRule"}
+    return docs
+
+
+def test_istio_objects_validate_against_the_crd_schemas() -> None:
+    pytest.importorskip("jsonschema", reason="jsonschema is installed with the dev extras")
+    schemas = crd_schemas()
+    for doc in istio_docs():
+        assert schema_problems(doc, schemas) == [], key(doc)
+
+
+def test_schema_check_catches_typos_and_wrong_types() -> None:
+    pytest.importorskip("jsonschema", reason="jsonschema is installed with the dev extras")
+    schemas = crd_schemas()
+    vs = next(d for d in istio_docs() if d["kind"] == "VirtualService")
+    typo = copy.deepcopy(vs)
+    route = typo["spec"]["http"][1]["route"][0]
+    route["wieght"] = route.pop("weight")
+    assert schema_problems(typo, schemas) == ["spec.http[1].route[0].wieght: unknown field"]
+    wrong = copy.deepcopy(vs)
+    wrong["spec"]["http"][1]["route"][0]["weight"] = "80"
+    assert any("is not of type 'integer'" in p for p in schema_problems(wrong, schemas))
+
+
+# -- against a real API server ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[KubeLab]:
+    binaries = kube_binaries()
+    if binaries is None:
+        pytest.skip(
+            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
+            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
+        )
+    kl = KubeLab(binaries)
+    kl.start()
+    try:
+        kl.install_istio_crds()
+        yield kl
+    finally:
+        kl.stop()
+
+
+def resource_path(lab: KubeLab, doc: dict[str, Any]) -> str:
+    """Collection URL of `doc`'s kind, found through API discovery."""
+    api_version = doc["apiVersion"]
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    status, body = lab.request("GET", prefix)
+    assert status == 200, (prefix, body)
+    plural = next(
+        r["name"] for r in body["resources"] if r["kind"] == doc["kind"] and "/" not in r["name"]
+    )
+    if doc["kind"] in CLUSTER_SCOPED:
+        return f"{prefix}/{plural}"
+    return f"{prefix}/namespaces/{doc['metadata']['namespace']}/{plural}"
+
+
+def missing_in(sent: Any, got: Any, path: str = "") -> list[str]:
+    """Paths of `sent` that are absent or different in `got` (defaults may be added)."""
+    if isinstance(sent, dict):
+        if not isinstance(got, dict):
+            return [path]
+        return [p for k, v in sent.items() for p in missing_in(v, got.get(k), f"{path}.{k}")]
+    if isinstance(sent, list):
+        if not isinstance(got, list) or len(got) != len(sent):
+            return [path]
+        return [
+            p
+            for i, (s, g) in enumerate(zip(sent, got, strict=True))
+            for p in missing_in(s, g, f"{path}[{i}]")
+        ]
+    return [] if sent == got else [f"{path}: sent {sent!r}, got {got!r}"]
+
+
+def test_every_manifest_passes_a_server_side_dry_run_create(lab: KubeLab) -> None:
+    docs = render_base() + example_docs()
+    namespace = next(d for d in docs if d["kind"] == "Namespace")
+    status, body = lab.request("POST", resource_path(lab, namespace), namespace)  # for real:
+    assert status == 201, body  # a dry-run namespace cannot hold the dry-run objects
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            continue
+        path = resource_path(lab, doc)
+        status, body = lab.request("POST", f"{path}?dryRun=All&fieldManager=test", doc)
+        assert status in (200, 201), (key(doc), body)
+        assert missing_in(doc, body) == [], key(doc)
+        status, _ = lab.request("GET", f"{path}/{doc['metadata']['name']}")
+        assert status == 404, f"{key(doc)} was persisted by a dry run"
+
+
+# -- end to end through the ServiceAccount ---------------------------------------------------------
+
+
+def service_account_client(lab: KubeLab, namespace: str, name: str) -> Any:
+    from kubernetes import client
+
+    status, body = lab.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    assert status == 201, body
+    configuration = client.Configuration()
+    configuration.host = lab.url
+    configuration.ssl_ca_cert = str(lab.ca_file)
+    configuration.api_key = {"authorization": f"Bearer {body['status']['token']}"}
+    return client.ApiClient(configuration)
+
+
+def settings_from_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`load_settings` as the Pod runs it: the ConfigMap file plus the Deployment's env."""
+    from controller.settings import load_settings
+
+    docs = render_base()
+    config_map = by_kind(docs, "ConfigMap")[0]
+    deployment = by_kind(docs, "Deployment")[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config_map["data"]["config.yaml"])
+    field_refs = {"metadata.name": "ai-controller-7d9f-abcde", "metadata.namespace": NS}
+    for var in container["env"]:
+        if var["name"] == "MESHPILOT_CONFIG":
+            assert var["value"] == f"{mount['mountPath']}/config.yaml"
+            continue
+        value = var.get("value")
+        if value is None:
+            value = field_refs[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        monkeypatch.setenv(var["name"], value)
+    monkeypatch.delenv("MESHPILOT_CONFIG", raising=False)
+    return load_settings(config_file)
+
+
+def test_configmap_settings_load_and_agree_with_the_other_manifests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from_manifests(tmp_path, monkeypatch)
+    docs = render_base()
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] + container["args"] == ["meshpilot", "serve", "--mesh", "k8s"]
+    assert container["image"] == "meshpilot:latest"
+    assert settings.mesh == "k8s" and settings.leader.enabled
+    assert settings.leader.identity == "ai-controller-7d9f-abcde"
+    assert settings.api.host == "0.0.0.0" and settings.api.port == 8080
+    port = next(p for p in container["ports"] if p["name"] == "http")
+    assert port["containerPort"] == settings.api.port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    service = by_kind(docs, "Service")[0]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    sa = by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    assert pod["serviceAccountName"] == sa
+    binding = by_kind(docs, "RoleBinding")[0]
+    role = by_kind(docs, "Role")[0]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NS}]
+    lease_rules = [r for r in role["rules"] if "leases" in r["resources"]]
+    assert any(settings.leader.lease_name in r.get("resourceNames", []) for r in lease_rules)
+    assert settings.leader.lease_namespace == NS
+    # The managed route exists in the example VirtualService, with subsets its DR defines.
+    examples = example_docs()
+    vs = by_kind(examples, "VirtualService")[0]
+    dr = by_kind(examples, "DestinationRule")[0]
+    (route,) = settings.routes
+    assert (route.namespace, route.virtual_service) == (
+        vs["metadata"]["namespace"],
+        vs["metadata"]["name"],
+    )
+    http = next(h for h in vs["spec"]["http"] if h.get("name") == route.route)
+    assert [d["destination"]["subset"] for d in http["route"]] == route.subsets
+    assert {s["name"] for s in dr["spec"]["subsets"]} >= set(route.subsets or [])
+    assert sum(d["weight"] for d in http["route"]) == 100
+
+
+def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
+    lab: KubeLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.adapters.istio import VirtualServiceActuator
+    from controller.core import PermanentError, Weights
+    from controller.leader import LeaseElector
+
+    if lab.request("GET", f"/api/v1/namespaces/{NS}")[0] != 200:
+        namespace = by_kind(render_base(), "Namespace")[0]
+        assert lab.request("POST", "/api/v1/namespaces", namespace)[0] == 201
+    for doc in render_base() + example_docs():
+        if doc["kind"] in ("Namespace", "Deployment"):
+            continue
+        status, body = lab.request("POST", resource_path(lab, doc), doc)
+        assert status == 201, (key(doc), body)
+    settings = settings_from_manifests(tmp_path, monkeypatch)
+    (route_settings,) = settings.routes
+    route = route_settings.ref()
+    api = service_account_client(lab, NS, "meshpilot")
+    act = VirtualServiceActuator(api_client=api)
+    deadline = time.monotonic() + 10
+    while True:  # the RBAC authorizer reads from an informer cache
+        try:
+            before = act.current(route)
+            break
+        except PermanentError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert before.as_dict() == {"v1": 80, "v2": 15, "v3": 5}
+    assert act.discover(route) == tuple(route_settings.subsets or ())
+    assert act.apply(route, Weights(["v1", "v2", "v3"], [70, 20, 10])).as_dict() == {
+        "v1": 70,
+        "v2": 20,
+        "v3": 10,
+    }
+    leader = settings.leader
+    elector = LeaseElector(
+        api_client=api,
+        namespace=leader.lease_namespace,
+        name=leader.lease_name,
+        identity=leader.identity,
+        lease_duration_s=leader.lease_duration_s,
+    )
+    assert elector.try_acquire_or_renew() and elector.is_leader(), elector.last_error
+    assert elector.try_acquire_or_renew(), elector.last_error  # renew = update
+    elector.release()
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    for plural in ("virtualservices", "destinationrules"):
+        with pytest.raises(ApiException) as ei:
+            client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                "networking.istio.io", "v1", NS, plural, "reviews"
+            )
+        assert ei.value.status == 403
