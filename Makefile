@@ -40,8 +40,10 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install  ## measured performance numbers (printed, never asserted)
+bench: install system-deps  ## measured performance numbers (printed, never asserted)
 	$(PY) bench/simulator_throughput.py
+	$(PY) bench/tick_latency.py
+	$(PY) bench/policy_suite.py --seeds 10
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs
