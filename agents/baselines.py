@@ -443,6 +443,8 @@ class EwmaPolicy:
         size = caps if has_hint else [1.0] * len(caps)
         target = [z / c for z, c in zip(size, costs, strict=True)]
         mass = math.fsum(target)
+        if not (math.isfinite(mass) and mass > 0):
+            return _proportional(obs)
         current = [w / WEIGHT_TOTAL for w in obs.weights.values_tuple]
         mixed = [
             (1 - self.gain) * w + self.gain * t / mass for w, t in zip(current, target, strict=True)

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from scipy import stats
 from tqdm import tqdm
 
 from agents.registry import make_policy
@@ -175,6 +174,8 @@ def _mean_ci(values: Sequence[float], upper: float = math.inf) -> tuple[float, l
     mean = float(arr.mean()) if arr.size else math.nan
     if arr.size < 2 or not np.all(np.isfinite(arr)):
         return mean, [None, None]
+    from scipy import stats  # deferred: `meshpilot --help` should not load scipy.stats
+
     half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
     return mean, [max(mean - half, 0.0), min(mean + half, upper)]
 
