@@ -4,21 +4,38 @@ What runs, all on 127.0.0.1:
 
 * a real kube-apiserver v1.20.2 + etcd (``tests/integration/kube_lab.py``) with Istio's CRDs,
   one VirtualService (one weighted http route, 4 subsets) and one DestinationRule per route,
-  reached as the least-privilege controller user bound to ``manifests/base/role.yaml``;
+  reached as the least-privilege controller user bound to ``manifests/base/role.yaml``, through
+  a client built like ``meshpilot serve`` builds it (`kube_api_client`, pool sized for the
+  parallel writers);
 * when the ``prometheus`` binary is installed: a real Prometheus scraping an
   `IstioSeriesExporter` that publishes Istio-shaped series for every (service, subset), read
   by `PrometheusObserver` wired as ``meshpilot serve --mesh k8s`` wires it (its
   ``weights_source`` is the actuator); otherwise a synthetic in-process observer, and the
   report says so;
-* the real `ControlLoop` (guard, SQLite audit log in memory) with a policy that asks for a new
-  split every tick, so every route is written every tick (the worst case for the actuator).
+* the real `ControlLoop` (guard, SQLite audit log in memory) and `VirtualServiceActuator`.
 
-Per tick it reports the wall time of `ControlLoop.tick()` and its parts — observe (one call for
-all routes), decide (policy, all routes), act (the actuator's reads and writes) — as median
-and p90 over the measured ticks, plus PromQL queries and Kubernetes requests per tick. Observe
-includes the observer's per-route weight reads through the actuator (shown separately).
+Two cases, each on a fresh loop over the same routes:
 
-    python bench/tick_latency.py [--routes 100] [--subsets 4] [--ticks 15] [--json]
+* **realistic**: the policy keeps the current split of most routes and asks for a new one on
+  ``--change-fraction`` of them (default 10 %, a different tenth every tick), so the guard
+  writes only those; the others are read, decided, guarded and recorded but not written;
+* **worst case**: the policy asks for a new split on every route every tick, so every route
+  is written every tick.
+
+By default the actuator reads from its watch cache and the loop writes on
+``--max-parallel-writes`` threads (as ``meshpilot serve`` runs); ``--baseline`` also measures
+the cache-less actuator (a GET per read) writing one route after the other, for comparison.
+
+Per tick it reports the wall time of `ControlLoop.tick()` and its parts as median and p90 over
+the measured ticks: observe (one call for all routes; of which the PromQL requests, and the
+observer's per-route weight reads through the actuator), decide (policy, all routes), act =
+reads (the loop's `Actuator.current`, one per route) + writes (wall time from the first
+`apply` starting to the last one ending), and the rest (guard, audit log, metrics). Also
+per tick: PromQL queries and Kubernetes requests (VirtualService GETs, PATCHes, LISTs;
+DestinationRule LISTs), conflicts, routes written, and whether the target (median tick
+<= 100 ms with <= 3 PromQL queries) is met.
+
+    python bench/tick_latency.py [--routes 100] [--subsets 4] [--ticks 15] [--baseline] [--json]
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -44,23 +62,26 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir  # noqa: E402
 
-from controller.adapters.istio import VirtualServiceActuator  # noqa: E402
+from controller.adapters.istio import VirtualServiceActuator, kube_api_client  # noqa: E402
 from controller.clock import WallClock  # noqa: E402
 from controller.core import Observation, RouteRef, SubsetStats, Weights  # noqa: E402
 from controller.guard import Guard, GuardConfig  # noqa: E402
 from controller.loop import ControlLoop  # noqa: E402
 from controller.store import DecisionStore  # noqa: E402
 
+TARGET_MS = 100.0
+MAX_PROMQL = 3
 NS = "lirmm-services"
 GROUP, VERSION = "networking.istio.io", "v1"
 WINDOW_S = 5.0
 
 
 class Timer:
-    """Accumulates seconds spent in wrapped calls since the last `take`."""
+    """Accumulates seconds spent in wrapped calls since the last `take` (thread-safe)."""
 
     def __init__(self) -> None:
         self.total_s = 0.0
+        self._lock = threading.Lock()
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -68,20 +89,55 @@ class Timer:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total_s += time.perf_counter() - started
+                with self._lock:
+                    self.total_s += time.perf_counter() - started
 
         return timed
 
     def take(self) -> float:
-        value, self.total_s = self.total_s, 0.0
+        with self._lock:
+            value, self.total_s = self.total_s, 0.0
+        return value
+
+
+class Span:
+    """Wall time from the first wrapped call starting to the last one ending, since `take`
+    (the calls may overlap on several threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first = math.inf
+        self._last = -math.inf
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            with self._lock:
+                self._first = min(self._first, started)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                ended = time.perf_counter()
+                with self._lock:
+                    self._last = max(self._last, ended)
+
+        return timed
+
+    def take(self) -> float:
+        with self._lock:
+            value = max(0.0, self._last - self._first) if self._last >= self._first else 0.0
+            self._first, self._last = math.inf, -math.inf
         return value
 
 
 class TimedActuator:
-    def __init__(self, inner: VirtualServiceActuator, timer: Timer) -> None:
+    """The actuator as the loop sees it: reads and writes timed, per-route conflicts kept."""
+
+    def __init__(self, inner: VirtualServiceActuator, reads: Timer, writes: Span) -> None:
         self.inner = inner
-        self.current = timer.wrap(inner.current)
-        self.apply = timer.wrap(inner.apply)
+        self.current = reads.wrap(inner.current)
+        self.apply = writes.wrap(inner.apply)
+        self.conflicts_for = inner.conflicts_for
 
     @property
     def conflicts(self) -> int:
@@ -93,37 +149,64 @@ class TimedObserver:
         self.observe = timer.wrap(inner.observe)
 
 
-class RandomWalkPolicy:
-    """A new random split every tick (seeded): the guard writes every route every tick."""
+def random_split(rng: random.Random, subsets: Sequence[str]) -> Weights:
+    shares = [rng.random() + 0.05 for _ in subsets]
+    total = sum(shares)
+    values = [int(100 * s / total) for s in shares]
+    values[0] += 100 - sum(values)
+    return Weights(subsets, values)
 
-    name = "random-walk"
 
-    def __init__(self, timer: Timer, seed: int = 0) -> None:
-        self.rng = random.Random(seed)
+class ChurnPolicy:
+    """A new random split (seeded) for a `fraction` of the routes each tick, a different
+    slice every tick; every other route keeps the split it observes (no write).
+
+    fraction 1.0: every route changes every tick (the worst case for the actuator).
+    """
+
+    def __init__(self, timer: Timer, routes: Sequence[RouteRef], fraction: float) -> None:
+        self.name = "churn" if fraction < 1 else "random-walk"
+        self.rng = random.Random(0)
+        self.index = {r: i for i, r in enumerate(routes)}
+        self.period = max(1, round(1 / fraction)) if fraction > 0 else 0
+        self.tick = 0
         self.decide = timer.wrap(self._decide)
 
+    def changes(self, route: RouteRef) -> bool:
+        return self.period > 0 and self.index[route] % self.period == self.tick % self.period
+
     def _decide(self, obs: Observation) -> Weights:
-        shares = [self.rng.random() + 0.05 for _ in obs.subsets]
-        total = sum(shares)
-        values = [int(100 * s / total) for s in shares]
-        values[0] += 100 - sum(values)
-        return Weights(obs.subsets, values)
+        if self.changes(obs.route):
+            return random_split(self.rng, obs.subsets)
+        return Weights(obs.subsets, [int(st.weight) for st in obs.stats])
 
     def reset(self) -> None:
         pass
 
 
 class SyntheticObserver:
-    """Fresh, plausible stats for every route without Prometheus (the fallback)."""
+    """Fresh, plausible stats for every route without Prometheus (the fallback); weights
+    from `weights_source`, as the Prometheus observer gets them."""
 
-    def __init__(self, subsets: Sequence[str], clock: WallClock) -> None:
-        self.subsets, self.clock = tuple(subsets), clock
+    def __init__(
+        self,
+        subsets: Sequence[str],
+        clock: WallClock,
+        weights_source: Callable[[RouteRef], Weights | None],
+    ) -> None:
+        self.subsets, self.clock, self.weights_source = tuple(subsets), clock, weights_source
         self.queries_issued = 0
 
     def observe(self, routes: Sequence[RouteRef]) -> Mapping[RouteRef, Observation]:
-        stats = tuple(SubsetStats(25.0, 0.001, 40.0, 25) for _ in self.subsets)
         now = self.clock.now()
-        return {r: Observation(r, self.subsets, stats, now, 0.0) for r in routes}
+        out = {}
+        for r in routes:
+            w = self.weights_source(r)
+            stats = tuple(
+                SubsetStats(25.0, 0.001, 40.0, w[s] if w is not None else 0) for s in self.subsets
+            )
+            out[r] = Observation(r, self.subsets, stats, now, 0.0)
+        return out
 
 
 def subset_names(n: int) -> list[str]:
@@ -134,8 +217,9 @@ def host(i: int) -> str:
     return f"svc-{i:03d}.{NS}.svc.cluster.local"
 
 
-def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str]) -> Any:
-    """Namespace, Role + binding for the controller user, n DRs and VSs; the controller client."""
+def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str], max_connections: int) -> Any:
+    """Namespace, Role + binding for the controller user, n DRs and VSs; the controller client
+    (built as ``meshpilot serve`` builds it, with a pool of `max_connections`)."""
     from kubernetes import client
 
     admin = lab.api_client("admin")
@@ -202,7 +286,7 @@ def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str]) -> Any:
                 },
             },
         )
-    api = lab.api_client("controller")
+    api = kube_api_client(str(lab.kubeconfig("controller")), max_connections=max_connections)
     probe = VirtualServiceActuator(api_client=api)
     deadline = time.monotonic() + 10
     while True:  # RBAC bindings reach the authorizer's cache after a moment
@@ -226,10 +310,12 @@ def prometheus_observer(
         from controller.adapters.istio_exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
         from controller.adapters.prometheus import PrometheusObserver
     except ImportError as err:
-        yield SyntheticObserver(subsets, WallClock()), f"synthetic observer ({err})"
+        synthetic = SyntheticObserver(subsets, WallClock(), weights_source)
+        yield synthetic, f"synthetic observer ({err})"
         return
     if prometheus_binary() is None:
-        yield SyntheticObserver(subsets, WallClock()), "synthetic observer (no prometheus binary)"
+        synthetic = SyntheticObserver(subsets, WallClock(), weights_source)
+        yield synthetic, "synthetic observer (no prometheus binary)"
         return
     exporter = IstioSeriesExporter()
     port = exporter.start()
@@ -270,6 +356,9 @@ def prometheus_observer(
             f"{len(routes) * len(subsets)}",
             timeout_s=60,
         )
+        timer = Timer()  # the time spent in PromQL requests, parsing included
+        observer.promql_timer = timer  # type: ignore[attr-defined]
+        observer._query = timer.wrap(observer._query)  # type: ignore[method-assign]
         yield observer, f"real Prometheus ({prom.url}) + IstioSeriesExporter, PrometheusObserver"
         observer.close()
     finally:
@@ -284,119 +373,255 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def run(n_routes: int, n_subsets: int, ticks: int, warmup: int, tick_s: float) -> dict[str, Any]:
+PARTS = ("tick", "observe", "promql", "weights_source", "decide", "reads", "writes", "act", "rest")
+COUNTS = ("promql_queries", "vs_gets", "vs_patches", "conflicts", "routes_written")
+TOTALS = ("vs_lists", "dr_lists")
+
+
+def measure(
+    *,
+    observer: Any,
+    inner: VirtualServiceActuator,
+    source_timer: Timer,
+    routes: list[RouteRef],
+    fraction: float,
+    parallel: int,
+    ticks: int,
+    warmup: int,
+    tick_s: float,
+) -> dict[str, Any]:
+    """Run `warmup` + `ticks` ticks of a fresh loop; summarize the measured ones."""
+    obs_timer, decide_timer, reads_timer, writes_span = Timer(), Timer(), Timer(), Span()
+    promql_timer: Timer = getattr(observer, "promql_timer", Timer())
+    policy = ChurnPolicy(decide_timer, routes, fraction)
+    loop = ControlLoop(
+        observer=TimedObserver(observer, obs_timer),
+        actuator=TimedActuator(inner, reads_timer, writes_span),
+        policy=policy,
+        guard=Guard(GuardConfig(max_step=10, stale_after_s=30, hold_s=30)),
+        store=DecisionStore(":memory:"),
+        routes=routes,
+        clock=WallClock(),
+        slo_ms=250,
+        writer_id="bench",
+        verify_after_s=1e9,  # synthetic traffic ignores the weights: no verify
+        verify_tolerance=10,
+        max_parallel_writes=parallel,
+    )
+    rows: list[dict[str, float]] = []
+    outcomes: dict[str, int] = {}
+    for n in range(warmup + ticks):
+        policy.tick = n
+        queries0 = getattr(observer, "queries_issued", 0)
+        before = (inner.reads, inner.writes, inner.conflicts, inner.lists, inner.dr_lists)
+        for t in (obs_timer, decide_timer, reads_timer, source_timer, writes_span, promql_timer):
+            t.take()
+        started = time.perf_counter()
+        results = loop.tick()
+        tick = time.perf_counter() - started
+        if n >= warmup:
+            observe, reads, writes = obs_timer.take(), reads_timer.take(), writes_span.take()
+            decide = decide_timer.take()
+            rows.append(
+                {
+                    "tick": tick,
+                    "observe": observe,
+                    "weights_source": source_timer.take(),
+                    "promql": promql_timer.take(),
+                    "decide": decide,
+                    "reads": reads,
+                    "writes": writes,
+                    "act": reads + writes,
+                    "rest": max(0.0, tick - observe - decide - reads - writes),
+                    "promql_queries": getattr(observer, "queries_issued", 0) - queries0,
+                    "vs_gets": inner.reads - before[0],
+                    "vs_patches": inner.writes - before[1],
+                    "conflicts": inner.conflicts - before[2],
+                    "vs_lists": inner.lists - before[3],
+                    "dr_lists": inner.dr_lists - before[4],
+                    "routes_written": sum(1 for r in results if r.wrote),
+                }
+            )
+            for r in results:
+                key = r.outcome.split(":")[0]
+                outcomes[key] = outcomes.get(key, 0) + 1
+        time.sleep(max(0.0, tick_s - tick))
+    loop.store.close()
+    out: dict[str, Any] = {"ticks": ticks, "outcomes": outcomes}
+    for part in PARTS:
+        values = [r[part] for r in rows]
+        out[f"{part}_ms"] = {
+            "median": round(1000 * statistics.median(values), 1),
+            "p90": round(1000 * pct(values, 0.9), 1),
+        }
+    for key in COUNTS:
+        out[f"{key}_per_tick"] = statistics.median(r[key] for r in rows)
+        out[f"{key}_max"] = max(r[key] for r in rows)
+    for key in TOTALS:
+        out[f"{key}_total"] = sum(r[key] for r in rows)
+    out["target_met"] = out["tick_ms"]["median"] <= TARGET_MS and out["promql_max"] <= MAX_PROMQL
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     binaries = kube_binaries()
     if binaries is None:
         raise SystemExit(
             f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
             "run .ci/build-kube-apiserver.sh first"
         )
-    subsets = subset_names(n_subsets)
-    routes = [RouteRef(NS, f"svc-{i:03d}", "primary", host(i)) for i in range(n_routes)]
+    subsets = subset_names(args.subsets)
+    routes = [RouteRef(NS, f"svc-{i:03d}", "primary", host(i)) for i in range(args.routes)]
+    pool = args.max_parallel_writes + 4  # as serve sizes it: writers, watches, the observer
+    configs = [
+        (
+            f"watch cache + {args.max_parallel_writes} parallel writes",
+            True,
+            args.max_parallel_writes,
+        )
+    ]
+    if args.baseline:
+        configs.append(("baseline: GET per read, writes one by one", False, 1))
+    cases = [
+        (
+            "realistic",
+            args.change_fraction,
+            f"~{100 * args.change_fraction:g} % of routes change per tick (the policy asks a "
+            f"new split for 1 route in {max(1, round(1 / args.change_fraction))}, a different "
+            "slice every tick; the others keep theirs and are not written)",
+        ),
+        ("worst", 1.0, "every route is written every tick (new split for every route)"),
+    ]
+    summary: dict[str, Any] = {
+        "routes": args.routes,
+        "subsets": args.subsets,
+        "ticks": args.ticks,
+        "warmup": args.warmup,
+        "tick_s": args.tick_s,
+        "client_pool": pool,
+        "cpus": os.cpu_count(),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "runs": [],
+    }
     with KubeLab(binaries) as lab:
         lab.install_istio_crds()
         setup_s = time.perf_counter()
-        api = setup_kube(lab, n_routes, subsets)
-        setup_s = time.perf_counter() - setup_s
-        act_timer, obs_timer, decide_timer, source_timer = Timer(), Timer(), Timer(), Timer()
-        inner = VirtualServiceActuator(api_client=api)
-        actuator = TimedActuator(inner, act_timer)
+        api = setup_kube(lab, args.routes, subsets, pool)
+        summary["setup_s"] = round(time.perf_counter() - setup_s, 2)
+        source_timer = Timer()
+        active: dict[str, VirtualServiceActuator] = {}
 
         @source_timer.wrap
         def weights_source(route: RouteRef) -> Weights | None:  # as serve.py wires it
             try:
-                return inner.current(route)
+                return active["actuator"].current(route)
             except Exception:
                 return None
 
         with prometheus_observer(routes, subsets, weights_source) as (observer, what):
-            clock = WallClock()
-            loop = ControlLoop(
-                observer=TimedObserver(observer, obs_timer),
-                actuator=actuator,
-                policy=RandomWalkPolicy(decide_timer),
-                guard=Guard(GuardConfig(max_step=10, stale_after_s=30, hold_s=30)),
-                store=DecisionStore(":memory:"),
-                routes=routes,
-                clock=clock,
-                slo_ms=250,
-                writer_id="bench",
-                verify_after_s=1e9,  # synthetic traffic ignores the weights: no verify
-                verify_tolerance=10,
-            )
-            rows: list[dict[str, float]] = []
-            for n in range(warmup + ticks):
-                queries0 = getattr(observer, "queries_issued", 0)
-                reads0, writes0, conflicts0 = inner.reads, inner.writes, inner.conflicts
-                act_timer.take(), obs_timer.take(), decide_timer.take(), source_timer.take()
-                started = time.perf_counter()
-                results = loop.tick()
-                tick = time.perf_counter() - started
-                written = sum(1 for r in results if r.wrote)
-                if n >= warmup:
-                    rows.append(
-                        {
-                            "tick_s": tick,
-                            "observe_s": obs_timer.take(),
-                            "weights_source_s": source_timer.take(),
-                            "decide_s": decide_timer.take(),
-                            "act_s": act_timer.take(),
-                            "promql": getattr(observer, "queries_issued", 0) - queries0,
-                            "k8s_gets": inner.reads - reads0,
-                            "k8s_patches": inner.writes - writes0,
-                            "conflicts": inner.conflicts - conflicts0,
-                            "routes_written": written,
-                        }
-                    )
-                time.sleep(max(0.0, tick_s - tick))
-    summary: dict[str, Any] = {
-        "routes": n_routes,
-        "subsets": n_subsets,
-        "ticks": ticks,
-        "observer": what,
-        "setup_s": round(setup_s, 2),
-    }
-    for key in ("tick_s", "observe_s", "weights_source_s", "decide_s", "act_s"):
-        values = [r[key] for r in rows]
-        summary[key.removesuffix("_s") + "_ms"] = {
-            "median": round(1000 * statistics.median(values), 1),
-            "p90": round(1000 * pct(values, 0.9), 1),
-        }
-    for key in ("promql", "k8s_gets", "k8s_patches", "conflicts", "routes_written"):
-        summary[f"{key}_per_tick"] = statistics.median(r[key] for r in rows)
+            summary["observer"] = what
+            for label, cache, parallel in configs:
+                inner = VirtualServiceActuator(api_client=api, watch_cache=cache)
+                active["actuator"] = inner
+                try:
+                    if cache and not inner.cache_synced(NS, timeout_s=30):
+                        raise SystemExit("the VirtualService watch cache did not sync in 30 s")
+                    for case, fraction, description in cases:
+                        result = measure(
+                            observer=observer,
+                            inner=inner,
+                            source_timer=source_timer,
+                            routes=routes,
+                            fraction=fraction,
+                            parallel=parallel,
+                            ticks=args.ticks,
+                            warmup=args.warmup,
+                            tick_s=args.tick_s,
+                        )
+                        result.update(config=label, case=case, description=description)
+                        summary["runs"].append(result)
+                finally:
+                    inner.close()
+    summary["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return summary
+
+
+def report(s: dict[str, Any]) -> None:
+    print(
+        f"tick latency: {s['routes']} routes x {s['subsets']} subsets, {s['ticks']} measured "
+        f"ticks per case (after {s['warmup']} warm-up), one tick every {s['tick_s']:g} s"
+    )
+    print(f"  observer: {s['observer']}")
+    print(f"  objects created in {s['setup_s']} s; kubernetes client pool {s['client_pool']}")
+    print(
+        f"  machine: {s['cpus']} CPUs, load average {s['load_before']} before the run, "
+        f"{s['load_after']} after (other work on the machine slows Prometheus and the API "
+        "server)"
+    )
+    labels = {
+        "tick": "tick (observe+decide+act+rest)",
+        "observe": "observe",
+        "promql": "  of which PromQL requests",
+        "weights_source": "  of which weight reads",
+        "decide": "decide",
+        "act": "act",
+        "reads": "  reads (current, per route)",
+        "writes": "  writes (apply, wall)",
+        "rest": "rest (guard, audit log)",
+    }
+    for run in s["runs"]:
+        print(f"\n[{run['config']}] {run['case']}: {run['description']}")
+        print(f"  {'':32s} {'median':>9s} {'p90':>9s}")
+        for part, label in labels.items():
+            v = run[f"{part}_ms"]
+            print(f"  {label:32s} {v['median']:6.1f} ms {v['p90']:6.1f} ms")
+        print(
+            f"  per tick (median/max): {run['promql_queries_per_tick']:g}/"
+            f"{run['promql_queries_max']:g} PromQL queries, "
+            f"{run['vs_gets_per_tick']:g}/{run['vs_gets_max']:g} VirtualService GETs, "
+            f"{run['vs_patches_per_tick']:g}/{run['vs_patches_max']:g} PATCHes, "
+            f"{run['routes_written_per_tick']:g}/{run['routes_written_max']:g} routes written, "
+            f"{run['conflicts_per_tick']:g}/{run['conflicts_max']:g} conflicts"
+        )
+        print(
+            f"  over {run['ticks']} ticks: {run['vs_lists_total']} VirtualService LISTs, "
+            f"{run['dr_lists_total']} DestinationRule LISTs (cached 10 s); outcomes "
+            + ", ".join(f"{k} {v}" for k, v in sorted(run["outcomes"].items()))
+        )
+        verdict = "MET" if run["target_met"] else "NOT MET"
+        print(
+            f"  target (median tick <= {TARGET_MS:g} ms, <= {MAX_PROMQL} PromQL per tick): "
+            f"{verdict} (median {run['tick_ms']['median']:.1f} ms, "
+            f"{run['promql_queries_max']:g} PromQL queries max)"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--routes", type=int, default=100)
     p.add_argument("--subsets", type=int, default=4)
-    p.add_argument("--ticks", type=int, default=15, help="measured ticks (after 2 warm-up)")
+    p.add_argument("--ticks", type=int, default=15, help="measured ticks per case")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured ticks first, per case")
     p.add_argument("--tick-s", type=float, default=1.0, help="pause between tick starts (s)")
+    p.add_argument(
+        "--change-fraction",
+        type=float,
+        default=0.1,
+        help="realistic case: share of routes whose split changes each tick (default 0.1)",
+    )
+    p.add_argument("--max-parallel-writes", type=int, default=8)
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure the cache-less actuator writing one route at a time",
+    )
     p.add_argument("--json", action="store_true", help="print JSON only")
     args = p.parse_args()
-    s = run(args.routes, args.subsets, args.ticks, warmup=2, tick_s=args.tick_s)
-    if args.json:
-        print(json.dumps(s))
-        return
-    print(f"tick latency: {s['routes']} routes x {s['subsets']} subsets, {s['ticks']} ticks")
-    print(f"  observer: {s['observer']}")
-    print(f"  objects created in {s['setup_s']} s")
-    labels = {
-        "tick": "tick",
-        "observe": "observe",
-        "weights_source": "  of which weight reads",
-        "decide": "decide",
-        "act": "act",
-    }
-    for part, label in labels.items():
-        v = s[f"{part}_ms"]
-        print(f"  {label:24s} median {v['median']:8.1f} ms   p90 {v['p90']:8.1f} ms")
-    print(
-        f"  per tick: {s['promql_per_tick']:g} PromQL queries, {s['k8s_gets_per_tick']:g} "
-        f"VirtualService GETs, {s['k8s_patches_per_tick']:g} patches, "
-        f"{s['conflicts_per_tick']:g} conflicts, {s['routes_written_per_tick']:g} routes written"
-    )
+    if not 0 < args.change_fraction <= 1:
+        p.error("--change-fraction must be in (0, 1]")
+    s = run(args)
+    if not args.json:
+        report(s)
     print(json.dumps(s))
 
 

@@ -11,6 +11,11 @@ every route from a fixed number of queries), then per route: `Policy.decide` -> 
 -> `Actuator.apply` (only when the guard says write *and* this replica leads) -> a check that
 earlier writes show up in the observed traffic split -> one `DecisionRecord` in the store.
 
+Writes run last and together: every route is read, decided and guarded first, then the
+routes whose verdict is a write are applied concurrently on up to ``max_parallel_writes``
+threads (one write per route per tick, so each route's writes stay in order), and finally
+each route is verified and recorded in route order, exactly as if its write had run alone.
+
 Errors: a `TemporaryError` from the observer holds every route (the guard sees no observation,
 then decays toward the baseline after ``hold_s``); a `TemporaryError` from the actuator is
 recorded as ``"error: ..."`` and retried next tick (the guard proposes again); a
@@ -27,6 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -159,6 +165,34 @@ class _Write:
 
 
 @dataclass
+class _Plan:
+    """One route after read -> decide -> guard, waiting for its write (if any) and record."""
+
+    route: RouteRef
+    obs: Observation | None
+    current: Weights
+    proposed: Weights | None
+    raw_action: list[float] | None
+    verdict: Verdict
+    notes: list[str]
+    leader: bool
+
+    @property
+    def writes(self) -> bool:
+        """Whether the actuator must be called (the guard says write, and this replica leads)."""
+        return self.verdict.write and self.leader
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What `Actuator.apply` did for one plan: the weights in force, or the exception."""
+
+    written: Weights | None = None
+    retried: bool = False
+    error: Exception | None = None
+
+
+@dataclass
 class _Runtime:
     """Mutable per-route state of the loop (the guard keeps its own)."""
 
@@ -188,7 +222,8 @@ class ControlLoop:
     weight (points); mode: ``"shadow"`` never writes (decide and record only); tick_s: the
     scheduling interval of `start` (s); capacity_hints: nominal capacity per route and subset
     (rps), filled into observations that carry none; recheck_failed_every: ticks between
-    re-checks of a failed route.
+    re-checks of a failed route; max_parallel_writes: how many routes are written at once
+    (threads; 1 writes one after the other). The actuator must be thread-safe when > 1.
     """
 
     def __init__(
@@ -211,6 +246,7 @@ class ControlLoop:
         tick_s: float = 5.0,
         capacity_hints: Mapping[RouteRef, Mapping[str, float]] | None = None,
         recheck_failed_every: int = 12,
+        max_parallel_writes: int = 8,
     ) -> None:
         if not routes:
             raise ValueError("ControlLoop: at least one route must be managed")
@@ -226,6 +262,10 @@ class ControlLoop:
         if recheck_failed_every < 1:
             raise ValueError(
                 f"ControlLoop: recheck_failed_every must be >= 1 tick, got {recheck_failed_every}"
+            )
+        if not (isinstance(max_parallel_writes, int) and max_parallel_writes >= 1):
+            raise ValueError(
+                f"ControlLoop: max_parallel_writes must be >= 1, got {max_parallel_writes!r}"
             )
         self.observer = observer
         self.actuator = actuator
@@ -243,6 +283,7 @@ class ControlLoop:
         self.mode: Mode = mode
         self.tick_s = _check_positive("tick_s", tick_s)
         self.recheck_failed_every = recheck_failed_every
+        self.max_parallel_writes = max_parallel_writes
         self._hints = {r: dict(h) for r, h in (capacity_hints or {}).items()}
         self._rt = {r: _Runtime(RouteStatus(r)) for r in self.routes}
         self._by_key = {r.key: r for r in self.routes}
@@ -329,17 +370,28 @@ class ControlLoop:
         observations, obs_error, broken = self._observe(due)
         if obs_error is None:
             self._ready = True
-        results = []
+        staged: list[TickResult | _Plan] = []
         for route in due:
             try:
                 if route in broken:
-                    results.append(self._fail(route, broken[route], now))
+                    staged.append(self._fail(route, broken[route], now))
                 else:
                     obs = observations.get(route)
-                    results.append(self._manage(route, obs, obs_error, now, leader))
+                    staged.append(self._prepare(route, obs, obs_error, now, leader))
             except Exception as exc:  # a bug for one route must not stop the others
                 _log.exception("route %s: unexpected error in tick", route.key)
-                results.append(self._unexpected(route, exc, now))
+                staged.append(self._unexpected(route, exc, now))
+        applied = self._apply_all([p for p in staged if isinstance(p, _Plan) and p.writes])
+        results = []
+        for item in staged:
+            if isinstance(item, TickResult):
+                results.append(item)
+                continue
+            try:
+                results.append(self._complete(item, applied.get(item.route), now))
+            except Exception as exc:
+                _log.exception("route %s: unexpected error in tick", item.route.key)
+                results.append(self._unexpected(item.route, exc, now))
         return results
 
     def _due(self, route: RouteRef) -> bool:
@@ -382,14 +434,15 @@ class ControlLoop:
                 _log.warning("observe of %s failed: %s", route.key, exc)
         return observations, None, broken
 
-    def _manage(
+    def _prepare(
         self,
         route: RouteRef,
         obs: Observation | None,
         obs_error: str | None,
         now: float,
         leader: bool,
-    ) -> TickResult:
+    ) -> TickResult | _Plan:
+        """Read, decide and guard one route: a `_Plan`, or the result when the read failed."""
         rt = self._rt[route]
         try:
             current = self.actuator.current(route)
@@ -420,8 +473,42 @@ class ControlLoop:
             now_s=now,
             phase_hint=self.mode if leader else "shadow",
         )
+        return _Plan(route, obs, current, proposed, raw_action, verdict, notes, leader)
+
+    def _apply_all(self, plans: list[_Plan]) -> dict[RouteRef, _Applied]:
+        """Call the actuator for every plan, up to `max_parallel_writes` at once."""
+        if not plans:
+            return {}
+        workers = min(self.max_parallel_writes, len(plans))
+        if workers == 1:
+            return {p.route: self._apply_one(p) for p in plans}
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshpilot-write") as pool:
+            futures = [(p.route, pool.submit(self._apply_one, p)) for p in plans]
+            return {route: future.result() for route, future in futures}
+
+    def _apply_one(self, plan: _Plan) -> _Applied:
+        """One `Actuator.apply`; never raises (the exception is handed to `_complete`)."""
+        before = self._conflicts_seen(plan.route)
         try:
-            outcome, written, wrote, weights_after = self._act(route, verdict, current, leader)
+            written = self.actuator.apply(plan.route, plan.verdict.weights)
+        except Exception as exc:
+            return _Applied(error=exc)
+        return _Applied(written=written, retried=self._conflicts_seen(plan.route) != before)
+
+    def _conflicts_seen(self, route: RouteRef) -> int:
+        """The actuator's conflict count for `route` (its total when it counts no routes:
+        exact for writes one at a time)."""
+        per_route = getattr(self.actuator, "conflicts_for", None)
+        if callable(per_route):
+            return int(per_route(route))
+        return int(getattr(self.actuator, "conflicts", 0))
+
+    def _complete(self, plan: _Plan, applied: _Applied | None, now: float) -> TickResult:
+        """Verify and record one route after its write (if any)."""
+        route, verdict, current, obs = plan.route, plan.verdict, plan.current, plan.obs
+        rt = self._rt[route]
+        try:
+            outcome, written, wrote, weights_after = self._act(route, plan, applied)
         except PermanentError as exc:  # RBAC revoked, route deleted between read and write
             return self._fail(route, str(exc), now)
         verify = self._verify(route, obs, now)
@@ -430,7 +517,7 @@ class ControlLoop:
             del rt.pending[:-_MAX_PENDING]
             rt.last_written = weights_after
         reason = "; ".join(
-            [*notes, verdict.reason] + ([f"verify: {verify.detail}"] if verify else [])
+            [*plan.notes, verdict.reason] + ([f"verify: {verify.detail}"] if verify else [])
         )
         return self._finish(
             route,
@@ -440,8 +527,8 @@ class ControlLoop:
             reason=reason,
             obs=obs,
             current=current,
-            proposed=proposed,
-            raw_action=raw_action,
+            proposed=plan.proposed,
+            raw_action=plan.raw_action,
             written=written,
             wrote=wrote,
             weights_after=weights_after,
@@ -472,9 +559,14 @@ class ControlLoop:
         return proposed, raw_action
 
     def _act(
-        self, route: RouteRef, verdict: Verdict, current: Weights, leader: bool
+        self, route: RouteRef, plan: _Plan, applied: _Applied | None
     ) -> tuple[str, Weights | None, bool, Weights]:
-        """(outcome, written, wrote, weights configured after) for one verdict."""
+        """(outcome, written, wrote, weights configured after) for one verdict and its write.
+
+        Raises the `PermanentError` of a failed write (the route fails) and any unexpected
+        exception (the route holds); a `TemporaryError` is an ``error: ...`` outcome.
+        """
+        verdict, current, leader = plan.verdict, plan.current, plan.leader
         if not verdict.write:
             if verdict.phase == "shadow":
                 outcome = "follower" if not leader else "shadow"
@@ -483,14 +575,16 @@ class ControlLoop:
             return outcome, None, False, current
         if not leader:  # the guard was told "shadow"; never write without the lease anyway
             return "follower", verdict.weights, False, current
-        conflicts_before = getattr(self.actuator, "conflicts", 0)
-        try:
-            written = self.actuator.apply(route, verdict.weights)
-        except TemporaryError as exc:
-            return f"error: {exc}", verdict.weights, True, current
+        if applied is None:  # cannot happen: every writing plan went through _apply_all
+            raise RuntimeError(f"route {route.key}: the write was never attempted")
+        if applied.error is not None:
+            if isinstance(applied.error, TemporaryError):
+                return f"error: {applied.error}", verdict.weights, True, current
+            raise applied.error
+        assert applied.written is not None
         self.metrics.writes.labels(route=route.key).inc()
-        retried = getattr(self.actuator, "conflicts", 0) != conflicts_before
-        return ("conflict-retried" if retried else "written"), written, True, written
+        outcome = "conflict-retried" if applied.retried else "written"
+        return outcome, applied.written, True, applied.written
 
     # -- verification ----------------------------------------------------------------------
 

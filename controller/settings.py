@@ -172,6 +172,9 @@ class KubeSettings(_Group):
     """Path of a kubeconfig file (default None: in-cluster service-account credentials)."""
     dry_run: bool = False
     """Send every patch with server-side dry run: validated, never persisted (default false)."""
+    watch_cache: bool = True
+    """Keep the VirtualServices in memory through one list + a watch per namespace, instead of
+    a GET per route per tick (default true; needs ``list`` and ``watch``, else reads GET)."""
 
 
 class LeaderSettings(_Group):
@@ -270,6 +273,8 @@ class Settings(BaseSettings):
     the shipped model loads, else ``proportional``, with the reason logged at startup)."""
     recheck_failed_every: int = Field(default=12, ge=1)
     """Ticks between re-checks of a route that failed permanently (default 12, 1 min)."""
+    max_parallel_writes: int = Field(default=8, ge=1, le=64)
+    """Routes written at once in a tick (threads; default 8, 1 = one after the other)."""
     guard: GuardSettings = Field(default_factory=GuardSettings)
     """Step limits, floors, stale-data hold (defaults: `GuardSettings`)."""
     store: StoreSettings = Field(default_factory=StoreSettings)

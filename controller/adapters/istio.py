@@ -25,6 +25,14 @@ Subsets come from the route itself and must be defined by a DestinationRule for 
 (looked up by ``spec.host``, not by name, in the VirtualService's namespace, then the host's;
 cached ``dr_cache_s``): a route to an undefined subset answers 503 in Istio.
 
+With ``watch_cache=True`` the VirtualServices of each namespace are listed once and then kept
+current by a background ``watch`` (resumed from the last resourceVersion, re-listed after 410
+Gone, a watch error, or any call that could not reach the API server), so `current` answers
+from memory instead of one GET per route per tick. The cache never weakens a write: the
+``resourceVersion`` test op still fails on a stale copy, and `apply` re-reads (GET) and retries
+exactly as after a concurrent write. While the cache is not in sync (first list pending, API
+server unreachable, list/watch denied by RBAC) every read falls back to a GET.
+
 Errors: a missing VirtualService, route, host, DestinationRule or subset, RBAC denials (401/403)
 and requests the API server rejects as invalid are `PermanentError`; 5xx, 429, timeouts,
 refused connections and conflicts that persist after ``max_conflict_retries`` re-reads are
@@ -35,6 +43,7 @@ With `leader.py`, this is the only module that imports ``kubernetes``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -46,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
@@ -87,13 +96,20 @@ _T = TypeVar("_T")
 # -- shared with controller.leader ----------------------------------------------------------
 
 
-def kube_api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+def kube_api_client(
+    kubeconfig: str | None = None, *, context: str | None = None, max_connections: int = 16
+) -> Any:
     """A `kubernetes.client.ApiClient` from a kubeconfig file, or in-cluster credentials.
 
     Refused connections are retried twice at once, reads never: urllib3's default (3 retries of
     any error) would turn one request timeout into four against a hung API server.
-    Raises `ConfigError` when neither works (no file, no service-account token).
+    max_connections: size of the connection pool, at least the number of threads that call
+    the API server at once (parallel writers plus one per watch); beyond it urllib3 opens and
+    throws away extra connections. Raises `ConfigError` when neither works (no file, no
+    service-account token).
     """
+    if max_connections < 1:
+        raise ConfigError(f"max_connections must be >= 1, got {max_connections!r}")
     configuration = client.Configuration()
     try:
         if kubeconfig is not None:
@@ -106,6 +122,7 @@ def kube_api_client(kubeconfig: str | None = None, *, context: str | None = None
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster service account"
         raise ConfigError(f"cannot load Kubernetes credentials from {where}: {err}") from err
     configuration.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
+    configuration.connection_pool_maxsize = max_connections
     return client.ApiClient(configuration)
 
 
@@ -179,6 +196,12 @@ def canonical_host(host: str, namespace: str, *, cluster_domain: str = "cluster.
     rest of the suffix, and anything else with two or more dots is kept (lower case, without a
     trailing dot). Same rule as the telemetry's ``destination_service``.
     """
+    return _canonical_host(host, namespace, cluster_domain)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_host(host: str, namespace: str, cluster_domain: str) -> str:
+    """`canonical_host`, memoized: a tick resolves the same few hundred hosts again and again."""
     name = host.strip().lower().rstrip(".")
     full = destination_service(name, namespace, cluster_domain=cluster_domain)
     if full.endswith(".svc"):
@@ -234,6 +257,208 @@ def _route_label(route: RouteRef) -> str:
     return f"http route #{route.route}"
 
 
+def _resource_version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _newer(a: str, b: str) -> bool:
+    """Whether resourceVersion `a` is known to be later than `b`.
+
+    resourceVersions are opaque to clients, but every API server backed by etcd issues them as
+    increasing integers; when either is not one, nothing is known (False).
+    """
+    try:
+        return int(a) > int(b)
+    except ValueError:
+        return False
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class _VirtualServiceCache:
+    """The VirtualServices of one namespace, listed once and kept current by a watch.
+
+    A daemon thread lists the namespace, then watches from the list's resourceVersion and
+    applies each ADDED/MODIFIED/DELETED event to the store. When the server ends a watch (its
+    timeout) the next one resumes from the last resourceVersion seen; after 410 Gone, any
+    other watch or list error, or `invalidate`, the namespace is listed again (errors back
+    off up to 30 s). `synced` is set only while the store holds a successful list plus the
+    events since; readers fall back to a GET otherwise. Objects in the store are never
+    mutated (readers share them).
+    """
+
+    def __init__(
+        self, owner: VirtualServiceActuator, namespace: str, *, watch_timeout_s: float
+    ) -> None:
+        self._owner = owner
+        self.namespace = namespace
+        self._watch_timeout_s = watch_timeout_s
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._resource_version = ""
+        self._stale = True  # list (again) before trusting the store
+        self._watch: Any = None
+        self._stopping = threading.Event()
+        self.synced = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"meshpilot-vs-watch-{namespace}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        self.invalidate()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The cached object, or None when not in sync or not (yet) known."""
+        with self._lock:
+            return self._objects.get(name) if self.synced.is_set() else None
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        """Keep a later version read or written by the actuator (known objects only: an
+        object the watch has not listed, or has seen deleted, is left to the watch)."""
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        with self._lock:
+            held = self._objects.get(name) if isinstance(name, str) else None
+            if held is not None and _newer(_resource_version(obj), _resource_version(held)):
+                self._objects[str(name)] = dict(obj)
+
+    def invalidate(self) -> None:
+        """Stop trusting the store and list again (the API server could not be reached)."""
+        with self._lock:
+            self._stale = True
+            self.synced.clear()
+            current = self._watch
+        if current is not None:
+            current.stop()  # shuts the socket down: a blocked read returns at once
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = gone = 0
+        while not self._stopping.is_set():
+            try:
+                self._list()
+                failures = 0
+                while not self._stopping.is_set() and not self._stale:
+                    self._watch_once()
+                    gone = 0
+            except _Gone:
+                gone += 1
+                if gone > 3:  # a fresh list's resourceVersion expiring again: do not spin
+                    self._stopping.wait(min(5.0, 0.1 * gone))
+                _log.debug(
+                    "watch of virtualservices in %s expired (410); listing again", self.namespace
+                )
+            except Exception as exc:
+                with self._lock:
+                    self._stale = True
+                    self.synced.clear()
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                delay = min(30.0, 0.1 * 2 ** min(failures, 9)) * random.uniform(0.5, 1.0)
+                log = _log.warning if failures == 1 else _log.debug
+                log(
+                    "VirtualService cache of namespace %s not in sync (%s); reads use GET, "
+                    "listing again in %.1f s",
+                    self.namespace,
+                    _brief(exc),
+                    delay,
+                )
+                self._stopping.wait(delay)
+
+    def _list(self) -> None:
+        owner = self._owner
+        with self._lock:
+            self._stale = False
+        listed = owner._call(
+            "list",
+            f"virtualservices.{GROUP} in namespace {self.namespace}",
+            lambda: owner._api.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "virtualservices", _request_timeout=owner._timeouts
+            ),
+        )
+        owner._count("lists")
+        items = {
+            str(i["metadata"]["name"]): i
+            for i in listed.get("items") or []
+            if isinstance(i, dict) and (i.get("metadata") or {}).get("name")
+        }
+        with self._lock:
+            if self._stale:  # invalidated while listing: list again
+                return
+            self._objects = items
+            self._resource_version = _resource_version(listed)
+            self.synced.set()
+
+    def _watch_once(self) -> None:
+        owner = self._owner
+        stream = watch.Watch()
+        with self._lock:
+            if self._stale:
+                return
+            self._watch = stream
+            since = self._resource_version
+        timeout = max(1, round(self._watch_timeout_s * random.uniform(1.0, 1.5)))
+        try:
+            for event in stream.stream(
+                owner._api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                "virtualservices",
+                resource_version=since or None,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _request_timeout=(owner._timeouts[0], timeout + 30),
+            ):
+                if self._stale or self._stopping.is_set():
+                    return
+                self._apply(event)
+        except ApiException as exc:
+            if self._stale or self._stopping.is_set():
+                return
+            if exc.status == 410:
+                raise _Gone(str(exc)) from exc
+            raise
+        except Exception:
+            if self._stale or self._stopping.is_set():
+                return  # the socket was shut down on purpose
+            raise
+        finally:
+            with self._lock:
+                self._watch = None
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("raw_object")
+        if not isinstance(obj, dict):
+            return
+        meta = obj.get("metadata") or {}
+        version = _resource_version(obj)
+        name = meta.get("name")
+        self._owner._count("watch_events")
+        with self._lock:
+            if version:
+                self._resource_version = version
+            if kind not in ("ADDED", "MODIFIED", "DELETED") or not isinstance(name, str):
+                return  # BOOKMARK: only the resourceVersion moves
+            held = self._objects.get(name)
+            if held is not None and _newer(_resource_version(held), version):
+                return  # the actuator already keeps a later version (its own write)
+            if kind == "DELETED":
+                self._objects.pop(name, None)
+            else:
+                self._objects[name] = obj
+
+
 class VirtualServiceActuator:
     """Reads/writes the weights of `RouteRef` routes in Istio VirtualServices (see module doc).
 
@@ -249,10 +474,18 @@ class VirtualServiceActuator:
     read; a stale copy just fails the ``resourceVersion`` test and is re-read); fail_fast_s:
     after the API server could not be reached, calls fail at once with `TemporaryError` for
     this long (s, 0 = always try; keep it below the tick); cluster_domain: DNS suffix of short
-    host names.
+    host names; watch_cache: keep each namespace's VirtualServices in memory through list +
+    watch and read from there (see the module doc; False: a GET per read); watch_timeout_s:
+    how long one watch request lasts before it is renewed (s, randomized up to +50 %);
+    max_connections: connection pool size of the client built here (parallel writers plus one
+    per watched namespace; an `api_client` passed in keeps its own pool).
+
+    Thread-safe: `current` and `apply` may run from several threads at once (for different
+    routes; writes to one object are serialized by the API server's resourceVersion checks).
 
     Counters (thread-safe, monotonic): `writes` successful patches, `conflicts` re-reads after a
-    conflict, `reads` GETs of VirtualServices.
+    conflict (per route: `conflicts_for`), `reads` GETs of VirtualServices, `lists` LISTs and
+    `watch_events` watch events of the cache, `dr_lists` LISTs of DestinationRules.
     """
 
     def __init__(
@@ -270,6 +503,9 @@ class VirtualServiceActuator:
         reuse_read_s: float = 1.0,
         fail_fast_s: float = 2.0,
         cluster_domain: str = "cluster.local",
+        watch_cache: bool = False,
+        watch_timeout_s: float = 300.0,
+        max_connections: int = 16,
     ) -> None:
         if dry_run not in (True, False, None, "All"):
             raise ConfigError(f"dry_run must be a bool or 'All', got {dry_run!r}")
@@ -281,8 +517,14 @@ class VirtualServiceActuator:
             raise ConfigError(
                 "conflict_backoff_s, dr_cache_s, reuse_read_s and fail_fast_s must be >= 0 s"
             )
+        if not watch_timeout_s >= 1:
+            raise ConfigError(f"watch_timeout_s must be >= 1 s, got {watch_timeout_s!r}")
         self._owns_client = api_client is None
-        self.api_client = api_client if api_client is not None else kube_api_client(kubeconfig)
+        self.api_client = (
+            api_client
+            if api_client is not None
+            else kube_api_client(kubeconfig, max_connections=max_connections)
+        )
         self._api: Any = client.CustomObjectsApi(self.api_client)
         self.dry_run: str | None = "All" if dry_run in (True, "All") else None
         self.field_manager = field_manager
@@ -298,22 +540,51 @@ class VirtualServiceActuator:
         self._down_until = -math.inf
         self._down_exc: BaseException | None = None
         self._lock = threading.Lock()
-        self._dr_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._dr_cache: dict[str, tuple[float, dict[str, list[dict[str, Any]]]]] = {}
+        self._dr_locks: dict[str, threading.Lock] = {}
         self._last_read: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.watch_cache = bool(watch_cache)
+        self.watch_timeout_s = float(watch_timeout_s)
+        self._caches: dict[str, _VirtualServiceCache] = {}
+        self._closed = False
+        self._route_conflicts: dict[str, int] = {}
         self.writes = 0
         self.conflicts = 0
         self.reads = 0
+        self.lists = 0
+        self.watch_events = 0
+        self.dr_lists = 0
 
     def close(self) -> None:
-        """Release the connection pool (only when this actuator built the client)."""
+        """Stop the watches; release the connection pool (only when this actuator built the
+        client). Idempotent."""
+        with self._lock:
+            self._closed = True
+            caches, self._caches = list(self._caches.values()), {}
+        for cache in caches:
+            cache.stop()
         if self._owns_client:
             self.api_client.close()
+
+    def conflicts_for(self, route: RouteRef) -> int:
+        """Conflicts `apply` met (and retried) on this route so far."""
+        with self._lock:
+            return self._route_conflicts.get(route.key, 0)
+
+    def cache_synced(self, namespace: str, timeout_s: float = 0.0) -> bool:
+        """Whether the watch cache of `namespace` is in sync (waiting up to `timeout_s`);
+        starts the cache when it is enabled and not started yet. False without a cache."""
+        cache = self._cache(namespace)
+        return cache is not None and cache.synced.wait(timeout_s)
 
     # -- the Actuator port ------------------------------------------------------------------
 
     def current(self, route: RouteRef) -> Weights:
-        """The route's weights per subset, in route order (validated against the DR)."""
-        loc = self._locate(route, self._get(route))
+        """The route's weights per subset, in route order (validated against the DR).
+
+        From the watch cache when it is on and in sync, else from a GET.
+        """
+        loc = self._locate(route, self._read(route))
         weights = self._strict_weights(route, loc)
         self._check_destination_rule(route, loc.subsets)
         return weights
@@ -361,7 +632,7 @@ class VirtualServiceActuator:
                         f"under meshpilot: {conflicts} patches of {_route_label(route)} "
                         "conflicted; will retry next tick"
                     ) from exc
-                self._count("conflicts")
+                self._count_conflict(route)
                 _log.debug("%s: conflict %d, re-reading", route.key, conflicts)
                 time.sleep(random.uniform(0.0, self.conflict_backoff_s * conflicts))
                 loc, fresh = self._reread(route, weights), True
@@ -380,12 +651,41 @@ class VirtualServiceActuator:
     def _vs_resource(self, route: RouteRef) -> str:
         return f"virtualservices.{GROUP} {route.namespace}/{route.virtual_service}"
 
+    def _cache(self, namespace: str) -> _VirtualServiceCache | None:
+        """The namespace's watch cache (started, and its first list awaited up to `timeout_s`,
+        on first use), or None when caching is off or the actuator is closed."""
+        if not self.watch_cache:
+            return None
+        with self._lock:
+            cache = self._caches.get(namespace)
+            created = cache is None and not self._closed
+            if created:
+                cache = _VirtualServiceCache(self, namespace, watch_timeout_s=self.watch_timeout_s)
+                self._caches[namespace] = cache
+        if created and cache is not None:
+            cache.start()
+            cache.synced.wait(self.timeout_s)
+        return cache
+
+    def _cached(self, route: RouteRef) -> dict[str, Any] | None:
+        cache = self._cache(route.namespace)
+        return None if cache is None else cache.get(route.virtual_service)
+
+    def _read(self, route: RouteRef) -> dict[str, Any]:
+        """The VirtualService from the cache when it is there, else from a GET."""
+        obj = self._cached(route)
+        return obj if obj is not None else self._get(route)
+
     def _recent(self, route: RouteRef) -> dict[str, Any] | None:
-        """The object as read less than `reuse_read_s` ago (by `current`, typically), or None.
+        """The object from the watch cache, or as read less than `reuse_read_s` ago (by
+        `current`, typically), or None.
 
         Safe to patch from: if it is stale, the ``resourceVersion`` test fails and `apply`
         re-reads, exactly as after a concurrent write.
         """
+        cached = self._cached(route)
+        if cached is not None:
+            return cached
         with self._lock:
             hit = self._last_read.get((route.namespace, route.virtual_service))
         if hit is None or time.monotonic() - hit[0] > self.reuse_read_s:
@@ -412,6 +712,11 @@ class VirtualServiceActuator:
 
     def _remember(self, route: RouteRef, obj: dict[str, Any] | None) -> None:
         """Keep `obj` as the latest known state of the route's VirtualService (None: forget)."""
+        if obj is not None and self.watch_cache:
+            with self._lock:
+                cache = self._caches.get(route.namespace)
+            if cache is not None:
+                cache.put(obj)
         if self.reuse_read_s <= 0:
             return
         key = (route.namespace, route.virtual_service)
@@ -514,12 +819,30 @@ class VirtualServiceActuator:
 
     # -- DestinationRules ------------------------------------------------------------------
 
-    def _destination_rules(self, namespace: str, *, fresh: bool) -> list[dict[str, Any]]:
-        now = time.monotonic()
+    def _destination_rules(self, namespace: str, *, fresh: bool) -> dict[str, list[dict[str, Any]]]:
+        """The namespace's DestinationRules by canonical ``spec.host`` (listed, or cached).
+
+        One list at a time per namespace: writers on several threads that find the cache
+        expired together wait for one list instead of each sending their own.
+        """
+        asked = time.monotonic()
         with self._lock:
             cached = self._dr_cache.get(namespace)
-        if cached is not None and not fresh and now - cached[0] < self.dr_cache_s:
+            refresh = self._dr_locks.setdefault(namespace, threading.Lock())
+        if cached is not None and not fresh and asked - cached[0] < self.dr_cache_s:
             return cached[1]
+        with refresh:
+            with self._lock:
+                cached = self._dr_cache.get(namespace)
+            if cached is not None and (
+                cached[0] >= asked  # listed since we asked
+                or (not fresh and time.monotonic() - cached[0] < self.dr_cache_s)
+            ):
+                return cached[1]
+            return self._list_destination_rules(namespace)
+
+    def _list_destination_rules(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        now = time.monotonic()
         listed = self._call(
             "list",
             f"destinationrules.{GROUP} in namespace {namespace}",
@@ -527,10 +850,16 @@ class VirtualServiceActuator:
                 GROUP, VERSION, namespace, "destinationrules", _request_timeout=self._timeouts
             ),
         )
-        items = [i for i in listed.get("items") or [] if isinstance(i, dict)]
+        self._count("dr_lists")
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for item in listed.get("items") or []:
+            if isinstance(item, dict):
+                host = str((item.get("spec") or {}).get("host", ""))
+                key = canonical_host(host, namespace, cluster_domain=self.cluster_domain)
+                by_host.setdefault(key, []).append(item)
         with self._lock:
-            self._dr_cache[namespace] = (now, items)
-        return items
+            self._dr_cache[namespace] = (now, by_host)
+        return by_host
 
     def _check_destination_rule(
         self, route: RouteRef, subsets: Sequence[str], *, fresh: bool = False
@@ -542,16 +871,7 @@ class VirtualServiceActuator:
         if host_ns and host_ns != route.namespace:
             namespaces.append(host_ns)
         for namespace in namespaces:
-            rules = [
-                r
-                for r in self._destination_rules(namespace, fresh=fresh)
-                if canonical_host(
-                    str((r.get("spec") or {}).get("host", "")),
-                    namespace,
-                    cluster_domain=self.cluster_domain,
-                )
-                == want
-            ]
+            rules = self._destination_rules(namespace, fresh=fresh).get(want, [])
             if rules:
                 break
         else:
@@ -682,6 +1002,11 @@ class VirtualServiceActuator:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
+    def _count_conflict(self, route: RouteRef) -> None:
+        with self._lock:
+            self.conflicts += 1
+            self._route_conflicts[route.key] = self._route_conflicts.get(route.key, 0) + 1
+
     def _call(
         self,
         verb: str,
@@ -719,13 +1044,20 @@ class VirtualServiceActuator:
         return out
 
     def _reachable(self, failure: BaseException | None) -> None:
-        """Record whether the last call reached the API server (`failure` None: it did)."""
+        """Record whether the last call reached the API server (`failure` None: it did).
+
+        A failure also drops the watch caches out of sync: what they hold may be arbitrarily
+        old by now, so reads go to the API server (and fail fast) until a new list succeeds.
+        """
         with self._lock:
             if failure is None:
                 self._down_until, self._down_exc = -math.inf, None
-            else:
-                self._down_until = time.monotonic() + self.fail_fast_s
-                self._down_exc = failure
+                return
+            self._down_until = time.monotonic() + self.fail_fast_s
+            self._down_exc = failure
+            caches = list(self._caches.values())
+        for cache in caches:
+            cache.invalidate()
 
 
 def _has_causes(exc: ApiException) -> bool:

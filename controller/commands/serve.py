@@ -165,7 +165,11 @@ def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
     from controller.adapters.prometheus import PrometheusObserver
 
     actuator = VirtualServiceActuator(
-        kubeconfig=settings.kube.kubeconfig, dry_run=settings.kube.dry_run
+        kubeconfig=settings.kube.kubeconfig,
+        dry_run=settings.kube.dry_run,
+        watch_cache=settings.kube.watch_cache,
+        # parallel writers, one watch per namespace, and the observer's reads
+        max_connections=settings.max_parallel_writes + 4,
     )
     stack.callback(actuator.close)
     routes = [r.ref() for r in settings.routes]
@@ -248,6 +252,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
         tick_s=settings.tick_s,
         capacity_hints={r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
         recheck_failed_every=settings.recheck_failed_every,
+        max_parallel_writes=settings.max_parallel_writes,
     )
     return loop, guard
 

@@ -162,12 +162,17 @@ def decode(
 def encode_weights(weights: Weights, spec: FeatureSpec) -> np.ndarray:
     """Inverse of `decode` up to rounding: the action whose decode gives (about) `weights`.
 
-    Used to seed policies and to test decode; zero weights map to -1.
+    Used to seed policies and to test decode. Zero weights map to -1 and, when there are any,
+    the largest weight to +1, so the zeros get the smallest share decode can express (e^-6 of
+    the largest with the default temperature), which rounds to 0.
     """
     vals = np.asarray(weights.values_tuple, dtype=np.float64) / 100.0
     logits = np.log(np.maximum(vals, 1e-12)) / spec.action_temperature
     positive = vals > 0
-    logits -= (logits[positive].max() + logits[positive].min()) / 2.0
+    if positive.all():
+        logits -= (logits[positive].max() + logits[positive].min()) / 2.0
+    else:
+        logits -= logits[positive].max() - 1.0
     action = np.full(spec.max_subsets, -1.0, dtype=np.float32)
     action[: len(vals)] = np.clip(logits, -1.0, 1.0)
     return action

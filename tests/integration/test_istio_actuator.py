@@ -14,6 +14,12 @@ Cases:
   managed route's retry policy, new matches, annotations; by JSON Patch and by GET+PUT) while
   meshpilot writes ~100 times: every state in the object's watch history has managed weights
   summing to 100, no foreign edit is ever lost, conflicts are retried (counts printed);
+  (run with the watch cache off and on);
+* watch cache: one LIST, then `current` and `apply` without a GET; it follows foreign edits,
+  deletions and new objects through the watch; a stale cache (events withheld) still never
+  loses a foreign edit (the resourceVersion test fails, one GET, retry); after 410 Gone (a
+  watch from a compacted resourceVersion) it lists again; without list/watch permission
+  every read falls back to a GET; threads reading at once share one DestinationRule list;
 * persistent conflicts -> `TemporaryError` after ``max_conflict_retries`` re-reads;
 * least privilege: the Role in manifests/base/role.yaml is enough (and no more); without
   ``patch`` -> `PermanentError` "RBAC denied: patch ..."; without any role -> "RBAC denied: get";
@@ -26,7 +32,8 @@ Cases:
 * ``dry_run`` answers with the new weights but leaves the object unchanged;
 * the API server hung (SIGSTOP) -> one call waits for the timeout, the next ones fail fast with
   `TemporaryError` (a tick over many routes is not stalled once per route); then it recovers;
-* the API server killed mid-run -> `TemporaryError` only (no crash); after a restart it works.
+* the API server killed mid-run -> `TemporaryError` only (no crash); after a restart it works
+  (with the watch cache: it drops out of sync during the outage and lists again after).
 
 Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
 """
@@ -50,7 +57,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir
 
-from controller.adapters.istio import MANAGED_ANNOTATION, VirtualServiceActuator
+from controller.adapters.istio import (
+    MANAGED_ANNOTATION,
+    VirtualServiceActuator,
+    _Gone,
+    _VirtualServiceCache,
+)
 from controller.core import PermanentError, RouteRef, TemporaryError, Weights
 
 pytestmark = pytest.mark.integration
@@ -384,10 +396,15 @@ def test_credentials_from_kubeconfig_or_in_cluster(
 # -- concurrency ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("watch_cache", [False, True], ids=["get", "watch-cache"])
 def test_concurrent_foreign_writer_loses_nothing_and_sums_stay_100(
-    admin: Any, vs_name: str, capsys: pytest.CaptureFixture[str]
+    admin: Any, vs_name: str, capsys: pytest.CaptureFixture[str], watch_cache: bool
 ) -> None:
-    """meshpilot and a foreign writer hammer one object; the watch history is the proof."""
+    """meshpilot and a foreign writer hammer one object; the watch history is the proof.
+
+    With the watch cache, `apply` patches from the cached copy, which the foreign writer keeps
+    making stale: only the resourceVersion test stands between it and a lost edit.
+    """
     from kubernetes import client, watch
     from kubernetes.client.rest import ApiException
 
@@ -395,7 +412,9 @@ def test_concurrent_foreign_writer_loses_nothing_and_sums_stay_100(
     foreign_api = client.CustomObjectsApi(admin)
     start_rv = get_vs(admin, vs_name)["metadata"]["resourceVersion"]
     route = RouteRef(NS, vs_name, "primary", "reviews")
-    act = actuator(admin)  # defaults: 5 retries
+    act = actuator(admin, watch_cache=watch_cache)  # defaults: 5 retries
+    if watch_cache:
+        assert act.cache_synced(NS, timeout_s=10)
     n_foreign, n_ours = 100, 100
     foreign_log: list[tuple[str, Any]] = []  # (kind, value) of every foreign edit that landed
     ours_ok: list[Weights] = []
@@ -555,8 +574,168 @@ def test_concurrent_foreign_writer_loses_nothing_and_sums_stay_100(
             f"retried, {len(ours_temporary)} gave up after retries (TemporaryError); "
             f"foreign: {len(foreign_log)} edits, {foreign_conflicts} 409s on GET+PUT; "
             f"{len(states)} states checked; writers ran {durations[0]:.1f} s and "
-            f"{durations[1]:.1f} s"
+            f"{durations[1]:.1f} s; cache {'on' if watch_cache else 'off'}: {act.reads} GETs, "
+            f"{act.lists} LISTs, {act.watch_events} watch events"
         )
+    act.close()
+
+
+# -- watch cache -----------------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def json_patch(admin: Any, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = custom(admin).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        "virtualservices",
+        name,
+        ops,
+        _content_type="application/json-patch+json",
+    )
+    return out
+
+
+def test_watch_cache_reads_without_gets_and_follows_foreign_edits(admin: Any, vs_name: str) -> None:
+    act = actuator(admin, watch_cache=True)
+    try:
+        route = RouteRef(NS, vs_name, "primary", "reviews")
+        assert act.current(route).as_dict() == {"v1": 80, "v2": 15, "v3": 5}
+        assert (act.reads, act.lists) == (0, 1)  # one LIST of the namespace, no GET
+        for _ in range(20):
+            act.current(route)
+        # Our own write: patched from the cached copy, and read back without a GET.
+        written = act.apply(route, Weights(["v1", "v2", "v3"], [60, 30, 10]))
+        assert act.current(route) == written
+        assert (act.reads, act.writes, act.conflicts) == (0, 1, 0)
+        # A foreign edit of the managed weights arrives through the watch.
+        json_patch(
+            admin,
+            vs_name,
+            [
+                {"op": "replace", "path": "/spec/http/1/route/0/weight", "value": 50},
+                {"op": "replace", "path": "/spec/http/1/route/1/weight", "value": 40},
+            ],
+        )
+        wait_until(lambda: act.current(route).as_dict() == {"v1": 50, "v2": 40, "v3": 10})
+        # A new VirtualService shows up in the cache, a deleted one leaves it.
+        fresh = f"reviews-{next(_seq)}"
+        create(admin, virtual_service(fresh))
+        cache = act._caches[NS]
+        wait_until(lambda: cache.get(fresh) is not None)
+        assert act.current(RouteRef(NS, fresh, 0, "reviews")).as_dict() == {"v3": 60, "v2": 40}
+        custom(admin).delete_namespaced_custom_object(GROUP, VERSION, NS, "virtualservices", fresh)
+        wait_until(lambda: cache.get(fresh) is None)
+        assert act.reads == 0 and act.lists == 1 and act.watch_events >= 4
+        with pytest.raises(PermanentError, match=f"VirtualService {NS}/{fresh} not found"):
+            act.current(RouteRef(NS, fresh, 0, "reviews"))  # a miss asks the API server
+        assert act.reads == 1
+    finally:
+        act.close()
+
+
+def test_threads_share_one_destination_rule_list(admin: Any, vs_name: str) -> None:
+    act = VirtualServiceActuator(api_client=admin, dr_cache_s=60.0, watch_cache=True)
+    try:
+        route = RouteRef(NS, vs_name, "primary", "reviews")
+        assert act.cache_synced(NS, timeout_s=10)
+        go = threading.Barrier(8)
+        seen: list[Weights] = []
+
+        def read() -> None:
+            go.wait()
+            seen.append(act.current(route))
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(seen) == 8 and len(set(seen)) == 1
+        assert act.dr_lists == 1 and act.reads == 0
+    finally:
+        act.close()
+
+
+def test_a_stale_watch_cache_never_loses_a_foreign_edit(admin: Any, vs_name: str) -> None:
+    act = actuator(admin, watch_cache=True)
+    try:
+        route = RouteRef(NS, vs_name, "primary", "reviews")
+        act.current(route)
+        cache = act._caches[NS]
+        withheld: list[Any] = []
+        cache._apply = withheld.append  # type: ignore[method-assign,assignment]  # the watch lags
+        json_patch(  # a foreign edit of the managed route and of an annotation
+            admin,
+            vs_name,
+            [
+                {"op": "replace", "path": "/spec/http/1/timeout", "value": "3s"},
+                {"op": "add", "path": "/metadata/annotations", "value": {"team/owner": "shop"}},
+            ],
+        )
+        wait_until(lambda: len(withheld) >= 1)
+        assert act.current(route).as_dict() == {"v1": 80, "v2": 15, "v3": 5}  # stale, as set up
+        written = act.apply(route, Weights(["v1", "v2", "v3"], [70, 20, 10]))
+        assert (act.conflicts, act.reads, act.writes) == (1, 1, 1)  # test op failed, re-read
+        obj = get_vs(admin, vs_name)
+        assert weights_of(obj, 1) == written.as_dict()
+        assert obj["spec"]["http"][1]["timeout"] == "3s"  # the foreign edits survived
+        assert obj["metadata"]["annotations"]["team/owner"] == "shop"
+        assert cache.get(vs_name) is not None
+        assert act.current(route) == written  # the cache keeps our (later) write
+    finally:
+        act.close()
+
+
+def test_watch_cache_lists_again_after_410_gone(admin: Any, vs_name: str) -> None:
+    act = actuator(admin, watch_cache=True)
+    route = RouteRef(NS, vs_name, "primary", "reviews")
+    # A resourceVersion from before the API server's watch window, as after a long
+    # disconnection and an etcd compaction: the server answers 410 Gone.
+    too_old = "1"
+    probe = _VirtualServiceCache(act, NS, watch_timeout_s=5)
+    probe._resource_version, probe._stale = too_old, False
+    with pytest.raises(_Gone):
+        probe._watch_once()  # a watch from too_old: 410 Gone
+
+    class StartsTooOld(_VirtualServiceCache):
+        """Lists, then (the first time) pretends the list was that old."""
+
+        first = True
+
+        def _list(self) -> None:
+            super()._list()
+            if self.first:
+                self.first = False
+                with self._lock:
+                    self._resource_version = too_old
+
+    cache = StartsTooOld(act, NS, watch_timeout_s=5)
+    act._caches[NS] = cache
+    try:
+        lists = act.lists
+        cache.start()
+        wait_until(lambda: act.lists == lists + 2 and cache.synced.is_set())  # 410 -> list
+        json_patch(
+            admin, vs_name, [{"op": "replace", "path": "/spec/http/1/timeout", "value": "7s"}]
+        )
+
+        def followed() -> bool:
+            obj = cache.get(vs_name)
+            return obj is not None and obj["spec"]["http"][1].get("timeout") == "7s"
+
+        wait_until(followed)
+        assert act.current(route).as_dict() == {"v1": 80, "v2": 15, "v3": 5}
+        assert act.reads == 0
+    finally:
+        act.close()
 
 
 def test_conflicts_that_persist_become_temporary_error(admin: Any, vs_name: str) -> None:
@@ -633,6 +812,26 @@ def test_without_patch_permission_apply_is_rbac_permanent_error(
 
     assert isinstance(ei.value.__cause__, ApiException)
     assert weights_of(get_vs(admin, vs_name), 1) == {"v1": 80, "v2": 15, "v3": 5}
+
+
+def test_without_list_and_watch_the_watch_cache_falls_back_to_gets(
+    lab: KubeLab, admin: Any, vs_name: str
+) -> None:
+    role = manifest_role()
+    role["metadata"]["name"] = "meshpilot-no-watch"
+    role["rules"][0]["verbs"] = ["get", "patch"]  # no list, no watch
+    bind(admin, role, "no-watch-user")
+    act = actuator(impersonating(lab, "no-watch-user"), watch_cache=True, timeout_s=1.0)
+    try:
+        route = RouteRef(NS, vs_name, "primary", FQDN)
+        assert eventually(lambda: act.current(route)).as_dict() == {"v1": 80, "v2": 15, "v3": 5}
+        act.apply(route, Weights(["v1", "v2", "v3"], [70, 20, 10]))
+        assert weights_of(get_vs(admin, vs_name), 1) == {"v1": 70, "v2": 20, "v3": 10}
+        assert act.current(route).as_dict() == {"v1": 70, "v2": 20, "v3": 10}
+        assert not act.cache_synced(NS) and act.lists == 0
+        assert act.reads >= 2 and act.writes == 1  # current: a GET each time
+    finally:
+        act.close()
 
 
 def test_without_any_role_reads_are_rbac_permanent_errors(
@@ -812,10 +1011,13 @@ def test_hung_apiserver_costs_one_timeout_then_fails_fast(
     print(f"\n[hung] first call {first_s:.2f} s (timeout 1 s), then 20 calls in {rest_s:.3f} s")
 
 
+@pytest.mark.parametrize("watch_cache", [False, True], ids=["get", "watch-cache"])
 def test_apiserver_killed_mid_run_is_temporary_then_recovers(
-    lab: KubeLab, admin: Any, vs_name: str
+    lab: KubeLab, admin: Any, vs_name: str, watch_cache: bool
 ) -> None:
-    act = actuator(admin, timeout_s=2.0)
+    act = actuator(admin, timeout_s=2.0, watch_cache=watch_cache)
+    if watch_cache:
+        assert act.cache_synced(NS, timeout_s=10)
     route = RouteRef(NS, vs_name, "primary", "reviews")
     outcomes: list[str] = []
     written: list[Weights] = []
@@ -847,7 +1049,8 @@ def test_apiserver_killed_mid_run_is_temporary_then_recovers(
     down.set()
     time.sleep(2.0)
     with pytest.raises(TemporaryError, match=r"cannot reach the API server|API server unreachable"):
-        act.current(route)
+        act.current(route)  # with the cache: out of sync, so not answered from memory
+    assert not act.cache_synced(NS)
     lab.restart_apiserver()
     down.clear()
     restarted = len(outcomes)
@@ -862,4 +1065,9 @@ def test_apiserver_killed_mid_run_is_temporary_then_recovers(
     # After the restart the object holds exactly the last successful write.
     assert weights_of(get_vs(admin, vs_name), 1) == written[-1].as_dict()
     assert act.current(route) == written[-1]
+    if watch_cache:  # listed again once the API server answered
+        assert act.cache_synced(NS, timeout_s=30) and act.lists >= 2
+        assert act._cached(route) is not None
+        assert act.current(route) == written[-1]
+    act.close()
     print(f"\n[outage] {outcomes.count('ok')} writes ok, {outcomes.count('temporary')} temporary")

@@ -11,6 +11,11 @@ every tick; both record into one SQLite audit log. Cases:
   over to the other replica after the Lease expired, and it writes from then on;
 * the VirtualService ends with exactly the last recorded write, weights summing to 100.
 
+Both replicas read through the actuator's watch cache, as ``meshpilot serve`` wires them. A
+second case drives one loop over 24 routes with writes on 8 threads sharing one kubernetes
+client: after each tick every VirtualService holds exactly what the loop recorded, and once
+the cache is in sync a tick sends no GET at all (one PATCH per written route).
+
 Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
 """
 
@@ -182,7 +187,7 @@ def replica(api: Any, identity: str, store: DecisionStore) -> tuple[ControlLoop,
         identity=identity,
         lease_duration_s=LEASE_S,
     )
-    actuator = VirtualServiceActuator(api_client=api)
+    actuator = VirtualServiceActuator(api_client=api, watch_cache=True)
     loop = ControlLoop(
         observer=SimulatedObserver(actuator, clock),
         actuator=actuator,
@@ -235,6 +240,9 @@ def test_one_writer_at_a_time_and_handover_after_leader_dies(
         for loop, elector in replicas.values():
             loop.stop()
             elector.stop()
+            close = getattr(loop.actuator, "close", None)
+            if callable(close):
+                close()
 
     audit = sorted(
         (r for r in stores[0].latest(limit=10_000) if r.route == ROUTE.key), key=lambda r: r.ts_s
@@ -267,3 +275,93 @@ def test_one_writer_at_a_time_and_handover_after_leader_dies(
             f"{len(followers)} follower decisions; gap at handover {first_new - last_old:.2f} s "
             f"(lease {LEASE_S} s)"
         )
+
+
+class StepPolicy:
+    """Moves all traffic toward v1 or v3, alternating every 3 ticks: most ticks write."""
+
+    name = "step"
+
+    def __init__(self) -> None:
+        self.tick = 0
+
+    def decide(self, obs: Observation) -> Weights:
+        return Weights.single(obs.subsets, "v1" if (self.tick // 3) % 2 else "v3")
+
+    def reset(self) -> None:
+        self.tick = 0
+
+
+def test_parallel_writes_over_many_routes_from_the_watch_cache(
+    lab: KubeLab, controller_api: Any
+) -> None:
+    from kubernetes import client
+
+    admin: Any = client.CustomObjectsApi(lab.api_client("admin"))
+    routes = []
+    for i in range(24):
+        name = f"multi-{i:02d}"
+        admin.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            "virtualservices",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {
+                    "hosts": ["reviews"],
+                    "http": [
+                        {
+                            "name": "primary",
+                            "route": [
+                                {"destination": {"host": "reviews", "subset": s}, "weight": w}
+                                for s, w in zip(SUBSETS, (34, 33, 33), strict=True)
+                            ],
+                        }
+                    ],
+                },
+            },
+        )
+        routes.append(RouteRef(NS, name, "primary", f"reviews.{NS}.svc.cluster.local"))
+    clock = WallClock()
+    actuator = VirtualServiceActuator(api_client=controller_api, watch_cache=True)
+    policy = StepPolicy()
+    loop = ControlLoop(
+        observer=SimulatedObserver(actuator, clock),
+        actuator=actuator,
+        policy=policy,
+        guard=Guard(GuardConfig(max_step=10, hold_s=30, stale_after_s=30)),
+        store=DecisionStore(":memory:"),
+        routes=routes,
+        clock=clock,
+        slo_ms=250,
+        writer_id="pod-a",
+        verify_after_s=30,
+        verify_tolerance=10,
+        max_parallel_writes=8,
+    )
+    try:
+        assert actuator.cache_synced(NS, timeout_s=10)
+        for tick in range(8):
+            policy.tick = tick
+            reads, writes = actuator.reads, actuator.writes
+            results = loop.tick()
+            assert [r.route for r in results] == routes
+            assert all(r.outcome in ("written", "conflict-retried") for r in results), {
+                r.outcome for r in results
+            }
+            assert actuator.reads - reads == 0  # current, weights and patch base: the cache
+            assert actuator.writes - writes == len(routes)
+            for r in results:
+                obj = admin.get_namespaced_custom_object(
+                    GROUP, VERSION, NS, "virtualservices", r.route.virtual_service
+                )
+                weights = {
+                    d["destination"]["subset"]: d["weight"] for d in obj["spec"]["http"][0]["route"]
+                }
+                assert r.written is not None and weights == r.written.as_dict()
+                assert sum(weights.values()) == 100
+    finally:
+        actuator.close()

@@ -10,11 +10,18 @@ follow the written weights and passes one that does; every written split sums to
 at most max_step (property); shadow mode never reaches the actuator; reward and raw action are
 recorded; capacity hints reach the policy; a change made outside meshpilot is reported;
 nothing escapes tick(); the scheduler job never overlaps (max_instances=1).
+
+Parallel writes: the routes that need a write are applied together on up to
+``max_parallel_writes`` threads (proved with a barrier, and never more), results and records
+stay in route order, and every per-route outcome is what a write alone would give: written,
+conflict-retried (counted per route), ``error: ...`` (TemporaryError), failed (PermanentError:
+RBAC denied on patch, route deleted) or ``error: unexpected ...``; with 1, no thread is used.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -237,15 +244,26 @@ def test_permanent_error_fails_one_route_and_the_others_stay_managed() -> None:
     assert loop.route_status(B).phase == "active"
 
 
-def test_permanent_error_while_writing_fails_the_route() -> None:
+@pytest.mark.parametrize("max_parallel_writes", [1, 8])
+def test_permanent_error_while_writing_fails_the_route(max_parallel_writes: int) -> None:
     clock = FakeClock()
     mesh = FakeMesh({A: split(90, 10), B: split(90, 10)}, clock=clock)
     mesh.apply_errors[A] = [PermanentError("virtualservices.networking.istio.io is forbidden")]
-    loop = make_loop(mesh, FixedPolicy({"v1": 50, "v2": 50}), routes=(A, B))
+    loop = make_loop(
+        mesh,
+        FixedPolicy({"v1": 50, "v2": 50}),
+        routes=(A, B),
+        max_parallel_writes=max_parallel_writes,
+    )
     results = {r.route: r for r in loop.tick()}
     assert results[A].phase == "failed" and "forbidden" in results[A].outcome
+    assert results[A].wrote is False
     assert results[B].outcome == "written"
     assert loop.route_status(A).failed == "virtualservices.networking.istio.io is forbidden"
+    assert loop.metrics.writes.labels(route=A.key)._value.get() == 0
+    assert loop.metrics.writes.labels(route=B.key)._value.get() == 1
+    stored = loop.store.get(results[A].decision_id or -1)
+    assert stored is not None and stored.phase == "failed"
 
 
 def test_permanent_error_in_a_batched_observe_is_narrowed_to_its_route() -> None:
@@ -461,3 +479,125 @@ def test_rejects_an_unusable_configuration() -> None:
         make_loop(mesh, FixedPolicy({}), routes=(A, A))
     with pytest.raises(ValueError, match="verify_after_s"):
         make_loop(mesh, FixedPolicy({}), verify_after_s=0.0)
+
+
+# -- parallel writes ------------------------------------------------------------------------------
+
+
+class ConcurrentMesh(FakeMesh):
+    """A FakeMesh whose writes may overlap: counts them, and can hold the first `together`
+    writes at a barrier until that many run at once."""
+
+    def __init__(self, routes: Mapping[RouteRef, Weights], *, clock: FakeClock) -> None:
+        super().__init__(routes, clock=clock)
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls = 0
+        self.threads: set[str] = set()
+        self.barrier: threading.Barrier | None = None
+        self.route_conflicts: dict[str, int] = {}
+        self.conflict_on: set[RouteRef] = set()
+
+    def apply(self, route: RouteRef, weights: Weights) -> Weights:
+        with self.lock:
+            self.calls += 1
+            first = self.barrier is not None and self.calls <= self.barrier.parties
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.threads.add(threading.current_thread().name)
+        try:
+            if first and self.barrier is not None:
+                self.barrier.wait()  # BrokenBarrierError unless `parties` writes overlap
+            with self.lock:
+                if route in self.conflict_on:
+                    self.route_conflicts[route.key] = self.route_conflicts.get(route.key, 0) + 1
+                return super().apply(route, weights)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def conflicts_for(self, route: RouteRef) -> int:
+        with self.lock:
+            return self.route_conflicts.get(route.key, 0)
+
+
+def many_routes(n: int) -> list[RouteRef]:
+    return [RouteRef("lirmm-services", f"svc-{i}", "primary", f"svc-{i}") for i in range(n)]
+
+
+def test_writes_run_in_parallel_bounded_by_max_parallel_writes() -> None:
+    clock = FakeClock()
+    routes = many_routes(12)
+    mesh = ConcurrentMesh(dict.fromkeys(routes, split(90, 10)), clock=clock)
+    mesh.barrier = threading.Barrier(4, timeout=30)
+    loop = make_loop(mesh, FixedPolicy({"v1": 50, "v2": 50}), routes=routes, max_parallel_writes=4)
+    results = loop.tick()
+    assert not mesh.barrier.broken  # four writes were in flight at once
+    assert mesh.max_in_flight == 4  # and never more
+    assert all(name.startswith("meshpilot-write") for name in mesh.threads)
+    assert [r.route for r in results] == routes  # route order, whatever order writes ended in
+    assert all(r.outcome == "written" and r.written == split(80, 20) for r in results)
+    assert all(mesh.configured[r] == split(80, 20) for r in routes)
+    records = sorted(loop.store.latest(limit=100), key=lambda rec: rec.id or 0)
+    assert [rec.route for rec in records] == [r.key for r in routes]
+    # Next tick: each route's second write follows its first.
+    clock.advance(TICK_S)
+    mesh.barrier = None
+    assert all(r.written == split(70, 30) for r in loop.tick())
+    assert [w for r, w in mesh.applied if r == routes[0]] == [split(80, 20), split(70, 30)]
+
+
+def test_one_parallel_write_at_most_means_no_threads() -> None:
+    clock = FakeClock()
+    routes = many_routes(3)
+    mesh = ConcurrentMesh(dict.fromkeys(routes, split(90, 10)), clock=clock)
+    loop = make_loop(mesh, FixedPolicy({"v1": 50, "v2": 50}), routes=routes, max_parallel_writes=1)
+    assert all(r.outcome == "written" for r in loop.tick())
+    assert mesh.threads == {threading.current_thread().name}
+    assert mesh.max_in_flight == 1
+
+
+def test_each_parallel_write_keeps_its_own_outcome() -> None:
+    clock = FakeClock()
+    routes = many_routes(6)
+    ok, forbidden, temporary, unexpected, deleted, conflicted = routes
+    mesh = ConcurrentMesh(dict.fromkeys(routes, split(90, 10)), clock=clock)
+    mesh.apply_errors = {
+        forbidden: [PermanentError("RBAC denied: patch virtualservices (403: forbidden)")],
+        temporary: [TemporaryError("API server answered 503")],
+        unexpected: [RuntimeError("bug in the adapter")],
+        deleted: [PermanentError("VirtualService lirmm-services/svc-4 not found")],
+    }
+    mesh.conflict_on = {conflicted}
+    loop = make_loop(mesh, FixedPolicy({"v1": 50, "v2": 50}), routes=routes, max_parallel_writes=8)
+    results = loop.tick()
+    assert [r.route for r in results] == routes
+    by = {r.route: r for r in results}
+    assert by[ok].outcome == "written" and by[ok].wrote
+    assert by[conflicted].outcome == "conflict-retried"  # per route, not another's conflict
+    for route, text in ((forbidden, "RBAC denied: patch"), (deleted, "svc-4 not found")):
+        assert by[route].phase == "failed" and text in by[route].outcome
+        status = loop.route_status(route)
+        assert status.phase == "failed" and status.failed is not None and text in status.failed
+    assert by[temporary].outcome == "error: API server answered 503"
+    assert by[temporary].wrote and by[temporary].weights == split(90, 10)
+    assert by[unexpected].outcome == "error: unexpected RuntimeError: bug in the adapter"
+    assert by[unexpected].phase == "holding"
+    assert all(r.decision_id is not None for r in results)
+    writes = {r.key: loop.metrics.writes.labels(route=r.key)._value.get() for r in routes}
+    assert writes == {r.key: float(r in (ok, conflicted)) for r in routes}
+    # Next tick: the temporary and unexpected failures are retried, failed routes wait.
+    clock.advance(TICK_S)
+    again = {r.route: r for r in loop.tick()}
+    assert set(again) == {ok, temporary, unexpected, conflicted}
+    assert again[temporary].outcome == "written" and again[unexpected].outcome == "written"
+    assert again[conflicted].outcome == "conflict-retried"  # it conflicts on every write
+    assert again[ok].outcome == "written"
+
+
+def test_rejects_max_parallel_writes_below_one() -> None:
+    clock = FakeClock()
+    mesh = FakeMesh({A: split(90, 10)}, clock=clock)
+    with pytest.raises(ValueError, match="max_parallel_writes"):
+        make_loop(mesh, FixedPolicy({}), max_parallel_writes=0)

@@ -1,0 +1,67 @@
+"""`meshpilot serve --mesh k8s` wiring: the watch cache, parallel writes and the client pool.
+
+No server is contacted: building the actuator, observer and loop connects to nothing (the
+watch cache starts on the first read), so a kubeconfig pointing at a closed port is enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import yaml
+
+from controller.commands.serve import build_loop
+from controller.settings import load_settings
+
+
+def kubeconfig(tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_defaults_read_from_the_watch_cache_and_write_in_parallel(tmp_path: Path) -> None:
+    s = load_settings(
+        None,
+        mesh="k8s",
+        policy="proportional",
+        routes=[{"virtual_service": "reviews", "route": "primary"}],
+        store={"path": str(tmp_path / "audit.db")},
+        kube={"kubeconfig": str(kubeconfig(tmp_path))},
+    )
+    assert s.kube.watch_cache is True and s.max_parallel_writes == 8
+    with contextlib.ExitStack() as stack:
+        loop, _ = build_loop(s, stack)
+        actuator = loop.actuator
+        assert loop.max_parallel_writes == 8
+        assert getattr(actuator, "watch_cache", None) is True
+        pool = actuator.api_client.configuration.connection_pool_maxsize  # type: ignore[attr-defined]
+        assert pool >= loop.max_parallel_writes + 1  # writers + the watch
+
+
+def test_cache_off_and_serial_writes_can_be_chosen(tmp_path: Path) -> None:
+    s = load_settings(
+        None,
+        mesh="k8s",
+        policy="proportional",
+        routes=[{"virtual_service": "reviews", "route": "primary"}],
+        store={"path": str(tmp_path / "audit.db")},
+        kube={"kubeconfig": str(kubeconfig(tmp_path)), "watch_cache": False},
+        max_parallel_writes=1,
+    )
+    with contextlib.ExitStack() as stack:
+        loop, _ = build_loop(s, stack)
+        assert loop.max_parallel_writes == 1
+        assert getattr(loop.actuator, "watch_cache", None) is False
