@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from controller.core.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate", "evaluate", "serve")
+SUBCOMMANDS = ("simulate", "train", "evaluate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

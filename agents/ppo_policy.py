@@ -1,0 +1,425 @@
+"""Serve a trained PPO policy with numpy alone: the controller never imports torch.
+
+Training (`agents.ppo`) exports the actor network of a stable-baselines3 PPO model, the
+`VecNormalize` observation statistics and the `FeatureSpec` it was trained on into one `.npz`
+file. This module loads that file with ``allow_pickle=False`` (a model file is data, never
+code), refuses it when its feature layout does not match, and runs
+``encode -> normalize -> MLP -> action prior -> decode`` for every decision, exactly as the
+training env did (parity with SB3's deterministic ``predict`` is tested).
+
+File format (every entry a plain numpy array; strings are 0-d unicode arrays):
+
+=================  ==========================================================================
+ key               meaning
+=================  ==========================================================================
+ format_version    int, `FORMAT_VERSION`
+ spec_json         `FeatureSpec.to_dict()` as JSON
+ spec_hash         `FeatureSpec.hash` of that spec (checked against it on load)
+ activation        hidden-layer activation: "tanh" or "relu" (SB3's ``activation_fn``)
+ n_layers          number of Linear layers, hidden ones plus the action head
+ w{i}, b{i}        Linear layer i: weight (out, in) and bias (out,), as in torch
+ obs_mean/obs_var  VecNormalize running mean / variance per observation entry
+ clip_obs, eps     VecNormalize ``clip_obs`` and ``epsilon``
+ action_prior      "none", "capacity" or "hold" (see `apply_action_prior`)
+ obs_extension     "none" or "utilization": inputs appended to `encode` (optional, "none")
+ metadata_json     free-form JSON (training config, versions) for humans; optional
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.core.errors import ConfigError
+from controller.core.features import PER_SUBSET, FeatureSpec, decode, encode
+from controller.core.model import Observation, Weights
+
+FORMAT_VERSION = 1
+"""Version of the `.npz` layout above; bumped on any incompatible change."""
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.npz"
+"""The policy shipped with meshpilot (what ``--policy ppo`` serves)."""
+
+ACTION_PRIORS = ("none", "capacity", "hold")
+"""Known action priors: what the network's output is added to before `decode`."""
+
+HOLD_FLOOR = 0.0025
+"""Smallest weight share (of the largest) the "hold" prior represents: e^-6, decode's range."""
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+_REQUIRED = (
+    "format_version",
+    "spec_json",
+    "spec_hash",
+    "activation",
+    "n_layers",
+    "obs_mean",
+    "obs_var",
+    "clip_obs",
+    "eps",
+    "action_prior",
+)
+
+
+def capacity_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Action (in decode's units) whose decode is the capacity-proportional split.
+
+    Reads ``capacity_share`` of each present slot from the encoded observation; the largest
+    subset gets 0, others ``log(share / max_share) / temperature`` (clipped to -1), absent slots
+    -1. Why: a policy that only learns a *correction* to the split people already use starts
+    from a good operating point instead of from an equal split, which overloads small subsets.
+    """
+    k = spec.max_subsets
+    per = np.asarray(obs_vec, dtype=np.float64)[: k * PER_SUBSET].reshape(k, PER_SUBSET)
+    present = per[:, 0] > 0.5
+    share = np.maximum(per[:, 7], 1e-9)
+    prior = np.full(k, -1.0)
+    if present.any():
+        logits = np.log(share) / spec.action_temperature
+        logits -= logits[present].max()
+        prior[present] = np.clip(logits[present], -1.0, 1.0)
+    return prior
+
+
+OBS_EXTENSIONS = ("none", "utilization")
+"""Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
+
+
+def extension_size(spec: FeatureSpec, extension: str) -> int:
+    """How many values `extend_observation` appends for `extension`."""
+    if extension == "none":
+        return 0
+    if extension == "utilization":
+        return spec.max_subsets + 1
+    raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
+
+
+def extend_observation(
+    vec: np.ndarray, obs: Observation, spec: FeatureSpec, extension: str
+) -> np.ndarray:
+    """`encode`'s vector plus the extension's values (float32).
+
+    "utilization": per slot, observed rps / nominal capacity hint (0 without data or hint),
+    then route rps / total nominal capacity, the route rate estimated from the subsets with
+    data as if the others carried their configured weights (Prometheus drops samples); all
+    clipped to [0, p99_clip]. Why: `encode`
+    gives capacity only as shares, so the policy cannot tell 50 % from 90 % load except
+    through noisy latencies, while the best split depends on exactly that.
+    """
+    size = extension_size(spec, extension)
+    if size == 0:
+        return np.asarray(vec, dtype=np.float32)
+    extra = np.zeros(size, dtype=np.float64)
+    caps = obs.capacity_hint_rps
+    if caps and all(math.isfinite(c) and c > 0 for c in caps):
+        known_rps = 0.0
+        known_weight = 0
+        for i, st in enumerate(obs.stats):
+            if st.has_data and math.isfinite(st.rps):
+                extra[i] = max(st.rps, 0.0) / caps[i]
+                known_rps += max(st.rps, 0.0)
+                known_weight += st.weight
+        if known_weight > 0:  # subsets whose sample was dropped: scale up by their weight
+            extra[-1] = known_rps * 100.0 / known_weight / math.fsum(caps)
+    extra = np.clip(extra, 0.0, spec.p99_clip)
+    return np.concatenate([np.asarray(vec, dtype=np.float32), extra.astype(np.float32)])
+
+
+def has_any_data(obs_vec: np.ndarray, spec: FeatureSpec) -> bool:
+    """True when at least one present subset slot has data (``has_data`` feature set)."""
+    k = spec.max_subsets
+    per = np.asarray(obs_vec, dtype=np.float64)[: k * PER_SUBSET].reshape(k, PER_SUBSET)
+    return bool(np.any((per[:, 0] > 0.5) & (per[:, 1] > 0.5)))
+
+
+def hold_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Action whose decode keeps the currently configured weights (up to rounding).
+
+    The largest weight gets +1 and the others ``1 + log(w / w_max) / temperature`` down to -1,
+    so decode's whole [-1, 1] range holds weights down to `HOLD_FLOOR` of the largest. Why: a
+    network that outputs a *change* of the split acts like an integrating controller and keeps
+    a decision (e.g. a drained canary) without needing memory.
+    """
+    k = spec.max_subsets
+    per = np.asarray(obs_vec, dtype=np.float64)[: k * PER_SUBSET].reshape(k, PER_SUBSET)
+    present = per[:, 0] > 0.5
+    prior = np.full(k, -1.0)
+    if present.any():
+        w = per[:, 2]
+        top = max(float(w[present].max()), 1e-9)
+        rel = np.maximum(w / top, HOLD_FLOOR)
+        prior[present] = np.clip(1.0 + np.log(rel[present]) / spec.action_temperature, -1.0, 1.0)
+    return prior
+
+
+def apply_action_prior(
+    action: np.ndarray, obs_vec: np.ndarray, spec: FeatureSpec, prior: str
+) -> np.ndarray:
+    """The action `decode` receives: the network's action in [-1, 1] plus the prior, clipped.
+
+    Shared by the training env wrapper and `NumpyPolicy`, so both decode the same logits.
+    Before any telemetry (no subset has data, e.g. the first tick of a route) the network's
+    output is ignored and the split is capacity-proportional: the network would be reading an
+    all-zero load picture it cannot interpret, and one bad split then costs a queue that takes
+    many steps to drain.
+    """
+    a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+    if prior not in ACTION_PRIORS:
+        raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
+    if not has_any_data(obs_vec, spec):
+        return capacity_prior(obs_vec, spec)
+    if prior == "none":
+        return a
+    if prior == "capacity":
+        return np.clip(a + capacity_prior(obs_vec, spec), -1.0, 1.0)
+    if prior == "hold":
+        return np.clip(a + hold_prior(obs_vec, spec), -1.0, 1.0)
+    raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
+
+
+class NumpyPolicy:
+    """The exported PPO actor as a `Policy`: deterministic (the Gaussian mean), numpy only.
+
+    `last_raw_action` is the action handed to `decode` at the last decision (Box[-1, 1]^K,
+    after the action prior), kept for the audit log.
+    """
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        *,
+        spec: FeatureSpec,
+        layers: list[tuple[np.ndarray, np.ndarray]],
+        activation: str,
+        obs_mean: np.ndarray,
+        obs_var: np.ndarray,
+        clip_obs: float,
+        eps: float,
+        action_prior: str = "none",
+        obs_extension: str = "none",
+        source: str = "<memory>",
+    ) -> None:
+        if activation not in _ACTIVATIONS:
+            raise ConfigError(
+                f"{source}: unknown activation {activation!r}; known: {sorted(_ACTIVATIONS)}"
+            )
+        if action_prior not in ACTION_PRIORS:
+            raise ConfigError(f"{source}: unknown action prior {action_prior!r}")
+        if not layers:
+            raise ConfigError(f"{source}: the network has no layers")
+        if obs_extension not in OBS_EXTENSIONS:
+            raise ConfigError(f"{source}: unknown observation extension {obs_extension!r}")
+        n_in = spec.obs_size + extension_size(spec, obs_extension)
+        width = n_in
+        for i, (w, b) in enumerate(layers):
+            if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[1] != width:
+                raise ConfigError(
+                    f"{source}: layer {i} has shape {w.shape}/{b.shape}, expected input {width}"
+                )
+            width = w.shape[0]
+        if width != spec.max_subsets:
+            raise ConfigError(
+                f"{source}: the network outputs {width} values, the spec has "
+                f"{spec.max_subsets} subset slots"
+            )
+        if obs_mean.shape != (n_in,) or obs_var.shape != (n_in,):
+            raise ConfigError(
+                f"{source}: normalization statistics have shape {obs_mean.shape}, "
+                f"expected ({n_in},)"
+            )
+        self.spec = spec
+        self.source = source
+        self._layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in layers]
+        self._act = _ACTIVATIONS[activation]
+        self.activation = activation
+        self._mean = obs_mean.astype(np.float64)
+        self._std = np.sqrt(obs_var.astype(np.float64) + eps)
+        self._clip = float(clip_obs)
+        self.action_prior = action_prior
+        self.obs_extension = obs_extension
+        self.last_raw_action: list[float] = []
+
+    # ---- the network -------------------------------------------------------------------
+    def normalize(self, obs_vec: np.ndarray) -> np.ndarray:
+        """VecNormalize's transform: clip((x - mean) / sqrt(var + eps), -clip, clip)."""
+        x = (np.asarray(obs_vec, dtype=np.float64) - self._mean) / self._std
+        return np.clip(x, -self._clip, self._clip).astype(np.float32)
+
+    def mean_action(self, normalized_obs: np.ndarray) -> np.ndarray:
+        """Actor MLP on normalized observations (shape (obs,) or (n, obs)) -> Gaussian mean."""
+        x = np.asarray(normalized_obs, dtype=np.float64)
+        last = len(self._layers) - 1
+        for i, (w, b) in enumerate(self._layers):
+            x = x @ w.T + b
+            if i < last:
+                x = self._act(x)
+        return x
+
+    def predict(self, obs_vec: np.ndarray) -> np.ndarray:
+        """What SB3's ``predict(obs, deterministic=True)`` returns: clip(mean, -1, 1)."""
+        return np.clip(self.mean_action(self.normalize(obs_vec)), -1.0, 1.0)
+
+    def action_for(self, obs_vec: np.ndarray) -> np.ndarray:
+        """Network input (encoded, extended observation) -> the action `decode` receives."""
+        return apply_action_prior(self.predict(obs_vec), obs_vec, self.spec, self.action_prior)
+
+    # ---- the Policy protocol -----------------------------------------------------------
+    def decide(self, obs: Observation) -> Weights:
+        spec = self.spec
+        vec = extend_observation(encode(obs, spec), obs, spec, self.obs_extension)
+        action = self.action_for(vec)
+        self.last_raw_action = [float(v) for v in action]
+        mask = spec.mask(len(obs.subsets))
+        return decode(action, mask, obs.subsets, temperature=spec.action_temperature)
+
+    def reset(self) -> None:
+        self.last_raw_action = []
+
+
+# ---- the file ----------------------------------------------------------------------------
+def _text(value: object) -> str:
+    return str(np.asarray(value).item()) if np.asarray(value).ndim == 0 else str(value)
+
+
+def save_npz(
+    path: str | Path,
+    *,
+    spec: FeatureSpec,
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    activation: str,
+    obs_mean: np.ndarray,
+    obs_var: np.ndarray,
+    clip_obs: float,
+    eps: float,
+    action_prior: str = "none",
+    obs_extension: str = "none",
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a policy file in the format of the module docstring (float32 weights)."""
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+        "spec_json": np.asarray(json.dumps(spec.to_dict(), sort_keys=True)),
+        "spec_hash": np.asarray(spec.hash),
+        "activation": np.asarray(activation),
+        "n_layers": np.asarray(len(layers), dtype=np.int64),
+        "obs_mean": np.asarray(obs_mean, dtype=np.float64),
+        "obs_var": np.asarray(obs_var, dtype=np.float64),
+        "clip_obs": np.asarray(clip_obs, dtype=np.float64),
+        "eps": np.asarray(eps, dtype=np.float64),
+        "action_prior": np.asarray(action_prior),
+        "obs_extension": np.asarray(obs_extension),
+        "metadata_json": np.asarray(json.dumps(dict(metadata or {}), sort_keys=True, default=str)),
+    }
+    for i, (w, b) in enumerate(layers):
+        arrays[f"w{i}"] = np.asarray(w, dtype=np.float32)
+        arrays[f"b{i}"] = np.asarray(b, dtype=np.float32)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+    return out
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: policy file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: np.asarray(data[key]) for key in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ConfigError(f"{path}: not a readable policy .npz file ({err})") from err
+
+
+def load_numpy_policy(path: str | Path, *, expected_spec: FeatureSpec | None = None) -> NumpyPolicy:
+    """Load and check a policy file; every problem is a `ConfigError` naming the file.
+
+    The file's `FeatureSpec` must hash to the hash stored next to it (else the file was edited
+    or corrupted) and, when `expected_spec` is given, equal the caller's layout (else the model
+    would read observations it was not trained on).
+    """
+    p = Path(path)
+    arrays = _read_arrays(p)
+    missing = [k for k in _REQUIRED if k not in arrays]
+    if missing:
+        raise ConfigError(f"{p}: policy file lacks {', '.join(missing)}")
+    try:
+        version = int(arrays["format_version"])
+        n_layers = int(arrays["n_layers"])
+        spec_dict = json.loads(_text(arrays["spec_json"]))
+        spec = FeatureSpec.from_dict(spec_dict)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{p}: malformed policy metadata ({err})") from err
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{p}: policy format {version}; this meshpilot reads {FORMAT_VERSION}")
+    stored_hash = _text(arrays["spec_hash"])
+    if spec.hash != stored_hash:
+        raise ConfigError(
+            f"{p}: feature-spec hash mismatch: the file says {stored_hash} but the FeatureSpec it "
+            f"carries hashes to {spec.hash}; the file is corrupt or was edited"
+        )
+    if expected_spec is not None and expected_spec.hash != spec.hash:
+        raise ConfigError(
+            f"{p}: feature-spec hash mismatch: the model was trained on {spec.hash}, this "
+            f"controller encodes observations with {expected_spec.hash}; retrain or export the "
+            "model for this feature spec"
+        )
+    layer_keys = [(f"w{i}", f"b{i}") for i in range(n_layers)]
+    absent = [k for pair in layer_keys for k in pair if k not in arrays]
+    if absent:
+        raise ConfigError(f"{p}: policy file lacks layer arrays {', '.join(absent)}")
+    layers = [(arrays[w], arrays[b]) for w, b in layer_keys]
+    for name, arr in [("obs_mean", arrays["obs_mean"]), ("obs_var", arrays["obs_var"])] + [
+        (k, arrays[k]) for pair in layer_keys for k in pair
+    ]:
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
+            raise ConfigError(f"{p}: array {name} is not finite floating point")
+    clip_obs = float(arrays["clip_obs"])
+    eps = float(arrays["eps"])
+    if not (math.isfinite(clip_obs) and clip_obs > 0 and math.isfinite(eps) and eps >= 0):
+        raise ConfigError(f"{p}: invalid normalization clip {clip_obs} / epsilon {eps}")
+    if np.any(arrays["obs_var"] < 0):
+        raise ConfigError(f"{p}: obs_var has negative entries")
+    return NumpyPolicy(
+        spec=spec,
+        layers=layers,
+        activation=_text(arrays["activation"]),
+        obs_mean=arrays["obs_mean"],
+        obs_var=arrays["obs_var"],
+        clip_obs=clip_obs,
+        eps=eps,
+        action_prior=_text(arrays["action_prior"]),
+        obs_extension=_text(arrays["obs_extension"]) if "obs_extension" in arrays else "none",
+        source=str(p),
+    )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The free-form ``metadata_json`` of a policy file ({} when absent)."""
+    arrays = _read_arrays(Path(path))
+    if "metadata_json" not in arrays:
+        return {}
+    try:
+        data = json.loads(_text(arrays["metadata_json"]))
+    except ValueError as err:
+        raise ConfigError(f"{path}: malformed metadata_json ({err})") from err
+    return data if isinstance(data, dict) else {}
+
+
+def load_ppo_policy(path: str | None, *, expected_spec: FeatureSpec | None = None) -> NumpyPolicy:
+    """`--policy ppo[:PATH]`: the model at `path`, or the shipped default when `path` is None.
+
+    `expected_spec` defaults to ``FeatureSpec()``, the layout the controller encodes with.
+    """
+    target = DEFAULT_MODEL if path is None else Path(path)
+    return load_numpy_policy(target, expected_spec=expected_spec or FeatureSpec())

@@ -1,0 +1,320 @@
+"""The numpy serving path of PPO policies (agents.ppo_policy).
+
+Cases:
+- the numpy actor reproduces SB3's deterministic ``predict`` (max abs diff < 1e-5) on many
+  observations, random and real, through VecNormalize, for tanh and relu networks;
+- `decide` writes the weights the training env would have written (encode -> normalize ->
+  MLP -> action prior -> decode) and records the raw action;
+- a file whose stored feature-spec hash disagrees with its own spec, or with the caller's, is
+  refused with both hashes in the message;
+- files are loaded with allow_pickle=False: a pickled array is refused and never unpickled;
+- missing, truncated, non-zip files and missing arrays are ConfigErrors;
+- the shipped default model loads, is small, and decides valid weights on the whole suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+import envs  # noqa: F401
+from agents.ppo import ExtendObservation, export_npz
+from agents.ppo_policy import (
+    DEFAULT_MODEL,
+    apply_action_prior,
+    extend_observation,
+    extension_size,
+    load_numpy_policy,
+    load_ppo_policy,
+)
+from controller.core.errors import ConfigError
+from controller.core.features import FeatureSpec, decode, encode
+from controller.core.model import Observation, RouteRef, SubsetStats
+from envs.simulator.engine import MeshSimulator
+from envs.simulator.scenario import load_scenario, suite_paths
+
+torch.set_num_threads(1)
+
+
+def _tiny_model(
+    activation: str, arch: list[int], seed: int, extension: str = "none"
+) -> tuple[PPO, VecNormalize]:
+    """An untrained PPO whose actor weights and normalizer statistics are made non-trivial."""
+
+    def make() -> gym.Env:
+        env = gym.make("meshpilot/MeshSim-v0", scenario="steady-80")
+        return ExtendObservation(env, FeatureSpec(), extension) if extension != "none" else env
+
+    venv = DummyVecEnv([make])
+    vecnorm = VecNormalize(venv, norm_obs=True, norm_reward=True, clip_obs=5.0)
+    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[activation]
+    model = PPO(
+        "MlpPolicy",
+        vecnorm,
+        n_steps=16,
+        batch_size=16,
+        seed=seed,
+        device="cpu",
+        policy_kwargs={"net_arch": {"pi": arch, "vf": [8]}, "activation_fn": act},
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    rng = np.random.default_rng(seed)
+    size = FeatureSpec().obs_size + extension_size(FeatureSpec(), extension)
+    rms = vecnorm.obs_rms
+    assert not isinstance(rms, dict)
+    rms.mean = rng.uniform(0.0, 1.0, size)
+    rms.var = rng.uniform(0.01, 2.0, size)
+    return model, vecnorm
+
+
+def _observations(n_random: int, seed: int) -> np.ndarray:
+    """Random points of the observation box plus encoded observations of real episodes."""
+    spec = FeatureSpec()
+    rng = np.random.default_rng(seed)
+    rand = rng.uniform(0.0, 2.0, (n_random, spec.obs_size)).astype(np.float32)
+    real = []
+    for path in suite_paths():
+        sim = MeshSimulator(load_scenario(path), seed=seed)
+        for _ in range(5):
+            sim.step(sim.weights)
+            real.append(encode(sim.observe(), spec))
+    return np.concatenate([rand, np.asarray(real, dtype=np.float32)])
+
+
+@pytest.mark.parametrize(("activation", "arch"), [("tanh", [64, 64]), ("relu", [32])])
+def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arch):
+    model, vecnorm = _tiny_model(activation, arch, seed=3)
+    path = export_npz(model, vecnorm, FeatureSpec(), tmp_path / "p.npz")
+    policy = load_numpy_policy(path)
+    obs = _observations(500, seed=4)
+
+    expected, _ = model.predict(vecnorm.normalize_obs(obs), deterministic=True)
+    got = policy.predict(obs)
+
+    assert got.shape == expected.shape == (len(obs), 8)
+    assert np.max(np.abs(got - expected)) < 1e-5
+    # the test is only meaningful if the outputs vary and some saturate at the bounds
+    assert np.std(expected) > 0.1
+    assert np.any(np.abs(expected) >= 1.0)
+
+
+@pytest.mark.parametrize(
+    ("prior", "extension"), [("capacity", "none"), ("hold", "utilization"), ("none", "none")]
+)
+def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension):
+    model, vecnorm = _tiny_model("tanh", [16, 16], seed=5, extension=extension)
+    spec = FeatureSpec()
+    path = export_npz(
+        model, vecnorm, spec, tmp_path / "p.npz", action_prior=prior, obs_extension=extension
+    )
+    policy = load_numpy_policy(path)
+    assert policy.name == "ppo"
+    for scenario_path in suite_paths():
+        sim = MeshSimulator(load_scenario(scenario_path), seed=1)
+        for _ in range(3):
+            obs = sim.observe()
+            vec = extend_observation(encode(obs, spec), obs, spec, extension)
+            sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
+            full = apply_action_prior(sb3_action[0], vec, spec, prior)
+            expected = decode(full, spec.mask(len(obs.subsets)), obs.subsets)
+            weights = policy.decide(obs)
+            assert weights == expected
+            assert len(policy.last_raw_action) == spec.max_subsets
+            assert np.allclose(policy.last_raw_action, full, atol=1e-5)
+            sim.step(weights)
+    policy.reset()
+    assert policy.last_raw_action == []
+
+
+def _rewrite(src: Path, dst: Path, **changes: object) -> Path:
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value  # type: ignore[assignment]
+    with dst.open("wb") as fh:
+        np.savez(fh, **arrays)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    model, vecnorm = _tiny_model("tanh", [8], seed=6)
+    return export_npz(model, vecnorm, FeatureSpec(), tmp_path_factory.mktemp("m") / "p.npz")
+
+
+def test_file_whose_hash_does_not_match_its_spec_is_refused(exported, tmp_path):
+    other = FeatureSpec(max_subsets=8, slo_ms=500.0)
+    bad = _rewrite(
+        exported, tmp_path / "bad.npz", spec_json=np.asarray(json.dumps(other.to_dict()))
+    )
+    with pytest.raises(ConfigError) as err:
+        load_numpy_policy(bad)
+    assert FeatureSpec().hash in str(err.value)
+    assert other.hash in str(err.value)
+
+
+def test_model_for_another_feature_spec_is_refused_naming_both_hashes(exported):
+    expected = FeatureSpec(slo_ms=100.0)
+    with pytest.raises(ConfigError) as err:
+        load_numpy_policy(exported, expected_spec=expected)
+    assert expected.hash in str(err.value)
+    assert FeatureSpec().hash in str(err.value)
+    with pytest.raises(ConfigError):
+        load_ppo_policy(str(exported), expected_spec=expected)
+    assert load_ppo_policy(str(exported)).spec == FeatureSpec()
+
+
+class _Boom:
+    """Unpickling this writes a marker file: proof that the loader executed pickled code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_pickled_arrays_are_refused_and_never_unpickled(exported, tmp_path):
+    marker = tmp_path / "marker"
+    evil = np.empty((), dtype=object)
+    evil[()] = _Boom(str(marker))
+    path = tmp_path / "evil.npz"
+    with np.load(exported, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["obs_mean"] = evil
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+    assert pickle.dumps(evil)  # the array really holds a pickle
+    with pytest.raises(ConfigError, match="not a readable"):
+        load_numpy_policy(path)
+    assert not marker.exists()
+
+
+def test_missing_truncated_and_non_zip_files_are_config_errors(exported, tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_numpy_policy(tmp_path / "nope.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(exported.read_bytes()[:200])
+    with pytest.raises(ConfigError, match=str(truncated)):
+        load_numpy_policy(truncated)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a policy" * 10)
+    with pytest.raises(ConfigError):
+        load_numpy_policy(garbage)
+
+
+@pytest.mark.parametrize("key", ["spec_hash", "obs_var", "w1", "activation"])
+def test_missing_arrays_are_named(exported, tmp_path, key):
+    path = _rewrite(exported, tmp_path / "missing.npz", **{key: None})
+    with pytest.raises(ConfigError, match=key):
+        load_numpy_policy(path)
+
+
+def test_wrong_shapes_and_non_finite_weights_are_refused(exported, tmp_path):
+    with np.load(exported, allow_pickle=False) as data:
+        w0 = data["w0"].copy()
+    nan = w0.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(ConfigError, match="finite"):
+        load_numpy_policy(_rewrite(exported, tmp_path / "nan.npz", w0=nan))
+    with pytest.raises(ConfigError, match="shape"):
+        load_numpy_policy(_rewrite(exported, tmp_path / "shape.npz", w0=w0[:, :-1]))
+
+
+def test_shipped_default_model_is_small_and_decides_valid_weights():
+    if not DEFAULT_MODEL.exists():
+        pytest.fail(f"the shipped model {DEFAULT_MODEL} is missing")
+    assert DEFAULT_MODEL.stat().st_size < 1_000_000
+    policy = load_ppo_policy(None)
+    assert policy.spec.hash == FeatureSpec().hash
+    for path in suite_paths():
+        sim = MeshSimulator(load_scenario(path), seed=0)
+        for _ in range(3):
+            weights = policy.decide(sim.observe())
+            assert sum(weights.values()) == 100
+            assert set(weights) == set(sim.subsets)
+            sim.step(weights)
+
+
+def test_utilization_extension_is_what_the_training_env_feeds():
+    spec = FeatureSpec()
+    env = ExtendObservation(
+        gym.make("meshpilot/MeshSim-v0", scenario="steady-80"), spec, "utilization"
+    )
+    vec, _ = env.reset(seed=0)
+    for _ in range(4):
+        vec, *_ = env.step(np.zeros(spec.max_subsets, dtype=np.float32))
+    obs = env.unwrapped.observation  # type: ignore[attr-defined]
+    assert vec.shape == (spec.obs_size + spec.max_subsets + 1,)
+    assert np.array_equal(vec, extend_observation(encode(obs, spec), obs, spec, "utilization"))
+    caps = obs.capacity_hint_rps
+    route_util = obs.total_rps / sum(caps)
+    assert 0.7 < route_util < 0.9  # steady-80
+    assert vec[-1] == pytest.approx(route_util, rel=1e-5)
+    per_slot = vec[spec.obs_size : spec.obs_size + spec.max_subsets]
+    expected = [s.rps / c for s, c in zip(obs.stats, caps, strict=True)]
+    assert per_slot[: len(caps)] == pytest.approx(expected, rel=1e-5)
+    assert not per_slot[len(caps) :].any()
+
+
+def test_route_utilization_survives_dropped_samples():
+    spec = FeatureSpec()
+    route = RouteRef("ns", "vs", "r", "h")
+    full = Observation(
+        route,
+        ("a", "b"),
+        (SubsetStats(60.0, 0.0, 10.0, 60), SubsetStats(40.0, 0.0, 10.0, 40)),
+        timestamp_s=5.0,
+        capacity_hint_rps=(150.0, 50.0),
+    )
+    dropped = Observation(
+        route,
+        ("a", "b"),
+        (SubsetStats(60.0, 0.0, 10.0, 60), SubsetStats(math.nan, math.nan, math.nan, 40)),
+        timestamp_s=5.0,
+        capacity_hint_rps=(150.0, 50.0),
+    )
+    ext_full = extend_observation(encode(full, spec), full, spec, "utilization")[spec.obs_size :]
+    ext_drop = extend_observation(encode(dropped, spec), dropped, spec, "utilization")
+    ext_drop = ext_drop[spec.obs_size :]
+    assert ext_full[:2] == pytest.approx([0.4, 0.8])
+    assert ext_full[-1] == pytest.approx(0.5)
+    assert ext_drop[:2] == pytest.approx([0.4, 0.0])
+    assert ext_drop[-1] == pytest.approx(0.5)  # 60 rps at weight 60 -> 100 rps on the route
+
+
+def test_before_any_telemetry_the_split_is_capacity_proportional(tmp_path):
+    """The network is not consulted on an all-NaN observation (first tick of a route)."""
+    model, vecnorm = _tiny_model("tanh", [8], seed=9)
+    path = export_npz(model, vecnorm, FeatureSpec(), tmp_path / "p.npz", action_prior="hold")
+    policy = load_numpy_policy(path)
+    for scenario_path in suite_paths():
+        sim = MeshSimulator(load_scenario(scenario_path), seed=0)
+        first = sim.observe()
+        assert not any(s.has_data for s in first.stats)
+        weights = policy.decide(first)
+        caps = first.capacity_hint_rps
+        expected = [100 * c / sum(caps) for c in caps]
+        assert np.allclose([weights[s] for s in first.subsets], expected, atol=1.0)
+        sim.step(weights)
+        later = policy.decide(sim.observe())  # with data the network decides again
+        assert sum(later.values()) == 100

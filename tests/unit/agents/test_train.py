@@ -1,0 +1,175 @@
+"""`meshpilot train` end to end on a tiny job (agents.ppo + controller.commands.train).
+
+Cases:
+- a few hundred steps through the CLI's main() write every artifact of the run directory
+  (config, model, normalizer, numpy export, episode log, learning curve, checkpoints), named
+  <scenario-set>__<exp>__<seed>__<ts>, and the export serves as a `Policy`;
+- resuming from a checkpoint continues the step count and the episode log;
+- the same seed gives the same trained weights;
+- every TrainConfig field has a documented option, and bad values exit with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+
+from agents.ppo import TrainConfig, field_help, read_episodes
+from agents.ppo_policy import load_ppo_policy
+from controller.cli import build_parser, main
+from envs.simulator.engine import MeshSimulator
+from envs.simulator.scenario import load_scenario
+
+TINY = [
+    "steady-50",
+    "--n-envs", "2",
+    "--n-steps", "64",
+    "--batch-size", "64",
+    "--n-epochs", "1",
+    "--episode-steps", "40",
+    "--net-arch", "16", "16",
+    "--checkpoint-every", "128",
+    "--exp-name", "tiny",
+    "--seed", "7",
+    "--no-progress",
+]  # fmt: skip
+
+
+def _train(out: Path, *extra: str) -> Path:
+    before = set(out.iterdir()) if out.exists() else set()
+    assert main(["train", *TINY, "--out-dir", str(out), *extra]) == 0
+    (run_dir,) = set(out.iterdir()) - before
+    return run_dir
+
+
+def test_tiny_train_writes_every_artifact(tmp_path, capsys):
+    exported = tmp_path / "exported" / "p.npz"
+    run_dir = _train(tmp_path / "runs", "--total-steps", "256", "--export-to", str(exported))
+
+    assert run_dir.name.startswith("steady-50__tiny__7__")
+    for name in (
+        "config.json",
+        "model.zip",
+        "vecnormalize.pkl",
+        "policy.npz",
+        "episodes.csv",
+        "learning_curve.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_000000128", "step_000000256"]
+    for ckpt in ckpts:
+        assert (run_dir / "checkpoints" / ckpt / "model.zip").is_file()
+        assert (run_dir / "checkpoints" / ckpt / "vecnormalize.pkl").is_file()
+
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"]["seed"] == 7
+    assert meta["config"]["scenarios"] == ["steady-50"]
+    assert meta["config"]["net_arch"] == [16, 16]
+    assert meta["env_steps"] == 256
+    # 2 envs x 128 steps each, episodes of 40 steps -> 3 finished episodes per env
+    episodes = read_episodes(run_dir / "episodes.csv")
+    assert len(episodes) == 6
+    assert all(e[2] == 40 and e[3] == "steady-50" and e[1] <= 0 for e in episodes)
+
+    assert exported.read_bytes() == (run_dir / "policy.npz").read_bytes()
+    policy = load_ppo_policy(str(exported))
+    sim = MeshSimulator(load_scenario("steady-50"), seed=0)
+    for _ in range(5):
+        weights = policy.decide(sim.observe())
+        assert sum(weights.values()) == 100
+        sim.step(weights)
+    assert str(run_dir) in capsys.readouterr().out
+
+
+def test_resume_continues_steps_and_episode_log(tmp_path):
+    first = _train(tmp_path / "runs", "--total-steps", "256")
+    ckpt = first / "checkpoints" / "step_000000128"
+    second = _train(tmp_path / "runs", "--total-steps", "384", "--resume", str(ckpt))
+
+    meta = json.loads((second / "config.json").read_text())
+    assert meta["resumed_at_steps"] == 128
+    assert meta["env_steps"] == 384
+    old = read_episodes(ckpt / "episodes.csv")
+    new = read_episodes(second / "episodes.csv")
+    assert len(old) == 2
+    assert new[: len(old)] == old
+    assert len(new) == 8  # 2 envs x 384 / 2 steps each, 40-step episodes -> 4 per env
+    assert new[-1][0] > old[-1][0]
+    assert sorted(p.name for p in (second / "checkpoints").iterdir()) == [
+        "step_000000256",
+        "step_000000384",
+    ]
+    assert load_ppo_policy(str(second / "policy.npz")).name == "ppo"
+
+
+def test_oracle_imitation_warm_start_fits_the_teacher(tmp_path):
+    run_dir = _train(
+        tmp_path / "runs",
+        "--total-steps", "0",
+        "--imitation-steps", "480",
+        "--imitation-rounds", "2",
+        "--imitation-epochs", "5",
+        "--permute-subsets", "1",
+        "--load-scale", "0.8", "1.0",
+    )  # fmt: skip
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"]["load_scale"] == [0.8, 1.0]
+    assert meta["imitation_env_steps"] == 480
+    assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
+    assert meta["env_steps"] == 0
+    policy = load_ppo_policy(str(run_dir / "policy.npz"))
+    assert policy.action_prior == "capacity"
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
+    code = main(["train", *TINY, "--out-dir", str(tmp_path), "--resume", str(tmp_path / "x")])
+    assert code == 2
+    assert "model.zip" in capsys.readouterr().err
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = _train(tmp_path / "a", "--total-steps", "128")
+    b = _train(tmp_path / "b", "--total-steps", "128")
+    with np.load(a / "policy.npz") as fa, np.load(b / "policy.npz") as fb:
+        for key in ("w0", "b0", "w2", "obs_mean", "obs_var"):
+            assert np.array_equal(fa[key], fb[key]), key
+
+
+def test_every_config_field_has_a_documented_option():
+    helps = field_help()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    train_parser = sub.choices["train"]  # type: ignore[index]
+    dests = {a.dest: a for a in train_parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "spec":
+            continue
+        assert f.name in dests, f.name
+        assert len(helps.get(f.name, "")) > 10, f.name
+        assert dests[f.name].help == helps[f.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gamma", "1.5"], "gamma"),
+        (["--n-envs", "0"], "n_envs"),
+        (["nonexistent-scenario"], "nonexistent-scenario"),
+    ],
+)
+def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
+    code = main(["train", "--out-dir", str(tmp_path), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())
