@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from agents.evaluate import format_table, resolve_scenarios, run_evaluation, summarize, write_json
+from envs.simulator.scenario import SUITE_DIR
 
 STATIC = ("equal", "proportional", "sqrt")
 BASELINES = (*STATIC, "greedy", "canary", "ewma")
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--out", default="runs/bench/policy_suite.json", help="JSON report")
     args = parser.parse_args()
-    scenarios = resolve_scenarios([])
+    scenarios = resolve_scenarios([str(SUITE_DIR)])
     policies = [args.policy, *BASELINES, "oracle"]
     start = time.monotonic()
     results = run_evaluation(
