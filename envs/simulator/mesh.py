@@ -34,7 +34,8 @@ class SimulatedMesh:
         return {r: self.simulator(r).observe() for r in routes}
 
     def current(self, route: RouteRef) -> Weights:
-        return self.simulator(route).weights
+        """The configured weights (the last applied), as a VirtualService read would return."""
+        return self.simulator(route).pending
 
     def apply(self, route: RouteRef, weights: Weights) -> Weights:
         sim = self.simulator(route)

@@ -1,0 +1,167 @@
+"""The control loop through a real Prometheus outage, end to end.
+
+A simulated route runs in real time and is published as Istio series; a real Prometheus
+scrapes it; the `ControlLoop` observes it with `PrometheusObserver` and writes through the
+simulated mesh's actuator. Cases: the loop converges to the policy's split; with Prometheus
+killed it keeps ticking (never raises), holds for ``hold_s``, then decays step by step to the
+baseline; once Prometheus is back it resumes active control and moves toward the policy again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from controller.adapters.istio_exporter import IstioSeriesExporter
+from controller.adapters.prometheus import PrometheusObserver
+from controller.adapters.sim_exporter import publish_step
+from controller.clock import WallClock
+from controller.core import Observation, RouteRef, Weights
+from controller.guard import Guard, GuardConfig
+from controller.loop import ControlLoop, TickResult
+from controller.store import DecisionStore
+from envs.simulator.engine import MeshSimulator
+from envs.simulator.mesh import SimulatedMesh
+from envs.simulator.scenario import parse_scenario
+
+from .prometheus_lab import PrometheusLab, skip_without_prometheus
+
+pytestmark = pytest.mark.integration
+
+ROUTE = RouteRef("lirmm-services", "reviews", "primary", "reviews.lirmm-services.svc.cluster.local")
+WINDOW_S = 5
+SCENARIO = parse_scenario(
+    {
+        "name": "outage",
+        "duration_s": 3600,
+        "step_s": 1,
+        "load": {"rps": 100},
+        "subsets": [
+            {"name": "v1", "replicas": 2, "service_ms": 10},
+            {"name": "v2", "replicas": 2, "service_ms": 10},
+        ],
+        "initial_weights": {"v1": 50, "v2": 50},
+    }
+)
+
+
+class FixedPolicy:
+    """Always proposes 90/10: the loop's convergence target."""
+
+    name = "fixed"
+
+    def decide(self, obs: Observation) -> Weights:
+        return Weights(obs.subsets, [90 if s == "v1" else 10 for s in obs.subsets])
+
+    def reset(self) -> None:
+        return None
+
+
+class Feeder(threading.Thread):
+    """Steps the simulator once per wall second with the weights last applied, and publishes."""
+
+    def __init__(self, sim: MeshSimulator, exporter: IstioSeriesExporter) -> None:
+        super().__init__(daemon=True)
+        self.sim, self.exporter = sim, exporter
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            counts = self.sim.step(self.sim.pending)
+            publish_step(
+                exporter=self.exporter, route=ROUTE, subsets=self.sim.subsets, counts=counts
+            )
+
+
+@pytest.fixture()
+def world(tmp_path) -> Iterator[tuple[ControlLoop, PrometheusLab, MeshSimulator]]:
+    binary = skip_without_prometheus()
+    exporter = IstioSeriesExporter()
+    port = exporter.start()
+    sim = MeshSimulator(SCENARIO, seed=1, route=ROUTE)
+    feeder = Feeder(sim, exporter)
+    feeder.start()
+    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary)
+    store = DecisionStore(str(tmp_path / "decisions.db"))
+    try:
+        prometheus.start()
+        prometheus.wait_for_sample(
+            f'count_over_time(up{{job="{prometheus.job}"}}[{WINDOW_S}s]) >= {WINDOW_S}'
+        )
+        mesh = SimulatedMesh({ROUTE: sim})
+        loop = ControlLoop(
+            observer=PrometheusObserver(
+                url=prometheus.url,
+                window_s=WINDOW_S,
+                timeout_s=1.0,
+                subsets_by_route={ROUTE: ("v1", "v2")},
+                weights_source=mesh.current,
+            ),
+            actuator=mesh,
+            policy=FixedPolicy(),
+            guard=Guard(
+                GuardConfig(
+                    max_step=20,
+                    hold_s=3.0,
+                    stale_after_s=30.0,
+                    decay_step=10,
+                    baseline={"v1": 50, "v2": 50},
+                )
+            ),
+            store=store,
+            routes=[ROUTE],
+            clock=WallClock(),
+            slo_ms=250.0,
+            writer_id="outage-test",
+            verify_after_s=WINDOW_S,
+            verify_tolerance=15.0,
+        )
+        yield loop, prometheus, sim
+    finally:
+        feeder.stopped.set()
+        feeder.join(timeout=5)
+        prometheus.close()
+        exporter.stop()
+        store.close()
+
+
+def _tick_until(loop: ControlLoop, done, limit: int = 40) -> list[TickResult]:  # type: ignore[no-untyped-def]
+    seen: list[TickResult] = []
+    for _ in range(limit):
+        result = loop.tick()[0]
+        seen.append(result)
+        if done(result):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"condition not reached; last results: {seen[-3:]}")
+
+
+def test_loop_holds_decays_and_resumes_across_a_prometheus_outage(world) -> None:  # type: ignore[no-untyped-def]
+    loop, prometheus, sim = world
+    _tick_until(loop, lambda r: r.weights is not None and r.weights["v1"] == 90)
+    assert sim.pending["v1"] == 90
+
+    prometheus.kill()
+    during = _tick_until(loop, lambda r: r.weights is not None and r.weights["v1"] == 50)
+    phases = [r.phase for r in during]
+    assert "holding" in phases
+    assert all(r.phase in ("holding", "active") for r in during)
+    first_hold = phases.index("holding")
+    assert not during[first_hold].wrote, "the first stale tick holds, it does not move"
+    v1 = [r.weights["v1"] for r in during if r.weights is not None]
+    assert all(b <= a for a, b in itertools.pairwise(v1)), "decay only moves toward 50"
+    assert all(a - b <= 10 for a, b in itertools.pairwise(v1)), "decay_step bounds moves"
+    written = [r.weights["v1"] for r in during if r.wrote and r.weights is not None]
+    assert written == sorted(set(written), reverse=True), "never the same weights twice"
+    assert sim.pending["v1"] == 50
+
+    prometheus.restart()
+    after = _tick_until(
+        loop, lambda r: r.phase == "active" and r.weights is not None and r.weights["v1"] > 50
+    )
+    assert after[-1].wrote
+    assert sim.pending["v1"] > 50
