@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -512,3 +513,26 @@ class KubeLab:
                     f"{_tail(self.apiserver_log)}"
                 )
             time.sleep(0.2)
+
+
+def running_lab(*, istio_crds: bool = True) -> Iterator[KubeLab]:
+    """A started lab for a pytest fixture (``yield from`` or iterate it); stopped afterwards.
+
+    Skips the calling test with the reason when the binaries have not been built.
+    """
+    import pytest
+
+    binaries = kube_binaries()
+    if binaries is None:
+        pytest.skip(
+            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
+            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
+        )
+    kl = KubeLab(binaries)
+    kl.start()
+    try:
+        if istio_crds:
+            kl.install_istio_crds()
+        yield kl
+    finally:
+        kl.stop()

@@ -55,7 +55,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir
+from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
 from controller.adapters.istio import (
     MANAGED_ANNOTATION,
@@ -78,23 +78,12 @@ FQDN = f"reviews.{NS}.svc.cluster.local"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[KubeLab]:
-    binaries = kube_binaries()
-    if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
-        )
-    kl = KubeLab(binaries)
-    kl.start()
-    try:
-        kl.install_istio_crds()
-        from kubernetes import client
+    from kubernetes import client
 
+    for kl in running_lab():
         core: Any = client.CoreV1Api(kl.api_client("admin"))
         core.create_namespace({"metadata": {"name": NS}})
         yield kl
-    finally:
-        kl.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 # kube_lab.py sits next to this file; import it whether or not tests/ is a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir
+from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
 pytestmark = pytest.mark.integration
 
@@ -57,19 +57,7 @@ DR: dict[str, Any] = {
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[KubeLab]:
-    binaries = kube_binaries()
-    if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
-        )
-    kl = KubeLab(binaries)
-    kl.start()
-    try:
-        kl.install_istio_crds()
-        yield kl
-    finally:
-        kl.stop()
+    yield from running_lab()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir
+from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
 from controller.leader import LeaseElector
 
@@ -48,22 +48,12 @@ LEASE_S = 2  # short leases keep handovers fast
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[KubeLab]:
-    binaries = kube_binaries()
-    if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
-        )
-    kl = KubeLab(binaries)
-    kl.start()
-    try:
-        from kubernetes import client
+    from kubernetes import client
 
+    for kl in running_lab(istio_crds=False):
         core: Any = client.CoreV1Api(kl.api_client("admin"))
         core.create_namespace({"metadata": {"name": NS}})
         yield kl
-    finally:
-        kl.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir
+from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
 from controller.adapters.istio import VirtualServiceActuator
 from controller.clock import WallClock
@@ -55,19 +55,7 @@ SUBSETS = ("v1", "v2", "v3")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[KubeLab]:
-    binaries = kube_binaries()
-    if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
-        )
-    kl = KubeLab(binaries)
-    kl.start()
-    try:
-        kl.install_istio_crds()
-        yield kl
-    finally:
-        kl.stop()
+    yield from running_lab()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import ISTIO_CRDS, KubeLab, kube_binaries, kube_cache_dir
+from kube_lab import ISTIO_CRDS, KubeLab, running_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -192,19 +192,7 @@ def test_schema_check_catches_typos_and_wrong_types() -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[KubeLab]:
-    binaries = kube_binaries()
-    if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
-        )
-    kl = KubeLab(binaries)
-    kl.start()
-    try:
-        kl.install_istio_crds()
-        yield kl
-    finally:
-        kl.stop()
+    yield from running_lab()
 
 
 def resource_path(lab: KubeLab, doc: dict[str, Any]) -> str:
