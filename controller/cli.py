@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from controller.core.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate", "train", "evaluate", "serve")
+SUBCOMMANDS = ("simulate", "train", "evaluate", "serve", "prometheus-rules")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"controller.commands.{name}").add_parser(sub)
+        module = name.replace("-", "_")
+        importlib.import_module(f"controller.commands.{module}").add_parser(sub)
     return parser
 
 

@@ -294,6 +294,7 @@ class ControlLoop:
         self._last_tick_mono: float | None = None
         self._started_mono: float | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._write_pool: ThreadPoolExecutor | None = None
         self.metrics.declare_routes(keys)
         conflicts = getattr(actuator, "conflicts", None)
         if isinstance(conflicts, int | float):
@@ -482,9 +483,12 @@ class ControlLoop:
         workers = min(self.max_parallel_writes, len(plans))
         if workers == 1:
             return {p.route: self._apply_one(p) for p in plans}
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshpilot-write") as pool:
-            futures = [(p.route, pool.submit(self._apply_one, p)) for p in plans]
-            return {route: future.result() for route, future in futures}
+        if self._write_pool is None:  # kept across ticks: starting threads costs ms per tick
+            self._write_pool = ThreadPoolExecutor(
+                max_workers=self.max_parallel_writes, thread_name_prefix="meshpilot-write"
+            )
+        futures = [(p.route, self._write_pool.submit(self._apply_one, p)) for p in plans]
+        return {route: future.result() for route, future in futures}
 
     def _apply_one(self, plan: _Plan) -> _Applied:
         """One `Actuator.apply`; never raises (the exception is handed to `_complete`)."""
@@ -800,6 +804,9 @@ class ControlLoop:
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.shutdown(wait=wait)
+        pool, self._write_pool = self._write_pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
         self._started_mono = None
 
 

@@ -119,18 +119,27 @@ class ControllerMetrics:
         )
         self._conflicts = _ConflictCollector()
         r.register(self._conflicts)
+        self._phases: dict[str, str] = {}
+        self._weights: dict[str, dict[str, int]] = {}
 
     def bind_conflicts(self, source: Callable[[], float]) -> None:
         """Expose ``source()`` (the actuator's cumulative conflict count) as conflicts_total."""
         self._conflicts.source = source
 
     def set_phase(self, route: str, phase: str) -> None:
+        if self._phases.get(route) == phase:  # called per route per tick: skip the no-ops
+            return
         for known in PHASES:
             self.route_phase.labels(route=route, phase=known).set(1.0 if known == phase else 0.0)
+        self._phases[route] = phase
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
-        for subset, points in weights.items():
+        points_by_subset = dict(weights.items())
+        if self._weights.get(route) == points_by_subset:
+            return
+        for subset, points in points_by_subset.items():
             self.route_weight.labels(route=route, subset=subset).set(points)
+        self._weights[route] = points_by_subset
 
     def declare_routes(self, routes: Sequence[str]) -> None:
         """Create every route's phase series up front, so a scrape before the first tick

@@ -18,10 +18,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from controller.core import ConfigError, Observation, RouteRef, TemporaryError
+from controller.core import ConfigError, Observation, RouteRef, SubsetStats, TemporaryError
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; bump it and add a step to `_MIGRATIONS` on any change."""
@@ -58,8 +58,15 @@ _COLUMNS = (
 
 def _json_safe(value: Any) -> Any:
     """A copy of `value` that strict JSON accepts: non-finite floats become None (null)."""
+    kind = type(value)  # exact types first: this runs for every decision of every tick
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if kind is dict:
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_json_safe(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -69,18 +76,29 @@ def _json_safe(value: Any) -> Any:
 
 def encode_observation(obs: Observation) -> dict[str, Any]:
     """An `Observation` as the JSON object stored with a decision (NaN where no data -> null)."""
-    return _json_safe(
-        {
-            "route": obs.route.key,
-            "timestamp_s": obs.timestamp_s,
-            "staleness_s": obs.staleness_s,
-            "subsets": [
-                {"name": name, **asdict(stats)}
-                for name, stats in zip(obs.subsets, obs.stats, strict=True)
-            ],
-            "capacity_hint_rps": list(obs.capacity_hint_rps),
-        }
-    )
+    return {
+        "route": obs.route.key,
+        "timestamp_s": _finite_or_none(obs.timestamp_s),
+        "staleness_s": _finite_or_none(obs.staleness_s),
+        "subsets": [
+            {
+                "name": name,
+                **{f: _finite_or_none(getattr(stats, f)) for f in _STATS_FIELDS},
+            }
+            for name, stats in zip(obs.subsets, obs.stats, strict=True)
+        ],
+        "capacity_hint_rps": [_finite_or_none(x) for x in obs.capacity_hint_rps],
+    }
+
+
+_STATS_FIELDS = tuple(f.name for f in fields(SubsetStats))
+
+
+def _finite_or_none(value: Any) -> Any:
+    """`value`, or None when it is a non-finite float (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import requests
@@ -26,6 +28,7 @@ from urllib3.util.retry import Retry
 
 from controller.adapters.promql import (
     QUERIES_PER_TICK,
+    RECORDED_METRIC,
     STAT_ERRORS_RPS,
     STAT_LABEL,
     STAT_LAST_SAMPLE_S,
@@ -70,14 +73,17 @@ class PrometheusObserver:
     subsets_by_route: the subsets of each route in route order (unknown routes fall back to
     the subsets of `weights_source`, then to the versions Prometheus reports, sorted);
     weights_source: the actuator's current weights of a route, or None when unknown (weights
-    then read 0); clock: time source of `Observation.timestamp_s`.
+    then read 0); clock: time source of `Observation.timestamp_s`; recording_rules: read the
+    stats the profile's recording rules wrote (`PromQLProfile.recording_rules`, same window,
+    reporter and SLO) with one query per tick instead of computing them in the tick.
 
     Staleness is measured on Prometheus's own clock (query evaluation time minus the newest
     raw sample of the route's subsets), so clock skew between the controller and Prometheus
     does not show up as stale data; a route whose subsets have no sample reads ``inf``.
 
-    `queries_issued` counts every query sent (failed ones included), so tests and the bench
-    can prove the number per tick is fixed.
+    The queries of a tick are sent at once (one thread each) and the tick fails with the
+    first error in query order. `queries_issued` counts every query sent (failed ones
+    included), so tests and the bench can prove the number per tick is fixed.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class PrometheusObserver:
         subsets_by_route: Mapping[RouteRef, Sequence[str]] | None = None,
         weights_source: Callable[[RouteRef], Weights | None] | None = None,
         clock: Clock | None = None,
+        recording_rules: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"Prometheus url must start with http:// or https://, got {url!r}")
@@ -112,6 +119,8 @@ class PrometheusObserver:
                 slo_ms,
                 self._profile.name,
             )
+        self._recording_rules = bool(recording_rules)
+        self._warned_no_recorded = False
         self._url = url.rstrip("/")
         self._subsets_by_route = {r: tuple(s) for r, s in (subsets_by_route or {}).items()}
         self._weights_source = weights_source
@@ -126,13 +135,20 @@ class PrometheusObserver:
             timeout=timeout_s,  # type: ignore[arg-type]
         )
         self.queries_issued = 0
+        self._count_lock = threading.Lock()
+        # The queries of a tick run at once: Prometheus evaluates them on its own cores, so the
+        # tick waits for the slowest one (the histogram), not for their sum.
+        self._pool = ThreadPoolExecutor(
+            max_workers=QUERIES_PER_TICK, thread_name_prefix="meshpilot-promql"
+        )
 
     @property
     def url(self) -> str:
         return self._url
 
     def close(self) -> None:
-        """Release the HTTP connection pool."""
+        """Release the query threads and the HTTP connection pool."""
+        self._pool.shutdown(wait=True)
         self._client.close()
 
     def service_of(self, route: RouteRef) -> str:
@@ -150,21 +166,40 @@ class PrometheusObserver:
         if not unique:
             return {}
         services = {route: self.service_of(route) for route in unique}
-        queries = self._profile.queries(
-            services.values(), window_s=self._window_s, reporter=self._reporter, slo_ms=self._slo_ms
-        )
+        window_s, reporter, slo_ms = self._window_s, self._reporter, self._slo_ms
+        if self._recording_rules:
+            queries: Sequence[str] = (
+                self._profile.recorded_query(
+                    services.values(), window_s=window_s, reporter=reporter, slo_ms=slo_ms
+                ),
+            )
+        else:
+            queries = self._profile.queries(
+                services.values(), window_s=window_s, reporter=reporter, slo_ms=slo_ms
+            )
+        futures = [self._pool.submit(self._query, query) for query in queries]
+        wait(futures)
         table: _Table = {}
         eval_s = -math.inf
-        for query in queries:
-            result = self._query(query)
-            eval_s = max(eval_s, self._parse(result, table))
+        for future in futures:  # the first failure, in query order, is the tick's error
+            eval_s = max(eval_s, self._parse(future.result(), table))
+        if self._recording_rules and not table and not self._warned_no_recorded:
+            self._warned_no_recorded = True
+            _log.warning(
+                "no %s series for %s: is there no traffic yet, or are the recording rules "
+                "missing? Load the output of `meshpilot prometheus-rules` (same window_s, "
+                "reporter and slo_ms) into Prometheus; until then every route holds",
+                RECORDED_METRIC,
+                self._profile.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms),
+            )
         now = self._clock.now()
         return {
             route: self._observation(route, services[route], table, eval_s, now) for route in unique
         }
 
     def _query(self, query: str) -> Any:
-        self.queries_issued += 1
+        with self._count_lock:
+            self.queries_issued += 1
         try:
             return self._client.custom_query(query)
         except (

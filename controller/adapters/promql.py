@@ -20,6 +20,12 @@ distinct `STAT_LABEL` value, so their label sets never collide and nothing is dr
 latency parts cannot be merged with the traffic parts without repeating the host regex anyway,
 and keeping one query per metric family means a broken histogram never hides the request rates.
 
+At scale the histogram part dominates a tick (``rate`` over every bucket series of every
+managed host), so the same tagged expressions also exist as Prometheus recording rules
+(`PromQLProfile.recording_rules`, printed by ``meshpilot prometheus-rules``): Prometheus
+evaluates them on its own schedule into `RECORDED_METRIC` and the observer then reads every
+stat of every route with one cheap query (`PromQLProfile.recorded_query`).
+
 The slow ratio needs the SLO to be a bucket bound (``le`` is matched exactly, as ``250`` or
 ``250.0``); otherwise that part returns no series and the observer reports NaN.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.core.errors import ConfigError
 from controller.core.telemetry_format import ISTIO_BUCKETS_MS
@@ -48,7 +55,12 @@ STAT_SLOW_RATIO = "slow_ratio"
 """Fraction (0..1) of requests slower than the SLO bucket bound."""
 
 QUERIES_PER_TICK = 2
-"""Queries issued per observation tick for all routes together (traffic + latency)."""
+"""Queries issued per observation tick for all routes together (traffic + latency); 1 when
+the stats come from the recording rules (`PromQLProfile.recording_rules`)."""
+
+RECORDED_METRIC = "meshpilot:subset_stats"
+"""Series the recording rules write: one per (service, version, `STAT_LABEL`), labelled with
+the settings they were generated for (see `PromQLProfile.rule_labels`)."""
 
 P99 = 0.99
 
@@ -100,10 +112,84 @@ class PromQLProfile:
         host_list = sorted(set(hosts))
         if not host_list or not all(host_list):
             raise ValueError("queries need at least one non-empty host")
+        return self._stat_exprs(
+            self._matchers(host_list, reporter), window_s=window_s, slo_ms=slo_ms
+        )
+
+    def recorded_query(
+        self,
+        hosts: Iterable[str],
+        *,
+        window_s: float = 30.0,
+        reporter: str | None = None,
+        slo_ms: float = 250.0,
+    ) -> str:
+        """The one instant query reading what `recording_rules` recorded, for every host.
+
+        It selects `RECORDED_METRIC` by the rule labels of this window, reporter and SLO, so
+        rules generated for other settings are never read by mistake (they give no series).
+        """
+        host_list = sorted(set(hosts))
+        if not host_list or not all(host_list):
+            raise ValueError("queries need at least one non-empty host")
+        labels = self.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms)
+        matchers = [self._host_matcher(host_list)]
+        matchers += [f"{k}={promql_string(v)}" for k, v in labels.items()]
+        # Keep only the labels the observer reads: half the answer to encode and parse.
+        by = f"{self.service_label}, {self.version_label}, {STAT_LABEL}"
+        return f"max by ({by}) ({RECORDED_METRIC}{{{', '.join(matchers)}}})"
+
+    def rule_labels(
+        self, *, window_s: float = 30.0, reporter: str | None = None, slo_ms: float = 250.0
+    ) -> dict[str, str]:
+        """Labels the recording rules put on `RECORDED_METRIC`: the settings they stand for."""
+        chosen = self.check_reporter(reporter)
+        return {
+            "meshpilot_profile": self.name,
+            "meshpilot_window": promql_duration(window_s),
+            "meshpilot_reporter": chosen or "",
+            "meshpilot_slo_ms": le_label(slo_ms),
+        }
+
+    def recording_rules(
+        self,
+        *,
+        window_s: float = 30.0,
+        reporter: str | None = None,
+        slo_ms: float = 250.0,
+        interval_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A Prometheus rule file (as a dict, dump it as YAML) recording every stat of every
+        (service, version) in the mesh as `RECORDED_METRIC`, tagged like the live queries.
+
+        Why: the live latency query evaluates ``rate`` over every histogram bucket series of
+        every managed host (about 8,000 series for 100 hosts x 4 subsets) inside the tick;
+        with these rules Prometheus does that work on its own schedule and the tick reads the
+        finished values with one cheap query (`recorded_query`). The price is up to one rule
+        `interval_s` (s; None = Prometheus's global evaluation interval) of extra lag, which
+        shows in the observed staleness.
+        """
+        window = promql_duration(window_s)  # validates before anything is built
+        matchers = self._reporter_matchers(reporter)
+        labels = self.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms)
+        group: dict[str, Any] = {
+            "name": f"meshpilot-{self.name}-{window}",
+            "rules": [
+                {"record": RECORDED_METRIC, "expr": expr, "labels": dict(labels)}
+                for expr in self._stat_exprs(matchers, window_s=window_s, slo_ms=slo_ms)
+            ],
+        }
+        if interval_s is not None:
+            group["interval"] = promql_duration(interval_s)
+        return {"groups": [group]}
+
+    def _stat_exprs(
+        self, matchers: tuple[str, ...], *, window_s: float, slo_ms: float
+    ) -> tuple[str, str]:
+        """The tagged (traffic, latency) expressions over the series `matchers` select."""
         window = promql_duration(window_s)
         if not (math.isfinite(slo_ms) and slo_ms > 0):
             raise ValueError(f"slo_ms must be a positive number of ms, got {slo_ms}")
-        matchers = self._matchers(host_list, reporter)
         by = f"{self.service_label}, {self.version_label}"
 
         def sel(metric: str, *extra: str) -> str:
@@ -148,12 +234,17 @@ class PromQLProfile:
         return chosen
 
     def _matchers(self, hosts: list[str], reporter: str | None) -> tuple[str, ...]:
+        return (*self._reporter_matchers(reporter), self._host_matcher(hosts))
+
+    def _reporter_matchers(self, reporter: str | None) -> tuple[str, ...]:
         chosen = self.check_reporter(reporter)
-        hosts_re = "|".join(re2_escape(h) for h in hosts)
-        service = f"{self.service_label}=~{promql_string(hosts_re)}"
         if chosen is None or self.reporter_label is None:
-            return (service,)
-        return (f"{self.reporter_label}={promql_string(chosen)}", service)
+            return ()
+        return (f"{self.reporter_label}={promql_string(chosen)}",)
+
+    def _host_matcher(self, hosts: list[str]) -> str:
+        hosts_re = "|".join(re2_escape(h) for h in hosts)
+        return f"{self.service_label}=~{promql_string(hosts_re)}"
 
 
 PROFILES: dict[str, PromQLProfile] = {

@@ -181,6 +181,7 @@ def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
         reporter=prom.reporter,
         timeout_s=prom.timeout_s,
         slo_ms=settings.slo_ms,
+        recording_rules=prom.recording_rules,
         subsets_by_route={r.ref(): r.subsets for r in settings.routes if r.subsets},
         weights_source=_weights_or_none(actuator),
     )

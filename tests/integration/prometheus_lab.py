@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,8 @@ def free_port() -> int:
 
 
 class PrometheusLab:
-    """One Prometheus process scraping `targets` (``"127.0.0.1:PORT"``) every `scrape_interval_s`.
+    """One Prometheus process scraping `targets` (``"127.0.0.1:PORT"``) every `scrape_interval_s`,
+    evaluating `rules` (rule-file documents, as dicts) at the same interval.
 
     Use as a context manager or call `start`/`stop`. `url` is the base URL for clients.
     """
@@ -71,8 +72,10 @@ class PrometheusLab:
         binary: str | None = None,
         scrape_interval_s: float = 1.0,
         job: str = "meshpilot-lab",
+        rules: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.targets = list(targets)
+        self.rules = list(rules)
         self.binary = binary or prometheus_binary() or "prometheus"
         self.scrape_interval_s = scrape_interval_s
         self.job = job
@@ -212,7 +215,7 @@ class PrometheusLab:
 
     def _write_config(self) -> None:
         interval = f"{round(self.scrape_interval_s * 1000)}ms"
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": [
                 {
@@ -223,6 +226,13 @@ class PrometheusLab:
                 }
             ],
         }
+        rule_files = []
+        for i, document in enumerate(self.rules):
+            path = self._dir / f"rules-{i}.yml"
+            path.write_text(json.dumps(document, indent=2))
+            rule_files.append(str(path))
+        if rule_files:
+            config["rule_files"] = rule_files
         # JSON is valid YAML, so no YAML library is needed.
         (self._dir / "prometheus.yml").write_text(json.dumps(config, indent=2))
 

@@ -10,6 +10,8 @@ Prometheus answers NaN for its p99). Cases:
 * a subset without series -> NaN stats; a subset whose quantile Prometheus answers NaN -> NaN;
 * subset order and weights from `subsets_by_route` / `weights_source`;
 * the same number of queries for 1 route and for 50 routes;
+* with the profile's recording rules loaded: the same stats from one query, and rules
+  generated for other settings never read (NaN, one warning);
 * Prometheus killed -> `TemporaryError`, restarted -> observations again; unreachable URL,
   HTTP 503, a timeout and malformed answers (a real stub HTTP server) -> `TemporaryError`;
 * exporter output shape and validation; constructor validation.
@@ -33,7 +35,7 @@ import requests
 
 from controller.adapters.istio_exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
 from controller.adapters.prometheus import QUERIES_PER_TICK, PrometheusObserver
-from controller.adapters.promql import PROFILES
+from controller.adapters.promql import PROFILES, RECORDED_METRIC
 from controller.core import ConfigError, Observer, RouteRef, TemporaryError, Weights
 
 try:
@@ -151,11 +153,16 @@ def lab() -> Iterator[Lab]:
         ],
     )
     feeder.start()
-    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary)
+    rules = PROFILES["istio"].recording_rules(window_s=WINDOW_S, slo_ms=250)
+    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary, rules=[rules])
     try:
         prometheus.start()
         env = Lab(prometheus, exporter)
         env.wait_full_window()
+        full_s = time.time()  # the rules' own windows are full from their next evaluation on
+        prometheus.wait_for_sample(
+            f'timestamp({RECORDED_METRIC}{{meshpilot_stat="rps"}}) > {full_s + 0.1:.3f}'
+        )
         yield env
     finally:
         feeder.stopped.set()
@@ -254,6 +261,43 @@ def test_subsets_and_weights_come_from_the_route_config(lab: Lab) -> None:
     assert declared.subsets == ("v1", "v2", "v3")
 
 
+def test_recording_rules_give_the_live_stats_in_one_query(lab: Lab) -> None:
+    live = make_observer(lab.url).observe([REVIEWS_ROUTE, RATINGS_ROUTE])
+    recorded_observer = make_observer(lab.url, recording_rules=True)
+    recorded = recorded_observer.observe([REVIEWS_ROUTE, RATINGS_ROUTE])
+    assert recorded_observer.queries_issued == 1
+    for route in (REVIEWS_ROUTE, RATINGS_ROUTE):
+        assert recorded[route].subsets == live[route].subsets
+        for subset in live[route].subsets:
+            got, want = recorded[route].stat(subset), live[route].stat(subset)
+            assert got.has_data == want.has_data, (route.key, subset)
+            if not want.has_data:
+                continue
+            if want.rps > 0:  # both read the same published traffic, rules <= 1 s older
+                assert_close(got.rps, want.rps, 0.10)
+                assert abs(got.error_ratio - want.error_ratio) <= 0.02
+                assert abs(got.slow_ratio - want.slow_ratio) <= 0.03
+    v2 = recorded[REVIEWS_ROUTE].stat("v2")
+    assert 250 < v2.p99_ms <= 500 and 50 < recorded[REVIEWS_ROUTE].stat("v1").p99_ms <= 100
+    assert math.isnan(recorded[REVIEWS_ROUTE].stat("v3").rps)  # declared, no series
+    # The rule runs every scrape interval: its data is at most a few intervals old.
+    assert 0 <= recorded[REVIEWS_ROUTE].staleness_s <= 3 * lab.prometheus.scrape_interval_s
+
+
+def test_recorded_series_of_other_settings_are_never_read(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    other_slo = make_observer(lab.url, recording_rules=True, slo_ms=500)  # rules say 250
+    with caplog.at_level("WARNING"):
+        reviews = other_slo.observe([REVIEWS_ROUTE])[REVIEWS_ROUTE]
+        other_slo.observe([REVIEWS_ROUTE])
+    assert not any(st.has_data for st in reviews.stats)
+    assert reviews.staleness_s == math.inf
+    warnings = [r for r in caplog.records if "meshpilot prometheus-rules" in r.getMessage()]
+    assert len(warnings) == 1  # once, not every tick
+    assert "'meshpilot_slo_ms': '500'" in warnings[0].getMessage()
+
+
 def test_query_count_is_the_same_for_1_and_50_routes(lab: Lab) -> None:
     observer = make_observer(lab.url)
     observer.observe([REVIEWS_ROUTE])
@@ -300,7 +344,7 @@ def test_unreachable_url_is_a_temporary_error() -> None:
     with pytest.raises(TemporaryError) as err:
         observer.observe([REVIEWS_ROUTE])
     assert isinstance(err.value.__cause__, requests.RequestException)
-    assert observer.queries_issued == 1  # the tick stops at the first failure
+    assert observer.queries_issued == QUERIES_PER_TICK  # sent at once, one error for the tick
 
 
 @dataclass
