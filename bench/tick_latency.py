@@ -7,12 +7,14 @@ What runs, all on 127.0.0.1:
   reached as the least-privilege controller user bound to ``manifests/base/role.yaml``, through
   a client built like ``meshpilot serve`` builds it (`kube_api_client`, pool sized for the
   parallel writers);
-* when the ``prometheus`` binary is installed: a real Prometheus scraping an
-  `IstioSeriesExporter` that publishes Istio-shaped series for every (service, subset), read
-  by `PrometheusObserver` wired as ``meshpilot serve --mesh k8s`` wires it (its
-  ``weights_source`` is the actuator); otherwise a synthetic in-process observer, and the
-  report says so;
-* the real `ControlLoop` (guard, SQLite audit log in memory) and `VirtualServiceActuator`.
+* when the ``prometheus`` binary is installed: a real Prometheus (scrape and rule interval
+  5 s) scraping an `IstioSeriesExporter` that runs in its own process (as Envoy would) and
+  publishes Istio-shaped series for every (service, subset), with meshpilot's recording rules
+  loaded (``meshpilot prometheus-rules``); read by `PrometheusObserver` wired as ``meshpilot
+  serve --mesh k8s`` wires it (30 s window, its ``weights_source`` is the actuator), once
+  with the live queries (the default) and once with ``recording_rules``; otherwise a
+  synthetic in-process observer, and the report says so;
+* the real `ControlLoop` (guard, SQLite audit log in a WAL file) and `VirtualServiceActuator`.
 
 Two cases, each on a fresh loop over the same routes:
 
@@ -26,14 +28,16 @@ By default the actuator reads from its watch cache and the loop writes on
 ``--max-parallel-writes`` threads (as ``meshpilot serve`` runs); ``--baseline`` also measures
 the cache-less actuator (a GET per read) writing one route after the other, for comparison.
 
-Per tick it reports the wall time of `ControlLoop.tick()` and its parts as median and p90 over
-the measured ticks: observe (one call for all routes; of which the PromQL requests, and the
-observer's per-route weight reads through the actuator), decide (policy, all routes), act =
-reads (the loop's `Actuator.current`, one per route) + writes (wall time from the first
-`apply` starting to the last one ending), and the rest (guard, audit log, metrics). Also
-per tick: PromQL queries and Kubernetes requests (VirtualService GETs, PATCHes, LISTs;
-DestinationRule LISTs), conflicts, routes written, and whether the target (median tick
-<= 100 ms with <= 3 PromQL queries) is met.
+Per tick it reports as median and p90 over the measured ticks: observe + decide + act (the
+issue's tick latency: the wall time of `ControlLoop.tick()` minus the audit-log inserts), the
+whole tick, and the parts: observe (one call for all routes; of which the PromQL requests,
+sent at once, and the observer's per-route weight reads through the actuator), decide (policy,
+all routes), act = reads (the loop's `Actuator.current`, one per route) + writes (wall time
+from the first `apply` starting to the last one ending; writes start while later routes are
+still decided), the rest (guard, metrics) and the audit record (SQLite inserts). Also per
+tick: PromQL queries and Kubernetes requests (VirtualService GETs, PATCHes, LISTs;
+DestinationRule LISTs), conflicts, routes written, and whether the target (median observe +
+decide + act <= 100 ms with <= 3 PromQL queries) is met.
 
     python bench/tick_latency.py [--routes 100] [--subsets 4] [--ticks 15] [--baseline] [--json]
 """
@@ -49,6 +53,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -412,7 +417,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-PARTS = ("tick", "observe", "promql", "weights_source", "decide", "reads", "writes", "act", "rest")
+PARTS = (
+    "oda",
+    "tick",
+    "observe",
+    "promql",
+    "weights_source",
+    "decide",
+    "reads",
+    "writes",
+    "act",
+    "rest",
+    "record",
+)
 COUNTS = ("promql_queries", "vs_gets", "vs_patches", "conflicts", "routes_written")
 TOTALS = ("vs_lists", "dr_lists")
 
@@ -431,6 +448,10 @@ def measure(
 ) -> dict[str, Any]:
     """Run `warmup` + `ticks` ticks of a fresh loop; summarize the measured ones."""
     obs_timer, decide_timer, reads_timer, writes_span = Timer(), Timer(), Timer(), Span()
+    record_timer = Timer()
+    store_dir = tempfile.TemporaryDirectory(prefix="meshpilot-bench-")
+    store = DecisionStore(Path(store_dir.name) / "decisions.db")  # a WAL file, as serve uses
+    store.record = record_timer.wrap(store.record)  # type: ignore[method-assign]
     promql_timer: Span = getattr(observer, "promql_timer", Span())
     policy = ChurnPolicy(decide_timer, routes, fraction)
     loop = ControlLoop(
@@ -438,7 +459,7 @@ def measure(
         actuator=TimedActuator(inner, reads_timer, writes_span),
         policy=policy,
         guard=Guard(GuardConfig(max_step=10, stale_after_s=30, hold_s=30)),
-        store=DecisionStore(":memory:"),
+        store=store,
         routes=routes,
         clock=WallClock(),
         slo_ms=250,
@@ -453,17 +474,20 @@ def measure(
         policy.tick = n
         queries0 = getattr(observer, "queries_issued", 0)
         before = (inner.reads, inner.writes, inner.conflicts, inner.lists, inner.dr_lists)
-        for t in (obs_timer, decide_timer, reads_timer, source_timer, writes_span, promql_timer):
+        timers = (obs_timer, decide_timer, reads_timer, source_timer, writes_span, promql_timer)
+        for t in (*timers, record_timer):
             t.take()
         started = time.perf_counter()
         results = loop.tick()
         tick = time.perf_counter() - started
         if n >= warmup:
             observe, reads, writes = obs_timer.take(), reads_timer.take(), writes_span.take()
-            decide = decide_timer.take()
+            decide, record = decide_timer.take(), record_timer.take()
             rows.append(
                 {
                     "tick": tick,
+                    "oda": tick - record,
+                    "record": record,
                     "observe": observe,
                     "weights_source": source_timer.take(),
                     "promql": promql_timer.take(),
@@ -471,7 +495,7 @@ def measure(
                     "reads": reads,
                     "writes": writes,
                     "act": reads + writes,
-                    "rest": max(0.0, tick - observe - decide - reads - writes),
+                    "rest": max(0.0, tick - observe - decide - reads - writes - record),
                     "promql_queries": getattr(observer, "queries_issued", 0) - queries0,
                     "vs_gets": inner.reads - before[0],
                     "vs_patches": inner.writes - before[1],
@@ -486,6 +510,7 @@ def measure(
                 outcomes[key] = outcomes.get(key, 0) + 1
         time.sleep(max(0.0, tick_s - tick))
     loop.store.close()
+    store_dir.cleanup()
     out: dict[str, Any] = {"ticks": ticks, "outcomes": outcomes}
     for part in PARTS:
         values = [r[part] for r in rows]
@@ -498,7 +523,9 @@ def measure(
         out[f"{key}_max"] = max(r[key] for r in rows)
     for key in TOTALS:
         out[f"{key}_total"] = sum(r[key] for r in rows)
-    out["target_met"] = out["tick_ms"]["median"] <= TARGET_MS and out["promql_queries_max"] <= MAX_PROMQL
+    out["target_met"] = (
+        out["oda_ms"]["median"] <= TARGET_MS and out["promql_queries_max"] <= MAX_PROMQL
+    )
     return out
 
 
@@ -601,7 +628,8 @@ def report(s: dict[str, Any]) -> None:
         "server)"
     )
     labels = {
-        "tick": "tick (observe+decide+act+rest)",
+        "oda": "observe + decide + act (target)",
+        "tick": "whole tick (+ audit record)",
         "observe": "observe",
         "promql": "  of which PromQL requests",
         "weights_source": "  of which weight reads",
@@ -609,7 +637,8 @@ def report(s: dict[str, Any]) -> None:
         "act": "act",
         "reads": "  reads (current, per route)",
         "writes": "  writes (apply, wall)",
-        "rest": "rest (guard, audit log)",
+        "rest": "rest (guard, metrics)",
+        "record": "audit record (SQLite WAL)",
     }
     for run in s["runs"]:
         print(f"\n[{run['config']}] {run['case']}: {run['description']}")
@@ -632,8 +661,9 @@ def report(s: dict[str, Any]) -> None:
         )
         verdict = "MET" if run["target_met"] else "NOT MET"
         print(
-            f"  target (median tick <= {TARGET_MS:g} ms, <= {MAX_PROMQL} PromQL per tick): "
-            f"{verdict} (median {run['tick_ms']['median']:.1f} ms, "
+            f"  target (median observe+decide+act <= {TARGET_MS:g} ms, <= {MAX_PROMQL} PromQL "
+            f"per tick): {verdict} (median {run['oda_ms']['median']:.1f} ms, whole tick "
+            f"{run['tick_ms']['median']:.1f} ms, "
             f"{run['promql_queries_max']:g} PromQL queries max)"
         )
 

@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -372,17 +372,21 @@ class ControlLoop:
         if obs_error is None:
             self._ready = True
         staged: list[TickResult | _Plan] = []
+        writing: dict[RouteRef, Future[_Applied]] = {}
         for route in due:
             try:
                 if route in broken:
                     staged.append(self._fail(route, broken[route], now))
-                else:
-                    obs = observations.get(route)
-                    staged.append(self._prepare(route, obs, obs_error, now, leader))
+                    continue
+                item = self._prepare(route, observations.get(route), obs_error, now, leader)
             except Exception as exc:  # a bug for one route must not stop the others
                 _log.exception("route %s: unexpected error in tick", route.key)
                 staged.append(self._unexpected(route, exc, now))
-        applied = self._apply_all([p for p in staged if isinstance(p, _Plan) and p.writes])
+                continue
+            staged.append(item)
+            if isinstance(item, _Plan) and item.writes:  # written while the others are decided
+                writing[route] = self._start_write(item)
+        applied = {route: future.result() for route, future in writing.items()}
         results = []
         for item in staged:
             if isinstance(item, TickResult):
@@ -476,19 +480,18 @@ class ControlLoop:
         )
         return _Plan(route, obs, current, proposed, raw_action, verdict, notes, leader)
 
-    def _apply_all(self, plans: list[_Plan]) -> dict[RouteRef, _Applied]:
-        """Call the actuator for every plan, up to `max_parallel_writes` at once."""
-        if not plans:
-            return {}
-        workers = min(self.max_parallel_writes, len(plans))
-        if workers == 1:
-            return {p.route: self._apply_one(p) for p in plans}
+    def _start_write(self, plan: _Plan) -> Future[_Applied]:
+        """Call the actuator for `plan` on the write pool (at most `max_parallel_writes` at
+        once), or right here when writes go one after the other."""
+        if self.max_parallel_writes == 1:
+            done: Future[_Applied] = Future()
+            done.set_result(self._apply_one(plan))
+            return done
         if self._write_pool is None:  # kept across ticks: starting threads costs ms per tick
             self._write_pool = ThreadPoolExecutor(
                 max_workers=self.max_parallel_writes, thread_name_prefix="meshpilot-write"
             )
-        futures = [(p.route, self._write_pool.submit(self._apply_one, p)) for p in plans]
-        return {route: future.result() for route, future in futures}
+        return self._write_pool.submit(self._apply_one, plan)
 
     def _apply_one(self, plan: _Plan) -> _Applied:
         """One `Actuator.apply`; never raises (the exception is handed to `_complete`)."""
@@ -579,7 +582,7 @@ class ControlLoop:
             return outcome, None, False, current
         if not leader:  # the guard was told "shadow"; never write without the lease anyway
             return "follower", verdict.weights, False, current
-        if applied is None:  # cannot happen: every writing plan went through _apply_all
+        if applied is None:  # cannot happen: every writing plan went through _start_write
             raise RuntimeError(f"route {route.key}: the write was never attempted")
         if applied.error is not None:
             if isinstance(applied.error, TemporaryError):
