@@ -60,13 +60,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from kube_lab import CONTROLLER_USER, KubeLab, kube_binaries, kube_cache_dir  # noqa: E402
+from kube_lab import (  # noqa: E402
+    KubeLab,
+    destination_rule,
+    kube_binaries,
+    kube_cache_dir,
+    virtual_service,
+)
 
 from controller.adapters.istio import VirtualServiceActuator, kube_api_client  # noqa: E402
 from controller.clock import WallClock  # noqa: E402
@@ -234,67 +238,16 @@ def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str], max_connections:
     admin = lab.api_client("admin")
     core: Any = client.CoreV1Api(admin)
     core.create_namespace({"metadata": {"name": NS}})
-    rbac: Any = client.RbacAuthorizationV1Api(admin)
-    rbac.create_namespaced_role(
-        NS, yaml.safe_load((ROOT / "manifests" / "base" / "role.yaml").read_text())
-    )
-    rbac.create_namespaced_role_binding(
-        NS,
-        {
-            "metadata": {"name": "meshpilot-bench"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "meshpilot",
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CONTROLLER_USER}
-            ],
-        },
-    )
+    lab.grant_controller_role(NS, binding="meshpilot-bench")
     custom: Any = client.CustomObjectsApi(admin)
     even = [100 // len(subsets)] * len(subsets)
     even[0] += 100 - sum(even)
     for i in range(n_routes):
         name = f"svc-{i:03d}"
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            "destinationrules",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "DestinationRule",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "host": host(i),
-                    "subsets": [{"name": s, "labels": {"version": s}} for s in subsets],
-                },
-            },
-        )
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            "virtualservices",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "VirtualService",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "hosts": [name],
-                    "http": [
-                        {
-                            "name": "primary",
-                            "route": [
-                                {"destination": {"host": name, "subset": s}, "weight": w}
-                                for s, w in zip(subsets, even, strict=True)
-                            ],
-                        }
-                    ],
-                },
-            },
-        )
+        dr = destination_rule(name, NS, host(i), subsets)
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, "destinationrules", dr)
+        vs = virtual_service(name, NS, name, list(zip(subsets, even, strict=True)))
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, "virtualservices", vs)
     api = kube_api_client(str(lab.kubeconfig("controller")), max_connections=max_connections)
     probe = VirtualServiceActuator(api_client=api)
     deadline = time.monotonic() + 10

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.core import ConfigError, RouteRef
+from controller.core.errors import yaml_error_text
 from controller.guard import GuardConfig
 
 __all__ = [
@@ -326,10 +327,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from err
+        raise ConfigError(f"{path}: {yaml_error_text(err)}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -23,3 +23,12 @@ class PermanentError(MeshpilotError):
 
 class ConfigError(PermanentError):
     """A configuration, scenario or model file is malformed; the message names file and field."""
+
+
+def yaml_error_text(err: Exception) -> str:
+    """``not valid YAML at line L, column C: <problem>`` for a PyYAML error (duck-typed, so
+    the pure core needs no YAML import); lines and columns count from 1."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or "syntax error"
+    return f"not valid YAML{where}: {problem}"

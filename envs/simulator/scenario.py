@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.core.errors import ConfigError
+from controller.core.errors import ConfigError, yaml_error_text
 from controller.core.model import WEIGHT_TOTAL, largest_remainder
 
 SUITE_DIR = Path(__file__).resolve().parents[2] / "scenarios"
@@ -202,10 +202,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise ScenarioError(f"{p}: not valid YAML{where}: {problem}") from err
+        raise ScenarioError(f"{p}: {yaml_error_text(err)}") from err
     return parse_scenario(data, source=str(p))
 
 

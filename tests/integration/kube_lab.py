@@ -10,7 +10,7 @@ static token file with two users:
   so with ``--authorization-mode=RBAC`` it can do nothing until a test grants it a Role.
 
 Only stdlib + subprocess here (plus ``openssl`` on PATH, or the ``cryptography`` package);
-the ``kubernetes`` client is imported lazily by the helpers that need it.
+the ``kubernetes`` client and PyYAML are imported lazily by the helpers that need them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,47 @@ User = Literal["admin", "controller"]
 
 ISTIO_CRDS = Path(os.environ.get("MESHPILOT_ISTIO_CRDS", "/work/shared/istio/crd-all.gen.yaml"))
 CONTROLLER_USER = "meshpilot-controller"
+ROLE_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "role.yaml"
+"""The controller's least-privilege Role, as deployed."""
+ISTIO_GROUP, ISTIO_VERSION = "networking.istio.io", "v1"
+
+
+def virtual_service(
+    name: str, namespace: str, host: str, weights: Sequence[tuple[str, int]], route: str = "primary"
+) -> dict[str, Any]:
+    """A VirtualService with one named, weighted http route over `weights` (subset, points)."""
+    return {
+        "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "hosts": [host],
+            "http": [
+                {
+                    "name": route,
+                    "route": [
+                        {"destination": {"host": host, "subset": s}, "weight": w}
+                        for s, w in weights
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def destination_rule(
+    name: str, namespace: str, host: str, subsets: Sequence[str]
+) -> dict[str, Any]:
+    """A DestinationRule declaring `subsets`, each selecting pods by ``version=<subset>``."""
+    return {
+        "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
+        "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "host": host,
+            "subsets": [{"name": s, "labels": {"version": s}} for s in subsets],
+        },
+    }
 
 
 def kube_cache_dir() -> Path:
@@ -278,6 +319,35 @@ class KubeLab:
         from kubernetes import config
 
         return config.new_client_from_config(config_file=str(self.kubeconfig(user)))
+
+    def grant_controller_role(self, namespace: str, binding: str = "meshpilot-controller") -> None:
+        """Create `ROLE_FILE`'s Role in `namespace` and bind it to the controller user.
+
+        The RBAC authorizer sees the binding a moment later: probe before relying on it.
+        """
+        import yaml
+        from kubernetes import client
+
+        rbac: Any = client.RbacAuthorizationV1Api(self.api_client("admin"))
+        rbac.create_namespaced_role(namespace, yaml.safe_load(ROLE_FILE.read_text()))
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": binding},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "meshpilot",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": CONTROLLER_USER,
+                    }
+                ],
+            },
+        )
 
     def request(
         self,

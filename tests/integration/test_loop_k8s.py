@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, running_lab
+from kube_lab import KubeLab, destination_rule, running_lab, virtual_service
 
 from controller.adapters.istio import VirtualServiceActuator
 from controller.clock import WallClock
@@ -45,7 +44,6 @@ pytestmark = pytest.mark.integration
 
 NS = "lirmm-services"
 GROUP, VERSION = "networking.istio.io", "v1"
-ROLE_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "role.yaml"
 LEASE_NAME = "meshpilot"  # the Role names this Lease
 LEASE_S = 2
 TICK_S = 0.2
@@ -66,57 +64,11 @@ def controller_api(lab: KubeLab) -> Any:
     core: Any = client.CoreV1Api(admin)
     core.create_namespace({"metadata": {"name": NS}})
     custom: Any = client.CustomObjectsApi(admin)
-    custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        NS,
-        "destinationrules",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DestinationRule",
-            "metadata": {"name": "reviews", "namespace": NS},
-            "spec": {"host": "reviews", "subsets": [{"name": s} for s in SUBSETS]},
-        },
-    )
-    custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        NS,
-        "virtualservices",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "VirtualService",
-            "metadata": {"name": "reviews", "namespace": NS},
-            "spec": {
-                "hosts": ["reviews"],
-                "http": [
-                    {
-                        "name": "primary",
-                        "route": [
-                            {"destination": {"host": "reviews", "subset": s}, "weight": w}
-                            for s, w in zip(SUBSETS, (80, 10, 10), strict=True)
-                        ],
-                    }
-                ],
-            },
-        },
-    )
-    rbac: Any = client.RbacAuthorizationV1Api(admin)
-    rbac.create_namespaced_role(NS, yaml.safe_load(ROLE_FILE.read_text()))
-    rbac.create_namespaced_role_binding(
-        NS,
-        {
-            "metadata": {"name": "meshpilot-controller"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "meshpilot",
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CONTROLLER_USER}
-            ],
-        },
-    )
+    dr = destination_rule("reviews", NS, "reviews", SUBSETS)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "destinationrules", dr)
+    vs = virtual_service("reviews", NS, "reviews", list(zip(SUBSETS, (80, 10, 10), strict=True)))
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "virtualservices", vs)
+    lab.grant_controller_role(NS)
     api = lab.api_client("controller")
     probe = VirtualServiceActuator(api_client=api)
     deadline = time.monotonic() + 10
@@ -289,29 +241,9 @@ def test_parallel_writes_over_many_routes_from_the_watch_cache(
     routes = []
     for i in range(24):
         name = f"multi-{i:02d}"
-        admin.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            "virtualservices",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "VirtualService",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "hosts": ["reviews"],
-                    "http": [
-                        {
-                            "name": "primary",
-                            "route": [
-                                {"destination": {"host": "reviews", "subset": s}, "weight": w}
-                                for s, w in zip(SUBSETS, (34, 33, 33), strict=True)
-                            ],
-                        }
-                    ],
-                },
-            },
-        )
+        even = list(zip(SUBSETS, (34, 33, 33), strict=True))
+        vs = virtual_service(name, NS, "reviews", even)
+        admin.create_namespaced_custom_object(GROUP, VERSION, NS, "virtualservices", vs)
         routes.append(RouteRef(NS, name, "primary", f"reviews.{NS}.svc.cluster.local"))
     clock = WallClock()
     actuator = VirtualServiceActuator(api_client=controller_api, watch_cache=True)
