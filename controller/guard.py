@@ -96,11 +96,15 @@ class GuardConfig:
     subsets and rescaled to 100 with largest remainder; if it gives a route no positive weight,
     that route falls back to its first-seen weights. Always lifted to the floors."""
 
-    min_change: int = 1
-    """Smallest total change worth writing (L1 points, default 1): a policy proposal that
-    moves the weights by fewer points in total is not written. 1 means "never write the same
-    weights twice"; larger values damp jitter but leave the split up to that far from the
-    proposal. Guard-initiated moves (pins, decay, floor repair) ignore it. 1..200."""
+    min_change: int = 3
+    """Smallest total change worth writing (L1 points, default 3): a policy proposal that
+    differs from the current weights by fewer points in total is not written (a proposal that
+    differs by more is approached step by step, however small `max_step` makes each step). 1 means "never write the same
+    weights twice"; the default 3 also skips moving a single point between two subsets, the
+    jitter a learned policy shows on about a third of its ticks (measured on the suite with
+    the shipped policy: writes on 43 % of ticks with 1, 8.5 % with 3) — every write makes
+    istiod push new config to the proxies. It leaves the split at most one point per subset
+    from the proposal. Guard-initiated moves (pins, decay, floor repair) ignore it. 1..200."""
 
     def __post_init__(self) -> None:
         owner = "GuardConfig"
@@ -441,7 +445,9 @@ class Guard:
         notes += _describe_move(current, target, moved)
         if moved == current:
             return Verdict(current, False, "active", "proposal equals current weights: not written")
-        change = moved.l1_distance(current)
+        # Judged on the whole proposal, not on this tick's step: a far target is approached
+        # even when max_step makes each step smaller than min_change.
+        change = target.l1_distance(current)
         below_floor = any(current[s] < f for s, f in floors.items())
         if change < self.config.min_change and not below_floor:
             reason = f"change of {change} points < min_change {self.config.min_change}: not written"

@@ -116,8 +116,9 @@ class GuardSettings(_Group):
     """Points per tick when drifting to the baseline without data (default 5)."""
     baseline: dict[str, int] | None = None
     """Safe split by subset (points; default None: the weights first seen on the route)."""
-    min_change: int = Field(default=1, ge=1, le=200)
-    """Smallest total change worth writing (L1 points, default 1)."""
+    min_change: int = Field(default=3, ge=1, le=200)
+    """Smallest total change worth writing (L1 points, default 3: a one-point move between two
+    subsets is jitter, not worth a VirtualService write; 1 writes every change)."""
 
     @model_validator(mode="after")
     def _valid(self) -> GuardSettings:

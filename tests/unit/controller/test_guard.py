@@ -122,7 +122,7 @@ def test_floors_hold_whenever_the_current_split_respects_them(case) -> None:
 @settings(deadline=None)
 def test_repeated_reviews_reach_the_target_then_stop_writing(case) -> None:
     current, proposed, max_step, floors = case
-    guard = Guard(GuardConfig(max_step=max_step, floors=floors))
+    guard = Guard(GuardConfig(max_step=max_step, floors=floors, min_change=1))
     target = lift_to_floors(proposed, floors)
     distance = current.l1_distance(target)
     for tick in range(101):  # each write moves >= 1 point each way, so <= 100 writes
@@ -136,15 +136,48 @@ def test_repeated_reviews_reach_the_target_then_stop_writing(case) -> None:
     assert not review(guard, current, proposed, now_s=1e6).write
 
 
+@given(cases(), st.integers(1, 8))
+@settings(deadline=None)
+def test_repeated_reviews_stop_within_min_change_of_the_target(case, min_change) -> None:
+    current, proposed, max_step, floors = case
+    guard = Guard(GuardConfig(max_step=max_step, floors=floors, min_change=min_change))
+    target = lift_to_floors(proposed, floors)
+    for tick in range(101):
+        verdict = review(guard, current, proposed, now_s=5.0 * tick)
+        if not verdict.write:
+            break
+        current = verdict.weights
+    assert current.l1_distance(target) < min_change or any(
+        current[s] < f for s, f in floors.items()
+    )
+    assert not review(guard, current, proposed, now_s=1e6).write
+
+
 @given(cases(), st.integers(1, 200))
-def test_a_write_always_changes_the_weights_by_at_least_min_change(case, min_change) -> None:
+def test_a_write_only_follows_a_proposal_at_least_min_change_away(case, min_change) -> None:
     current, proposed, max_step, floors = case
     config = GuardConfig(max_step=max_step, floors=floors, min_change=min_change)
     verdict = review(Guard(config), current, proposed)
+    target = lift_to_floors(proposed, floors)
     if verdict.write:
-        assert verdict.weights.l1_distance(current) >= min_change
+        assert target.l1_distance(current) >= min_change or any(
+            current[s] < f for s, f in floors.items()
+        )
+        assert verdict.weights != current
     else:
         assert verdict.weights == current
+
+
+def test_a_small_max_step_still_reaches_a_far_target_under_min_change() -> None:
+    guard = Guard(GuardConfig(max_step=1, min_change=3))
+    current, proposed = Weights(("v1", "v2"), (90, 10)), Weights(("v1", "v2"), (80, 20))
+    for tick in range(20):
+        verdict = review(guard, current, proposed, now_s=5.0 * tick)
+        if not verdict.write:
+            break
+        assert verdict.weights.l1_distance(current) == 2  # one point each way per tick
+        current = verdict.weights
+    assert current.l1_distance(proposed) < 3
 
 
 @given(cases(), st.booleans(), st.booleans(), st.booleans())
