@@ -42,6 +42,7 @@ format: install
 
 bench: install system-deps  ## measured performance numbers (printed, never asserted)
 	$(PY) bench/simulator_throughput.py
+	$(PY) bench/write_rate.py
 	$(PY) bench/tick_latency.py
 	$(PY) bench/policy_suite.py --seeds 10
 
