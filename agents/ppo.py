@@ -150,8 +150,12 @@ class TrainConfig:
     """Initial log std of the Gaussian policy (action units; Box is [-1, 1])."""
     action_prior: str = "capacity"
     """What the network's output is added to: 'capacity' (a correction to the
-    capacity-proportional split), 'hold' (a change of the current weights) or 'none' (the
-    logits themselves)."""
+    capacity-proportional split), 'hold' (a change of the current weights), 'sqrt' (a
+    correction to the square-root split; also --sqrt-prior) or 'none' (the logits themselves)."""
+    sqrt_prior: bool = False
+    """Use the 'sqrt' action prior (overrides action_prior): the network corrects the
+    square-root split computed from nominal capacity shares and the observed route utilization,
+    the best static baseline on the suite. Needs obs_extension 'utilization'."""
     imitation_steps: int = 0
     """Warm start: env steps (summed over envs) of DAgger imitation of the oracle before PPO
     (0: off). The oracle reads the simulator's true state, so it only ever runs here, as a
@@ -162,6 +166,25 @@ class TrainConfig:
     oracle), each followed by a fit on everything collected so far."""
     imitation_epochs: int = 20
     """Passes over the collected data per fit."""
+    imitation_lr: float = 1e-3
+    """Adam step size of the imitation fits."""
+    imitation_anneal: bool = False
+    """Anneal the imitation step size linearly to 1 % of imitation_lr within each fit (a
+    constant step leaves the actor jittering by a few weight points around the oracle, which
+    costs a lot at 90 % load)."""
+    imitation_bad_weight: float = 0.0
+    """Cost-weighted imitation: a sample's weight in the imitation fits is 1 + this times the
+    bad-request fraction of the step before or after it (the larger), so the rare states where
+    the split is going wrong (a load burst, a capacity drop, a backlog) count as much as the
+    many calm ones that dominate the data (0: all samples weigh the same)."""
+    teacher_drain_s: float = 0.0
+    """Drain-aware teacher (imitation labels, also for bc_lr): before asking the oracle, shrink
+    each subset's capacity by the share its current queue would need to drain within this many
+    seconds (0: the plain oracle, which ignores queues). Teaches the student to shed load from
+    a subset that is still working off a backlog (e.g. after a load burst)."""
+    oversample: tuple[str, ...] = ()
+    """Scenario names (file stems, e.g. diurnal-bursts) that get one extra copy, with its own
+    reorderings, in every env's pool per mention, so episodes draw them more often."""
     bc_lr: float = 0.0
     """Keep imitating during PPO: after every rollout, one pass of Adam steps of this size
     (annealed linearly to 0) fits the actor to the oracle's labels of the rollout's states
@@ -216,6 +239,13 @@ class TrainConfig:
             (self.imitation_rounds >= 1, "imitation_rounds must be >= 1"),
             (self.imitation_epochs >= 1, "imitation_epochs must be >= 1"),
             (self.bc_lr >= 0, "bc_lr must be >= 0"),
+            (self.imitation_lr > 0, "imitation_lr must be positive"),
+            (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
+            (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
+            (
+                self.prior != "sqrt" or self.obs_extension == "utilization",
+                "the sqrt action prior needs obs_extension 'utilization'",
+            ),
             *[
                 (
                     len(r) == 2 and 0 <= r[0] <= r[1],
@@ -261,6 +291,11 @@ class TrainConfig:
             noise_add=self.noise_add,
             drop_add=self.drop_add,
         )
+
+    @property
+    def prior(self) -> str:
+        """The action prior in effect: 'sqrt' with sqrt_prior, else action_prior."""
+        return "sqrt" if self.sqrt_prior else self.action_prior
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -396,6 +431,11 @@ def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
 def scenario_pool(config: TrainConfig, rank: int) -> list[Scenario]:
     """The scenarios env `rank` draws from: the set, plus `permute_subsets` reorderings each."""
     base = [load_scenario(p) for p in config.scenario_paths()]
+    names = [sc.name for sc in base]
+    for name in config.oversample:
+        if name not in names:
+            raise ConfigError(f"--oversample {name}: not in the scenario set ({', '.join(names)})")
+        base.append(base[names.index(name)])
     rng = np.random.default_rng([config.seed, rank])
     pool = list(base)
     for sc in base:
@@ -463,7 +503,7 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
     )
     if config.obs_extension != "none":
         env = ExtendObservation(env, config.feature_spec, config.obs_extension)
-    env = PriorActionWrapper(env, config.feature_spec, config.action_prior)
+    env = PriorActionWrapper(env, config.feature_spec, config.prior)
     if config.bc_lr > 0:
         env = OracleLabel(env, config)
     env = Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
@@ -738,6 +778,38 @@ def _run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
+def drain_aware_state(sim: Any, state: Any, horizon_s: float, spare: float = 0.5) -> Any:
+    """`state` with each subset's capacity shrunk by the rate its queued work needs to drain
+    within `horizon_s` (queued service seconds, from the simulator's replica next-free times,
+    times the replica rate, over the horizon).
+
+    The reductions together take at most `spare` of the route's spare capacity (total minus
+    load), so the reduced state stays feasible: an infeasible one makes the oracle give up on a
+    subset and dump load on it. Backlogs under 3 % of a subset's capacity are ignored and
+    factors rounded to 2 %, so the oracle's cache keeps hitting.
+    """
+    free_at = np.asarray(sim._free_at)  # training-only teacher: reads the queues
+    offsets = np.asarray(sim._rep_offset)
+    need = np.zeros(len(state.subsets))
+    for i, sub in enumerate(state.subsets):
+        start = int(offsets[i])
+        backlog_s = float(np.maximum(free_at[start : start + sub.replicas] - sim.t_s, 0.0).sum())
+        need[i] = backlog_s * sub.mu_rps / horizon_s
+    caps = np.array([sub.capacity_rps for sub in state.subsets])
+    need[need < 0.03 * caps] = 0.0
+    if not need.any():
+        return state
+    room = spare * max(float(caps.sum()) - state.load_rps, 0.0)
+    if need.sum() > room:
+        need *= room / need.sum()
+    subsets = []
+    for sub, cap, cut in zip(state.subsets, caps, need, strict=True):
+        keep = 1.0 - cut / cap if cap > 0 else 1.0
+        factor = max(round(sub.capacity_factor * keep * 50.0) / 50.0, 0.02)
+        subsets.append(dataclasses.replace(sub, capacity_factor=min(factor, sub.capacity_factor)))
+    return dataclasses.replace(state, subsets=tuple(subsets))
+
+
 def oracle_target(
     env: gym.Env[np.ndarray, np.ndarray], obs_vec: np.ndarray, config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -753,9 +825,22 @@ def oracle_target(
     base = env.unwrapped
     sim = base.sim  # type: ignore[attr-defined]
     spec = config.feature_spec
-    weights = Weights(sim.subsets, optimal_weights(sim.true_state()))
+    state = sim.true_state()
+    best = optimal_weights(state)
+    if config.teacher_drain_s > 0:
+        drained = drain_aware_state(sim, state, config.teacher_drain_s)
+        if drained is not state:
+            shed = optimal_weights(drained)
+            cut = [
+                d.capacity_factor < s.capacity_factor
+                for s, d in zip(state.subsets, drained.subsets, strict=True)
+            ]
+            # near saturation the oracle may rather sacrifice a shrunk subset: keep its split then
+            if all(w_new <= w_old for w_new, w_old, c in zip(shed, best, cut, strict=True) if c):
+                best = shed
+    weights = Weights(sim.subsets, best)
     full = encode_weights(weights, spec).astype(np.float64)
-    prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.action_prior)
+    prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.prior)
     mask = spec.mask(len(sim.subsets))
     if not has_any_data(obs_vec, spec):  # the network is not consulted there
         mask = np.zeros_like(mask)
@@ -782,8 +867,9 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
     targets: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     returns: list[np.ndarray] = []
+    sample_weights: list[np.ndarray] = []
     policy = model.policy
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.imitation_lr)
     losses: list[float] = []
     gamma = config.gamma
     vecnorm.reset()
@@ -793,6 +879,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         mask_r = np.zeros((per_round, n_envs, spec.max_subsets), dtype=bool)
         rew_r = np.zeros((per_round, n_envs))
         done_r = np.zeros((per_round, n_envs), dtype=bool)
+        bad_r = np.zeros((per_round, n_envs))
         for t in range(per_round):
             original = np.asarray(vecnorm.get_original_obs())
             for i, env in enumerate(venv.envs):  # type: ignore[attr-defined]
@@ -802,7 +889,8 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
                 actions = tgt_r[t].astype(np.float32)
             else:
                 actions, _ = model.predict(vecnorm.normalize_obs(original), deterministic=True)
-            _, rew_r[t], done_r[t], _ = vecnorm.step(actions)
+            _, rew_r[t], done_r[t], infos = vecnorm.step(actions)
+            bad_r[t] = [i.get("bad", 0) / max(i.get("requests", 0), 1) for i in infos]
         ret = np.zeros((per_round, n_envs))
         running = np.zeros(n_envs)
         for t in range(per_round - 1, -1, -1):
@@ -813,21 +901,33 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         targets.append(tgt_r[:keep].reshape(-1, spec.max_subsets))
         masks.append(mask_r[:keep].reshape(-1, spec.max_subsets))
         returns.append(ret[:keep].reshape(-1))
+        before = np.vstack([np.zeros((1, n_envs)), bad_r[:-1]])  # the step the obs shows
+        before[1:][done_r[:-1]] = 0.0  # a new episode's first observation shows nothing
+        weight = 1.0 + config.imitation_bad_weight * np.maximum(before, bad_r)
+        sample_weights.append(weight[:keep].reshape(-1))
         x = torch.as_tensor(vecnorm.normalize_obs(np.concatenate(raw_obs)), dtype=torch.float32)
         y = torch.as_tensor(np.concatenate(targets), dtype=torch.float32)
         m = torch.as_tensor(np.concatenate(masks), dtype=torch.float32)
         g = torch.as_tensor(np.concatenate(returns), dtype=torch.float32)
+        sw = torch.as_tensor(np.concatenate(sample_weights), dtype=torch.float32)[:, None]
         n = x.shape[0]
         gen = torch.Generator().manual_seed(config.seed + rnd)
+        n_batches = config.imitation_epochs * -(-n // config.batch_size)
+        step = 0
         for _ in range(config.imitation_epochs):
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, config.batch_size):
+                if config.imitation_anneal:
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.imitation_lr * (1.0 - 0.99 * step / n_batches)
+                step += 1
                 idx = perm[start : start + config.batch_size]
                 features = policy.extract_features(x[idx])
                 latent_pi, latent_vf = policy.mlp_extractor(features)
                 mean = policy.action_net(latent_pi)
                 value = policy.value_net(latent_vf).squeeze(-1)
-                actor_loss = ((mean - y[idx]) ** 2 * m[idx]).sum() / m[idx].sum().clamp(min=1.0)
+                mw = m[idx] * sw[idx]
+                actor_loss = ((mean - y[idx]) ** 2 * mw).sum() / mw.sum().clamp(min=1.0)
                 critic_loss = ((value - g[idx]) ** 2).mean()
                 loss = actor_loss + config.vf_coef * critic_loss
                 optimizer.zero_grad()
@@ -850,8 +950,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def train(config: TrainConfig) -> Path:
     """Train (or resume) one run and write every artifact; returns the run directory."""
     config.validate()
-    for p in config.scenario_paths():
-        load_scenario(p)  # fail fast with a ConfigError naming the file
+    names = [load_scenario(p).name for p in config.scenario_paths()]  # fail fast, naming it
+    unknown = sorted(set(config.oversample) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"--oversample {' '.join(unknown)}: not in the scenario set ({', '.join(names)})"
+        )
     if config.tensorboard_dir is not None:
         try:
             import tensorboard  # noqa: F401
@@ -977,7 +1081,7 @@ def train(config: TrainConfig) -> Path:
         vecnorm,
         config.feature_spec,
         run_dir / "policy.npz",
-        action_prior=config.action_prior,
+        action_prior=config.prior,
         obs_extension=config.obs_extension,
         metadata=meta,
     )

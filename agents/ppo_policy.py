@@ -20,7 +20,7 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  w{i}, b{i}        Linear layer i: weight (out, in) and bias (out,), as in torch
  obs_mean/obs_var  VecNormalize running mean / variance per observation entry
  clip_obs, eps     VecNormalize ``clip_obs`` and ``epsilon``
- action_prior      "none", "capacity" or "hold" (see `apply_action_prior`)
+ action_prior      "none", "capacity", "sqrt" or "hold" (see `apply_action_prior`)
  obs_extension     "none" or "utilization": inputs appended to `encode` (optional, "none")
  metadata_json     free-form JSON (training config, versions) for humans; optional
 =================  ==========================================================================
@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.npz"
 """The policy shipped with meshpilot (what ``--policy ppo`` serves)."""
 
-ACTION_PRIORS = ("none", "capacity", "hold")
+ACTION_PRIORS = ("none", "capacity", "hold", "sqrt")
 """Known action priors: what the network's output is added to before `decode`."""
 
 HOLD_FLOOR = 0.0025
@@ -88,6 +88,61 @@ def capacity_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         logits = np.log(share) / spec.action_temperature
         logits -= logits[present].max()
         prior[present] = np.clip(logits[present], -1.0, 1.0)
+    return prior
+
+
+def sqrt_shares(shares: np.ndarray, utilization: float) -> np.ndarray | None:
+    """Square-root rule (`agents.baselines.sqrt_rule`) in units of total nominal capacity.
+
+    `shares` are the subsets' nominal capacity shares (sum 1), `utilization` the route rate over
+    the total nominal capacity. The rule is scale-free: with mu_i = s_i C and lambda = u C,
+    x_i / C = s_i - sqrt(s_i) (sum_S s - u) / sum_S sqrt(s) over the fastest subsets S that keep
+    every x_i > 0. Returns the traffic shares (sum 1), or None where the rule does not apply
+    (no load, or at/over capacity).
+    """
+    s = np.asarray(shares, dtype=np.float64)
+    if not (0.0 < utilization < float(s.sum())) or not np.all(s > 0):
+        return None
+    active = sorted(range(len(s)), key=lambda i: (-s[i], i))
+    while True:
+        sel = np.array(active)
+        k = (s[sel].sum() - utilization) / np.sqrt(s[sel]).sum()
+        x = s[sel] - np.sqrt(s[sel]) * k
+        if len(active) == 1 or x[-1] > 0:
+            out = np.zeros(len(s))
+            out[sel] = np.maximum(x, 0.0)
+            return out / out.sum()
+        active.pop()
+
+
+def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Action whose decode is the square-root split (see `sqrt_shares`), like `capacity_prior`.
+
+    Reads capacity shares from the encoded observation and the route utilization from the
+    "utilization" extension (its last value, right after `encode`'s vector); falls back to
+    `capacity_prior` without that input or where the rule does not apply. Subsets the rule
+    drops get -1 (decode's smallest weight). Why: on the suite the square-root split is the
+    best static baseline (steady-90, many-subsets, diurnal-bursts), so a network that only
+    corrects it starts from there, and its residual to the oracle is small and smooth in load.
+    """
+    vec = np.asarray(obs_vec, dtype=np.float64).reshape(-1)
+    k = spec.max_subsets
+    if vec.size < spec.obs_size + k + 1:
+        return capacity_prior(vec, spec)
+    per = vec[: k * PER_SUBSET].reshape(k, PER_SUBSET)
+    present = per[:, 0] > 0.5
+    utilization = float(vec[spec.obs_size + k])
+    if not present.any():
+        return capacity_prior(vec, spec)
+    share = np.maximum(per[present, 7], 1e-9)
+    share = share / share.sum()
+    x = sqrt_shares(share, utilization)
+    if x is None:
+        return capacity_prior(vec, spec)
+    prior = np.full(k, -1.0)
+    logits = np.log(np.maximum(x, 1e-12)) / spec.action_temperature
+    logits -= logits.max()
+    prior[present] = np.clip(logits, -1.0, 1.0)
     return prior
 
 
@@ -184,6 +239,8 @@ def apply_action_prior(
         return np.clip(a + capacity_prior(obs_vec, spec), -1.0, 1.0)
     if prior == "hold":
         return np.clip(a + hold_prior(obs_vec, spec), -1.0, 1.0)
+    if prior == "sqrt":
+        return np.clip(a + sqrt_prior(obs_vec, spec), -1.0, 1.0)
     raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
 
 

@@ -107,8 +107,10 @@ class DecisionRecord:
 
     id: assigned by the store (leave None when recording); ts_s: the loop's clock when it
     decided (s); route: `RouteRef.key`; phase: the guard's phase; reason: the guard's text;
-    outcome: what happened at the actuator ("written", "unchanged", "shadow", "held",
-    "conflict-retried", "error: ..."); observation: `encode_observation` of what was seen;
+    outcome: what happened at the actuator ("written", "conflict-retried" (written after a
+    conflict and a fresh read), "unchanged", "held", "shadow", "follower" (decided, not the
+    leader), "error: ..." (temporary, the route holds), "failed: ..." (permanent, the route is
+    not managed until it recovers)); observation: `encode_observation` of what was seen;
     raw_action: the policy's raw action vector; proposed: the policy's split in points;
     written: the guarded split that was (or, in shadow, would have been) written; wrote: whether
     the actuator was called; reward: the reward of the previous action, None if unknown;

@@ -9,7 +9,9 @@ Cases:
   refused with both hashes in the message;
 - files are loaded with allow_pickle=False: a pickled array is refused and never unpickled;
 - missing, truncated, non-zip files and missing arrays are ConfigErrors;
-- the shipped default model loads, is small, and decides valid weights on the whole suite.
+- the shipped default model loads, is small, and decides valid weights on the whole suite;
+- the "sqrt" action prior with zero correction writes exactly what the sqrt baseline writes,
+  and falls back to the capacity prior without the utilization input.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arc
 
 
 @pytest.mark.parametrize(
-    ("prior", "extension"), [("capacity", "none"), ("hold", "utilization"), ("none", "none")]
+    ("prior", "extension"),
+    [("capacity", "none"), ("hold", "utilization"), ("none", "none"), ("sqrt", "utilization")],
 )
 def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension):
     model, vecnorm = _tiny_model("tanh", [16, 16], seed=5, extension=extension)
@@ -318,3 +321,32 @@ def test_before_any_telemetry_the_split_is_capacity_proportional(tmp_path):
         sim.step(weights)
         later = policy.decide(sim.observe())  # with data the network decides again
         assert sum(later.values()) == 100
+
+
+@pytest.mark.parametrize("scenario", ["steady-90", "many-subsets", "diurnal-bursts"])
+def test_sqrt_prior_decodes_to_the_sqrt_baseline(scenario):
+    """Zero correction on the "sqrt" prior writes what `SqrtPolicy` writes, step by step."""
+    from agents.baselines import SqrtPolicy
+
+    spec = FeatureSpec()
+    baseline = SqrtPolicy()
+    sim = MeshSimulator(load_scenario(scenario), seed=2)
+    for _ in range(30):
+        obs = sim.observe()
+        vec = extend_observation(encode(obs, spec), obs, spec, "utilization")
+        action = apply_action_prior(np.zeros(spec.max_subsets), vec, spec, "sqrt")
+        weights = decode(action, spec.mask(len(obs.subsets)), obs.subsets)
+        expected = baseline.decide(obs)
+        if any(s.has_data for s in obs.stats):
+            assert weights == expected
+        sim.step(weights)
+
+
+def test_sqrt_prior_without_utilization_input_falls_back_to_capacity():
+    from agents.ppo_policy import capacity_prior, sqrt_prior
+
+    spec = FeatureSpec()
+    sim = MeshSimulator(load_scenario("steady-90"), seed=0)
+    sim.step(sim.weights)
+    vec = encode(sim.observe(), spec)
+    assert np.array_equal(sqrt_prior(vec, spec), capacity_prior(vec, spec))

@@ -6,6 +6,9 @@ Cases:
   <scenario-set>__<exp>__<seed>__<ts>, and the export serves as a `Policy`;
 - resuming from a checkpoint continues the step count and the episode log;
 - the same seed gives the same trained weights;
+- the sqrt action prior, the drain-aware teacher, cost-weighted and annealed imitation and
+  scenario oversampling train and export (the teacher sheds a backlogged subset but keeps
+  the route feasible);
 - every TrainConfig field has a documented option, and bad values exit with one clear line.
 """
 
@@ -130,6 +133,62 @@ def test_oracle_imitation_warm_start_fits_the_teacher(tmp_path):
     assert policy.action_prior == "capacity"
 
 
+def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(tmp_path):
+    run_dir = _train(
+        tmp_path / "runs",
+        "steady-90",
+        "--total-steps", "128",
+        "--imitation-steps", "480",
+        "--imitation-rounds", "2",
+        "--imitation-epochs", "5",
+        "--imitation-anneal",
+        "--imitation-lr", "3e-3",
+        "--teacher-drain-s", "10",
+        "--imitation-bad-weight", "20",
+        "--bc-lr", "1e-4",
+        "--obs-extension", "utilization",
+        "--sqrt-prior",
+        "--oversample", "steady-90",
+    )  # fmt: skip
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"]["sqrt_prior"] is True
+    assert meta["config"]["oversample"] == ["steady-90"]
+    assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
+    policy = load_ppo_policy(str(run_dir / "policy.npz"))
+    assert policy.action_prior == "sqrt"
+    assert policy.obs_extension == "utilization"
+
+
+def test_oversampled_scenarios_get_extra_pool_entries():
+    from agents.ppo import scenario_pool
+
+    config = TrainConfig(scenarios=("steady-50", "steady-90"), oversample=("steady-90",) * 2)
+    assert [sc.name for sc in scenario_pool(config, 0)] == ["steady-50", "steady-90"] + [
+        "steady-90"
+    ] * 2
+
+
+def test_drain_aware_teacher_sheds_a_backlogged_subset():
+    from agents.oracle import optimal_weights
+    from agents.ppo import drain_aware_state
+    from controller.core.model import Weights
+
+    sim = MeshSimulator(load_scenario("steady-80"), seed=0)
+    state = sim.true_state()
+    assert drain_aware_state(sim, state, 10.0) is state  # no queues yet
+    overload = Weights(sim.subsets, (30, 30, 40))  # v3 (one replica) gets far too much
+    for _ in range(3):
+        sim.step(overload)
+    state = sim.true_state()
+    drained = drain_aware_state(sim, state, 10.0)
+    assert drained.subsets[2].capacity_factor < state.subsets[2].capacity_factor
+    assert optimal_weights(drained)[2] < optimal_weights(state)[2]
+    # the cuts use at most half the spare capacity, so the reduced route stays feasible
+    spare = sum(s.capacity_rps for s in state.subsets) - state.load_rps
+    cut = sum(s.capacity_rps for s in state.subsets) - sum(s.capacity_rps for s in drained.subsets)
+    assert 0 < cut <= 0.5 * spare + 0.02 * max(s.capacity_rps for s in state.subsets)
+
+
 def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
     code = main(["train", *TINY, "--out-dir", str(tmp_path), "--resume", str(tmp_path / "x")])
     assert code == 2
@@ -164,6 +223,10 @@ def test_every_config_field_has_a_documented_option():
         (["--gamma", "1.5"], "gamma"),
         (["--n-envs", "0"], "n_envs"),
         (["nonexistent-scenario"], "nonexistent-scenario"),
+        (["steady-50", "--oversample", "steady-90"], "steady-90"),
+        (["--sqrt-prior"], "utilization"),
+        (["--imitation-lr", "0"], "imitation_lr"),
+        (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
     ],
 )
 def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
