@@ -2,11 +2,15 @@
 
 Pins go through the guard, so they obey its precedence (a paused route is not written even
 when pinned) and expire on the loop's clock; the next tick writes a new pin at once.
+
+Controls live in the memory of the replica that received them, and only the leader writes:
+a follower refuses them with a 409 naming the leader, instead of accepting a pin that would
+never be applied. They do not survive a restart or a change of leader.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
 from controller.api.deps import GuardDep, LoopDep, RouteDep, SettingsDep, StoreDep
 from controller.api.errors import unprocessable
@@ -15,7 +19,23 @@ from controller.core import RouteRef, Weights
 from controller.loop import ControlLoop
 from controller.settings import Settings
 
-router = APIRouter(prefix="/routes/{ns}/{vs}/{route}", tags=["overrides"])
+
+def require_leader(loop: LoopDep) -> None:
+    """409 on a follower: its controls would sit in a replica that never writes."""
+    if loop.is_leader():
+        return
+    holder = getattr(loop.leader, "holder", None)
+    leader = f"the leader is {holder}" if holder else "no leader is known yet"
+    raise HTTPException(
+        status.HTTP_409_CONFLICT,
+        detail=f"this replica ({loop.writer_id}) is a follower and never writes, so it takes no "
+        f"controls; {leader}: send the request to that pod (e.g. kubectl port-forward)",
+    )
+
+
+router = APIRouter(
+    prefix="/routes/{ns}/{vs}/{route}", tags=["overrides"], dependencies=[Depends(require_leader)]
+)
 
 
 def _subsets(route: RouteRef, loop: ControlLoop, settings: Settings) -> tuple[str, ...]:

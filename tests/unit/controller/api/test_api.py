@@ -7,7 +7,8 @@ swapped-in store (dependency override) is what the handlers read, and a busy sto
 override validation — sum, non-integers, range, unknown subsets, TTL bounds, extra keys — is a
 422 naming the field and the problem; a valid override is applied at the next tick, subsets
 not named get 0, and DELETE drops it; subsets not known yet is a 409; pause, resume and shadow
-take effect at the next tick; /healthz, /readyz (503 before the first tick, then 200 with
+take effect at the next tick; a follower refuses every control with a 409 naming the leader
+but still serves reads; /healthz, /readyz (503 before the first tick, then 200 with
 leader status); /metrics is Prometheus text with our series; the OpenAPI docs are served.
 """
 
@@ -277,3 +278,58 @@ def test_openapi_docs_are_served(ctl: Controller) -> None:
     schema = ctl.client.get("/openapi.json").json()
     assert "/routes/{ns}/{vs}/{route}/override" in schema["paths"]
     assert ctl.client.get("/docs").status_code == 200
+
+
+class FollowerOf:
+    """A `Leadership` that never leads, and knows who does."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+
+    def is_leader(self) -> bool:
+        return False
+
+
+def test_a_follower_refuses_controls_naming_the_leader_and_still_serves_reads() -> None:
+    mesh = RealtimeSimulatedMesh.from_scenarios(scenarios=[load_scenario("steady-80")], seed=3)
+    guard = Guard(GuardConfig(max_step=10))
+    store = DecisionStore(":memory:")
+    loop = ControlLoop(
+        observer=mesh,
+        actuator=mesh,
+        policy=make_policy("proportional"),
+        guard=guard,
+        store=store,
+        routes=mesh.routes,
+        clock=mesh.clock,
+        slo_ms=250.0,
+        writer_id="pod-b",
+        verify_after_s=30.0,
+        verify_tolerance=10.0,
+        leader=FollowerOf("pod-a"),
+    )
+    app = create_app(settings=load_settings(), loop=loop, store=store, guard=guard)
+    with TestClient(app) as client:
+        mesh.advance()
+        loop.tick()
+        body = {
+            "weights": {
+                s: 100 if i == 0 else 0 for i, s in enumerate(mesh.current(STEADY).subsets)
+            },
+            "ttl_s": 60,
+        }
+        for method, path, payload in [
+            ("post", f"{STEADY_PATH}/override", body),
+            ("delete", f"{STEADY_PATH}/override", None),
+            ("post", f"{STEADY_PATH}/pause", None),
+            ("post", f"{STEADY_PATH}/resume", None),
+            ("post", f"{STEADY_PATH}/shadow", {"enabled": True}),
+        ]:
+            response = client.request(method.upper(), path, json=payload)
+            assert response.status_code == 409, (path, response.text)
+            detail = response.json()["detail"]
+            assert "pod-b" in detail and "follower" in detail and "the leader is pod-a" in detail
+        assert guard.controls(STEADY).pin is None and not guard.controls(STEADY).paused
+        route = client.get(STEADY_PATH)
+        assert route.status_code == 200 and route.json()["last_decision"]["outcome"] == "follower"
+    store.close()
