@@ -21,6 +21,19 @@ and options look the way they do:
   controller sees, plus utilization inputs (`obs_extension`); PPO then fine-tunes with small
   steps while the oracle labels keep anchoring it (`bc_lr`). Large PPO steps after the warm
   start undo it within ~100k steps (Adam turns noisy advantages into full-size steps).
+* A student that sees the load through a 30 s rate window cannot follow the oracle's
+  instant reactions: on diurnal-bursts the oracle drains v3 at low load and moves back the
+  moment a 1.6x burst starts; a one-step-late oracle already loses to the static square-root
+  split there (0.0103 vs 0.0088), and the imitating student overloaded v2 for the whole burst,
+  then kept it near saturation while its backlog drained. Together, the square-root split as
+  the action prior (`sqrt_prior`), annealed imitation steps (`imitation_anneal`), samples
+  weighted by the step's bad fraction (`imitation_bad_weight`) and a teacher that sheds load
+  from subsets still holding a queue (`teacher_drain_s`) halved diurnal-bursts (0.027 ->
+  0.012) and met the many-subsets claim, but noisy-telemetry got worse (0.0096 -> 0.017); the
+  runs were combinations, not one-at-a-time ablations. Oversampling (`oversample`) helped the
+  oversampled scenarios and hurt the others (noisy-telemetry 0.028). The PPO phase stays
+  erratic: 50k steps in, steady-90 was 2.6x worse than the warm start before the annealed
+  steps recovered most of it.
 * Per-subset service-time randomization is kept narrow (``--service-scale 0.95 1.05``): the
   capacity hint is what the operator configured, and a policy that cannot trust it at all
   cannot be precise.
@@ -169,9 +182,9 @@ class TrainConfig:
     imitation_lr: float = 1e-3
     """Adam step size of the imitation fits."""
     imitation_anneal: bool = False
-    """Anneal the imitation step size linearly to 1 % of imitation_lr within each fit (a
+    """Anneal the imitation step size linearly to 1 percent of imitation_lr within each fit (a
     constant step leaves the actor jittering by a few weight points around the oracle, which
-    costs a lot at 90 % load)."""
+    costs a lot at 90 percent load)."""
     imitation_bad_weight: float = 0.0
     """Cost-weighted imitation: a sample's weight in the imitation fits is 1 + this times the
     bad-request fraction of the step before or after it (the larger), so the rare states where

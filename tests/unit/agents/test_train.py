@@ -136,7 +136,6 @@ def test_oracle_imitation_warm_start_fits_the_teacher(tmp_path):
 def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(tmp_path):
     run_dir = _train(
         tmp_path / "runs",
-        "steady-90",
         "--total-steps", "128",
         "--imitation-steps", "480",
         "--imitation-rounds", "2",
@@ -148,11 +147,11 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
         "--bc-lr", "1e-4",
         "--obs-extension", "utilization",
         "--sqrt-prior",
-        "--oversample", "steady-90",
+        "--oversample", "steady-50",
     )  # fmt: skip
     meta = json.loads((run_dir / "config.json").read_text())
     assert meta["config"]["sqrt_prior"] is True
-    assert meta["config"]["oversample"] == ["steady-90"]
+    assert meta["config"]["oversample"] == ["steady-50"]
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     policy = load_ppo_policy(str(run_dir / "policy.npz"))
     assert policy.action_prior == "sqrt"
