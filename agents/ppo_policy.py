@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.baselines import sqrt_rule
 from controller.core.errors import ConfigError
 from controller.core.features import PER_SUBSET, FeatureSpec, decode, encode
 from controller.core.model import Observation, Weights
@@ -92,27 +93,17 @@ def capacity_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def sqrt_shares(shares: np.ndarray, utilization: float) -> np.ndarray | None:
-    """Square-root rule (`agents.baselines.sqrt_rule`) in units of total nominal capacity.
+    """`agents.baselines.sqrt_rule` in units of total nominal capacity (the rule is scale-free).
 
     `shares` are the subsets' nominal capacity shares (sum 1), `utilization` the route rate over
-    the total nominal capacity. The rule is scale-free: with mu_i = s_i C and lambda = u C,
-    x_i / C = s_i - sqrt(s_i) (sum_S s - u) / sum_S sqrt(s) over the fastest subsets S that keep
-    every x_i > 0. Returns the traffic shares (sum 1), or None where the rule does not apply
-    (no load, or at/over capacity).
+    the total nominal capacity. Returns the traffic shares (sum 1), or None where the rule does
+    not apply (no load, a subset without capacity, or at/over capacity).
     """
-    s = np.asarray(shares, dtype=np.float64)
-    if not (0.0 < utilization < float(s.sum())) or not np.all(s > 0):
+    s = [float(x) for x in np.asarray(shares, dtype=np.float64).reshape(-1)]
+    if not all(x > 0 for x in s) or not (0.0 < utilization < math.fsum(s)):
         return None
-    active = sorted(range(len(s)), key=lambda i: (-s[i], i))
-    while True:
-        sel = np.array(active)
-        k = (s[sel].sum() - utilization) / np.sqrt(s[sel]).sum()
-        x = s[sel] - np.sqrt(s[sel]) * k
-        if len(active) == 1 or x[-1] > 0:
-            out = np.zeros(len(s))
-            out[sel] = np.maximum(x, 0.0)
-            return out / out.sum()
-        active.pop()
+    x = np.asarray(sqrt_rule(s, utilization), dtype=np.float64)
+    return x / x.sum()
 
 
 def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
