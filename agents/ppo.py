@@ -166,7 +166,8 @@ class TrainConfig:
     capacity-proportional split), 'hold' (a change of the current weights), 'sqrt' (a
     correction to the square-root split; also --sqrt-prior) or 'none' (the logits themselves)."""
     sqrt_prior: bool = False
-    """Use the 'sqrt' action prior (overrides action_prior): the network corrects the
+    """Use the 'sqrt' action prior, as --action-prior sqrt does (and overriding it): the network
+    corrects the
     square-root split computed from nominal capacity shares and the observed route utilization,
     the best static baseline on the suite. Needs obs_extension 'utilization'."""
     imitation_steps: int = 0

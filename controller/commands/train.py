@@ -22,7 +22,7 @@ _SKIP = frozenset({"spec"})
 """Fields without an option: the FeatureSpec must match what the controller serves."""
 _CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("tanh", "relu"),
-    "action_prior": ("capacity", "hold", "none"),
+    "action_prior": ("capacity", "hold", "sqrt", "none"),
     "obs_extension": ("none", "utilization"),
 }
 
