@@ -52,7 +52,14 @@ class Controller:
             self.loop.tick()
 
 
-def build_loop(mesh: RealtimeSimulatedMesh, guard: Guard, store: DecisionStore) -> ControlLoop:
+def build_loop(
+    mesh: RealtimeSimulatedMesh,
+    guard: Guard,
+    store: DecisionStore,
+    *,
+    writer_id: str = "pod-test",
+    leader: object = None,
+) -> ControlLoop:
     return ControlLoop(
         observer=mesh,
         actuator=mesh,
@@ -62,9 +69,10 @@ def build_loop(mesh: RealtimeSimulatedMesh, guard: Guard, store: DecisionStore) 
         routes=mesh.routes,
         clock=mesh.clock,
         slo_ms=250.0,
-        writer_id="pod-test",
+        writer_id=writer_id,
         verify_after_s=30.0,
         verify_tolerance=10.0,
+        leader=leader,  # type: ignore[arg-type]
     )
 
 
@@ -294,20 +302,7 @@ def test_a_follower_refuses_controls_naming_the_leader_and_still_serves_reads() 
     mesh = RealtimeSimulatedMesh.from_scenarios(scenarios=[load_scenario("steady-80")], seed=3)
     guard = Guard(GuardConfig(max_step=10))
     store = DecisionStore(":memory:")
-    loop = ControlLoop(
-        observer=mesh,
-        actuator=mesh,
-        policy=make_policy("proportional"),
-        guard=guard,
-        store=store,
-        routes=mesh.routes,
-        clock=mesh.clock,
-        slo_ms=250.0,
-        writer_id="pod-b",
-        verify_after_s=30.0,
-        verify_tolerance=10.0,
-        leader=FollowerOf("pod-a"),
-    )
+    loop = build_loop(mesh, guard, store, writer_id="pod-b", leader=FollowerOf("pod-a"))
     app = create_app(settings=load_settings(), loop=loop, store=store, guard=guard)
     with TestClient(app) as client:
         mesh.advance()
