@@ -26,7 +26,7 @@ and options look the way they do:
   moment a 1.6x burst starts; a one-step-late oracle already loses to the static square-root
   split there (0.0103 vs 0.0088), and the imitating student overloaded v2 for the whole burst,
   then kept it near saturation while its backlog drained. Together, the square-root split as
-  the action prior (`sqrt_prior`), annealed imitation steps (`imitation_anneal`), samples
+  the action prior (`action_prior` 'sqrt'), annealed imitation steps (`imitation_anneal`), samples
   weighted by the step's bad fraction (`imitation_bad_weight`) and a teacher that sheds load
   from subsets still holding a queue (`teacher_drain_s`) halved diurnal-bursts (0.027 ->
   0.012) and met the many-subsets claim, but noisy-telemetry got worse (0.0096 -> 0.017); the
@@ -164,12 +164,9 @@ class TrainConfig:
     action_prior: str = "capacity"
     """What the network's output is added to: 'capacity' (a correction to the
     capacity-proportional split), 'hold' (a change of the current weights), 'sqrt' (a
-    correction to the square-root split; also --sqrt-prior) or 'none' (the logits themselves)."""
-    sqrt_prior: bool = False
-    """Use the 'sqrt' action prior, as --action-prior sqrt does (and overriding it): the network
-    corrects the
-    square-root split computed from nominal capacity shares and the observed route utilization,
-    the best static baseline on the suite. Needs obs_extension 'utilization'."""
+    correction to the square-root split from nominal capacity shares and the observed route
+    utilization, the best static baseline on the suite; needs obs_extension 'utilization') or
+    'none' (the logits themselves)."""
     imitation_steps: int = 0
     """Warm start: env steps (summed over envs) of DAgger imitation of the oracle before PPO
     (0: off). The oracle reads the simulator's true state, so it only ever runs here, as a
@@ -257,7 +254,7 @@ class TrainConfig:
             (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
             (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
             (
-                self.prior != "sqrt" or self.obs_extension == "utilization",
+                self.action_prior != "sqrt" or self.obs_extension == "utilization",
                 "the sqrt action prior needs obs_extension 'utilization'",
             ),
             *[
@@ -305,11 +302,6 @@ class TrainConfig:
             noise_add=self.noise_add,
             drop_add=self.drop_add,
         )
-
-    @property
-    def prior(self) -> str:
-        """The action prior in effect: 'sqrt' with sqrt_prior, else action_prior."""
-        return "sqrt" if self.sqrt_prior else self.action_prior
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -517,7 +509,7 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
     )
     if config.obs_extension != "none":
         env = ExtendObservation(env, config.feature_spec, config.obs_extension)
-    env = PriorActionWrapper(env, config.feature_spec, config.prior)
+    env = PriorActionWrapper(env, config.feature_spec, config.action_prior)
     if config.bc_lr > 0:
         env = OracleLabel(env, config)
     env = Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
@@ -854,7 +846,7 @@ def oracle_target(
                 best = shed
     weights = Weights(sim.subsets, best)
     full = encode_weights(weights, spec).astype(np.float64)
-    prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.prior)
+    prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.action_prior)
     mask = spec.mask(len(sim.subsets))
     if not has_any_data(obs_vec, spec):  # the network is not consulted there
         mask = np.zeros_like(mask)
@@ -1095,7 +1087,7 @@ def train(config: TrainConfig) -> Path:
         vecnorm,
         config.feature_spec,
         run_dir / "policy.npz",
-        action_prior=config.prior,
+        action_prior=config.action_prior,
         obs_extension=config.obs_extension,
         metadata=meta,
     )

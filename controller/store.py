@@ -78,27 +78,17 @@ def encode_observation(obs: Observation) -> dict[str, Any]:
     """An `Observation` as the JSON object stored with a decision (NaN where no data -> null)."""
     return {
         "route": obs.route.key,
-        "timestamp_s": _finite_or_none(obs.timestamp_s),
-        "staleness_s": _finite_or_none(obs.staleness_s),
+        "timestamp_s": _json_safe(obs.timestamp_s),
+        "staleness_s": _json_safe(obs.staleness_s),
         "subsets": [
-            {
-                "name": name,
-                **{f: _finite_or_none(getattr(stats, f)) for f in _STATS_FIELDS},
-            }
+            {"name": name, **{f: _json_safe(getattr(stats, f)) for f in _STATS_FIELDS}}
             for name, stats in zip(obs.subsets, obs.stats, strict=True)
         ],
-        "capacity_hint_rps": [_finite_or_none(x) for x in obs.capacity_hint_rps],
+        "capacity_hint_rps": _json_safe(obs.capacity_hint_rps),
     }
 
 
 _STATS_FIELDS = tuple(f.name for f in fields(SubsetStats))
-
-
-def _finite_or_none(value: Any) -> Any:
-    """`value`, or None when it is a non-finite float (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)

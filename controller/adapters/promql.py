@@ -109,11 +109,8 @@ class PromQLProfile:
         slow-ratio part. Hosts are deduplicated and sorted so the text does not depend on the
         order routes were given in.
         """
-        host_list = sorted(set(hosts))
-        if not host_list or not all(host_list):
-            raise ValueError("queries need at least one non-empty host")
         return self._stat_exprs(
-            self._matchers(host_list, reporter), window_s=window_s, slo_ms=slo_ms
+            self._matchers(_host_list(hosts), reporter), window_s=window_s, slo_ms=slo_ms
         )
 
     def recorded_query(
@@ -129,11 +126,8 @@ class PromQLProfile:
         It selects `RECORDED_METRIC` by the rule labels of this window, reporter and SLO, so
         rules generated for other settings are never read by mistake (they give no series).
         """
-        host_list = sorted(set(hosts))
-        if not host_list or not all(host_list):
-            raise ValueError("queries need at least one non-empty host")
         labels = self.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms)
-        matchers = [self._host_matcher(host_list)]
+        matchers = [self._host_matcher(_host_list(hosts))]
         matchers += [f"{k}={promql_string(v)}" for k, v in labels.items()]
         # Keep only the labels the observer reads: half the answer to encode and parse.
         by = f"{self.service_label}, {self.version_label}, {STAT_LABEL}"
@@ -331,6 +325,14 @@ def promql_string(text: str) -> str:
     """`text` as a double-quoted PromQL string literal (backslashes and quotes escaped)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+def _host_list(hosts: Iterable[str]) -> list[str]:
+    """Distinct hosts, sorted so a query's text does not depend on the order routes came in."""
+    host_list = sorted(set(hosts))
+    if not host_list or not all(host_list):
+        raise ValueError("queries need at least one non-empty host")
+    return host_list
 
 
 def _tag(expr: str, stat: str) -> str:

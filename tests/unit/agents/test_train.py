@@ -146,11 +146,11 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
         "--imitation-bad-weight", "20",
         "--bc-lr", "1e-4",
         "--obs-extension", "utilization",
-        "--sqrt-prior",
+        "--action-prior", "sqrt",
         "--oversample", "steady-50",
     )  # fmt: skip
     meta = json.loads((run_dir / "config.json").read_text())
-    assert meta["config"]["sqrt_prior"] is True
+    assert meta["config"]["action_prior"] == "sqrt"
     assert meta["config"]["oversample"] == ["steady-50"]
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     policy = load_ppo_policy(str(run_dir / "policy.npz"))
@@ -223,7 +223,7 @@ def test_every_config_field_has_a_documented_option():
         (["--n-envs", "0"], "n_envs"),
         (["nonexistent-scenario"], "nonexistent-scenario"),
         (["steady-50", "--oversample", "steady-90"], "steady-90"),
-        (["--sqrt-prior"], "utilization"),
+        (["--action-prior", "sqrt"], "utilization"),
         (["--imitation-lr", "0"], "imitation_lr"),
         (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
     ],

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from controller.commands.serve import build_loop
-from controller.settings import load_settings
+from controller.settings import Settings, load_settings
 
 
 def kubeconfig(tmp_path: Path) -> Path:
@@ -32,15 +32,23 @@ def kubeconfig(tmp_path: Path) -> Path:
     return path
 
 
-def test_defaults_read_from_the_watch_cache_and_write_in_parallel(tmp_path: Path) -> None:
-    s = load_settings(
+def k8s_settings(
+    tmp_path: Path, *, kube: dict[str, object] | None = None, **extra: object
+) -> Settings:
+    """`mesh: k8s` settings for one route, a kubeconfig and an audit file in `tmp_path`."""
+    return load_settings(
         None,
         mesh="k8s",
         policy="proportional",
         routes=[{"virtual_service": "reviews", "route": "primary"}],
         store={"path": str(tmp_path / "audit.db")},
-        kube={"kubeconfig": str(kubeconfig(tmp_path))},
+        kube={"kubeconfig": str(kubeconfig(tmp_path)), **(kube or {})},
+        **extra,
     )
+
+
+def test_defaults_read_from_the_watch_cache_and_write_in_parallel(tmp_path: Path) -> None:
+    s = k8s_settings(tmp_path)
     assert s.kube.watch_cache is True and s.max_parallel_writes == 8
     with contextlib.ExitStack() as stack:
         loop, _ = build_loop(s, stack)
@@ -52,15 +60,7 @@ def test_defaults_read_from_the_watch_cache_and_write_in_parallel(tmp_path: Path
 
 
 def test_cache_off_and_serial_writes_can_be_chosen(tmp_path: Path) -> None:
-    s = load_settings(
-        None,
-        mesh="k8s",
-        policy="proportional",
-        routes=[{"virtual_service": "reviews", "route": "primary"}],
-        store={"path": str(tmp_path / "audit.db")},
-        kube={"kubeconfig": str(kubeconfig(tmp_path)), "watch_cache": False},
-        max_parallel_writes=1,
-    )
+    s = k8s_settings(tmp_path, kube={"watch_cache": False}, max_parallel_writes=1)
     with contextlib.ExitStack() as stack:
         loop, _ = build_loop(s, stack)
         assert loop.max_parallel_writes == 1
