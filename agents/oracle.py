@@ -246,6 +246,48 @@ def optimal_weights(state: TrueState) -> tuple[int, ...]:
     return _optimal_cached(dataclasses.replace(state, t_s=0.0))
 
 
+def sqrt_anchor(state: TrueState) -> np.ndarray:
+    """Shares (sum 1) of the square-root rule on the *true* capacities and load of `state`;
+    capacity-proportional where the rule does not apply (no load, or at/over capacity)."""
+    from agents.baselines import sqrt_rule
+
+    caps = [s.capacity_rps for s in state.subsets]
+    total = math.fsum(caps)
+    if total <= 0:
+        return np.full(len(caps), 1.0 / len(caps))
+    if 0 < state.load_rps < total:
+        x = np.asarray(sqrt_rule(caps, state.load_rps), dtype=np.float64)
+    else:
+        x = np.asarray(caps, dtype=np.float64)
+    return x / x.sum()
+
+
+@lru_cache(maxsize=4096)
+def _hedged_cached(state: TrueState, pull: float) -> tuple[int, ...]:
+    anchor = sqrt_anchor(state)
+    frac = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64) / WEIGHT_TOTAL
+    penalty = pull * (frac[None, :] - anchor[:, None]) ** 2
+    return _min_plus_split(_cost_table(state) + penalty)
+
+
+def hedged_weights(state: TrueState, pull: float) -> tuple[int, ...]:
+    """Integer weights minimizing `expected_bad_fraction` + pull x the squared distance (in
+    shares) from `sqrt_anchor`.
+
+    Why: the oracle's split is optimal for its queueing model at the current load, and it
+    can be a knife edge (e.g. draining a slow subset at low load, so the fast one has no
+    headroom when a burst arrives). The square-root split is robust to load and to model
+    error; the pull keeps the split near it wherever the model sees little to gain, while
+    real gains (draining a failing canary, shedding load from a subset that lost capacity)
+    still outweigh it. pull = 0 is the oracle.
+    """
+    if pull < 0 or not math.isfinite(pull):
+        raise ValueError(f"pull must be a finite number >= 0, got {pull}")
+    if pull == 0:
+        return optimal_weights(state)
+    return _hedged_cached(dataclasses.replace(state, t_s=0.0), float(pull))
+
+
 class OraclePolicy:
     """Reads the bound simulator's true state each step and writes `optimal_weights` for it.
 
@@ -266,6 +308,10 @@ class OraclePolicy:
         """Forget bound simulators (a new episode binds its own); the state cache is kept."""
         self._sims.clear()
 
+    def _state_for(self, sim: MeshSimulator, route: RouteRef) -> TrueState:
+        """The true state the split is chosen for: the coming interval's."""
+        return sim.true_state()
+
     def decide(self, obs: Observation) -> Weights:
         sim = self._sims.get(obs.route)
         if sim is None:
@@ -273,7 +319,7 @@ class OraclePolicy:
                 f"the oracle needs the simulator's ground truth for route {obs.route.key}; "
                 "it only runs in `meshpilot simulate`/`evaluate`"
             )
-        state = sim.true_state()
+        state = self._state_for(sim, obs.route)
         values = dict(zip((s.name for s in state.subsets), optimal_weights(state), strict=True))
         if set(values) != set(obs.subsets):
             raise ConfigError(
@@ -281,3 +327,32 @@ class OraclePolicy:
                 f"the simulator has {sorted(values)}"
             )
         return Weights(obs.subsets, [values[s] for s in obs.subsets])
+
+
+class DelayedOraclePolicy(OraclePolicy):
+    """The oracle's split for the true state of `delay_steps` control intervals ago.
+
+    Why: a real controller learns what changed only from telemetry of intervals already
+    served, so the oracle one interval late is what perfect inference from the last interval
+    could reach without predicting the future; ``oracle-late`` in `meshpilot evaluate` shows
+    how much of the gap between a policy and the oracle is reaction time, not skill.
+    """
+
+    name = "oracle-late"
+
+    def __init__(self, delay_steps: int = 1) -> None:
+        if delay_steps < 0:
+            raise ConfigError(f"delay_steps must be >= 0, got {delay_steps}")
+        super().__init__()
+        self.delay_steps = delay_steps
+        self._past: dict[RouteRef, list[TrueState]] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self._past.clear()
+
+    def _state_for(self, sim: MeshSimulator, route: RouteRef) -> TrueState:
+        past = self._past.setdefault(route, [])
+        past.append(sim.true_state())
+        del past[: -(self.delay_steps + 1)]
+        return past[0]

@@ -79,6 +79,7 @@ from agents.ppo_policy import (
     extension_size,
     has_any_data,
     save_npz,
+    unshape_correction,
 )
 from controller.core.errors import ConfigError
 from controller.core.features import FeatureSpec
@@ -167,6 +168,11 @@ class TrainConfig:
     correction to the square-root split from nominal capacity shares and the observed route
     utilization, the best static baseline on the suite; needs obs_extension 'utilization') or
     'none' (the logits themselves)."""
+    action_gain: float = 1.0
+    """Slope near zero of the network's correction to the prior (0 < gain <= 1): the output a
+    becomes gain*a + (1-gain)*a^3, so the full range stays reachable while small corrections
+    need gain-times larger outputs, i.e. are less sensitive to network error and telemetry
+    noise (1: linear)."""
     imitation_steps: int = 0
     """Warm start: env steps (summed over envs) of DAgger imitation of the oracle before PPO
     (0: off). The oracle reads the simulator's true state, so it only ever runs here, as a
@@ -193,6 +199,13 @@ class TrainConfig:
     each subset's capacity by the share its current queue would need to drain within this many
     seconds (0: the plain oracle, which ignores queues). Teaches the student to shed load from
     a subset that is still working off a backlog (e.g. after a load burst)."""
+    teacher_pull: float = 0.0
+    """Hedged teacher (imitation labels, also for bc_lr): the oracle's objective plus this
+    times the squared distance (in shares) from the square-root split of the true capacities
+    (0: the plain oracle). The plain oracle's split can be a knife edge (it drains a slow
+    subset at low load, so a burst finds the fast one without headroom); a pull of ~0.05
+    keeps the split near the robust square-root one wherever the model sees little to gain,
+    and a student that necessarily reacts one interval late inherits that margin."""
     oversample: tuple[str, ...] = ()
     """Scenario names (file stems, e.g. diurnal-bursts) that get one extra copy, with its own
     reorderings, in every env's pool per mention, so episodes draw them more often."""
@@ -253,6 +266,8 @@ class TrainConfig:
             (self.imitation_lr > 0, "imitation_lr must be positive"),
             (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
             (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
+            (self.teacher_pull >= 0, "teacher_pull must be >= 0"),
+            (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
                 self.action_prior != "sqrt" or self.obs_extension == "utilization",
                 "the sqrt action prior needs obs_extension 'utilization'",
@@ -360,10 +375,17 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
     into every step's info, for the episode log.
     """
 
-    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec, prior: str):
+    def __init__(
+        self,
+        env: gym.Env[np.ndarray, np.ndarray],
+        spec: FeatureSpec,
+        prior: str,
+        gain: float = 1.0,
+    ):
         super().__init__(env)
         self._spec = spec
         self._prior = prior
+        self._gain = gain
         self._obs: np.ndarray | None = None
         self._scenario = ""
 
@@ -378,7 +400,8 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
-        full = apply_action_prior(action, self._obs, self._spec, self._prior).astype(np.float32)
+        full = apply_action_prior(action, self._obs, self._spec, self._prior, self._gain)
+        full = full.astype(np.float32)
         obs, r, terminated, truncated, info = self.env.step(full)
         self._obs = obs
         info["scenario"] = self._scenario
@@ -509,7 +532,7 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
     )
     if config.obs_extension != "none":
         env = ExtendObservation(env, config.feature_spec, config.obs_extension)
-    env = PriorActionWrapper(env, config.feature_spec, config.action_prior)
+    env = PriorActionWrapper(env, config.feature_spec, config.action_prior, config.action_gain)
     if config.bc_lr > 0:
         env = OracleLabel(env, config)
     env = Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
@@ -721,6 +744,7 @@ def export_npz(
     *,
     action_prior: str = "none",
     obs_extension: str = "none",
+    action_gain: float = 1.0,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Export the actor and the observation normalizer of `model` for `agents.ppo_policy`."""
@@ -742,6 +766,7 @@ def export_npz(
         eps=float(vecnormalize.epsilon),
         action_prior=action_prior,
         obs_extension=obs_extension,
+        action_gain=action_gain,
         metadata=metadata,
     )
 
@@ -824,7 +849,7 @@ def oracle_target(
     `env` is a training env (its base is a MeshEnv); the target undoes the action prior, so
     ``apply_action_prior(target) == encode_weights(oracle weights)`` up to clipping.
     """
-    from agents.oracle import optimal_weights
+    from agents.oracle import hedged_weights
     from controller.core.features import encode_weights
     from controller.core.model import Weights
 
@@ -832,11 +857,11 @@ def oracle_target(
     sim = base.sim  # type: ignore[attr-defined]
     spec = config.feature_spec
     state = sim.true_state()
-    best = optimal_weights(state)
+    best = hedged_weights(state, config.teacher_pull)
     if config.teacher_drain_s > 0:
         drained = drain_aware_state(sim, state, config.teacher_drain_s)
         if drained is not state:
-            shed = optimal_weights(drained)
+            shed = hedged_weights(drained, config.teacher_pull)
             cut = [
                 d.capacity_factor < s.capacity_factor
                 for s, d in zip(state.subsets, drained.subsets, strict=True)
@@ -850,7 +875,7 @@ def oracle_target(
     mask = spec.mask(len(sim.subsets))
     if not has_any_data(obs_vec, spec):  # the network is not consulted there
         mask = np.zeros_like(mask)
-    return np.clip(full - prior, -1.0, 1.0), mask
+    return unshape_correction(full - prior, config.action_gain), mask
 
 
 def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> dict[str, Any]:
@@ -1089,6 +1114,7 @@ def train(config: TrainConfig) -> Path:
         run_dir / "policy.npz",
         action_prior=config.action_prior,
         obs_extension=config.obs_extension,
+        action_gain=config.action_gain,
         metadata=meta,
     )
     plot_learning_curve(episodes, run_dir / "learning_curve.png")

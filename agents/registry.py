@@ -30,6 +30,12 @@ def _oracle() -> Policy:
     return OraclePolicy()
 
 
+def _oracle_late() -> Policy:
+    from agents.oracle import DelayedOraclePolicy
+
+    return DelayedOraclePolicy(delay_steps=1)
+
+
 _FACTORIES: dict[str, Callable[[], Policy]] = {
     "equal": EqualPolicy,
     "proportional": ProportionalPolicy,
@@ -38,6 +44,7 @@ _FACTORIES: dict[str, Callable[[], Policy]] = {
     "canary": CanaryPolicy,
     "ewma": EwmaPolicy,
     "oracle": _oracle,
+    "oracle-late": _oracle_late,
 }
 
 

@@ -12,7 +12,13 @@ Cases:
 - expected_bad_fraction validates its input and matches a hand computation;
 - OraclePolicy writes the optimum of the simulator's true state, needs a bound simulator,
   drains a failing subset, and beats capacity-proportional weights when a subset loses
-  capacity.
+  capacity;
+- the hedged split (`hedged_weights`) is the exact integer optimum of the oracle's objective
+  plus the pull towards `sqrt_anchor` (brute force), equals the oracle at pull 0, tends to the
+  square-root split as the pull grows, and still drains a failing canary at a small pull;
+- the delayed oracle (`oracle-late`) writes the optimum of the state `delay_steps` intervals
+  ago: it reacts to a capacity drop exactly one interval after the oracle, and with delay 0 is
+  the oracle.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ import pytest
 from scipy import integrate
 from scipy import stats as sstats
 
-from agents.baselines import ProportionalPolicy
+from agents.baselines import ProportionalPolicy, sqrt_rule
 from agents.oracle import (
+    DelayedOraclePolicy,
     OraclePolicy,
     bad_probability,
     erlang_c,
     expected_bad_fraction,
+    hedged_weights,
     optimal_weights,
     slow_probability,
+    sqrt_anchor,
 )
 from agents.rollout import run_episode
 from controller.core.errors import ConfigError
@@ -192,6 +201,48 @@ def test_oracle_split_is_better_than_proportional_when_capacities_differ() -> No
     assert expected_bad_fraction(st, optimal_weights(st)) < expected_bad_fraction(st, [58, 23, 19])
 
 
+# ---- the hedged split -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["two-mm1", "lognormal-errors", "three-subsets"])
+@pytest.mark.parametrize("pull", [0.05, 0.5])
+def test_hedged_split_is_the_best_integer_split_of_the_penalized_objective(name, pull) -> None:
+    st = CASES[name]
+    anchor = sqrt_anchor(st)
+
+    def objective(weights: list[int]) -> float:
+        shares = np.asarray(weights, dtype=np.float64) / 100.0
+        return expected_bad_fraction(st, weights) + pull * float(np.sum((shares - anchor) ** 2))
+
+    n = len(st.subsets)
+    best = min(
+        objective([*head, 100 - sum(head)])
+        for head in itertools.product(range(101), repeat=n - 1)
+        if sum(head) <= 100
+    )
+    assert objective(list(hedged_weights(st, pull))) <= best + 1e-7
+
+
+def test_hedged_split_between_the_oracle_and_the_sqrt_rule() -> None:
+    st = CASES["three-subsets"]
+    caps = [s.capacity_rps for s in st.subsets]
+    expected = np.asarray(sqrt_rule(caps, st.load_rps))
+    assert np.allclose(sqrt_anchor(st), expected / expected.sum())
+    assert hedged_weights(st, 0.0) == optimal_weights(st)
+    strong = np.asarray(hedged_weights(st, 1e4), dtype=np.float64) / 100.0
+    assert np.max(np.abs(strong - sqrt_anchor(st))) <= 0.01
+    overloaded = CASES["overloaded-total"]
+    caps = np.asarray([s.capacity_rps for s in overloaded.subsets])
+    assert np.allclose(sqrt_anchor(overloaded), caps / caps.sum())
+    with pytest.raises(ValueError, match="pull"):
+        hedged_weights(st, -1.0)
+
+
+def test_hedged_split_still_drains_a_failing_canary() -> None:
+    sim = MeshSimulator(load_scenario("degraded-canary"), seed=0)
+    healthy = hedged_weights(sim.true_state(t_s=300.0), 0.05)
+    failing = hedged_weights(sim.true_state(t_s=1200.0), 0.05)
+    assert failing[1] <= healthy[1] - 10
+
+
 # ---- the policy ---------------------------------------------------------------------------------
 def test_oracle_policy_writes_the_optimum_of_the_true_state() -> None:
     sim = MeshSimulator(load_scenario("steady-80").with_changes(duration_s=20.0), seed=0)
@@ -235,3 +286,28 @@ def test_oracle_beats_proportional_when_a_subset_loses_capacity() -> None:
     prop, _ = run_episode(sc, ProportionalPolicy(), seed=1)
     assert oracle.requests == prop.requests  # same seed, same arrivals
     assert oracle.bad_fraction < 0.5 * prop.bad_fraction
+
+
+def test_delayed_oracle_reacts_one_interval_after_the_oracle() -> None:
+    sc = parse_scenario(
+        {
+            "name": "drop",
+            "duration_s": 60,
+            "load": {"rps": 180},
+            "subsets": [
+                {"name": "v1", "replicas": 3, "service_ms": 20},
+                {"name": "v2", "replicas": 3, "service_ms": 20},
+            ],
+            "events": [{"at_s": 30, "subset": "v1", "set": {"capacity_factor": 0.4}}],
+        }
+    )
+    _, now = run_episode(sc, OraclePolicy(), seed=2, trace=True)
+    _, late = run_episode(sc, DelayedOraclePolicy(delay_steps=1), seed=2, trace=True)
+    _, same = run_episode(sc, DelayedOraclePolicy(delay_steps=0), seed=2, trace=True)
+    assert now is not None and late is not None and same is not None
+    split_now = [w["v1"] for w in now.weights]
+    assert split_now[5] == 50 and split_now[6] < 40  # the drop starts the 7th interval (30 s)
+    assert [w["v1"] for w in late.weights] == split_now[:1] + split_now[:-1]
+    assert same.weights == now.weights
+    with pytest.raises(ConfigError, match="delay_steps"):
+        DelayedOraclePolicy(delay_steps=-1)

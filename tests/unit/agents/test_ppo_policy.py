@@ -11,7 +11,10 @@ Cases:
 - missing, truncated, non-zip files and missing arrays are ConfigErrors;
 - the shipped default model loads, is small, and decides valid weights on the whole suite;
 - the "sqrt" action prior with zero correction writes exactly what the sqrt baseline writes,
-  and falls back to the capacity prior without the utilization input.
+  and falls back to the capacity prior without the utilization input;
+- the action gain's correction shape maps [-1, 1] onto itself, increasing, with slope `gain`
+  at 0, and its inverse undoes it (hypothesis); the gain travels in the file (absent: 1), and
+  a gain outside (0, 1] is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 pytest.importorskip("stable_baselines3")
@@ -41,6 +46,8 @@ from agents.ppo_policy import (
     extension_size,
     load_numpy_policy,
     load_ppo_policy,
+    shape_correction,
+    unshape_correction,
 )
 from controller.core.errors import ConfigError
 from controller.core.features import FeatureSpec, decode, encode
@@ -117,24 +124,37 @@ def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arc
 
 
 @pytest.mark.parametrize(
-    ("prior", "extension"),
-    [("capacity", "none"), ("hold", "utilization"), ("none", "none"), ("sqrt", "utilization")],
+    ("prior", "extension", "gain"),
+    [
+        ("capacity", "none", 1.0),
+        ("hold", "utilization", 1.0),
+        ("none", "none", 1.0),
+        ("sqrt", "utilization", 1.0),
+        ("sqrt", "utilization", 0.25),
+    ],
 )
-def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension):
+def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension, gain):
     model, vecnorm = _tiny_model("tanh", [16, 16], seed=5, extension=extension)
     spec = FeatureSpec()
     path = export_npz(
-        model, vecnorm, spec, tmp_path / "p.npz", action_prior=prior, obs_extension=extension
+        model,
+        vecnorm,
+        spec,
+        tmp_path / "p.npz",
+        action_prior=prior,
+        obs_extension=extension,
+        action_gain=gain,
     )
     policy = load_numpy_policy(path)
     assert policy.name == "ppo"
+    assert policy.action_gain == gain
     for scenario_path in suite_paths():
         sim = MeshSimulator(load_scenario(scenario_path), seed=1)
         for _ in range(3):
             obs = sim.observe()
             vec = extend_observation(encode(obs, spec), obs, spec, extension)
             sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
-            full = apply_action_prior(sb3_action[0], vec, spec, prior)
+            full = apply_action_prior(sb3_action[0], vec, spec, prior, gain)
             expected = decode(full, spec.mask(len(obs.subsets)), obs.subsets)
             weights = policy.decide(obs)
             assert weights == expected
@@ -350,3 +370,33 @@ def test_sqrt_prior_without_utilization_input_falls_back_to_capacity():
     sim.step(sim.weights)
     vec = encode(sim.observe(), spec)
     assert np.array_equal(sqrt_prior(vec, spec), capacity_prior(vec, spec))
+
+
+_UNIT = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
+_GAIN = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
+
+
+@given(a=_UNIT, b=_UNIT, gain=_GAIN)
+def test_correction_shape_is_an_increasing_map_of_the_unit_interval_with_an_inverse(a, b, gain):
+    lo, hi = sorted((a, b))
+    y_lo, y_hi = shape_correction(np.array([lo, hi]), gain)
+    assert -1.0 <= y_lo <= y_hi <= 1.0
+    assert abs(float(unshape_correction(np.array([y_lo]), gain)[0]) - lo) < 1e-9
+    assert np.allclose(shape_correction(np.array([-1.0, 0.0, 1.0]), gain), [-1.0, 0.0, 1.0])
+
+
+def test_small_corrections_are_scaled_by_the_gain():
+    assert np.allclose(shape_correction(np.array([1e-3]), 0.25), [2.5e-4], rtol=1e-5)
+    assert np.allclose(shape_correction(np.array([1e-3, 0.5]), 1.0), [1e-3, 0.5])
+
+
+def test_action_gain_travels_in_the_file_and_defaults_to_linear(exported, tmp_path):
+    assert load_numpy_policy(exported).action_gain == 1.0
+    older = _rewrite(exported, tmp_path / "old.npz", action_gain=None)
+    assert load_numpy_policy(older).action_gain == 1.0
+    gained = _rewrite(exported, tmp_path / "g.npz", action_gain=np.asarray(0.3))
+    assert load_numpy_policy(gained).action_gain == 0.3
+    for bad in (0.0, 1.5, np.nan):
+        path = _rewrite(exported, tmp_path / "bad.npz", action_gain=np.asarray(bad))
+        with pytest.raises(ConfigError, match="action gain"):
+            load_numpy_policy(path)

@@ -9,6 +9,8 @@ Cases:
 - the sqrt action prior, the drain-aware teacher, cost-weighted and annealed imitation and
   scenario oversampling train and export (the teacher sheds a backlogged subset but keeps
   the route feasible);
+- the teacher's imitation target (oracle, or hedged with a pull), put through the action
+  prior and gain, decodes to the teacher's weights (within one point of rounding);
 - every TrainConfig field has a documented option, and bad values exit with one clear line.
 """
 
@@ -143,19 +145,24 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
         "--imitation-anneal",
         "--imitation-lr", "3e-3",
         "--teacher-drain-s", "10",
+        "--teacher-pull", "0.05",
         "--imitation-bad-weight", "20",
         "--bc-lr", "1e-4",
         "--obs-extension", "utilization",
         "--action-prior", "sqrt",
+        "--action-gain", "0.25",
         "--oversample", "steady-50",
     )  # fmt: skip
     meta = json.loads((run_dir / "config.json").read_text())
     assert meta["config"]["action_prior"] == "sqrt"
+    assert meta["config"]["action_gain"] == 0.25
+    assert meta["config"]["teacher_pull"] == 0.05
     assert meta["config"]["oversample"] == ["steady-50"]
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     policy = load_ppo_policy(str(run_dir / "policy.npz"))
     assert policy.action_prior == "sqrt"
     assert policy.obs_extension == "utilization"
+    assert policy.action_gain == 0.25
 
 
 def test_oversampled_scenarios_get_extra_pool_entries():
@@ -186,6 +193,41 @@ def test_drain_aware_teacher_sheds_a_backlogged_subset():
     spare = sum(s.capacity_rps for s in state.subsets) - state.load_rps
     cut = sum(s.capacity_rps for s in state.subsets) - sum(s.capacity_rps for s in drained.subsets)
     assert 0 < cut <= 0.5 * spare + 0.02 * max(s.capacity_rps for s in state.subsets)
+
+
+@pytest.mark.parametrize(
+    ("prior", "gain", "pull"), [("capacity", 1.0, 0.0), ("sqrt", 0.25, 0.05), ("sqrt", 0.1, 0.0)]
+)
+def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain, pull):
+    from agents.oracle import hedged_weights
+    from agents.ppo import make_env, oracle_target
+    from agents.ppo_policy import apply_action_prior
+    from controller.core.features import decode
+
+    config = TrainConfig(
+        scenarios=("steady-90", "many-subsets"),
+        randomize=False,
+        obs_extension="utilization",
+        action_prior=prior,
+        action_gain=gain,
+        teacher_pull=pull,
+    )
+    spec = config.feature_spec
+    env = make_env(config)
+    checked = 0
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        for _ in range(4):
+            target, mask = oracle_target(env, obs, config)
+            sim = env.unwrapped.sim
+            if mask.any():
+                full = apply_action_prior(target, obs, spec, prior, gain)
+                written = decode(full, spec.mask(len(sim.subsets)), sim.subsets)
+                teacher = hedged_weights(sim.true_state(), pull)
+                assert max(abs(a - b) for a, b in zip(written.values(), teacher, strict=True)) <= 1
+                checked += 1
+            obs, *_ = env.step(target)
+    assert checked >= 8
 
 
 def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
@@ -226,6 +268,9 @@ def test_every_config_field_has_a_documented_option():
         (["--action-prior", "sqrt"], "utilization"),
         (["--imitation-lr", "0"], "imitation_lr"),
         (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
+        (["--action-gain", "0"], "action_gain"),
+        (["--teacher-pull", "-0.1"], "teacher_pull"),
+        (["--action-gain", "1.5"], "action_gain"),
     ],
 )
 def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
