@@ -31,9 +31,17 @@ and options look the way they do:
   from subsets still holding a queue (`teacher_drain_s`) halved diurnal-bursts (0.027 ->
   0.012) and met the many-subsets claim, but noisy-telemetry got worse (0.0096 -> 0.017); the
   runs were combinations, not one-at-a-time ablations. Oversampling (`oversample`) helped the
-  oversampled scenarios and hurt the others (noisy-telemetry 0.028). The PPO phase stays
-  erratic: 50k steps in, steady-90 was 2.6x worse than the warm start before the annealed
-  steps recovered most of it.
+  oversampled scenarios and hurt the others (noisy-telemetry 0.028).
+* The oracle is the wrong teacher for a student that is necessarily late: its split is a knife
+  edge. A hedged teacher (`teacher_pull`: the oracle's objective plus a pull toward the
+  square-root split of the true capacities) is, one interval late, 0.83x the square-root split
+  on diurnal-bursts where the late oracle is 1.17x, and costs at most 4 % elsewhere; imitating
+  it met 15 of 18 of issue #3's claims (the plain oracle: 12).
+* The PPO phase eroded imitation precision because behaviour cloning during PPO (`bc_lr`
+  1e-4) stepped ten times larger than the annealed end of the imitation fit; with `bc_lr`
+  1e-5 a short fine-tune (49k steps) keeps it, longer ones still drift (200k steps: 13 of 18).
+* A cubic correction shape (`action_gain` < 1) made calm outputs more precise (steady-90) but
+  large corrections steeper, and noisy telemetry then swung the split (4.9x the oracle).
 * Per-subset service-time randomization is kept narrow (``--service-scale 0.95 1.05``): the
   capacity hint is what the operator configured, and a policy that cannot trust it at all
   cannot be precise.

@@ -234,14 +234,21 @@ def shape_correction(action: np.ndarray, gain: float) -> np.ndarray:
 
 
 def unshape_correction(correction: np.ndarray, gain: float) -> np.ndarray:
-    """Inverse of `shape_correction` on [-1, 1] (Cardano: the cubic has one real root)."""
+    """Inverse of `shape_correction` on [-1, 1] (Cardano: the cubic has one real root, polished
+    by Newton steps)."""
     d = np.clip(np.asarray(correction, dtype=np.float64), -1.0, 1.0)
     if gain >= 1.0:
         return d
     c = 1.0 - gain
-    p, q = gain / c, -d / c
-    root = np.sqrt(q * q / 4.0 + p**3 / 27.0)
-    return np.clip(np.cbrt(-q / 2.0 + root) + np.cbrt(-q / 2.0 - root), -1.0, 1.0)
+    if c > 1e-3:
+        p, q = gain / c, -d / c
+        root = np.sqrt(q * q / 4.0 + p**3 / 27.0)
+        a = np.cbrt(-q / 2.0 + root) + np.cbrt(-q / 2.0 - root)
+    else:  # nearly linear: Cardano cancels badly, d itself is close
+        a = d.copy()
+    for _ in range(3):  # Newton polish; the slope is at least `gain` > 0
+        a = a - (gain * a + c * a**3 - d) / (gain + 3.0 * c * a * a)
+    return np.clip(a, -1.0, 1.0)
 
 
 def apply_action_prior(
