@@ -47,7 +47,7 @@ from agents.rollout import run_episode
 from controller.core.errors import ConfigError
 from controller.core.model import Observation, RouteRef, SubsetStats
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
-from envs.simulator.scenario import load_scenario, parse_scenario
+from envs.simulator.scenario import Scenario, load_scenario, parse_scenario
 
 
 def sub(
@@ -269,19 +269,24 @@ def test_oracle_drains_a_failing_canary_as_far_as_stable_capacity_allows() -> No
     assert failing["canary"] > 0, "stable alone cannot carry the load: some canary must remain"
 
 
-def test_oracle_beats_proportional_when_a_subset_loses_capacity() -> None:
-    sc = parse_scenario(
+def _capacity_drop(*, duration_s: float, at_s: float) -> Scenario:
+    """Two equal subsets at 180 rps; v1 keeps 40 % of its capacity from `at_s` on."""
+    return parse_scenario(
         {
             "name": "drop",
-            "duration_s": 120,
+            "duration_s": duration_s,
             "load": {"rps": 180},
             "subsets": [
                 {"name": "v1", "replicas": 3, "service_ms": 20},
                 {"name": "v2", "replicas": 3, "service_ms": 20},
             ],
-            "events": [{"at_s": 0, "subset": "v1", "set": {"capacity_factor": 0.4}}],
+            "events": [{"at_s": at_s, "subset": "v1", "set": {"capacity_factor": 0.4}}],
         }
     )
+
+
+def test_oracle_beats_proportional_when_a_subset_loses_capacity() -> None:
+    sc = _capacity_drop(duration_s=120, at_s=0)
     oracle, _ = run_episode(sc, OraclePolicy(), seed=1)
     prop, _ = run_episode(sc, ProportionalPolicy(), seed=1)
     assert oracle.requests == prop.requests  # same seed, same arrivals
@@ -289,18 +294,7 @@ def test_oracle_beats_proportional_when_a_subset_loses_capacity() -> None:
 
 
 def test_delayed_oracle_reacts_one_interval_after_the_oracle() -> None:
-    sc = parse_scenario(
-        {
-            "name": "drop",
-            "duration_s": 60,
-            "load": {"rps": 180},
-            "subsets": [
-                {"name": "v1", "replicas": 3, "service_ms": 20},
-                {"name": "v2", "replicas": 3, "service_ms": 20},
-            ],
-            "events": [{"at_s": 30, "subset": "v1", "set": {"capacity_factor": 0.4}}],
-        }
-    )
+    sc = _capacity_drop(duration_s=60, at_s=30)
     _, now = run_episode(sc, OraclePolicy(), seed=2, trace=True)
     _, late = run_episode(sc, DelayedOraclePolicy(delay_steps=1), seed=2, trace=True)
     _, same = run_episode(sc, DelayedOraclePolicy(delay_steps=0), seed=2, trace=True)
