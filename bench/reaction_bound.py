@@ -7,11 +7,11 @@ still one interval late: `hedge-A` mixes its shares with the static square-root 
 nominal capacities (A x oracle-late + (1 - A) x sqrt), `hedge-true-A` with the square-root
 split of the true capacities, and `hedge-pull-K` minimizes the oracle's objective plus K x the
 squared distance from that split (`agents.oracle.hedged_weights`, the teacher of
-`meshpilot train --teacher-pull K`). On every changing scenario this prints each yardstick's bad fraction,
-its ratio to the best non-oracle baseline and to the oracle, and whether it would meet the
-issue's limits (0.90 x best baseline, 1.25 x oracle). When neither the late oracle nor any
-hedge meets a limit, a policy that reacts to telemetry cannot either, short of predicting
-the scenario's events. Nothing is asserted or cached; numbers vary with the seeds.
+`meshpilot train --teacher-pull K`). On every changing scenario this prints each
+yardstick's bad fraction, its ratio to the best non-oracle baseline and to the oracle, and
+whether it would meet the issue's limits (0.90 x best baseline, 1.25 x oracle). Where
+neither the late oracle nor a hedge meets a limit, the limit asks for more than perfect
+inference from the last interval. Nothing is asserted or cached; numbers vary with seeds.
 """
 
 from __future__ import annotations
