@@ -21,7 +21,7 @@ system-deps:  ## Prometheus from Debian and kube-apiserver+etcd built from Debia
 run: install  ## the main job: controller + API against the embedded simulated mesh
 	$(VENV)/bin/meshpilot serve --mesh sim
 
-test: install system-deps  ## the whole test suite, with real Prometheus, Envoy and kube-apiserver
+test: install system-deps  ## the whole test suite, with a real Prometheus and a real kube-apiserver
 	$(PY) -m pytest
 
 test-unit: install  ## fast unit tests only
