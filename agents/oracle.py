@@ -52,6 +52,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from agents.baselines import sqrt_rule
 from controller.core.errors import ConfigError
 from controller.core.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
@@ -249,8 +250,6 @@ def optimal_weights(state: TrueState) -> tuple[int, ...]:
 def sqrt_anchor(state: TrueState) -> np.ndarray:
     """Shares (sum 1) of the square-root rule on the *true* capacities and load of `state`;
     capacity-proportional where the rule does not apply (no load, or at/over capacity)."""
-    from agents.baselines import sqrt_rule
-
     caps = [s.capacity_rps for s in state.subsets]
     total = math.fsum(caps)
     if total <= 0:

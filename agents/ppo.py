@@ -274,7 +274,7 @@ class TrainConfig:
             (self.imitation_lr > 0, "imitation_lr must be positive"),
             (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
             (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
-            (self.teacher_pull >= 0, "teacher_pull must be >= 0"),
+            (0 <= self.teacher_pull < float("inf"), "teacher_pull must be a finite number >= 0"),
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
                 self.action_prior != "sqrt" or self.obs_extension == "utilization",
