@@ -109,6 +109,18 @@ def sqrt_rule(capacity_rps: Sequence[float], load_rps: float) -> list[float]:
         active.pop()
 
 
+def sqrt_shares(capacity_rps: Sequence[float], load_rps: float) -> list[float] | None:
+    """`sqrt_rule` as traffic shares (sum 1), or None where the rule does not apply (no load,
+    or at/over the total capacity). The rule is scale-free: capacities may be in rps or in
+    shares of the total, with the load in the same unit."""
+    total = math.fsum(c for c in capacity_rps if c > 0)
+    if not (0 < load_rps < total):
+        return None
+    rates = sqrt_rule(capacity_rps, load_rps)
+    served = math.fsum(rates)
+    return [x / served for x in rates] if served > 0 else None
+
+
 class SqrtPolicy:
     """Square-root rule on nominal capacity (`capacity_hint_rps`) and the observed route rate.
 

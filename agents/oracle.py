@@ -52,7 +52,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from agents.baselines import sqrt_rule
+from agents.baselines import sqrt_shares
 from controller.core.errors import ConfigError
 from controller.core.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
@@ -247,18 +247,19 @@ def optimal_weights(state: TrueState) -> tuple[int, ...]:
     return _optimal_cached(dataclasses.replace(state, t_s=0.0))
 
 
-def sqrt_anchor(state: TrueState) -> np.ndarray:
-    """Shares (sum 1) of the square-root rule on the *true* capacities and load of `state`;
-    capacity-proportional where the rule does not apply (no load, or at/over capacity)."""
-    caps = [s.capacity_rps for s in state.subsets]
-    total = math.fsum(caps)
-    if total <= 0:
+def sqrt_or_proportional(capacity_rps: Sequence[float], load_rps: float) -> np.ndarray:
+    """Shares (sum 1) of the square-root rule at `load_rps`; capacity-proportional where the
+    rule does not apply (no load, or at/over capacity); equal without any capacity."""
+    caps = np.asarray(capacity_rps, dtype=np.float64)
+    if caps.sum() <= 0:
         return np.full(len(caps), 1.0 / len(caps))
-    if 0 < state.load_rps < total:
-        x = np.asarray(sqrt_rule(caps, state.load_rps), dtype=np.float64)
-    else:
-        x = np.asarray(caps, dtype=np.float64)
-    return x / x.sum()
+    shares = sqrt_shares(list(caps), load_rps)
+    return np.asarray(shares, dtype=np.float64) if shares is not None else caps / caps.sum()
+
+
+def sqrt_anchor(state: TrueState) -> np.ndarray:
+    """`sqrt_or_proportional` of the *true* capacities and load of `state`."""
+    return sqrt_or_proportional([s.capacity_rps for s in state.subsets], state.load_rps)
 
 
 @lru_cache(maxsize=4096)
@@ -288,7 +289,8 @@ def hedged_weights(state: TrueState, pull: float) -> tuple[int, ...]:
 
 
 class OraclePolicy:
-    """Reads the bound simulator's true state each step and writes `optimal_weights` for it.
+    """Reads the bound simulator's true state each step and writes `optimal_weights` for it
+    (`hedged_weights` with `pull` > 0).
 
     Only usable against `MeshSimulator`: `agents.rollout.run_episode` binds it through
     `bind_simulator`; deciding for a route that no bound simulator serves is a `ConfigError`.
@@ -296,8 +298,9 @@ class OraclePolicy:
 
     name = "oracle"
 
-    def __init__(self) -> None:
+    def __init__(self, *, pull: float = 0.0) -> None:
         self._sims: dict[RouteRef, MeshSimulator] = {}
+        self.pull = pull
 
     def bind_simulator(self, sim: MeshSimulator) -> None:
         """Give the oracle the ground truth of `sim`'s route (one simulator per route)."""
@@ -319,7 +322,8 @@ class OraclePolicy:
                 "it only runs in `meshpilot simulate`/`evaluate`"
             )
         state = self._state_for(sim, obs.route)
-        values = dict(zip((s.name for s in state.subsets), optimal_weights(state), strict=True))
+        split = hedged_weights(state, self.pull)
+        values = dict(zip((s.name for s in state.subsets), split, strict=True))
         if set(values) != set(obs.subsets):
             raise ConfigError(
                 f"route {obs.route.key}: observation names {sorted(obs.subsets)}, "
@@ -339,10 +343,10 @@ class DelayedOraclePolicy(OraclePolicy):
 
     name = "oracle-late"
 
-    def __init__(self, delay_steps: int = 1) -> None:
+    def __init__(self, delay_steps: int = 1, *, pull: float = 0.0) -> None:
         if delay_steps < 0:
             raise ConfigError(f"delay_steps must be >= 0, got {delay_steps}")
-        super().__init__()
+        super().__init__(pull=pull)
         self.delay_steps = delay_steps
         self._past: dict[RouteRef, list[TrueState]] = {}
 

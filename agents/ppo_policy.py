@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines import sqrt_rule
+from agents.baselines import sqrt_shares
 from controller.core.errors import ConfigError
 from controller.core.features import PER_SUBSET, FeatureSpec, decode, encode
 from controller.core.model import Observation, Weights
@@ -93,22 +93,9 @@ def capacity_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return prior
 
 
-def sqrt_shares(shares: np.ndarray, utilization: float) -> np.ndarray | None:
-    """`agents.baselines.sqrt_rule` in units of total nominal capacity (the rule is scale-free).
-
-    `shares` are the subsets' nominal capacity shares (sum 1), `utilization` the route rate over
-    the total nominal capacity. Returns the traffic shares (sum 1), or None where the rule does
-    not apply (no load, a subset without capacity, or at/over capacity).
-    """
-    s = [float(x) for x in np.asarray(shares, dtype=np.float64).reshape(-1)]
-    if not all(x > 0 for x in s) or not (0.0 < utilization < math.fsum(s)):
-        return None
-    x = np.asarray(sqrt_rule(s, utilization), dtype=np.float64)
-    return x / x.sum()
-
-
 def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Action whose decode is the square-root split (see `sqrt_shares`), like `capacity_prior`.
+    """Action whose decode is the square-root split (`agents.baselines.sqrt_shares` of the
+    nominal capacity shares at the route utilization), like `capacity_prior`.
 
     Reads capacity shares from the encoded observation and the route utilization from the
     "utilization" extension (its last value, right after `encode`'s vector); falls back to
@@ -128,9 +115,10 @@ def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         return capacity_prior(vec, spec)
     share = np.maximum(per[present, 7], 1e-9)
     share = share / share.sum()
-    x = sqrt_shares(share, utilization)
-    if x is None:
+    shares = sqrt_shares(list(share), utilization)
+    if shares is None:
         return capacity_prior(vec, spec)
+    x = np.asarray(shares, dtype=np.float64)
     prior = np.full(k, -1.0)
     logits = np.log(np.maximum(x, 1e-12)) / spec.action_temperature
     logits -= logits.max()

@@ -24,9 +24,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from agents.baselines import sqrt_rule
 from agents.evaluate import resolve_scenarios
-from agents.oracle import DelayedOraclePolicy, hedged_weights, optimal_weights
+from agents.oracle import (
+    DelayedOraclePolicy,
+    optimal_weights,
+    sqrt_anchor,
+    sqrt_or_proportional,
+)
 from agents.registry import make_policy
 from agents.rollout import run_episode
 from controller.core.model import Observation, Weights, largest_remainder
@@ -52,29 +56,20 @@ class HedgePolicy(DelayedOraclePolicy):
     """alpha x the late oracle's shares + (1 - alpha) x the sqrt split, of the nominal
     capacities (`hedge-A`) or of the true ones of the previous interval (`hedge-true-A`)."""
 
-    def __init__(self, alpha: float, *, true_capacity: bool = False, pull: float = 0.0) -> None:
+    def __init__(self, alpha: float, *, true_capacity: bool = False) -> None:
         super().__init__(delay_steps=1)
         self.alpha = alpha
-        self.pull = pull
         self.true_capacity = true_capacity
         self.name = f"hedge-{'true-' if true_capacity else ''}{alpha}"
 
     def decide(self, obs: Observation) -> Weights:
         sim: MeshSimulator = self._sims[obs.route]
         state = self._state_for(sim, obs.route)
-        if self.pull > 0:
-            return Weights(sim.subsets, hedged_weights(state, self.pull))
         late = np.asarray(optimal_weights(state), dtype=np.float64) / 100.0
         if self.true_capacity:
-            nominal = [sub.capacity_rps for sub in state.subsets]
+            static = sqrt_anchor(state)
         else:
-            nominal = list(sim.nominal_capacity_rps())
-        total = sum(nominal)
-        if 0 < state.load_rps < total:
-            static = np.asarray(sqrt_rule(nominal, state.load_rps), dtype=np.float64)
-        else:
-            static = np.asarray(nominal, dtype=np.float64)
-        static /= static.sum()
+            static = sqrt_or_proportional(sim.nominal_capacity_rps(), state.load_rps)
         mix = self.alpha * late + (1.0 - self.alpha) * static
         return Weights(sim.subsets, largest_remainder(list(mix * 100.0)))
 
@@ -82,7 +77,7 @@ class HedgePolicy(DelayedOraclePolicy):
 def _episode(task: tuple[Scenario, str, int]) -> tuple[str, str, int, float]:
     scenario, name, seed = task
     if name.startswith("hedge-pull-"):
-        policy: Policy = HedgePolicy(1.0, pull=float(name.rsplit("-", 1)[1]))
+        policy: Policy = DelayedOraclePolicy(delay_steps=1, pull=float(name.rsplit("-", 1)[1]))
     elif name.startswith("hedge-"):
         true_capacity = name.startswith("hedge-true-")
         policy = HedgePolicy(float(name.rsplit("-", 1)[1]), true_capacity=true_capacity)
