@@ -82,8 +82,9 @@ import envs  # noqa: F401  (registers meshpilot/MeshSim-v0)
 from agents.ppo_policy import (
     ACTION_PRIORS,
     OBS_EXTENSIONS,
+    TrendMemory,
     apply_action_prior,
-    extend_observation,
+    extension_low,
     extension_size,
     has_any_data,
     save_npz,
@@ -174,7 +175,7 @@ class TrainConfig:
     """What the network's output is added to: 'capacity' (a correction to the
     capacity-proportional split), 'hold' (a change of the current weights), 'sqrt' (a
     correction to the square-root split from nominal capacity shares and the observed route
-    utilization, the best static baseline on the suite; needs obs_extension 'utilization') or
+    utilization, the best static baseline on the suite; needs an obs_extension) or
     'none' (the logits themselves)."""
     action_gain: float = 1.0
     """Slope near zero of the network's correction to the prior (0 < gain <= 1): the output a
@@ -224,7 +225,9 @@ class TrainConfig:
     where the reward says little, while PPO's own updates improve on the teacher."""
     obs_extension: str = "none"
     """Inputs appended to the FeatureSpec vector: 'utilization' (observed rps / nominal
-    capacity per subset and for the route) or 'none'."""
+    capacity per subset and for the route), 'utilization-trend' (those plus how they and each
+    subset's weight, errors, p99 and slow ratio changed since the last tick: the windowed
+    telemetry's newest interval shows at once) or 'none'."""
     norm_reward: bool = True
     """Scale rewards by the running return std (VecNormalize); bad fractions are small numbers."""
     scenario_reward_scale: bool = False
@@ -277,8 +280,8 @@ class TrainConfig:
             (0 <= self.teacher_pull < float("inf"), "teacher_pull must be a finite number >= 0"),
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
-                self.action_prior != "sqrt" or self.obs_extension == "utilization",
-                "the sqrt action prior needs obs_extension 'utilization'",
+                self.action_prior != "sqrt" or self.obs_extension != "none",
+                "the sqrt action prior needs obs_extension 'utilization' or 'utilization-trend'",
             ),
             *[
                 (
@@ -484,18 +487,27 @@ def scenario_pool(config: TrainConfig, rank: int) -> list[Scenario]:
 
 
 class ExtendObservation(gym.ObservationWrapper[np.ndarray, np.ndarray, np.ndarray]):
-    """Appends `agents.ppo_policy.extend_observation`'s inputs, as serving does."""
+    """Appends `agents.ppo_policy.extend_observation`'s inputs, as serving does (with the
+    same `TrendMemory`, cleared at every reset like a policy's)."""
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec, extension: str):
         super().__init__(env)
         self._spec = spec
         self._extension = extension
+        self._memory = TrendMemory()
         size = spec.obs_size + extension_size(spec, extension)
-        self.observation_space = gym.spaces.Box(0.0, spec.p99_clip, (size,), np.float32)
+        low = extension_low(spec, extension)
+        self.observation_space = gym.spaces.Box(low, spec.p99_clip, (size,), np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self._memory.clear()
+        return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         obs = self.env.unwrapped.observation  # type: ignore[attr-defined]
-        return extend_observation(observation, obs, self._spec, self._extension)
+        return self._memory.extend(observation, obs, self._spec, self._extension)
 
 
 class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):

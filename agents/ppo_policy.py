@@ -22,7 +22,8 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  clip_obs, eps     VecNormalize ``clip_obs`` and ``epsilon``
  action_prior      "none", "capacity", "sqrt" or "hold" (see `apply_action_prior`)
  action_gain       float in (0, 1], see `shape_correction` (optional, 1.0: linear)
- obs_extension     "none" or "utilization": inputs appended to `encode` (optional, "none")
+ obs_extension     "none", "utilization" or "utilization-trend": inputs appended to `encode`
+                   (optional, "none"; see `extend_observation`)
  metadata_json     free-form JSON (training config, versions) for humans; optional
 =================  ==========================================================================
 """
@@ -126,35 +127,33 @@ def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return prior
 
 
-OBS_EXTENSIONS = ("none", "utilization")
+OBS_EXTENSIONS = ("none", "utilization", "utilization-trend")
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
+
+TREND_FEATURES = (2, 4, 5, 6)
+"""`encode` per-slot entries whose change since the last tick "utilization-trend" appends:
+weight, error_ratio, p99 and slow_ratio (see `controller.core.features`)."""
 
 
 def extension_size(spec: FeatureSpec, extension: str) -> int:
     """How many values `extend_observation` appends for `extension`."""
+    k = spec.max_subsets
     if extension == "none":
         return 0
     if extension == "utilization":
-        return spec.max_subsets + 1
+        return k + 1
+    if extension == "utilization-trend":
+        return 2 * (k + 1) + len(TREND_FEATURES) * k
     raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
 
 
-def extend_observation(
-    vec: np.ndarray, obs: Observation, spec: FeatureSpec, extension: str
-) -> np.ndarray:
-    """`encode`'s vector plus the extension's values (float32).
+def extension_low(spec: FeatureSpec, extension: str) -> float:
+    """Lower bound of every extended input: trends are changes, so they can be negative."""
+    return -spec.p99_clip if extension == "utilization-trend" else 0.0
 
-    "utilization": per slot, observed rps / nominal capacity hint (0 without data or hint),
-    then route rps / total nominal capacity, the route rate estimated from the subsets with
-    data as if the others carried their configured weights (Prometheus drops samples); all
-    clipped to [0, p99_clip]. Why: `encode`
-    gives capacity only as shares, so the policy cannot tell 50 % from 90 % load except
-    through noisy latencies, while the best split depends on exactly that.
-    """
-    size = extension_size(spec, extension)
-    if size == 0:
-        return np.asarray(vec, dtype=np.float32)
-    extra = np.zeros(size, dtype=np.float64)
+
+def _utilization(obs: Observation, spec: FeatureSpec) -> np.ndarray:
+    extra = np.zeros(spec.max_subsets + 1, dtype=np.float64)
     caps = obs.capacity_hint_rps
     if caps and all(math.isfinite(c) and c > 0 for c in caps):
         known_rps = 0.0
@@ -166,8 +165,93 @@ def extend_observation(
                 known_weight += st.weight
         if known_weight > 0:  # subsets whose sample was dropped: scale up by their weight
             extra[-1] = known_rps * 100.0 / known_weight / math.fsum(caps)
-    extra = np.clip(extra, 0.0, spec.p99_clip)
-    return np.concatenate([np.asarray(vec, dtype=np.float32), extra.astype(np.float32)])
+    return np.clip(extra, 0.0, spec.p99_clip)
+
+
+def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> np.ndarray:
+    """Per-slot utilization, route utilization and `TREND_FEATURES` of `vec` minus those of
+    `previous` (the last tick's extended vector of the same route); 0 where either tick had no
+    data for a slot, and all 0 without a previous tick."""
+    k = spec.max_subsets
+    trend = np.zeros(k + 1 + len(TREND_FEATURES) * k, dtype=np.float64)
+    if previous is None or previous.shape[0] < vec.shape[0]:
+        return trend
+    n = k * PER_SUBSET
+    now_per = vec[:n].reshape(k, PER_SUBSET).astype(np.float64)
+    before_per = previous[:n].reshape(k, PER_SUBSET).astype(np.float64)
+    both = (now_per[:, 1] > 0.5) & (before_per[:, 1] > 0.5)
+    now_util = vec[spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    before_util = previous[spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    trend[:k] = np.where(both, now_util[:k] - before_util[:k], 0.0)
+    if now_util[k] > 0 and before_util[k] > 0:
+        trend[k] = now_util[k] - before_util[k]
+    present = (now_per[:, 0] > 0.5) & (before_per[:, 0] > 0.5)
+    for j, feature in enumerate(TREND_FEATURES):
+        keep = present if feature == 2 else both
+        delta = np.where(keep, now_per[:, feature] - before_per[:, feature], 0.0)
+        trend[k + 1 + j * k : k + 1 + (j + 1) * k] = delta
+    return trend
+
+
+def extend_observation(
+    vec: np.ndarray,
+    obs: Observation,
+    spec: FeatureSpec,
+    extension: str,
+    previous: np.ndarray | None = None,
+) -> np.ndarray:
+    """`encode`'s vector plus the extension's values (float32).
+
+    "utilization": per slot, observed rps / nominal capacity hint (0 without data or hint),
+    then route rps / total nominal capacity, the route rate estimated from the subsets with
+    data as if the others carried their configured weights (Prometheus drops samples); all
+    clipped to [0, p99_clip]. Why: `encode` gives capacity only as shares, so the policy
+    cannot tell 50 % from 90 % load except through noisy latencies, while the best split
+    depends on exactly that.
+
+    "utilization-trend": the same, then how those utilizations and each slot's weight, error
+    ratio, p99 and slow ratio changed since `previous` (this function's result for the same
+    route one tick earlier; None on a route's first tick gives zeros), clipped to
+    [-p99_clip, p99_clip]. Why: telemetry is a rate over a window (30 s) several ticks (5 s)
+    long, so a burst or a capacity loss moves the windowed level by only a fraction per tick;
+    the change from the last tick is (newest interval - oldest interval) / ticks per window,
+    i.e. it shows the new interval at once, where the level takes the whole window.
+    """
+    size = extension_size(spec, extension)
+    base = np.asarray(vec, dtype=np.float32)
+    if size == 0:
+        return base
+    util = _utilization(obs, spec)
+    if extension == "utilization":
+        return np.concatenate([base, util.astype(np.float32)])
+    head = np.concatenate([base, util.astype(np.float32)])
+    prev = None if previous is None else np.asarray(previous, dtype=np.float32)
+    trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
+    return np.concatenate([head, trend.astype(np.float32)])
+
+
+class TrendMemory:
+    """The last extended vector per route and subset list, for "utilization-trend".
+
+    Keyed by route and subset names, so a route whose subsets change starts afresh instead of
+    comparing different slots; `clear` on reset (a new episode or a policy reload).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[object, tuple[str, ...]], np.ndarray] = {}
+
+    def clear(self) -> None:
+        self._last.clear()
+
+    def extend(
+        self, vec: np.ndarray, obs: Observation, spec: FeatureSpec, extension: str
+    ) -> np.ndarray:
+        """`extend_observation` with this route's previous tick, remembered for the next."""
+        key = (obs.route, tuple(obs.subsets))
+        out = extend_observation(vec, obs, spec, extension, self._last.get(key))
+        if extension == "utilization-trend":
+            self._last[key] = out
+        return out
 
 
 def has_any_data(obs_vec: np.ndarray, spec: FeatureSpec) -> bool:
@@ -337,6 +421,7 @@ class NumpyPolicy:
         self._clip = float(clip_obs)
         self.action_prior = action_prior
         self.obs_extension = obs_extension
+        self._memory = TrendMemory()
         self.last_raw_action: list[float] = []
 
     # ---- the network -------------------------------------------------------------------
@@ -368,7 +453,7 @@ class NumpyPolicy:
     # ---- the Policy protocol -----------------------------------------------------------
     def decide(self, obs: Observation) -> Weights:
         spec = self.spec
-        vec = extend_observation(encode(obs, spec), obs, spec, self.obs_extension)
+        vec = self._memory.extend(encode(obs, spec), obs, spec, self.obs_extension)
         action = self.action_for(vec)
         self.last_raw_action = [float(v) for v in action]
         mask = spec.mask(len(obs.subsets))
@@ -376,6 +461,7 @@ class NumpyPolicy:
 
     def reset(self) -> None:
         self.last_raw_action = []
+        self._memory.clear()
 
 
 # ---- the file ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ _SKIP = frozenset({"spec"})
 _CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("tanh", "relu"),
     "action_prior": ("capacity", "hold", "sqrt", "none"),
-    "obs_extension": ("none", "utilization"),
+    "obs_extension": ("none", "utilization", "utilization-trend"),
 }
 
 

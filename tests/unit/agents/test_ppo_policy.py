@@ -10,6 +10,9 @@ Cases:
 - files are loaded with allow_pickle=False: a pickled array is refused and never unpickled;
 - missing, truncated, non-zip files and missing arrays are ConfigErrors;
 - the shipped default model loads, is small, and decides valid weights on the whole suite;
+- the "utilization-trend" extension is the change of each input since the route's last tick
+  (0 without one, where a slot had no data, or after the subsets changed), the training
+  wrapper and a serving policy feed the network the same vectors, and reset forgets the past;
 - the "sqrt" action prior with zero correction writes exactly what the sqrt baseline writes,
   and falls back to the capacity prior without the utilization input;
 - the action gain's correction shape maps [-1, 1] onto itself, increasing, with slope `gain`
@@ -19,6 +22,7 @@ Cases:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -41,8 +45,10 @@ import envs  # noqa: F401
 from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
+    TrendMemory,
     apply_action_prior,
     extend_observation,
+    extension_low,
     extension_size,
     load_numpy_policy,
     load_ppo_policy,
@@ -131,6 +137,7 @@ def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arc
         ("none", "none", 1.0),
         ("sqrt", "utilization", 1.0),
         ("sqrt", "utilization", 0.25),
+        ("sqrt", "utilization-trend", 1.0),
     ],
 )
 def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension, gain):
@@ -148,11 +155,12 @@ def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, exten
     policy = load_numpy_policy(path)
     assert policy.name == "ppo"
     assert policy.action_gain == gain
+    memory = TrendMemory()
     for scenario_path in suite_paths():
         sim = MeshSimulator(load_scenario(scenario_path), seed=1)
         for _ in range(3):
             obs = sim.observe()
-            vec = extend_observation(encode(obs, spec), obs, spec, extension)
+            vec = memory.extend(encode(obs, spec), obs, spec, extension)
             sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
             full = apply_action_prior(sb3_action[0], vec, spec, prior, gain)
             expected = decode(full, spec.mask(len(obs.subsets)), obs.subsets)
@@ -297,6 +305,79 @@ def test_utilization_extension_is_what_the_training_env_feeds():
     expected = [s.rps / c for s, c in zip(obs.stats, caps, strict=True)]
     assert per_slot[: len(caps)] == pytest.approx(expected, rel=1e-5)
     assert not per_slot[len(caps) :].any()
+
+
+def _two_subsets(rps_b: float, err_b: float, p99_b: float, weight_a: int) -> Observation:
+    return Observation(
+        RouteRef("ns", "vs", "r", "h"),
+        ("a", "b"),
+        (
+            SubsetStats(60.0, 0.0, 100.0, weight_a, slow_ratio=0.0),
+            SubsetStats(rps_b, err_b, p99_b, 100 - weight_a, slow_ratio=0.2),
+        ),
+        timestamp_s=5.0,
+        capacity_hint_rps=(150.0, 50.0),
+    )
+
+
+def test_trend_is_the_change_since_the_last_tick():
+    spec = FeatureSpec()
+    k = spec.max_subsets
+    memory = TrendMemory()
+    first = _two_subsets(20.0, 0.0, 200.0, 60)
+    vec0 = memory.extend(encode(first, spec), first, spec, "utilization-trend")
+    assert vec0.shape == (spec.obs_size + extension_size(spec, "utilization-trend"),)
+    assert not vec0[spec.obs_size + k + 1 :].any()  # no previous tick: no trend
+    second = _two_subsets(40.0, 0.1, 500.0, 50)
+    vec1 = memory.extend(encode(second, spec), second, spec, "utilization-trend")
+    trend = vec1[spec.obs_size + k + 1 :]
+    assert vec1[: spec.obs_size + k + 1] == pytest.approx(
+        extend_observation(encode(second, spec), second, spec, "utilization")
+    )
+    assert trend[:2] == pytest.approx([0.0, 0.4])  # per-slot utilization: b 0.4 -> 0.8
+    assert trend[k] == pytest.approx(20.0 / 200.0)  # route utilization 0.4 -> 0.5
+    weight, error, p99, slow = (trend[k + 1 + j * k : k + 1 + (j + 1) * k] for j in range(4))
+    assert weight[:2] == pytest.approx([-0.1, 0.1])
+    assert error[:2] == pytest.approx([0.0, 0.1])
+    assert p99[:2] == pytest.approx([0.0, 300.0 / spec.slo_ms])
+    assert slow[:2] == pytest.approx([0.0, 0.0])
+    assert not trend[2:k].any()
+    assert len(trend) == k + 1 + 4 * k
+    dropped = _two_subsets(math.nan, math.nan, math.nan, 50)
+    vec2 = memory.extend(encode(dropped, spec), dropped, spec, "utilization-trend")
+    trend2 = vec2[spec.obs_size + k + 1 :]
+    assert trend2[1] == 0.0 and trend2[k + 1 + 2 * k + 1] == 0.0  # b has no data now
+    assert trend2[k + 1] == 0.0  # the weight did not change
+    assert extension_low(spec, "utilization-trend") < 0 <= extension_low(spec, "utilization")
+
+
+def test_trend_starts_afresh_when_the_subsets_change():
+    spec = FeatureSpec()
+    memory = TrendMemory()
+    first = _two_subsets(20.0, 0.0, 200.0, 60)
+    memory.extend(encode(first, spec), first, spec, "utilization-trend")
+    renamed = dataclasses.replace(_two_subsets(40.0, 0.1, 500.0, 50), subsets=("a", "c"))
+    vec = memory.extend(encode(renamed, spec), renamed, spec, "utilization-trend")
+    assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
+
+
+def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets():
+    spec = FeatureSpec()
+    env = ExtendObservation(
+        gym.make("meshpilot/MeshSim-v0", scenario="diurnal-bursts"), spec, "utilization-trend"
+    )
+    memory = TrendMemory()
+    vec, _ = env.reset(seed=0)
+    assert env.observation_space.contains(vec)
+    moved = 0
+    for _ in range(40):
+        obs = env.unwrapped.observation  # type: ignore[attr-defined]
+        assert np.array_equal(vec, memory.extend(encode(obs, spec), obs, spec, "utilization-trend"))
+        moved += bool(np.any(vec[spec.obs_size + spec.max_subsets + 1 :] != 0))
+        vec, *_ = env.step(np.zeros(spec.max_subsets, dtype=np.float32))
+    assert moved > 30  # load and latencies change from tick to tick
+    vec, _ = env.reset(seed=1)
+    assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
 
 
 def test_route_utilization_survives_dropped_samples():
