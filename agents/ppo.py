@@ -70,7 +70,7 @@ import random
 import shutil
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,6 +252,10 @@ class TrainConfig:
     """Also copy the exported policy.npz to this path (e.g. agents/models/default.npz)."""
     progress: bool = True
     """Show a tqdm progress bar on stderr."""
+    members: int = 1
+    """Train this many policies alike, seeds seed, seed+1, ..., in parallel processes (one per
+    core), and export one ensemble policy.npz that writes the split of their mean action; each
+    member's own run directory is kept under members/ (1: a single policy)."""
     spec: dict[str, float | int] = field(default_factory=lambda: FeatureSpec().to_dict())
     """FeatureSpec fields (the observation/action layout); the default is what the controller
     serves."""
@@ -260,6 +264,13 @@ class TrainConfig:
         """Raise ConfigError for values that would fail later, deep inside SB3."""
         checks = [
             (self.total_steps >= 0, "total_steps must be >= 0"),
+            (1 <= self.members <= 16, "members must be 1..16"),
+            (
+                self.members == 1 or self.resume is None,
+                "resume continues one run: resume each member's run (members/ of the "
+                "ensemble's run directory) with members 1, then combine their policy.npz "
+                "files with `meshpilot ensemble`",
+            ),
             (self.n_envs >= 1, "n_envs must be at least 1"),
             (self.n_steps >= 2, "n_steps must be at least 2"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
@@ -791,21 +802,31 @@ def export_npz(
     )
 
 
-def plot_learning_curve(episodes: Sequence[Episode], path: Path) -> Path:
-    """Episode return vs env steps (points, plus a rolling mean) as a PNG."""
+def plot_learning_curve(
+    episodes: Sequence[Episode] | Mapping[str, Sequence[Episode]], path: Path
+) -> Path:
+    """Episode return vs env steps as a PNG: points plus a rolling mean for one run, one
+    rolling mean per member (keyed by label) for an ensemble."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = dict(episodes) if isinstance(episodes, Mapping) else {"": list(episodes)}
     fig, ax = plt.subplots(figsize=(7, 4))
-    if episodes:
-        steps = np.array([e[0] for e in episodes], dtype=np.float64)
-        rets = np.array([e[1] for e in episodes], dtype=np.float64)
-        ax.scatter(steps, rets, s=4, alpha=0.3, label="episode")
+    for i, (label, eps) in enumerate(curves.items()):
+        if not eps:
+            continue
+        steps = np.array([e[0] for e in eps], dtype=np.float64)
+        rets = np.array([e[1] for e in eps], dtype=np.float64)
         window = max(1, min(50, len(rets) // 5))
         smooth = np.convolve(rets, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color="C1", label=f"mean of {window}")
+        if label:
+            ax.plot(steps[window - 1 :], smooth, color=f"C{i}", label=f"{label} (mean of {window})")
+        else:
+            ax.scatter(steps, rets, s=4, alpha=0.3, label="episode")
+            ax.plot(steps[window - 1 :], smooth, color="C1", label=f"mean of {window}")
+    if any(curves.values()):
         ax.legend(loc="lower right")
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return (-bad fraction - churn, summed)")
@@ -817,7 +838,7 @@ def plot_learning_curve(episodes: Sequence[Episode], path: Path) -> Path:
     return path
 
 
-def _run_dir(config: TrainConfig) -> Path:
+def new_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{config.scenario_set}__{config.exp_name}__{config.seed}__{stamp}"
     base = Path(config.out_dir) / name
@@ -994,13 +1015,20 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def train(config: TrainConfig) -> Path:
-    """Train (or resume) one run and write every artifact; returns the run directory."""
+    """Train (or resume) one run and write every artifact; returns the run directory.
+
+    With ``members`` > 1, trains an ensemble (`agents.ensemble.train_ensemble`).
+    """
     config.validate()
+    if config.members > 1:
+        from agents.ensemble import train_ensemble
+
+        return train_ensemble(config)
     names = [load_scenario(p).name for p in config.scenario_paths()]  # fail fast, naming it
     unknown = sorted(set(config.oversample) - set(names))
     if unknown:
@@ -1026,7 +1054,7 @@ def train(config: TrainConfig) -> Path:
 
     torch.set_num_threads(1)  # FACTS.md: two threads never helped on 2 cores
     seed_everything(config.seed)
-    run_dir = _run_dir(config)
+    run_dir = new_run_dir(config)
     meta: dict[str, Any] = {
         "config": config.to_json(),
         "versions": {
@@ -1037,7 +1065,7 @@ def train(config: TrainConfig) -> Path:
         },
         "feature_spec_hash": config.feature_spec.hash,
     }
-    _write_json(run_dir / "config.json", meta)
+    write_json(run_dir / "config.json", meta)
 
     venv = make_vec_env(config)
     episodes: list[Episode] = []
@@ -1138,7 +1166,7 @@ def train(config: TrainConfig) -> Path:
         metadata=meta,
     )
     plot_learning_curve(episodes, run_dir / "learning_curve.png")
-    _write_json(run_dir / "config.json", meta)
+    write_json(run_dir / "config.json", meta)
     if config.export_to is not None:
         Path(config.export_to).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(policy_path, config.export_to)

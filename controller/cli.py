@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from controller.core.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate", "train", "evaluate", "serve", "prometheus-rules")
+SUBCOMMANDS = ("simulate", "train", "ensemble", "evaluate", "serve", "prometheus-rules")
 
 
 def build_parser() -> argparse.ArgumentParser:

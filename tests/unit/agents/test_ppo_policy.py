@@ -13,6 +13,9 @@ Cases:
 - the "utilization-trend" extension is the change of each input since the route's last tick
   (0 without one, where a slot had no data, or after the subsets changed), the training
   wrapper and a serving policy feed the network the same vectors, and reset forgets the past;
+- an ensemble file (`save_ensemble_npz`) loads as an `EnsemblePolicy` whose split is the
+  decode of its members' mean action, flattens ensembles it is given, survives reset, and
+  refuses one member, members on other feature specs and a member whose arrays are missing;
 - the "sqrt" action prior with zero correction writes exactly what the sqrt baseline writes,
   and falls back to the capacity prior without the utilization input;
 - the action gain's correction shape maps [-1, 1] onto itself, increasing, with slope `gain`
@@ -45,6 +48,7 @@ import envs  # noqa: F401
 from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
+    EnsemblePolicy,
     TrendMemory,
     apply_action_prior,
     extend_observation,
@@ -52,6 +56,7 @@ from agents.ppo_policy import (
     extension_size,
     load_numpy_policy,
     load_ppo_policy,
+    save_ensemble_npz,
     shape_correction,
     unshape_correction,
 )
@@ -212,6 +217,76 @@ def test_model_for_another_feature_spec_is_refused_naming_both_hashes(exported):
     with pytest.raises(ConfigError):
         load_ppo_policy(str(exported), expected_spec=expected)
     assert load_ppo_policy(str(exported)).spec == FeatureSpec()
+
+
+def _exported_member(tmp_path: Path, seed: int, extension: str = "utilization") -> Path:
+    model, vecnorm = _tiny_model("tanh", [16], seed=seed, extension=extension)
+    return export_npz(
+        model,
+        vecnorm,
+        FeatureSpec(),
+        tmp_path / f"m{seed}.npz",
+        action_prior="sqrt",
+        obs_extension=extension,
+    )
+
+
+def test_ensemble_writes_the_split_of_its_members_mean_action(tmp_path):
+    paths = [
+        _exported_member(tmp_path, 11),
+        _exported_member(tmp_path, 12, "utilization-trend"),
+    ]
+    pair = save_ensemble_npz(tmp_path / "pair.npz", paths)
+    triple = save_ensemble_npz(tmp_path / "triple.npz", [pair, _exported_member(tmp_path, 13)])
+    ensemble = load_numpy_policy(triple)
+    assert isinstance(ensemble, EnsemblePolicy)
+    assert ensemble.name == "ppo"
+    assert len(ensemble.members) == 3
+    assert [m.obs_extension for m in ensemble.members] == [
+        "utilization",
+        "utilization-trend",
+        "utilization",
+    ]
+    singles = [load_numpy_policy(tmp_path / f"m{s}.npz") for s in (11, 12, 13)]
+    spec = FeatureSpec()
+    differs = 0
+    for rnd in range(2):  # the second round after reset: no trend memory left over
+        ensemble.reset()
+        for single in singles:
+            single.reset()
+        sim = MeshSimulator(load_scenario("diurnal-bursts"), seed=rnd)
+        for _ in range(12):
+            obs = sim.observe()
+            actions = [m.observation_action(obs) for m in singles]
+            expected = decode(np.mean(actions, axis=0), spec.mask(3), obs.subsets)
+            weights = ensemble.decide(obs)
+            assert weights == expected
+            assert np.allclose(ensemble.last_raw_action, np.mean(actions, axis=0))
+            differs += any(weights != decode(a, spec.mask(3), obs.subsets) for a in actions)
+            sim.step(weights)
+    assert differs > 0  # the mean is not just one member's split
+
+
+def test_ensemble_refuses_bad_members(tmp_path, exported):
+    one = _exported_member(tmp_path, 11)
+    with pytest.raises(ConfigError, match="at least two"):
+        save_ensemble_npz(tmp_path / "one.npz", [one])
+    other_spec = _rewrite(
+        one,
+        tmp_path / "other.npz",
+        spec_json=np.asarray(json.dumps(FeatureSpec(slo_ms=500.0).to_dict())),
+        spec_hash=np.asarray(FeatureSpec(slo_ms=500.0).hash),
+    )
+    with pytest.raises(ConfigError, match="different feature specs"):
+        save_ensemble_npz(tmp_path / "mixed.npz", [one, other_spec])
+    pair = save_ensemble_npz(tmp_path / "pair.npz", [one, exported])
+    broken = _rewrite(pair, tmp_path / "broken.npz", **{"m1.w0": None})
+    with pytest.raises(ConfigError, match=r"member 1.*w0"):
+        load_numpy_policy(broken)
+    too_many = _rewrite(pair, tmp_path / "many.npz", n_members=np.asarray(3))
+    with pytest.raises(ConfigError, match="member 2"):
+        load_numpy_policy(too_many)
+    assert not (tmp_path / "one.npz").exists() and not (tmp_path / "mixed.npz").exists()
 
 
 class _Boom:

@@ -1,0 +1,107 @@
+"""`meshpilot train --members N` and `meshpilot ensemble` (agents.ensemble).
+
+Cases:
+- a tiny two-member job through the CLI trains both members (seeds seed and seed+1) in
+  parallel processes, keeps each member's ordinary run directory under members/, and writes
+  config.json, a learning curve and an ensemble policy.npz (also copied by --export-to) whose
+  decisions are the decode of its members' mean action;
+- `meshpilot ensemble` combines the members' files into the same ensemble and prints a JSON
+  summary; combining one file, or resuming an ensemble run, is refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+
+from agents.ppo_policy import EnsemblePolicy, load_numpy_policy
+from controller.cli import main
+from controller.core.features import FeatureSpec, decode
+from envs.simulator.engine import MeshSimulator
+from envs.simulator.scenario import load_scenario
+
+TINY = [
+    "steady-80",
+    "--n-envs", "2",
+    "--n-steps", "64",
+    "--batch-size", "64",
+    "--n-epochs", "1",
+    "--episode-steps", "40",
+    "--net-arch", "16", "16",
+    "--total-steps", "128",
+    "--checkpoint-every", "0",
+    "--exp-name", "ens",
+    "--seed", "7",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    exported = out / "exported.npz"
+    argv = ["train", *TINY, "--members", "2", "--out-dir", str(out), "--export-to", str(exported)]
+    assert main(argv) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir, exported
+
+
+def test_members_train_as_ordinary_runs_and_export_one_ensemble(ensemble_run):
+    run_dir, exported = ensemble_run
+    assert run_dir.name.startswith("steady-80__ens__7__")
+    members = sorted((run_dir / "members").iterdir())
+    assert [m.name.split("__")[1:3] for m in members] == [["ens-m0", "7"], ["ens-m1", "8"]]
+    for m in members:
+        assert (m / "policy.npz").is_file() and (m / "model.zip").is_file()
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"]["members"] == 2
+    assert sorted(Path(x["run_dir"]).name for x in meta["members"]) == [m.name for m in members]
+    assert all(x["seconds"] > 0 for x in meta["members"])
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert exported.read_bytes() == (run_dir / "policy.npz").read_bytes()
+
+    ensemble = load_numpy_policy(run_dir / "policy.npz")
+    assert isinstance(ensemble, EnsemblePolicy)
+    singles = [load_numpy_policy(m / "policy.npz") for m in members]
+    spec = FeatureSpec()
+    sim = MeshSimulator(load_scenario("steady-80"), seed=3)
+    for _ in range(10):
+        obs = sim.observe()
+        mean = np.mean([s.observation_action(obs) for s in singles], axis=0)
+        weights = ensemble.decide(obs)
+        assert weights == decode(mean, spec.mask(len(obs.subsets)), obs.subsets)
+        sim.step(weights)
+
+
+def test_ensemble_command_combines_member_files(ensemble_run, tmp_path, capsys):
+    run_dir, _ = ensemble_run
+    files = [str(m / "policy.npz") for m in sorted((run_dir / "members").iterdir())]
+    out = tmp_path / "combined.npz"
+    assert main(["ensemble", *files, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == {"out": str(out), "members": 2, "feature_spec": FeatureSpec().hash}
+    combined = load_numpy_policy(out)
+    trained = load_numpy_policy(run_dir / "policy.npz")
+    sim = MeshSimulator(load_scenario("steady-80"), seed=4)
+    for _ in range(5):
+        obs = sim.observe()
+        weights = combined.decide(obs)
+        assert weights == trained.decide(obs)
+        sim.step(weights)
+
+
+def test_bad_ensemble_requests_exit_with_one_line(ensemble_run, tmp_path, capsys):
+    run_dir, _ = ensemble_run
+    assert main(["ensemble", str(run_dir / "policy.npz"), "--out", str(tmp_path / "x")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    resume = ["train", *TINY, "--members", "2", "--resume", str(run_dir)]
+    assert main([*resume, "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "resume" in err and "meshpilot ensemble" in err
+    assert not list(tmp_path.iterdir())
