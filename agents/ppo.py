@@ -226,7 +226,7 @@ class TrainConfig:
     obs_extension: str = "none"
     """Inputs appended to the FeatureSpec vector: 'utilization' (observed rps / nominal
     capacity per subset and for the route), 'utilization-trend' (those plus how they and each
-    subset's weight, errors, p99 and slow ratio changed since the last tick: the windowed
+    subset's weight, error ratio and slow ratio changed since the last tick: the windowed
     telemetry's newest interval shows at once) or 'none'."""
     norm_reward: bool = True
     """Scale rewards by the running return std (VecNormalize); bad fractions are small numbers."""
