@@ -1,7 +1,8 @@
 """Serving a PPO policy never imports torch or stable-baselines3.
 
 Cases (each in a fresh interpreter where importing torch / stable_baselines3 raises):
-- agents.ppo_policy loads an exported file and decides weights;
+- agents.ppo_policy loads an exported file and decides weights, and so does the shipped
+  default policy;
 - the `meshpilot` CLI parser (which includes `train`) builds and prints help.
 """
 
@@ -91,3 +92,24 @@ def test_cli_parser_with_train_builds_without_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--total-steps" in proc.stdout
+
+
+def test_shipped_policy_decides_without_torch():
+    """The shipped default (an ensemble with trend memory) is what `serve` runs: no torch."""
+    proc = _run(
+        """
+        from agents.ppo_policy import load_ppo_policy
+        from envs.simulator.engine import MeshSimulator
+        from envs.simulator.scenario import load_scenario
+        policy = load_ppo_policy(None)
+        sim = MeshSimulator(load_scenario("diurnal-bursts"), seed=0)
+        for _ in range(5):
+            w = policy.decide(sim.observe())
+            sim.step(w)
+        assert sum(w.values()) == 100, w
+        assert sys.modules.get("torch") is None
+        print("OK", type(policy).__name__, dict(w))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("OK")
