@@ -819,13 +819,16 @@ def plot_learning_curve(
             continue
         steps = np.array([e[0] for e in eps], dtype=np.float64)
         rets = np.array([e[1] for e in eps], dtype=np.float64)
-        window = max(1, min(50, len(rets) // 5))
-        smooth = np.convolve(rets, np.ones(window) / window, mode="valid")
+        # parallel envs end episodes at the same step: one mean per step, then a rolling mean
+        at, where = np.unique(steps, return_inverse=True)
+        per_step = np.bincount(where, weights=rets) / np.bincount(where)
+        window = max(1, min(20, len(at) // 5))
+        smooth = np.convolve(per_step, np.ones(window) / window, mode="valid")
         if label:
-            ax.plot(steps[window - 1 :], smooth, color=f"C{i}", label=f"{label} (mean of {window})")
+            ax.plot(at[window - 1 :], smooth, color=f"C{i}", label=f"{label} (mean of {window})")
         else:
             ax.scatter(steps, rets, s=4, alpha=0.3, label="episode")
-            ax.plot(steps[window - 1 :], smooth, color="C1", label=f"mean of {window}")
+            ax.plot(at[window - 1 :], smooth, color="C1", label=f"mean of {window}")
     if any(curves.values()):
         ax.legend(loc="lower right")
     ax.set_xlabel("env steps")
