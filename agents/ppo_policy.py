@@ -326,6 +326,35 @@ def unshape_correction(correction: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(a, -1.0, 1.0)
 
 
+def prior_action(obs_vec: np.ndarray, spec: FeatureSpec, prior: str) -> tuple[np.ndarray, bool]:
+    """(the action the prior alone would hand `decode`, whether the network's correction is
+    added to it): see `apply_action_prior`. Split out so an ensemble computes it once for all
+    its members."""
+    if prior not in ACTION_PRIORS:
+        raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
+    if not has_any_data(obs_vec, spec):
+        return capacity_prior(obs_vec, spec), False
+    if prior == "capacity":
+        return capacity_prior(obs_vec, spec), True
+    if prior == "hold":
+        return hold_prior(obs_vec, spec), True
+    if prior == "sqrt":
+        return sqrt_prior(obs_vec, spec), True
+    return np.zeros(spec.max_subsets), True
+
+
+def corrected_action(
+    action: np.ndarray, prior: tuple[np.ndarray, bool], gain: float = 1.0
+) -> np.ndarray:
+    """`prior_action`'s result plus the network's action shaped by `shape_correction`, clipped
+    to [-1, 1] (the prior alone where the network is not consulted)."""
+    base, consulted = prior
+    if not consulted:
+        return base
+    a = shape_correction(np.asarray(action, dtype=np.float64).reshape(-1), gain)
+    return np.clip(a + base, -1.0, 1.0)
+
+
 def apply_action_prior(
     action: np.ndarray,
     obs_vec: np.ndarray,
@@ -342,20 +371,7 @@ def apply_action_prior(
     all-zero load picture it cannot interpret, and one bad split then costs a queue that takes
     many steps to drain.
     """
-    a = shape_correction(np.asarray(action, dtype=np.float64).reshape(-1), gain)
-    if prior not in ACTION_PRIORS:
-        raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
-    if not has_any_data(obs_vec, spec):
-        return capacity_prior(obs_vec, spec)
-    if prior == "none":
-        return a
-    if prior == "capacity":
-        return np.clip(a + capacity_prior(obs_vec, spec), -1.0, 1.0)
-    if prior == "hold":
-        return np.clip(a + hold_prior(obs_vec, spec), -1.0, 1.0)
-    if prior == "sqrt":
-        return np.clip(a + sqrt_prior(obs_vec, spec), -1.0, 1.0)
-    raise ConfigError(f"unknown action prior {prior!r}; known: {', '.join(ACTION_PRIORS)}")
+    return corrected_action(action, prior_action(obs_vec, spec, prior), gain)
 
 
 class NumpyPolicy:
@@ -499,15 +515,34 @@ class EnsemblePolicy:
         self.members = list(members)
         self.spec = members[0].spec
         self.source = members[0].source
+        self._memories = {m.obs_extension: TrendMemory() for m in members}
         self.last_raw_action: list[float] = []
 
     def decide(self, obs: Observation) -> Weights:
-        action = np.mean([m.observation_action(obs) for m in self.members], axis=0)
+        """The members' mean action. Encoding, the observation extension and the action prior
+        are the same for members that share them, so each is computed once per tick; only the
+        networks run per member (the same numbers as each member's `observation_action`)."""
+        encoded = encode(obs, self.spec)
+        vecs = {
+            ext: memory.extend(encoded, obs, self.spec, ext)
+            for ext, memory in self._memories.items()
+        }
+        priors: dict[tuple[str, str], tuple[np.ndarray, bool]] = {}
+        actions = []
+        for m in self.members:
+            vec = vecs[m.obs_extension]
+            key = (m.obs_extension, m.action_prior)
+            if key not in priors:
+                priors[key] = prior_action(vec, self.spec, m.action_prior)
+            actions.append(corrected_action(m.predict(vec), priors[key], m.action_gain))
+        action = np.mean(actions, axis=0)
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
     def reset(self) -> None:
         self.last_raw_action = []
+        for memory in self._memories.values():
+            memory.clear()
         for m in self.members:
             m.reset()
 
