@@ -44,6 +44,7 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/simulator_throughput.py
 	$(PY) bench/write_rate.py
 	$(PY) bench/tick_latency.py
+	$(PY) bench/decide_latency.py
 	$(PY) bench/reaction_bound.py --seeds 10
 	$(PY) bench/policy_suite.py --seeds 10
 
