@@ -51,8 +51,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "export its actor and observation normalizer to policy.npz for numpy-only serving "
             "(--policy ppo:PATH). Writes OUT_DIR/<scenario-set>__<exp>__<seed>__<timestamp>/ "
             "with config.json, model.zip, vecnormalize.pkl, policy.npz, episodes.csv, "
-            "learning_curve.png and checkpoints/step_<N>/ (resumable with --resume). Needs the "
-            "'train' extra (torch, stable-baselines3)."
+            "learning_curve.png and checkpoints/step_<N>/ (resumable with --resume). With "
+            "--members N, that directory holds N such runs under members/ (seeds S, S+1, ...) "
+            "trained in parallel processes, plus config.json, learning_curve.png and an "
+            "ensemble policy.npz. Needs the 'train' extra (torch, stable-baselines3)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
