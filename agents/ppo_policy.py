@@ -25,6 +25,9 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  obs_extension     "none", "utilization" or "utilization-trend": inputs appended to `encode`
                    (optional, "none"; see `extend_observation`)
  metadata_json     free-form JSON (training config, versions) for humans; optional
+ n_members         number of networks of an `EnsemblePolicy` (optional, 1); member 0 is the
+                   entries above, member j >= 1 the same per-network entries (activation to
+                   obs_extension, w{i}, b{i}) prefixed ``m{j}.``
 =================  ==========================================================================
 """
 
@@ -224,10 +227,9 @@ def extend_observation(
     base = np.asarray(vec, dtype=np.float32)
     if size == 0:
         return base
-    util = _utilization(obs, spec)
+    head = np.concatenate([base, _utilization(obs, spec).astype(np.float32)])
     if extension == "utilization":
-        return np.concatenate([base, util.astype(np.float32)])
-    head = np.concatenate([base, util.astype(np.float32)])
+        return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
     return np.concatenate([head, trend.astype(np.float32)])
@@ -497,7 +499,7 @@ class EnsemblePolicy:
 
     Why: at 80-90 % load one weight point costs 10-25 % more bad requests, and each trained
     network misses the teacher by a point or two in its own, seed-dependent places (measured:
-    the same recipe lands at 14 or 15 of issue #3's 18 claims depending on the seed). Averaging
+    the same recipe lands at 14 to 16 of issue #3's 18 claims depending on the seed). Averaging
     independent errors shrinks them, the way bagging does, at the price of one more small
     matrix product per member and tick.
     """
