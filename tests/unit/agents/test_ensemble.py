@@ -1,12 +1,12 @@
-"""`meshpilot train --members N` and `meshpilot ensemble` (agents.ensemble).
+"""`meshpilot train --members N` (agents.ensemble); `meshpilot ensemble` on its own is
+tests/unit/controller/commands/test_ensemble.py.
 
 Cases:
 - a tiny two-member job through the CLI trains both members (seeds seed and seed+1) in
   parallel processes, keeps each member's ordinary run directory under members/, and writes
   config.json, a learning curve and an ensemble policy.npz (also copied by --export-to) whose
   decisions are the decode of its members' mean action;
-- `meshpilot ensemble` combines the members' files into the same ensemble and prints a JSON
-  summary; combining one file, or resuming an ensemble run, is refused with one clear line.
+- resuming an ensemble run is refused with one clear line saying how to resume members.
 """
 
 from __future__ import annotations
@@ -79,27 +79,8 @@ def test_members_train_as_ordinary_runs_and_export_one_ensemble(ensemble_run):
         sim.step(weights)
 
 
-def test_ensemble_command_combines_member_files(ensemble_run, tmp_path, capsys):
+def test_resuming_an_ensemble_run_is_refused_with_one_line(ensemble_run, tmp_path, capsys):
     run_dir, _ = ensemble_run
-    files = [str(m / "policy.npz") for m in sorted((run_dir / "members").iterdir())]
-    out = tmp_path / "combined.npz"
-    assert main(["ensemble", *files, "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary == {"out": str(out), "members": 2, "feature_spec": FeatureSpec().hash}
-    combined = load_numpy_policy(out)
-    trained = load_numpy_policy(run_dir / "policy.npz")
-    sim = MeshSimulator(load_scenario("steady-80"), seed=4)
-    for _ in range(5):
-        obs = sim.observe()
-        weights = combined.decide(obs)
-        assert weights == trained.decide(obs)
-        sim.step(weights)
-
-
-def test_bad_ensemble_requests_exit_with_one_line(ensemble_run, tmp_path, capsys):
-    run_dir, _ = ensemble_run
-    assert main(["ensemble", str(run_dir / "policy.npz"), "--out", str(tmp_path / "x")]) == 2
-    assert "at least two" in capsys.readouterr().err
     resume = ["train", *TINY, "--members", "2", "--resume", str(run_dir)]
     assert main([*resume, "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
