@@ -52,12 +52,12 @@ def _train_member(config: TrainConfig) -> tuple[str, float]:
     return str(run_dir), round(time.perf_counter() - started, 1)
 
 
-def train_ensemble(config: TrainConfig, *, workers: int | None = None) -> Path:
-    """Train ``config.members`` members (at most `workers` at once, default one per core) and
-    write the ensemble run directory; returns it."""
+def train_ensemble(config: TrainConfig) -> Path:
+    """Train ``config.members`` members (one per core at a time) and write the ensemble run
+    directory; returns it."""
     run_dir = new_run_dir(config)
     configs = member_configs(config, run_dir / "members")
-    n_workers = max(1, min(len(configs), workers or os.cpu_count() or 1))
+    n_workers = max(1, min(len(configs), os.cpu_count() or 1))
     meta: dict[str, Any] = {"config": config.to_json(), "workers": n_workers}
     write_json(run_dir / "config.json", meta)
     started = time.perf_counter()

@@ -63,10 +63,9 @@ _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
 }
-_REQUIRED = (
-    "format_version",
-    "spec_json",
-    "spec_hash",
+_HEADER_KEYS = ("format_version", "spec_json", "spec_hash")
+"""Entries a policy file holds once, whatever its number of networks."""
+_MEMBER_REQUIRED = (
     "activation",
     "n_layers",
     "obs_mean",
@@ -75,6 +74,8 @@ _REQUIRED = (
     "eps",
     "action_prior",
 )
+"""Entries every network of a file must have (besides its ``w{i}``/``b{i}``)."""
+_REQUIRED = (*_HEADER_KEYS, *_MEMBER_REQUIRED)
 
 
 def capacity_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -605,17 +606,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not a readable policy .npz file ({err})") from err
 
 
-_MEMBER_KEYS = (
-    "activation",
-    "n_layers",
-    "obs_mean",
-    "obs_var",
-    "clip_obs",
-    "eps",
-    "action_prior",
-    "obs_extension",
-    "action_gain",
-)
+_MEMBER_KEYS = (*_MEMBER_REQUIRED, "obs_extension", "action_gain")
 """Per-network entries of a policy file; an ensemble's member j >= 1 stores them (and its
 ``w{i}``/``b{i}``) under the prefix ``m{j}.``, member 0 without a prefix."""
 
@@ -640,7 +631,7 @@ def _member_arrays(arrays: Mapping[str, np.ndarray], path: Path) -> list[dict[st
 
 
 def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: str) -> NumpyPolicy:
-    missing = [k for k in _REQUIRED if k in _MEMBER_KEYS and k not in arrays]
+    missing = [k for k in _MEMBER_REQUIRED if k not in arrays]
     if missing:
         raise ConfigError(f"{source}: policy file lacks {', '.join(missing)}")
     try:
@@ -722,12 +713,16 @@ def load_numpy_policy(
     `EnsemblePolicy`.
     """
     p = Path(path)
-    arrays = _read_arrays(p)
+    return _policy_from(_read_arrays(p), p, expected_spec)
+
+
+def _policy_from(
+    arrays: Mapping[str, np.ndarray], p: Path, expected_spec: FeatureSpec | None
+) -> NumpyPolicy | EnsemblePolicy:
     spec = _checked_spec(arrays, p, expected_spec)
-    members = _member_arrays(arrays, p)
     policies = [
         _member_policy(m, spec, str(p) if j == 0 else f"{p} (member {j})")
-        for j, m in enumerate(members)
+        for j, m in enumerate(_member_arrays(arrays, p))
     ]
     return policies[0] if len(policies) == 1 else EnsemblePolicy(policies)
 
@@ -747,10 +742,10 @@ def save_ensemble_npz(
     head: dict[str, np.ndarray] = {}
     for src in members:
         src_path = Path(src)
-        load_numpy_policy(src_path)  # every check a single file gets
         arrays = _read_arrays(src_path)
+        _policy_from(arrays, src_path, None)  # every check a single file gets
         spec_hashes.add(_text(arrays["spec_hash"]))
-        head = head or {k: arrays[k] for k in ("format_version", "spec_json", "spec_hash")}
+        head = head or {k: arrays[k] for k in _HEADER_KEYS}
         nets.extend(_member_arrays(arrays, src_path))
     if len(spec_hashes) != 1:
         raise ConfigError(
