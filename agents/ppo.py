@@ -227,7 +227,9 @@ class TrainConfig:
     """Inputs appended to the FeatureSpec vector: 'utilization' (observed rps / nominal
     capacity per subset and for the route), 'utilization-trend' (those plus how they and each
     subset's weight, error ratio and slow ratio changed since the last tick: the windowed
-    telemetry's newest interval shows at once) or 'none'."""
+    telemetry's newest interval shows at once), 'utilization-trend-ema' (those plus moving
+    averages of the utilizations and of each subset's p99 and slow ratio, ~25 s: steadier
+    evidence of a degraded capacity through noisy telemetry) or 'none'."""
     norm_reward: bool = True
     """Scale rewards by the running return std (VecNormalize); bad fractions are small numbers."""
     scenario_reward_scale: bool = False
@@ -292,7 +294,7 @@ class TrainConfig:
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
                 self.action_prior != "sqrt" or self.obs_extension != "none",
-                "the sqrt action prior needs obs_extension 'utilization' or 'utilization-trend'",
+                "the sqrt action prior needs an obs_extension other than 'none'",
             ),
             *[
                 (

@@ -22,8 +22,8 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  clip_obs, eps     VecNormalize ``clip_obs`` and ``epsilon``
  action_prior      "none", "capacity", "sqrt" or "hold" (see `apply_action_prior`)
  action_gain       float in (0, 1], see `shape_correction` (optional, 1.0: linear)
- obs_extension     "none", "utilization" or "utilization-trend": inputs appended to `encode`
-                   (optional, "none"; see `extend_observation`)
+ obs_extension     one of `OBS_EXTENSIONS`: inputs appended to `encode` (optional, "none";
+                   see `extend_observation`)
  metadata_json     free-form JSON (training config, versions) for humans; optional
  n_members         number of networks of an `EnsemblePolicy` (optional, 1); member 0 is the
                    entries above, member j >= 1 the same per-network entries (activation to
@@ -131,7 +131,7 @@ def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return prior
 
 
-OBS_EXTENSIONS = ("none", "utilization", "utilization-trend")
+OBS_EXTENSIONS = ("none", "utilization", "utilization-trend", "utilization-trend-ema")
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
 
 TREND_FEATURES = (2, 4, 6)
@@ -140,6 +140,18 @@ weight, error_ratio and slow_ratio (see `controller.core.features`). Not p99: a 
 two noisy p99 samples doubles their noise's variance, and slow_ratio, read from the same
 histogram, carries the latency news without it (measured: the same recipe with the p99 change
 met 15 and 14 of issue #3's claims, without it 15 and 16)."""
+
+
+EMA_FEATURES = (5, 6)
+"""`encode` per-slot entries (p99/slo, slow_ratio) whose exponential moving average
+"utilization-trend-ema" appends, next to the averaged utilizations."""
+
+EMA_ALPHA = 0.2
+"""Weight of the newest tick in "utilization-trend-ema"'s averages (time constant ~ 5 ticks,
+25 s at the suite's 5 s step, on top of the 30 s rate window)."""
+
+_REMEMBERING = ("utilization-trend", "utilization-trend-ema")
+"""Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
 
 
 def extension_size(spec: FeatureSpec, extension: str) -> int:
@@ -151,12 +163,14 @@ def extension_size(spec: FeatureSpec, extension: str) -> int:
         return k + 1
     if extension == "utilization-trend":
         return 2 * (k + 1) + len(TREND_FEATURES) * k
+    if extension == "utilization-trend-ema":
+        return 3 * (k + 1) + (len(TREND_FEATURES) + len(EMA_FEATURES)) * k
     raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
 
 
 def extension_low(spec: FeatureSpec, extension: str) -> float:
     """Lower bound of every extended input: trends are changes, so they can be negative."""
-    return -spec.p99_clip if extension == "utilization-trend" else 0.0
+    return -spec.p99_clip if extension in _REMEMBERING else 0.0
 
 
 def _utilization(obs: Observation, spec: FeatureSpec) -> np.ndarray:
@@ -200,6 +214,28 @@ def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> n
     return trend
 
 
+def _ema(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> np.ndarray:
+    """Per-slot utilization, route utilization and `EMA_FEATURES` of `vec` averaged with weight
+    `EMA_ALPHA` into `previous`'s averages (its last block). A slot without data keeps its
+    average; one with no average yet (no previous tick, or no data nor average before) starts
+    from its value."""
+    k = spec.max_subsets
+    m = len(EMA_FEATURES)
+    per = vec[: k * PER_SUBSET].reshape(k, PER_SUBSET).astype(np.float64)
+    util = vec[spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    now = np.concatenate([util, *(per[:, f] for f in EMA_FEATURES)])
+    has = np.concatenate([per[:, 1] > 0.5, [util[k] > 0], *([per[:, 1] > 0.5] * m)])
+    size = now.size
+    if previous is None or previous.shape[0] < vec.shape[0]:
+        return np.where(has, now, 0.0)
+    before = previous[-size:].astype(np.float64)
+    before_per = previous[: k * PER_SUBSET].reshape(k, PER_SUBSET)
+    had = np.concatenate([before_per[:, 1] > 0.5, [False], *([before_per[:, 1] > 0.5] * m)])
+    started = had | (before != 0.0)
+    blended = np.where(started, before + EMA_ALPHA * (now - before), now)
+    return np.where(has, blended, before)
+
+
 def extend_observation(
     vec: np.ndarray,
     obs: Observation,
@@ -223,6 +259,12 @@ def extend_observation(
     long, so a burst or a capacity loss moves the windowed level by only a fraction per tick;
     the change from the last tick is (newest interval - oldest interval) / ticks per window,
     i.e. it shows the new interval at once, where the level takes the whole window.
+
+    "utilization-trend-ema": the same, then exponential moving averages (`EMA_ALPHA`) of the
+    utilizations and of each slot's p99/slo and slow ratio (`EMA_FEATURES`). Why: during a
+    capacity loss the split that is right depends on the degraded capacity, which each tick
+    shows only through one noisy window (p99 noise, bursts, dropped samples); the averages
+    hold the evidence of the last half minute or so.
     """
     size = extension_size(spec, extension)
     base = np.asarray(vec, dtype=np.float32)
@@ -233,11 +275,15 @@ def extend_observation(
         return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    return np.concatenate([head, trend.astype(np.float32)])
+    if extension == "utilization-trend":
+        return np.concatenate([head, trend.astype(np.float32)])
+    ema = np.clip(_ema(head, prev, spec), 0.0, spec.p99_clip)
+    return np.concatenate([head, trend.astype(np.float32), ema.astype(np.float32)])
 
 
 class TrendMemory:
-    """The last extended vector per route and subset list, for "utilization-trend".
+    """The last extended vector per route and subset list, for "utilization-trend" and
+    "utilization-trend-ema".
 
     Keyed by route and subset names, so a route whose subsets change starts afresh instead of
     comparing different slots; `clear` on reset (a new episode or a policy reload).
@@ -255,7 +301,7 @@ class TrendMemory:
         """`extend_observation` with this route's previous tick, remembered for the next."""
         key = (obs.route, tuple(obs.subsets))
         out = extend_observation(vec, obs, spec, extension, self._last.get(key))
-        if extension == "utilization-trend":
+        if extension in _REMEMBERING:
             self._last[key] = out
         return out
 
@@ -474,7 +520,7 @@ class NumpyPolicy:
 
     def observation_action(self, obs: Observation) -> np.ndarray:
         """`action_for` of the observation as this policy's network sees it (with the route's
-        previous tick for "utilization-trend", which it remembers)."""
+        previous tick for the extensions that use it, which it remembers)."""
         vec = self._memory.extend(encode(obs, self.spec), obs, self.spec, self.obs_extension)
         return self.action_for(vec)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.ppo import TrainConfig, field_help, train
+from agents.ppo_policy import OBS_EXTENSIONS
 
 _POSITIONAL = "scenarios"
 _SKIP = frozenset({"spec"})
@@ -23,7 +24,7 @@ _SKIP = frozenset({"spec"})
 _CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("tanh", "relu"),
     "action_prior": ("capacity", "hold", "sqrt", "none"),
-    "obs_extension": ("none", "utilization", "utilization-trend"),
+    "obs_extension": OBS_EXTENSIONS,
 }
 
 

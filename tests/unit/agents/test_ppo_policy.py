@@ -48,6 +48,7 @@ import envs  # noqa: F401
 from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
+    EMA_ALPHA,
     EnsemblePolicy,
     TrendMemory,
     apply_action_prior,
@@ -427,6 +428,41 @@ def test_trend_is_the_change_since_the_last_tick():
     assert extension_low(spec, "utilization-trend") < 0 <= extension_low(spec, "utilization")
 
 
+def test_ema_averages_each_input_and_holds_it_through_dropped_samples():
+    spec = FeatureSpec()
+    k = spec.max_subsets
+    ext = "utilization-trend-ema"
+    memory = TrendMemory()
+    trend_size = extension_size(spec, "utilization-trend")
+    first = _two_subsets(20.0, 0.0, 200.0, 60, slow_b=0.2)
+    vec0 = memory.extend(encode(first, spec), first, spec, ext)
+    assert vec0.shape == (spec.obs_size + extension_size(spec, ext),)
+    assert vec0[: spec.obs_size + trend_size] == pytest.approx(
+        extend_observation(encode(first, spec), first, spec, "utilization-trend")
+    )
+    ema0 = vec0[spec.obs_size + trend_size :]
+    assert len(ema0) == 3 * k + 1
+    util, route, p99, slow = ema0[:k], ema0[k], ema0[k + 1 : 2 * k + 1], ema0[2 * k + 1 :]
+    assert util[:2] == pytest.approx([60.0 / 150.0, 20.0 / 50.0])  # first tick: the values
+    assert route == pytest.approx(80.0 / 200.0)
+    assert p99[:2] == pytest.approx([100.0 / 250.0, 200.0 / 250.0])
+    assert slow[:2] == pytest.approx([0.0, 0.2])
+    assert not util[2:].any() and not p99[2:].any() and not slow[2:].any()
+    second = _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)
+    ema1 = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
+    assert ema1[1] == pytest.approx(0.4 + EMA_ALPHA * (0.8 - 0.4))
+    assert ema1[k + 1 + 1] == pytest.approx(0.8 + EMA_ALPHA * (2.8 - 0.8))
+    assert ema1[2 * k + 1 + 1] == pytest.approx(0.2 + EMA_ALPHA * 0.5)
+    assert ema1[0] == pytest.approx(0.4)  # a unchanged: its average stays
+    dropped = _two_subsets(math.nan, math.nan, math.nan, 60)
+    ema2 = memory.extend(encode(dropped, spec), dropped, spec, ext)[spec.obs_size + trend_size :]
+    assert ema2[1] == pytest.approx(ema1[1])  # b has no data now: its averages hold
+    assert ema2[2 * k + 2] == pytest.approx(ema1[2 * k + 2])
+    memory.clear()
+    again = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
+    assert again[1] == pytest.approx(0.8)  # cleared: starts from the value again
+
+
 def test_trend_starts_afresh_when_the_subsets_change():
     spec = FeatureSpec()
     memory = TrendMemory()
@@ -437,23 +473,26 @@ def test_trend_starts_afresh_when_the_subsets_change():
     assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
 
 
-def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets():
+@pytest.mark.parametrize("extension", ["utilization-trend", "utilization-trend-ema"])
+def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
     spec = FeatureSpec()
     env = ExtendObservation(
-        gym.make("meshpilot/MeshSim-v0", scenario="diurnal-bursts"), spec, "utilization-trend"
+        gym.make("meshpilot/MeshSim-v0", scenario="diurnal-bursts"), spec, extension
     )
     memory = TrendMemory()
     vec, _ = env.reset(seed=0)
     assert env.observation_space.contains(vec)
     moved = 0
+    trend_end = spec.obs_size + extension_size(spec, "utilization-trend")
     for _ in range(40):
         obs = env.unwrapped.observation  # type: ignore[attr-defined]
-        assert np.array_equal(vec, memory.extend(encode(obs, spec), obs, spec, "utilization-trend"))
-        moved += bool(np.any(vec[spec.obs_size + spec.max_subsets + 1 :] != 0))
+        assert np.array_equal(vec, memory.extend(encode(obs, spec), obs, spec, extension))
+        assert env.observation_space.contains(vec)
+        moved += bool(np.any(vec[spec.obs_size + spec.max_subsets + 1 : trend_end] != 0))
         vec, *_ = env.step(np.zeros(spec.max_subsets, dtype=np.float32))
     assert moved > 30  # load and latencies change from tick to tick
     vec, _ = env.reset(seed=1)
-    assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
+    assert not vec[spec.obs_size + spec.max_subsets + 1 : trend_end].any()
 
 
 def test_route_utilization_survives_dropped_samples():
