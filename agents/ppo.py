@@ -294,7 +294,7 @@ class TrainConfig:
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
                 self.action_prior != "sqrt" or self.obs_extension != "none",
-                "the sqrt action prior needs an obs_extension other than 'none'",
+                "the sqrt action prior needs an obs_extension with utilization inputs (not 'none')",
             ),
             *[
                 (
