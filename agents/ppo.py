@@ -229,7 +229,8 @@ class TrainConfig:
     subset's weight, error ratio and slow ratio changed since the last tick: the windowed
     telemetry's newest interval shows at once), 'utilization-trend-ema' (those plus moving
     averages of the utilizations and of each subset's p99 and slow ratio, ~25 s: steadier
-    evidence of a degraded capacity through noisy telemetry) or 'none'."""
+    evidence of a degraded capacity through noisy telemetry), 'utilization-trend-ema2' (a
+    second, ~100 s set of those averages too) or 'none'."""
     norm_reward: bool = True
     """Scale rewards by the running return std (VecNormalize); bad fractions are small numbers."""
     scenario_reward_scale: bool = False

@@ -131,7 +131,13 @@ def sqrt_prior(obs_vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return prior
 
 
-OBS_EXTENSIONS = ("none", "utilization", "utilization-trend", "utilization-trend-ema")
+OBS_EXTENSIONS = (
+    "none",
+    "utilization",
+    "utilization-trend",
+    "utilization-trend-ema",
+    "utilization-trend-ema2",
+)
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
 
 TREND_FEATURES = (2, 4, 6)
@@ -146,11 +152,15 @@ EMA_FEATURES = (5, 6)
 """`encode` per-slot entries (p99/slo, slow_ratio) whose exponential moving average
 "utilization-trend-ema" appends, next to the averaged utilizations."""
 
-EMA_ALPHA = 0.2
-"""Weight of the newest tick in "utilization-trend-ema"'s averages (time constant ~ 5 ticks,
-25 s at the suite's 5 s step, on top of the 30 s rate window)."""
+EMA_ALPHAS: dict[str, tuple[float, ...]] = {
+    "utilization-trend-ema": (0.2,),
+    "utilization-trend-ema2": (0.2, 0.05),
+}
+"""Weight of the newest tick in each moving average an extension appends: 0.2 is a time
+constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate window), 0.05 ~20
+ticks (100 s)."""
 
-_REMEMBERING = ("utilization-trend", "utilization-trend-ema")
+_REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
 """Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
 
 
@@ -163,8 +173,9 @@ def extension_size(spec: FeatureSpec, extension: str) -> int:
         return k + 1
     if extension == "utilization-trend":
         return 2 * (k + 1) + len(TREND_FEATURES) * k
-    if extension == "utilization-trend-ema":
-        return 3 * (k + 1) + (len(TREND_FEATURES) + len(EMA_FEATURES)) * k
+    if extension in EMA_ALPHAS:
+        averaged = (k + 1) + len(EMA_FEATURES) * k
+        return 2 * (k + 1) + len(TREND_FEATURES) * k + len(EMA_ALPHAS[extension]) * averaged
     raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
 
 
@@ -214,11 +225,13 @@ def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> n
     return trend
 
 
-def _ema(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> np.ndarray:
+def _ema(
+    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alpha: float, end: int
+) -> np.ndarray:
     """Per-slot utilization, route utilization and `EMA_FEATURES` of `vec` averaged with weight
-    `EMA_ALPHA` into `previous`'s averages (its last block). A slot without data keeps its
-    average; one with no average yet (no previous tick, or no data nor average before) starts
-    from its value."""
+    `alpha` into `previous`'s averages (the block of the same size that ends `end` values
+    before its end). A slot without data keeps its average; one with no average yet (no
+    previous tick, or no data nor average before) starts from its value."""
     k = spec.max_subsets
     m = len(EMA_FEATURES)
     per = vec[: k * PER_SUBSET].reshape(k, PER_SUBSET).astype(np.float64)
@@ -228,11 +241,12 @@ def _ema(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> np.
     size = now.size
     if previous is None or previous.shape[0] < vec.shape[0]:
         return np.where(has, now, 0.0)
-    before = previous[-size:].astype(np.float64)
+    stop = previous.shape[0] - end
+    before = previous[stop - size : stop].astype(np.float64)
     before_per = previous[: k * PER_SUBSET].reshape(k, PER_SUBSET)
     had = np.concatenate([before_per[:, 1] > 0.5, [False], *([before_per[:, 1] > 0.5] * m)])
     started = had | (before != 0.0)
-    blended = np.where(started, before + EMA_ALPHA * (now - before), now)
+    blended = np.where(started, before + alpha * (now - before), now)
     return np.where(has, blended, before)
 
 
@@ -260,11 +274,13 @@ def extend_observation(
     the change from the last tick is (newest interval - oldest interval) / ticks per window,
     i.e. it shows the new interval at once, where the level takes the whole window.
 
-    "utilization-trend-ema": the same, then exponential moving averages (`EMA_ALPHA`) of the
-    utilizations and of each slot's p99/slo and slow ratio (`EMA_FEATURES`). Why: during a
-    capacity loss the split that is right depends on the degraded capacity, which each tick
-    shows only through one noisy window (p99 noise, bursts, dropped samples); the averages
-    hold the evidence of the last half minute or so.
+    "utilization-trend-ema": the same, then exponential moving averages (weight 0.2 per tick,
+    `EMA_ALPHAS`) of the utilizations and of each slot's p99/slo and slow ratio
+    (`EMA_FEATURES`); "utilization-trend-ema2" a second block of the same averages with weight
+    0.05. Why: during a capacity loss the split that is right depends on the degraded
+    capacity, which each tick shows only through one noisy window (p99 noise, bursts, dropped
+    samples); the averages hold the evidence of the last half minute or so, the slow one of
+    the last minutes.
     """
     size = extension_size(spec, extension)
     base = np.asarray(vec, dtype=np.float32)
@@ -275,15 +291,18 @@ def extend_observation(
         return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    if extension == "utilization-trend":
-        return np.concatenate([head, trend.astype(np.float32)])
-    ema = np.clip(_ema(head, prev, spec), 0.0, spec.p99_clip)
-    return np.concatenate([head, trend.astype(np.float32), ema.astype(np.float32)])
+    parts = [head, trend.astype(np.float32)]
+    alphas = EMA_ALPHAS.get(extension, ())
+    block = (spec.max_subsets + 1) + len(EMA_FEATURES) * spec.max_subsets
+    for i, alpha in enumerate(alphas):
+        ema = _ema(head, prev, spec, alpha, (len(alphas) - 1 - i) * block)
+        parts.append(np.clip(ema, 0.0, spec.p99_clip).astype(np.float32))
+    return np.concatenate(parts)
 
 
 class TrendMemory:
-    """The last extended vector per route and subset list, for "utilization-trend" and
-    "utilization-trend-ema".
+    """The last extended vector per route and subset list, for the extensions that compare
+    with the previous tick (trend, moving averages).
 
     Keyed by route and subset names, so a route whose subsets change starts afresh instead of
     comparing different slots; `clear` on reset (a new episode or a policy reload).

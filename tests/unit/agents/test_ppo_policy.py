@@ -48,7 +48,7 @@ import envs  # noqa: F401
 from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
-    EMA_ALPHA,
+    EMA_ALPHAS,
     EnsemblePolicy,
     TrendMemory,
     apply_action_prior,
@@ -450,9 +450,10 @@ def test_ema_averages_each_input_and_holds_it_through_dropped_samples():
     assert not util[2:].any() and not p99[2:].any() and not slow[2:].any()
     second = _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)
     ema1 = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
-    assert ema1[1] == pytest.approx(0.4 + EMA_ALPHA * (0.8 - 0.4))
-    assert ema1[k + 1 + 1] == pytest.approx(0.8 + EMA_ALPHA * (2.8 - 0.8))
-    assert ema1[2 * k + 1 + 1] == pytest.approx(0.2 + EMA_ALPHA * 0.5)
+    (alpha,) = EMA_ALPHAS[ext]
+    assert ema1[1] == pytest.approx(0.4 + alpha * (0.8 - 0.4))
+    assert ema1[k + 1 + 1] == pytest.approx(0.8 + alpha * (2.8 - 0.8))
+    assert ema1[2 * k + 1 + 1] == pytest.approx(0.2 + alpha * 0.5)
     assert ema1[0] == pytest.approx(0.4)  # a unchanged: its average stays
     dropped = _two_subsets(math.nan, math.nan, math.nan, 60)
     ema2 = memory.extend(encode(dropped, spec), dropped, spec, ext)[spec.obs_size + trend_size :]
@@ -461,6 +462,23 @@ def test_ema_averages_each_input_and_holds_it_through_dropped_samples():
     memory.clear()
     again = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
     assert again[1] == pytest.approx(0.8)  # cleared: starts from the value again
+
+
+def test_ema2_appends_a_slow_average_after_the_fast_one():
+    spec = FeatureSpec()
+    block = 3 * spec.max_subsets + 1
+    one, two = TrendMemory(), TrendMemory()
+    fast_alpha, slow_alpha = EMA_ALPHAS["utilization-trend-ema2"]
+    ticks = [_two_subsets(20.0, 0.0, 200.0, 60), _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)]
+    for obs in ticks:
+        single = one.extend(encode(obs, spec), obs, spec, "utilization-trend-ema")
+        double = two.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2")
+    assert double.shape == (spec.obs_size + extension_size(spec, "utilization-trend-ema2"),)
+    assert np.array_equal(double[:-block], single)  # the fast average is the same block
+    slow = double[-block:]
+    assert slow[1] == pytest.approx(0.4 + slow_alpha * (0.8 - 0.4))  # b's utilization
+    assert single[-block + 1] == pytest.approx(0.4 + fast_alpha * (0.8 - 0.4))
+    assert slow[2 * spec.max_subsets + 2] == pytest.approx(0.2 + slow_alpha * 0.5)  # b's slow
 
 
 def test_trend_starts_afresh_when_the_subsets_change():
@@ -473,7 +491,9 @@ def test_trend_starts_afresh_when_the_subsets_change():
     assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
 
 
-@pytest.mark.parametrize("extension", ["utilization-trend", "utilization-trend-ema"])
+@pytest.mark.parametrize(
+    "extension", ["utilization-trend", "utilization-trend-ema", "utilization-trend-ema2"]
+)
 def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
     spec = FeatureSpec()
     env = ExtendObservation(
