@@ -42,6 +42,11 @@ and options look the way they do:
   1e-5 a short fine-tune (49k steps) keeps it, longer ones still drift (200k steps: 13 of 18).
 * A cubic correction shape (`action_gain` < 1) made calm outputs more precise (steady-90) but
   large corrections steeper, and noisy telemetry then swung the split (4.9x the oracle).
+* Each tick's telemetry window is noisy (p99 noise, dropped samples, arrival bursts), so a
+  policy fed only the level and its change reacts to noise: it held a degrading subset's
+  weight for 40 s of a capacity ramp, then swung back and forth. Moving averages of the
+  utilizations, p99 and slow ratio (`obs_extension` 'utilization-trend-ema2', ~25 s and ~100 s)
+  cut noisy-telemetry from 1.33x to 1.15x the oracle and made the policy write less often.
 * Per-subset service-time randomization is kept narrow (``--service-scale 0.95 1.05``): the
   capacity hint is what the operator configured, and a policy that cannot trust it at all
   cannot be precise.
