@@ -208,6 +208,13 @@ class TrainConfig:
     bad-request fraction of the step before or after it (the larger), so the rare states where
     the split is going wrong (a load burst, a capacity drop, a backlog) count as much as the
     many calm ones that dominate the data (0: all samples weigh the same)."""
+    imitation_smooth: float = 0.0
+    """Temporal smoothness in the imitation fits (in the spirit of CAPS, Mysore et al. 2021):
+    add this times the mean squared change of the student's action between consecutive ticks
+    of an episode where the teacher's action did not change. Why: in a steady degraded phase
+    the teacher holds one split while each tick's telemetry window fluctuates, and a student
+    that follows the fluctuations by a point costs ~5 % more bad requests on a knife edge;
+    onsets, where the teacher moves, are not penalized (0: off; needs action_gain 1)."""
     teacher_drain_s: float = 0.0
     """Drain-aware teacher (imitation labels, also for bc_lr): before asking the oracle, shrink
     each subset's capacity by the share its current queue would need to drain within this many
@@ -295,6 +302,14 @@ class TrainConfig:
             (self.bc_lr >= 0, "bc_lr must be >= 0"),
             (self.imitation_lr > 0, "imitation_lr must be positive"),
             (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
+            (
+                0 <= self.imitation_smooth < float("inf"),
+                "imitation_smooth must be a finite number >= 0",
+            ),
+            (
+                self.imitation_smooth == 0 or self.action_gain == 1,
+                "imitation_smooth needs action_gain 1 (the penalty is on the linear action)",
+            ),
             (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
             (0 <= self.teacher_pull < float("inf"), "teacher_pull must be a finite number >= 0"),
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
@@ -930,6 +945,36 @@ def oracle_target(
     return unshape_correction(full - prior, config.action_gain), mask
 
 
+QUIET_TICKS = 6
+"""`imitation_smooth` penalizes a student's move only where the teacher has not moved for this
+many ticks (the suite's 30 s telemetry window at 5 s ticks): right after the teacher moves, a
+student that sees the change through the window has to catch up."""
+
+
+def _quiet_pairs(full: np.ndarray, mask: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """(pairs, 2) indices, into the round's samples flattened time-major, of consecutive ticks
+    (t, t + 1) of one env's episode where the teacher's full action `full` (steps, envs, slots)
+    did not change from t - QUIET_TICKS + 1 to t + 1 on the present slots `mask`."""
+    steps, n_envs = full.shape[:2]
+    out: list[tuple[int, int]] = []
+    for i in range(n_envs):
+        quiet = 0
+        for t in range(steps - 1):
+            present = mask[t, i] | mask[t + 1, i]
+            same = not done[t, i] and bool(
+                np.all(np.abs(full[t + 1, i] - full[t, i])[present] < 1e-6)
+            )
+            quiet = quiet + 1 if same else 0
+            if quiet >= QUIET_TICKS and present.any():
+                out.append((t * n_envs + i, (t + 1) * n_envs + i))
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _actor_mean(policy: Any, x: Any) -> Any:
+    latent_pi, _ = policy.mlp_extractor(policy.extract_features(x))
+    return policy.action_net(latent_pi)
+
+
 def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> dict[str, Any]:
     """DAgger warm start of actor and critic from the oracle; returns statistics for config.json.
 
@@ -951,6 +996,9 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
     masks: list[np.ndarray] = []
     returns: list[np.ndarray] = []
     sample_weights: list[np.ndarray] = []
+    priors: list[np.ndarray] = []
+    pairs: list[np.ndarray] = []
+    smooth = config.imitation_smooth > 0
     policy = model.policy
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.imitation_lr)
     losses: list[float] = []
@@ -963,10 +1011,15 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         rew_r = np.zeros((per_round, n_envs))
         done_r = np.zeros((per_round, n_envs), dtype=bool)
         bad_r = np.zeros((per_round, n_envs))
+        prior_r = np.zeros((per_round, n_envs, spec.max_subsets))
         for t in range(per_round):
             original = np.asarray(vecnorm.get_original_obs())
             for i, env in enumerate(venv.envs):  # type: ignore[attr-defined]
                 tgt_r[t, i], mask_r[t, i] = oracle_target(env, original[i], config)
+                if smooth:
+                    prior_r[t, i] = apply_action_prior(
+                        np.zeros(spec.max_subsets), original[i], spec, config.action_prior
+                    )
             obs_r[t] = original
             if rnd == 0:
                 actions = tgt_r[t].astype(np.float32)
@@ -980,6 +1033,11 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
             running = rew_r[t] + gamma * running * (1.0 - done_r[t])
             ret[t] = running
         keep = max(1, per_round - int(5 / max(1e-6, 1 - gamma)))  # drop unfinished tails
+        if smooth:
+            offset = sum(len(o) for o in raw_obs)
+            pairs.append(_quiet_pairs(tgt_r[:keep] + prior_r[:keep], mask_r[:keep], done_r[:keep]))
+            pairs[-1] += offset
+            priors.append(prior_r[:keep].reshape(-1, spec.max_subsets))
         raw_obs.append(obs_r[:keep].reshape(-1, n_in))
         targets.append(tgt_r[:keep].reshape(-1, spec.max_subsets))
         masks.append(mask_r[:keep].reshape(-1, spec.max_subsets))
@@ -993,6 +1051,9 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         m = torch.as_tensor(np.concatenate(masks), dtype=torch.float32)
         g = torch.as_tensor(np.concatenate(returns), dtype=torch.float32)
         sw = torch.as_tensor(np.concatenate(sample_weights), dtype=torch.float32)[:, None]
+        if smooth:
+            pr = torch.as_tensor(np.concatenate(priors), dtype=torch.float32)
+            pair_index = torch.as_tensor(np.concatenate(pairs), dtype=torch.long)
         n = x.shape[0]
         gen = torch.Generator().manual_seed(config.seed + rnd)
         n_batches = config.imitation_epochs * -(-n // config.batch_size)
@@ -1013,6 +1074,17 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
                 actor_loss = ((mean - y[idx]) ** 2 * mw).sum() / mw.sum().clamp(min=1.0)
                 critic_loss = ((value - g[idx]) ** 2).mean()
                 loss = actor_loss + config.vf_coef * critic_loss
+                if smooth and len(pair_index) > 0:
+                    pick = pair_index[
+                        torch.randint(len(pair_index), (config.batch_size,), generator=gen)
+                    ]
+                    now, nxt = pick[:, 0], pick[:, 1]
+                    both = m[now] * m[nxt]
+                    moved = (_actor_mean(policy, x[now]) + pr[now]) - (
+                        _actor_mean(policy, x[nxt]) + pr[nxt]
+                    )
+                    smooth_loss = (moved**2 * both).sum() / both.sum().clamp(min=1.0)
+                    loss = loss + config.imitation_smooth * smooth_loss
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
@@ -1023,6 +1095,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         "imitation_env_steps": int(per_round * n_envs * config.imitation_rounds),
         "imitation_first_actor_loss": losses[0] if losses else None,
         "imitation_final_actor_loss": losses[-1] if losses else None,
+        "imitation_quiet_pairs": int(sum(len(p) for p in pairs)),
     }
 
 

@@ -230,6 +230,44 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
     assert checked >= 8
 
 
+def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
+    from agents.ppo import QUIET_TICKS, _quiet_pairs
+
+    steps = QUIET_TICKS + 12
+    full = np.zeros((steps, 2, 3))
+    mask = np.zeros((steps, 2, 3), dtype=bool)
+    mask[:, :, :2] = True
+    done = np.zeros((steps, 2), dtype=bool)
+    full[4:, 0, 0] = 0.5  # env 0: the teacher moves between ticks 3 and 4
+    full[:, 0, 2] = np.arange(steps)  # an absent slot changes: ignored
+    done[10, 1] = True  # env 1: an episode ends at tick 10
+    pairs = _quiet_pairs(full, mask, done)
+    by_env = {i: [(a // 2, b // 2) for a, b in pairs if a % 2 == i] for i in (0, 1)}
+    assert all(b == a + 2 for a, b in pairs)  # the same env, one tick later (2 envs)
+    assert by_env[0] == [(t, t + 1) for t in range(3 + QUIET_TICKS, steps - 1)]
+    first_after_end = 10 + QUIET_TICKS
+    assert by_env[1] == [(t, t + 1) for t in range(QUIET_TICKS - 1, 10)] + [
+        (t, t + 1) for t in range(first_after_end, steps - 1)
+    ]
+
+
+def test_smooth_imitation_trains_and_counts_its_pairs(tmp_path):
+    run = _train(
+        tmp_path,
+        "--imitation-steps", "960",
+        "--imitation-rounds", "2",
+        "--imitation-epochs", "3",
+        "--total-steps", "128",
+        "--imitation-smooth", "1.0",
+        "--obs-extension", "utilization-trend-ema2",
+        "--action-prior", "sqrt",
+    )  # fmt: skip
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["config"]["imitation_smooth"] == 1.0
+    assert meta["imitation_quiet_pairs"] > 0
+    assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
+
+
 def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
     code = main(["train", *TINY, "--out-dir", str(tmp_path), "--resume", str(tmp_path / "x")])
     assert code == 2
@@ -268,6 +306,7 @@ def test_every_config_field_has_a_documented_option():
         (["--action-prior", "sqrt"], "utilization"),
         (["--imitation-lr", "0"], "imitation_lr"),
         (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
+        (["--imitation-smooth", "1", "--action-gain", "0.5"], "imitation_smooth needs action_gain"),
         (["--action-gain", "0"], "action_gain"),
         (["--teacher-pull", "-0.1"], "teacher_pull"),
         (["--action-gain", "1.5"], "action_gain"),
