@@ -211,10 +211,11 @@ class TrainConfig:
     imitation_smooth: float = 0.0
     """Temporal smoothness in the imitation fits (in the spirit of CAPS, Mysore et al. 2021):
     add this times the mean squared change of the student's action between consecutive ticks
-    of an episode where the teacher's action has not changed for six ticks (`QUIET_TICKS`). Why: in a steady degraded phase
-    the teacher holds one split while each tick's telemetry window fluctuates, and a student
-    that follows the fluctuations by a point costs ~5 percent more bad requests on a knife edge;
-    onsets, where the teacher moves, are not penalized (0: off; needs action_gain 1)."""
+    of an episode where the teacher's action has not changed for six ticks (`QUIET_TICKS`).
+    Why: in a steady degraded phase the teacher holds one split while each tick's telemetry
+    window fluctuates, and a student that follows the fluctuations by a point costs ~5 percent
+    more bad requests on a knife edge; onsets, where the teacher moves, are not penalized (0:
+    off; needs action_gain 1)."""
     teacher_drain_s: float = 0.0
     """Drain-aware teacher (imitation labels, also for bc_lr): before asking the oracle, shrink
     each subset's capacity by the share its current queue would need to drain within this many
