@@ -14,26 +14,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("stable_baselines3")
 
-from agents.ppo_policy import EnsemblePolicy, load_numpy_policy
 from controller.cli import main
-from controller.core.features import FeatureSpec, decode
-from envs.simulator.engine import MeshSimulator
-from envs.simulator.scenario import load_scenario
+from tests.unit.agents.ensemble_checks import assert_decides_members_mean
+from tests.unit.agents.tiny_training import TINY_PPO
 
 TINY = [
     "steady-80",
-    "--n-envs", "2",
-    "--n-steps", "64",
-    "--batch-size", "64",
-    "--n-epochs", "1",
-    "--episode-steps", "40",
-    "--net-arch", "16", "16",
+    *TINY_PPO,
     "--total-steps", "128",
     "--checkpoint-every", "0",
     "--exp-name", "ens",
@@ -66,17 +58,13 @@ def test_members_train_as_ordinary_runs_and_export_one_ensemble(ensemble_run):
     assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert exported.read_bytes() == (run_dir / "policy.npz").read_bytes()
 
-    ensemble = load_numpy_policy(run_dir / "policy.npz")
-    assert isinstance(ensemble, EnsemblePolicy)
-    singles = [load_numpy_policy(m / "policy.npz") for m in members]
-    spec = FeatureSpec()
-    sim = MeshSimulator(load_scenario("steady-80"), seed=3)
-    for _ in range(10):
-        obs = sim.observe()
-        mean = np.mean([s.observation_action(obs) for s in singles], axis=0)
-        weights = ensemble.decide(obs)
-        assert weights == decode(mean, spec.mask(len(obs.subsets)), obs.subsets)
-        sim.step(weights)
+    assert_decides_members_mean(
+        run_dir / "policy.npz",
+        [m / "policy.npz" for m in members],
+        scenario="steady-80",
+        seed=3,
+        ticks=10,
+    )
 
 
 def test_resuming_an_ensemble_run_is_refused_with_one_line(ensemble_run, tmp_path, capsys):

@@ -31,15 +31,11 @@ from agents.ppo_policy import load_ppo_policy
 from controller.cli import build_parser, main
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from tests.unit.agents.tiny_training import TINY_PPO
 
 TINY = [
     "steady-50",
-    "--n-envs", "2",
-    "--n-steps", "64",
-    "--batch-size", "64",
-    "--n-epochs", "1",
-    "--episode-steps", "40",
-    "--net-arch", "16", "16",
+    *TINY_PPO,
     "--checkpoint-every", "128",
     "--exp-name", "tiny",
     "--seed", "7",

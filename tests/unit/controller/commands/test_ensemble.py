@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.ppo_policy import EnsemblePolicy, load_numpy_policy, save_npz
+from agents.ppo_policy import save_npz
 from controller.cli import main
-from controller.core.features import FeatureSpec, decode
-from envs.simulator.engine import MeshSimulator
-from envs.simulator.scenario import load_scenario
+from controller.core.features import FeatureSpec
+from tests.unit.agents.ensemble_checks import assert_decides_members_mean
 
 
 def _policy_file(path: Path, seed: int, spec: FeatureSpec | None = None) -> Path:
@@ -52,17 +51,7 @@ def test_combined_file_serves_the_members_mean_action(tmp_path, capsys):
     out = tmp_path / "out" / "pair.npz"
     assert main(["ensemble", *map(str, files), "--out", str(out)]) == 0
     assert _summary(capsys) == {"out": str(out), "members": 2, "feature_spec": FeatureSpec().hash}
-    pair = load_numpy_policy(out)
-    assert isinstance(pair, EnsemblePolicy)
-    singles = [load_numpy_policy(f) for f in files]
-    spec = FeatureSpec()
-    sim = MeshSimulator(load_scenario("diurnal-bursts"), seed=0)
-    for _ in range(8):
-        obs = sim.observe()
-        mean = np.mean([s.observation_action(obs) for s in singles], axis=0)
-        weights = pair.decide(obs)
-        assert weights == decode(mean, spec.mask(len(obs.subsets)), obs.subsets)
-        sim.step(weights)
+    assert_decides_members_mean(out, files, scenario="diurnal-bursts", seed=0, ticks=8)
 
     third = _policy_file(tmp_path / "p3.npz", 3)
     triple = tmp_path / "triple.npz"
