@@ -225,29 +225,39 @@ def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> n
     return trend
 
 
-def _ema(
-    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alpha: float, end: int
-) -> np.ndarray:
-    """Per-slot utilization, route utilization and `EMA_FEATURES` of `vec` averaged with weight
-    `alpha` into `previous`'s averages (the block of the same size that ends `end` values
-    before its end). A slot without data keeps its average; one with no average yet (no
-    previous tick, or no data nor average before) starts from its value."""
+def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(values, has data) of what the moving averages follow: per-slot utilization, route
+    utilization and `EMA_FEATURES` of an extended vector `vec`."""
     k = spec.max_subsets
-    m = len(EMA_FEATURES)
     per = vec[: k * PER_SUBSET].reshape(k, PER_SUBSET).astype(np.float64)
     util = vec[spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
-    now = np.concatenate([util, *(per[:, f] for f in EMA_FEATURES)])
-    has = np.concatenate([per[:, 1] > 0.5, [util[k] > 0], *([per[:, 1] > 0.5] * m)])
-    size = now.size
+    values = np.concatenate([util, *(per[:, f] for f in EMA_FEATURES)])
+    slot = per[:, 1] > 0.5
+    has = np.concatenate([slot, [util[k] > 0], *([slot] * len(EMA_FEATURES))])
+    return values, has
+
+
+def _averages(
+    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alphas: Sequence[float]
+) -> list[np.ndarray]:
+    """One block of moving averages per weight in `alphas` (newest tick's weight), each blended
+    into the same block of `previous` (this function's blocks end the previous vector, in
+    order). A slot without data keeps its average; one with no average yet (no previous tick,
+    or no data nor average before) starts from its value."""
+    now, has = _averaged(vec, spec)
     if previous is None or previous.shape[0] < vec.shape[0]:
-        return np.where(has, now, 0.0)
-    stop = previous.shape[0] - end
-    before = previous[stop - size : stop].astype(np.float64)
-    before_per = previous[: k * PER_SUBSET].reshape(k, PER_SUBSET)
-    had = np.concatenate([before_per[:, 1] > 0.5, [False], *([before_per[:, 1] > 0.5] * m)])
-    started = had | (before != 0.0)
-    blended = np.where(started, before + alpha * (now - before), now)
-    return np.where(has, blended, before)
+        return [np.where(has, now, 0.0) for _ in alphas]
+    size = now.size
+    had = _averaged(previous, spec)[1]
+    had[spec.max_subsets] = False  # the route's average: started only if it is non-zero
+    first = previous.shape[0] - size * len(alphas)
+    out = []
+    for i, alpha in enumerate(alphas):
+        before = previous[first + i * size : first + (i + 1) * size].astype(np.float64)
+        started = had | (before != 0.0)
+        blended = np.where(started, before + alpha * (now - before), now)
+        out.append(np.where(has, blended, before))
+    return out
 
 
 def extend_observation(
@@ -291,13 +301,9 @@ def extend_observation(
         return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    parts = [head, trend.astype(np.float32)]
-    alphas = EMA_ALPHAS.get(extension, ())
-    block = (spec.max_subsets + 1) + len(EMA_FEATURES) * spec.max_subsets
-    for i, alpha in enumerate(alphas):
-        ema = _ema(head, prev, spec, alpha, (len(alphas) - 1 - i) * block)
-        parts.append(np.clip(ema, 0.0, spec.p99_clip).astype(np.float32))
-    return np.concatenate(parts)
+    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()))
+    clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
+    return np.concatenate([head, trend.astype(np.float32), *clipped])
 
 
 class TrendMemory:
