@@ -228,6 +228,13 @@ class TrainConfig:
     subset at low load, so a burst finds the fast one without headroom); a pull of ~0.05
     keeps the split near the robust square-root one wherever the model sees little to gain,
     and a student that necessarily reacts one interval late inherits that margin."""
+    teacher_delay_steps: int = 0
+    """Late teacher (imitation labels, also for bc_lr): ask the oracle about the true state of
+    this many control intervals ago, i.e. what the telemetry of the intervals already served
+    can show (0: the coming interval's). Why: a label that changes before any observation can
+    (a capacity loss, its recovery, a load step) cannot be learned, and the fit spreads it over
+    the observations that came before, e.g. a long capacity loss whose recovery the student
+    guesses from its fading averages, so its split drifts during the steady part."""
     oversample: tuple[str, ...] = ()
     """Scenario names (file stems, e.g. diurnal-bursts) that get one extra copy, with its own
     reorderings, in every env's pool per mention, so episodes draw them more often."""
@@ -312,6 +319,7 @@ class TrainConfig:
                 "imitation_smooth needs action_gain 1 (the penalty is on the linear action)",
             ),
             (self.teacher_drain_s >= 0, "teacher_drain_s must be >= 0"),
+            (self.teacher_delay_steps >= 0, "teacher_delay_steps must be >= 0"),
             (0 <= self.teacher_pull < float("inf"), "teacher_pull must be a finite number >= 0"),
             (0 < self.action_gain <= 1, "action_gain must be in (0, 1]"),
             (
@@ -909,6 +917,15 @@ def drain_aware_state(sim: Any, state: Any, horizon_s: float, spare: float = 0.5
     return dataclasses.replace(state, subsets=tuple(subsets))
 
 
+def teacher_state(sim: Any, delay_steps: int) -> Any:
+    """The true state the teacher labels with: the coming interval's (`delay_steps` 0) or the
+    one `delay_steps` intervals back, at its middle (the episode's first interval before that)."""
+    if delay_steps == 0:
+        return sim.true_state()
+    step_s = sim.scenario.step_s
+    return sim.true_state(max(sim.t_s - delay_steps * step_s, 0.0) + step_s / 2)
+
+
 def oracle_target(
     env: gym.Env[np.ndarray, np.ndarray], obs_vec: np.ndarray, config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -924,7 +941,7 @@ def oracle_target(
     base = env.unwrapped
     sim = base.sim  # type: ignore[attr-defined]
     spec = config.feature_spec
-    state = sim.true_state()
+    state = teacher_state(sim, config.teacher_delay_steps)
     best = hedged_weights(state, config.teacher_pull)
     if config.teacher_drain_s > 0:
         drained = drain_aware_state(sim, state, config.teacher_drain_s)

@@ -226,6 +226,36 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
     assert checked >= 8
 
 
+def test_late_teacher_labels_what_the_served_intervals_can_show():
+    from agents.oracle import hedged_weights
+    from agents.ppo import make_env, oracle_target, teacher_state
+    from controller.core.features import decode
+
+    sim = MeshSimulator(load_scenario("latency-spike"), seed=0)  # v1 at 0.4 from 600 s to 900 s
+    factors = {}
+    for t in (0.0, 600.0, 605.0, 900.0, 905.0):
+        sim.t_s = t
+        factors[t] = [teacher_state(sim, d).subsets[0].capacity_factor for d in (0, 1, 2)]
+    assert factors[0.0] == [1.0, 1.0, 1.0]  # nothing before the first interval: its own
+    assert factors[600.0] == [0.4, 1.0, 1.0]  # the loss starts now: not in the telemetry yet
+    assert factors[605.0] == [0.4, 0.4, 1.0]
+    assert factors[900.0] == [1.0, 0.4, 0.4]  # recovered now: the last interval was degraded
+    assert factors[905.0] == [1.0, 1.0, 0.4]
+    config = TrainConfig(
+        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
+        action_prior="none", teacher_delay_steps=1, teacher_pull=0.05,
+    )  # fmt: skip
+    env = make_env(config)
+    obs, _ = env.reset(seed=0)
+    base = env.unwrapped
+    base.sim.t_s = 600.0
+    target, _ = oracle_target(env, obs, config)
+    late = hedged_weights(teacher_state(base.sim, 1), 0.05)
+    assert late != hedged_weights(base.sim.true_state(), 0.05)  # the loss moves the oracle
+    written = decode(target, config.feature_spec.mask(2), base.sim.subsets)
+    assert max(abs(a - b) for a, b in zip(written.values(), late, strict=True)) <= 1
+
+
 def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
     from agents.ppo import QUIET_TICKS, _quiet_pairs
 
@@ -305,6 +335,7 @@ def test_every_config_field_has_a_documented_option():
         (["--imitation-smooth", "1", "--action-gain", "0.5"], "imitation_smooth needs action_gain"),
         (["--action-gain", "0"], "action_gain"),
         (["--teacher-pull", "-0.1"], "teacher_pull"),
+        (["--teacher-delay-steps", "-1"], "teacher_delay_steps"),
         (["--action-gain", "1.5"], "action_gain"),
     ],
 )
