@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,8 +137,6 @@ OBS_EXTENSIONS = (
     "utilization-trend",
     "utilization-trend-ema",
     "utilization-trend-ema2",
-    "utilization-trend-ema-median",
-    "utilization-trend-ema2-median",
 )
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
 
@@ -158,19 +155,10 @@ EMA_FEATURES = (5, 6)
 EMA_ALPHAS: dict[str, tuple[float, ...]] = {
     "utilization-trend-ema": (0.2,),
     "utilization-trend-ema2": (0.2, 0.05),
-    "utilization-trend-ema-median": (0.2,),
-    "utilization-trend-ema2-median": (0.2, 0.05),
 }
 """Weight of the newest tick in each moving average an extension appends: 0.2 is a time
 constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate window), 0.05 ~20
 ticks (100 s)."""
-
-MEDIAN_TICKS: dict[str, int] = {
-    "utilization-trend-ema-median": 12,
-    "utilization-trend-ema2-median": 12,
-}
-"""Ticks (the newest included) whose median the "-median" extensions append: 12 ticks are 60 s
-at the suite's 5 s step, 90 s of traffic with the 30 s rate window."""
 
 _REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
 """Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
@@ -187,8 +175,7 @@ def extension_size(spec: FeatureSpec, extension: str) -> int:
         return 2 * (k + 1) + len(TREND_FEATURES) * k
     if extension in EMA_ALPHAS:
         averaged = (k + 1) + len(EMA_FEATURES) * k
-        blocks = len(EMA_ALPHAS[extension]) + (extension in MEDIAN_TICKS)
-        return 2 * (k + 1) + len(TREND_FEATURES) * k + blocks * averaged
+        return 2 * (k + 1) + len(TREND_FEATURES) * k + len(EMA_ALPHAS[extension]) * averaged
     raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
 
 
@@ -250,44 +237,20 @@ def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarra
     return values, has
 
 
-def tracked_values(vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """What the moving averages follow in an extended vector `vec` (`_averaged`), NaN where
-    the tick had no data: one row of the window `rolling_median` reads."""
-    values, has = _averaged(vec, spec)
-    return np.where(has, values, np.nan)
-
-
-def rolling_median(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """Column-wise median of `rows` (ticks) ignoring NaN (no data); 0 where a column has none.
-
-    Why a median: a capacity loss starts with a window of clipped p99s (the backlog) that a
-    moving average remembers for minutes, so the average keeps drifting long after the new
-    level is steady; the median of the last ticks is steady once half of them are."""
-    stacked = np.sort(np.vstack(rows), axis=0)
-    count = np.sum(~np.isnan(stacked), axis=0)
-    lower = np.take_along_axis(stacked, np.maximum((count - 1) // 2, 0)[None, :], axis=0)[0]
-    upper = np.take_along_axis(stacked, (count // 2)[None, :], axis=0)[0]
-    return np.where(count > 0, (lower + upper) / 2.0, 0.0)
-
-
 def _averages(
-    vec: np.ndarray,
-    previous: np.ndarray | None,
-    spec: FeatureSpec,
-    alphas: Sequence[float],
-    after: int = 0,
+    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alphas: Sequence[float]
 ) -> list[np.ndarray]:
     """One block of moving averages per weight in `alphas` (newest tick's weight), each blended
-    into the same block of `previous` (in order, these blocks end the previous vector but for
-    its last `after` values). A slot without data keeps its average; one with no average yet
-    (no previous tick, or no data nor average before) starts from its value."""
+    into the same block of `previous` (this function's blocks end the previous vector, in
+    order). A slot without data keeps its average; one with no average yet (no previous tick,
+    or no data nor average before) starts from its value."""
     now, has = _averaged(vec, spec)
     if previous is None or previous.shape[0] < vec.shape[0]:
         return [np.where(has, now, 0.0) for _ in alphas]
     size = now.size
     had = _averaged(previous, spec)[1]
     had[spec.max_subsets] = False  # the route's average: started only if it is non-zero
-    first = previous.shape[0] - after - size * len(alphas)
+    first = previous.shape[0] - size * len(alphas)
     out = []
     for i, alpha in enumerate(alphas):
         before = previous[first + i * size : first + (i + 1) * size].astype(np.float64)
@@ -303,7 +266,6 @@ def extend_observation(
     spec: FeatureSpec,
     extension: str,
     previous: np.ndarray | None = None,
-    window: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
     """`encode`'s vector plus the extension's values (float32).
 
@@ -339,19 +301,14 @@ def extend_observation(
         return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    median = extension in MEDIAN_TICKS
-    after = (spec.max_subsets + 1 + len(EMA_FEATURES) * spec.max_subsets) if median else 0
-    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()), after)
-    if median:
-        averages.append(rolling_median([*window, tracked_values(head, spec)]))
+    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()))
     clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
     return np.concatenate([head, trend.astype(np.float32), *clipped])
 
 
 class TrendMemory:
     """The last extended vector per route and subset list, for the extensions that compare
-    with the previous tick (trend, moving averages), and the window of earlier ticks' values
-    for the "-median" extensions.
+    with the previous tick (trend, moving averages).
 
     Keyed by route and subset names, so a route whose subsets change starts afresh instead of
     comparing different slots; `clear` on reset (a new episode or a policy reload).
@@ -359,25 +316,18 @@ class TrendMemory:
 
     def __init__(self) -> None:
         self._last: dict[tuple[object, tuple[str, ...]], np.ndarray] = {}
-        self._window: dict[tuple[object, tuple[str, ...]], deque[np.ndarray]] = {}
 
     def clear(self) -> None:
         self._last.clear()
-        self._window.clear()
 
     def extend(
         self, vec: np.ndarray, obs: Observation, spec: FeatureSpec, extension: str
     ) -> np.ndarray:
         """`extend_observation` with this route's previous tick, remembered for the next."""
         key = (obs.route, tuple(obs.subsets))
-        window = self._window.get(key, ())
-        out = extend_observation(vec, obs, spec, extension, self._last.get(key), window)
+        out = extend_observation(vec, obs, spec, extension, self._last.get(key))
         if extension in _REMEMBERING:
             self._last[key] = out
-        if extension in MEDIAN_TICKS:
-            if key not in self._window:
-                self._window[key] = deque(maxlen=MEDIAN_TICKS[extension] - 1)
-            self._window[key].append(tracked_values(out, spec))
         return out
 
 

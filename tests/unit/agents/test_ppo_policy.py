@@ -49,7 +49,6 @@ from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
     EMA_ALPHAS,
-    MEDIAN_TICKS,
     EnsemblePolicy,
     TrendMemory,
     apply_action_prior,
@@ -58,7 +57,6 @@ from agents.ppo_policy import (
     extension_size,
     load_numpy_policy,
     load_ppo_policy,
-    rolling_median,
     save_ensemble_npz,
     shape_correction,
     unshape_correction,
@@ -483,53 +481,6 @@ def test_ema2_appends_a_slow_average_after_the_fast_one():
     assert slow[2 * spec.max_subsets + 2] == pytest.approx(0.2 + slow_alpha * 0.5)  # b's slow
 
 
-def test_rolling_median_ignores_ticks_without_data():
-    rows = [np.array([1.0, np.nan, 3.0, 4.0]), np.array([2.0, np.nan, np.nan, 8.0])]
-    rows.append(np.array([9.0, np.nan, 1.0, 2.0]))
-    assert rolling_median(rows) == pytest.approx([2.0, 0.0, 2.0, 4.0])
-
-
-@given(st.lists(st.floats(0.0, 8.0), min_size=1, max_size=12))
-def test_rolling_median_matches_numpy_median(values: list[float]):
-    column = np.asarray(values)[:, None]
-    assert rolling_median(list(column)) == pytest.approx([float(np.median(values))])
-
-
-@pytest.mark.parametrize(
-    ("extension", "averages"),
-    [
-        ("utilization-trend-ema-median", "utilization-trend-ema"),
-        ("utilization-trend-ema2-median", "utilization-trend-ema2"),
-    ],
-)
-def test_median_block_follows_the_averages_and_forgets_an_onset(extension: str, averages: str):
-    spec = FeatureSpec()
-    k = spec.max_subsets
-    block = 3 * k + 1
-    with_median, without = TrendMemory(), TrendMemory()
-    onset = [_two_subsets(20.0, 0.0, 2000.0, 60, slow_b=0.9)] * 2
-    steady = [_two_subsets(20.0, 0.0, 500.0, 60, slow_b=0.2)] * (MEDIAN_TICKS[extension] - 3)
-    dropped = [_two_subsets(math.nan, math.nan, math.nan, 60)] * 5
-    for i, obs in enumerate([*onset, *steady, *dropped]):
-        vec = with_median.extend(encode(obs, spec), obs, spec, extension)
-        plain = without.extend(encode(obs, spec), obs, spec, averages)
-        assert vec.shape == (spec.obs_size + extension_size(spec, extension),)
-        assert np.array_equal(vec[:-block], plain)  # the averages are the same blocks
-        median = vec[-block:]
-        if i == 0:
-            assert median[k + 2] == pytest.approx(8.0)  # b's p99 2000 ms / 250, clipped
-        if i == len(onset) + len(steady) - 1:
-            assert median[k + 2] == pytest.approx(2.0)  # the onset is a minority of the window
-            assert median[2 * k + 2] == pytest.approx(0.2)
-            assert plain[-block + k + 2] > 2.1  # while an average still remembers it
-    assert median[1] == pytest.approx(0.4)  # b's samples dropped: the median of what it had
-    assert median[k + 2] == pytest.approx(2.0)
-    assert not median[2:k].any()
-    with_median.clear()
-    again = with_median.extend(encode(dropped[0], spec), dropped[0], spec, extension)
-    assert again[-block + 1] == 0.0  # cleared, and no data yet: nothing to take a median of
-
-
 def test_trend_starts_afresh_when_the_subsets_change():
     spec = FeatureSpec()
     memory = TrendMemory()
@@ -541,14 +492,7 @@ def test_trend_starts_afresh_when_the_subsets_change():
 
 
 @pytest.mark.parametrize(
-    "extension",
-    [
-        "utilization-trend",
-        "utilization-trend-ema",
-        "utilization-trend-ema2",
-        "utilization-trend-ema-median",
-        "utilization-trend-ema2-median",
-    ],
+    "extension", ["utilization-trend", "utilization-trend-ema", "utilization-trend-ema2"]
 )
 def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
     spec = FeatureSpec()
