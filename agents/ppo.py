@@ -233,8 +233,7 @@ class TrainConfig:
     this many control intervals ago, i.e. what the telemetry of the intervals already served
     can show (0: the coming interval's). Why: a label that changes before any observation can
     (a capacity loss, its recovery, a load step) cannot be learned, and the fit spreads it over
-    the observations that came before, e.g. a long capacity loss whose recovery the student
-    guesses from its fading averages, so its split drifts during the steady part."""
+    the observations that came before it (see docs/benchmarks.md for what 1 measured)."""
     oversample: tuple[str, ...] = ()
     """Scenario names (file stems, e.g. diurnal-bursts) that get one extra copy, with its own
     reorderings, in every env's pool per mention, so episodes draw them more often."""
