@@ -919,20 +919,14 @@ def drain_aware_state(sim: Any, state: Any, horizon_s: float, spare: float = 0.5
 def teacher_state(sim: Any, delay_steps: int) -> Any:
     """The true state the teacher labels with: the coming interval's (`delay_steps` 0) or the
     one `delay_steps` intervals back, at its middle (the episode's first interval before that)."""
-    if delay_steps == 0:
-        return sim.true_state()
     step_s = sim.scenario.step_s
     return sim.true_state(max(sim.t_s - delay_steps * step_s, 0.0) + step_s / 2)
 
 
-def oracle_target(
+def _oracle_target_and_prior(
     env: gym.Env[np.ndarray, np.ndarray], obs_vec: np.ndarray, config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """(network output that makes the env write the oracle's weights, mask of present slots).
-
-    `env` is a training env (its base is a MeshEnv); the target undoes the action prior, so
-    ``apply_action_prior(target) == encode_weights(oracle weights)`` up to clipping.
-    """
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`oracle_target` and the action prior it undoes (the network's zero output)."""
     from agents.oracle import hedged_weights
     from controller.core.features import encode_weights
     from controller.core.model import Weights
@@ -959,7 +953,19 @@ def oracle_target(
     mask = spec.mask(len(sim.subsets))
     if not has_any_data(obs_vec, spec):  # the network is not consulted there
         mask = np.zeros_like(mask)
-    return unshape_correction(full - prior, config.action_gain), mask
+    return unshape_correction(full - prior, config.action_gain), mask, prior
+
+
+def oracle_target(
+    env: gym.Env[np.ndarray, np.ndarray], obs_vec: np.ndarray, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(network output that makes the env write the oracle's weights, mask of present slots).
+
+    `env` is a training env (its base is a MeshEnv); the target undoes the action prior, so
+    ``apply_action_prior(target) == encode_weights(oracle weights)`` up to clipping.
+    """
+    target, mask, _ = _oracle_target_and_prior(env, obs_vec, config)
+    return target, mask
 
 
 QUIET_TICKS = 6
@@ -1032,11 +1038,9 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         for t in range(per_round):
             original = np.asarray(vecnorm.get_original_obs())
             for i, env in enumerate(venv.envs):  # type: ignore[attr-defined]
-                tgt_r[t, i], mask_r[t, i] = oracle_target(env, original[i], config)
-                if smooth:
-                    prior_r[t, i] = apply_action_prior(
-                        np.zeros(spec.max_subsets), original[i], spec, config.action_prior
-                    )
+                tgt_r[t, i], mask_r[t, i], prior_r[t, i] = _oracle_target_and_prior(
+                    env, original[i], config
+                )
             obs_r[t] = original
             if rnd == 0:
                 actions = tgt_r[t].astype(np.float32)

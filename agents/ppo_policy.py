@@ -225,6 +225,14 @@ def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> n
     return trend
 
 
+def _averaged_has_data(vec: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Which of `_averaged`'s values of an extended vector `vec` had data this tick."""
+    k = spec.max_subsets
+    slot = vec[1 : k * PER_SUBSET : PER_SUBSET] > 0.5
+    route = vec[spec.obs_size + k] > 0
+    return np.concatenate([slot, [route], *([slot] * len(EMA_FEATURES))])
+
+
 def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     """(values, has data) of what the moving averages follow: per-slot utilization, route
     utilization and `EMA_FEATURES` of an extended vector `vec`."""
@@ -232,9 +240,7 @@ def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarra
     per = vec[: k * PER_SUBSET].reshape(k, PER_SUBSET).astype(np.float64)
     util = vec[spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
     values = np.concatenate([util, *(per[:, f] for f in EMA_FEATURES)])
-    slot = per[:, 1] > 0.5
-    has = np.concatenate([slot, [util[k] > 0], *([slot] * len(EMA_FEATURES))])
-    return values, has
+    return values, _averaged_has_data(vec, spec)
 
 
 def _averages(
@@ -248,7 +254,7 @@ def _averages(
     if previous is None or previous.shape[0] < vec.shape[0]:
         return [np.where(has, now, 0.0) for _ in alphas]
     size = now.size
-    had = _averaged(previous, spec)[1]
+    had = _averaged_has_data(previous, spec)
     had[spec.max_subsets] = False  # the route's average: started only if it is non-zero
     first = previous.shape[0] - size * len(alphas)
     out = []
