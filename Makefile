@@ -47,6 +47,7 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/decide_latency.py
 	$(PY) bench/reaction_bound.py --seeds 10
 	$(PY) bench/policy_suite.py --seeds 10
+	$(PY) bench/policy_suite.py --seeds 20 --first-seed 100 --out runs/bench/policy_suite_held_out.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

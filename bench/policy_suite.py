@@ -47,6 +47,12 @@ def claims(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=10, help="seeds per scenario (10)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="first seed (0): seeds S..S+N-1; e.g. 100 checks the claims on held-out traces",
+    )
     parser.add_argument("--policy", default="ppo", help="learned policy to judge (ppo)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--out", default="runs/bench/policy_suite.json", help="JSON report")
@@ -55,7 +61,11 @@ def main() -> None:
     policies = [args.policy, *BASELINES, "oracle"]
     start = time.monotonic()
     results = run_evaluation(
-        scenarios, policies, list(range(args.seeds)), workers=args.workers, progress=True
+        scenarios,
+        policies,
+        list(range(args.first_seed, args.first_seed + args.seeds)),
+        workers=args.workers,
+        progress=True,
     )
     report = summarize(results, scenarios, policies)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

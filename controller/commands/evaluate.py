@@ -17,14 +17,22 @@ from agents.registry import policy_names
 from envs.simulator.scenario import SUITE_DIR
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -42,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "evaluate",
         help="score policies against each other on scenarios, on the same seeds",
         description=(
-            "Run every POLICY on every SCENARIO for seeds 0..N-1 (seed k replays the same "
+            "Run every POLICY on every SCENARIO for seeds S..S+N-1 (--first-seed S, default "
+            "0; seed k replays the same "
             "requests for every policy), then report per scenario and policy the mean over "
             "seeds of the bad-request fraction (errors or slower than slo_ms) with a 95 % "
             "t-interval, p99 and mean latency (ms), 5xx fraction, churn (weight points moved "
@@ -69,13 +78,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"policies to compare, any of: {', '.join(policy_names())}",
     )
     p.add_argument(
-        "--seeds", type=_positive_int, default=3, metavar="N", help="seeds 0..N-1 (default 3)"
+        "--seeds", type=_positive_int, default=3, metavar="N", help="how many seeds (default 3)"
+    )
+    p.add_argument(
+        "--first-seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help=(
+            "first seed (default 0): the seeds are S..S+N-1; seeds other than those a result "
+            "was tuned on check that it holds on traces it has not seen"
+        ),
     )
     p.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
     p.add_argument(
         "--plots",
         metavar="DIR",
-        help="write weights_<scenario>.png (seed 0) and bad_fraction.png into DIR",
+        help="write weights_<scenario>.png (first seed) and bad_fraction.png into DIR",
     )
     p.add_argument(
         "--duration-s",
@@ -97,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     scenarios = resolve_scenarios(args.scenarios or [str(SUITE_DIR)], duration_s=args.duration_s)
     policies = list(dict.fromkeys(args.policy))
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results = run_evaluation(
         scenarios,
         policies,

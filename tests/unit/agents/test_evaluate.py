@@ -87,6 +87,19 @@ def test_report_has_every_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert name in table
 
 
+def test_first_seed_picks_other_traces(tmp_path: Path) -> None:
+    code, report = _run_cli(tmp_path, "--first-seed", "100")
+    assert code == 0
+    _, default = _run_cli(tmp_path / "default")
+    held_out = report["latency-spike"]["proportional"]
+    assert held_out["seeds"] == [100, 101]
+    assert (
+        held_out["per_seed"]["bad_fraction"]
+        != (default["latency-spike"]["proportional"]["per_seed"]["bad_fraction"])
+    )
+    assert held_out["requests"] == report["latency-spike"]["oracle"]["requests"]
+
+
 def test_plots_are_written(tmp_path: Path) -> None:
     plots = tmp_path / "plots"
     code, _ = _run_cli(tmp_path, "--plots", str(plots))
@@ -146,6 +159,13 @@ def test_cli_errors_exit_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("meshpilot evaluate: error:") and needle in err[0]
+
+
+def test_cli_refuses_a_negative_first_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--quiet", "--policy", "equal", "--first-seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "--first-seed: must be at least 0, got -1" in capsys.readouterr().err
 
 
 def test_cli_malformed_scenario_names_file_and_field(
