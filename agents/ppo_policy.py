@@ -137,7 +137,6 @@ OBS_EXTENSIONS = (
     "utilization-trend",
     "utilization-trend-ema",
     "utilization-trend-ema2",
-    "utilization-trend-ema2-restart",
 )
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
 
@@ -156,18 +155,10 @@ EMA_FEATURES = (5, 6)
 EMA_ALPHAS: dict[str, tuple[float, ...]] = {
     "utilization-trend-ema": (0.2,),
     "utilization-trend-ema2": (0.2, 0.05),
-    "utilization-trend-ema2-restart": (0.2, 0.05),
 }
 """Weight of the newest tick in each moving average an extension appends: 0.2 is a time
 constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate window), 0.05 ~20
 ticks (100 s)."""
-
-RESTART_GAP = 0.06
-"""`-restart` extensions: when a slot's utilization (rps / nominal capacity) in the fast average
-differs from the slower averages' by more than this, the route's slower averages restart
-from the fast one's values. Measured on the shipped policy's runs (fast - slow, 3 seeds):
-a median of 0.005 and at most 0.056 on steady-90 and 0.127 on noisy-telemetry (p95 0.033),
-0.04-0.11 for minutes after latency-spike's capacity loss, 0.08-0.16 in a 1.6x load burst."""
 
 _REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
 """Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
@@ -253,18 +244,12 @@ def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarra
 
 
 def _averages(
-    vec: np.ndarray,
-    previous: np.ndarray | None,
-    spec: FeatureSpec,
-    alphas: Sequence[float],
-    restart_gap: float | None = None,
+    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alphas: Sequence[float]
 ) -> list[np.ndarray]:
     """One block of moving averages per weight in `alphas` (newest tick's weight), each blended
     into the same block of `previous` (this function's blocks end the previous vector, in
     order). A slot without data keeps its average; one with no average yet (no previous tick,
-    or no data nor average before) starts from its value. With `restart_gap`, every block
-    after the first restarts from the first block's values when a slot's utilization differs
-    between them by more than the gap (see `RESTART_GAP`)."""
+    or no data nor average before) starts from its value."""
     now, has = _averaged(vec, spec)
     if previous is None or previous.shape[0] < vec.shape[0]:
         return [np.where(has, now, 0.0) for _ in alphas]
@@ -278,11 +263,6 @@ def _averages(
         started = had | (before != 0.0)
         blended = np.where(started, before + alpha * (now - before), now)
         out.append(np.where(has, blended, before))
-    if restart_gap is not None:
-        k = spec.max_subsets
-        for i in range(1, len(out)):
-            if np.max(np.abs(out[i][:k] - out[0][:k])) > restart_gap:
-                out[i] = out[0].copy()
     return out
 
 
@@ -316,12 +296,7 @@ def extend_observation(
     0.05. Why: during a capacity loss the split that is right depends on the degraded
     capacity, which each tick shows only through one noisy window (p99 noise, bursts, dropped
     samples); the averages hold the evidence of the last half minute or so, the slow one of
-    the last minutes. "utilization-trend-ema2-restart": the same, but the slow averages restart
-    from the fast ones when the utilizations in them part by more than `RESTART_GAP`. Why:
-    after a step (a capacity loss, the split moving away from it) a 100 s average mixes
-    minutes of the old regime into the new one and keeps moving for minutes, and the policy
-    reads that as news (measured: with the slow block frozen at its mean, the drift of v1's
-    weight through latency-spike's degraded phase, 25.5 then 26.8, vanished).
+    the last minutes.
     """
     size = extension_size(spec, extension)
     base = np.asarray(vec, dtype=np.float32)
@@ -332,8 +307,7 @@ def extend_observation(
         return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    gap = RESTART_GAP if extension.endswith("-restart") else None
-    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()), gap)
+    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()))
     clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
     return np.concatenate([head, trend.astype(np.float32), *clipped])
 

@@ -49,7 +49,6 @@ from agents.ppo import ExtendObservation, export_npz
 from agents.ppo_policy import (
     DEFAULT_MODEL,
     EMA_ALPHAS,
-    RESTART_GAP,
     EnsemblePolicy,
     TrendMemory,
     apply_action_prior,
@@ -482,41 +481,6 @@ def test_ema2_appends_a_slow_average_after_the_fast_one():
     assert slow[2 * spec.max_subsets + 2] == pytest.approx(0.2 + slow_alpha * 0.5)  # b's slow
 
 
-def test_restart_extension_restarts_the_slow_averages_only_after_a_step():
-    spec = FeatureSpec()
-    block = 3 * spec.max_subsets + 1
-    plain, restart = TrendMemory(), TrendMemory()
-
-    def both(obs: Observation) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            plain.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2"),
-            restart.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2-restart"),
-        )
-
-    for _ in range(3):
-        a, b = both(_two_subsets(20.0, 0.0, 200.0, 60))  # b at 0.4 of its capacity
-    assert np.array_equal(a, b)
-    a, b = both(_two_subsets(22.0, 0.0, 200.0, 60))  # 0.44: the averages part by 0.006
-    assert np.array_equal(a, b)
-    a, b = both(_two_subsets(50.0, 0.0, 700.0, 60))  # a step to 1.0
-    fast, slow = a[-2 * block : -block], a[-block:]
-    assert fast[1] - slow[1] > RESTART_GAP  # the plain slow average lags the fast one
-    assert np.array_equal(b[:-block], a[:-block])  # all else the same
-    assert np.array_equal(b[-block:], fast)  # restarted from the fast averages
-    a, b = both(_two_subsets(50.0, 0.0, 700.0, 60))
-    assert np.array_equal(b[-block:], b[-2 * block : -block])  # the fast one still moves
-    for _ in range(40):
-        a, b = both(_two_subsets(50.0, 0.0, 700.0, 60))
-    before = b[-block + 1]
-    a, b = both(_two_subsets(51.0, 0.0, 700.0, 60))  # settled: a small move blends again
-    _, alpha = EMA_ALPHAS["utilization-trend-ema2-restart"]
-    assert b[-block + 1] == pytest.approx(before + alpha * (51.0 / 50.0 - before))
-    assert b[-block + 1] != b[-2 * block + 1]
-    assert extension_size(spec, "utilization-trend-ema2-restart") == extension_size(
-        spec, "utilization-trend-ema2"
-    )
-
-
 def test_trend_starts_afresh_when_the_subsets_change():
     spec = FeatureSpec()
     memory = TrendMemory()
@@ -528,13 +492,7 @@ def test_trend_starts_afresh_when_the_subsets_change():
 
 
 @pytest.mark.parametrize(
-    "extension",
-    [
-        "utilization-trend",
-        "utilization-trend-ema",
-        "utilization-trend-ema2",
-        "utilization-trend-ema2-restart",
-    ],
+    "extension", ["utilization-trend", "utilization-trend-ema", "utilization-trend-ema2"]
 )
 def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
     spec = FeatureSpec()
