@@ -193,8 +193,12 @@ def expected_bad_fraction(state: TrueState, shares: Sequence[float]) -> float:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _cost_table(state: TrueState) -> np.ndarray:
-    """Per subset and integer weight w = 0..100: (w/100) * P(bad) at rate w/100 * lambda."""
+    """Per subset and integer weight w = 0..100: (w/100) * P(bad) at rate w/100 * lambda.
+
+    Cached by state (callers pass it with t_s 0): the oracle, its hedge and `miss_cost` read
+    the same table. Callers must not modify it."""
     w = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64)
     frac = w / WEIGHT_TOTAL
     caps = [s.capacity_rps for s in state.subsets]
@@ -245,6 +249,39 @@ def optimal_weights(state: TrueState) -> tuple[int, ...]:
     Exact over all integer splits for the queueing model above; cached by state (time ignored).
     """
     return _optimal_cached(dataclasses.replace(state, t_s=0.0))
+
+
+@lru_cache(maxsize=4096)
+def _miss_cost_cached(state: TrueState, weights: tuple[int, ...]) -> float:
+    cost = _cost_table(state)
+    n = len(weights)
+    rises = [
+        float(
+            cost[i, weights[i] - 1]
+            + cost[j, weights[j] + 1]
+            - cost[i, weights[i]]
+            - cost[j, weights[j]]
+        )
+        for i in range(n)
+        for j in range(n)
+        if i != j and weights[i] >= 1 and weights[j] < WEIGHT_TOTAL
+    ]
+    return max(float(np.mean(rises)), 0.0) if rises else 0.0
+
+
+def miss_cost(state: TrueState, weights: Sequence[int]) -> float:
+    """How much a one-point miss of `weights` costs in `state`: the mean rise of the modelled
+    bad-request fraction (0..1, per weight point) over every move of one point from one subset
+    to another (clipped at 0).
+
+    Why: the same miss costs nothing at low load and a lot on a knife edge (measured on the
+    suite's states at the hedged teacher's split: ~1e-6 on steady-50, 2.4e-3 in latency-spike's
+    degraded phase, 1.2e-2 on steady-90), so an imitation fit that weighs its samples by it
+    spends the network's precision where a miss is expensive.
+    """
+    if len(weights) != len(state.subsets):
+        raise ValueError(f"{len(weights)} weights for {len(state.subsets)} subsets")
+    return _miss_cost_cached(dataclasses.replace(state, t_s=0.0), tuple(int(w) for w in weights))
 
 
 def sqrt_or_proportional(capacity_rps: Sequence[float], load_rps: float) -> np.ndarray:

@@ -78,7 +78,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -208,6 +208,15 @@ class TrainConfig:
     bad-request fraction of the step before or after it (the larger), so the rare states where
     the split is going wrong (a load burst, a capacity drop, a backlog) count as much as the
     many calm ones that dominate the data (0: all samples weigh the same)."""
+    imitation_miss_weight: float = 0.0
+    """Miss-cost-weighted imitation: add this times the teacher's `agents.oracle.miss_cost`
+    (how much the modelled bad-request fraction rises per weight point missed, capped at
+    MISS_COST_CAP) to a sample's weight in the imitation fits. Why: a miss of one point costs
+    nothing at low load and a lot on a knife edge (2.4e-3 of all requests in latency-spike's
+    degraded phase, 1.2e-2 on steady-90), so the fit should be most precise where a miss is
+    expensive; the bad fraction (`imitation_bad_weight`) only tells where requests are
+    already failing (0: off; 1000 adds 2.4 to a sample of latency-spike's degraded phase,
+    12.5 to one of steady-90)."""
     imitation_smooth: float = 0.0
     """Temporal smoothness in the imitation fits (in the spirit of CAPS, Mysore et al. 2021):
     add this times the mean squared change of the student's action between consecutive ticks
@@ -309,6 +318,10 @@ class TrainConfig:
             (self.bc_lr >= 0, "bc_lr must be >= 0"),
             (self.imitation_lr > 0, "imitation_lr must be positive"),
             (self.imitation_bad_weight >= 0, "imitation_bad_weight must be >= 0"),
+            (
+                0 <= self.imitation_miss_weight < float("inf"),
+                "imitation_miss_weight must be a finite number >= 0",
+            ),
             (
                 0 <= self.imitation_smooth < float("inf"),
                 "imitation_smooth must be a finite number >= 0",
@@ -923,11 +936,31 @@ def teacher_state(sim: Any, delay_steps: int) -> Any:
     return sim.true_state(max(sim.t_s - delay_steps * step_s, 0.0) + step_s / 2)
 
 
-def _oracle_target_and_prior(
-    env: gym.Env[np.ndarray, np.ndarray], obs_vec: np.ndarray, config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`oracle_target` and the action prior it undoes (the network's zero output)."""
-    from agents.oracle import hedged_weights
+MISS_COST_CAP = 0.02
+"""Cap on the miss cost that weighs an imitation sample (bad-request fraction per weight
+point): beyond it a subset is saturated and the state is lost whatever one point does."""
+
+
+class TeacherLabel(NamedTuple):
+    """What the teacher says about one observation: the network output `oracle_target`
+    returns, the mask of present slots, the action prior the target undoes and the cost of a
+    one-point miss there (`agents.oracle.miss_cost`, capped; 0 unless asked for)."""
+
+    target: np.ndarray
+    mask: np.ndarray
+    prior: np.ndarray
+    miss_cost: float
+
+
+def teacher_label(
+    env: gym.Env[np.ndarray, np.ndarray],
+    obs_vec: np.ndarray,
+    config: TrainConfig,
+    *,
+    with_miss_cost: bool = False,
+) -> TeacherLabel:
+    """The teacher's `TeacherLabel` for the observation `obs_vec` of training env `env`."""
+    from agents.oracle import hedged_weights, miss_cost
     from controller.core.features import encode_weights
     from controller.core.model import Weights
 
@@ -946,14 +979,15 @@ def _oracle_target_and_prior(
             ]
             # near saturation the oracle may rather sacrifice a shrunk subset: keep its split then
             if all(w_new <= w_old for w_new, w_old, c in zip(shed, best, cut, strict=True) if c):
-                best = shed
+                best, state = shed, drained
     weights = Weights(sim.subsets, best)
     full = encode_weights(weights, spec).astype(np.float64)
     prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.action_prior)
     mask = spec.mask(len(sim.subsets))
     if not has_any_data(obs_vec, spec):  # the network is not consulted there
         mask = np.zeros_like(mask)
-    return unshape_correction(full - prior, config.action_gain), mask, prior
+    miss = min(miss_cost(state, best), MISS_COST_CAP) if with_miss_cost else 0.0
+    return TeacherLabel(unshape_correction(full - prior, config.action_gain), mask, prior, miss)
 
 
 def oracle_target(
@@ -964,8 +998,8 @@ def oracle_target(
     `env` is a training env (its base is a MeshEnv); the target undoes the action prior, so
     ``apply_action_prior(target) == encode_weights(oracle weights)`` up to clipping.
     """
-    target, mask, _ = _oracle_target_and_prior(env, obs_vec, config)
-    return target, mask
+    label = teacher_label(env, obs_vec, config)
+    return label.target, label.mask
 
 
 QUIET_TICKS = 6
@@ -1035,11 +1069,12 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         done_r = np.zeros((per_round, n_envs), dtype=bool)
         bad_r = np.zeros((per_round, n_envs))
         prior_r = np.zeros((per_round, n_envs, spec.max_subsets))
+        miss_r = np.zeros((per_round, n_envs))
         for t in range(per_round):
             original = np.asarray(vecnorm.get_original_obs())
             for i, env in enumerate(venv.envs):  # type: ignore[attr-defined]
-                tgt_r[t, i], mask_r[t, i], prior_r[t, i] = _oracle_target_and_prior(
-                    env, original[i], config
+                tgt_r[t, i], mask_r[t, i], prior_r[t, i], miss_r[t, i] = teacher_label(
+                    env, original[i], config, with_miss_cost=config.imitation_miss_weight > 0
                 )
             obs_r[t] = original
             if rnd == 0:
@@ -1065,7 +1100,11 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         returns.append(ret[:keep].reshape(-1))
         before = np.vstack([np.zeros((1, n_envs)), bad_r[:-1]])  # the step the obs shows
         before[1:][done_r[:-1]] = 0.0  # a new episode's first observation shows nothing
-        weight = 1.0 + config.imitation_bad_weight * np.maximum(before, bad_r)
+        weight = (
+            1.0
+            + config.imitation_bad_weight * np.maximum(before, bad_r)
+            + config.imitation_miss_weight * miss_r
+        )
         sample_weights.append(weight[:keep].reshape(-1))
         x = torch.as_tensor(vecnorm.normalize_obs(np.concatenate(raw_obs)), dtype=torch.float32)
         y = torch.as_tensor(np.concatenate(targets), dtype=torch.float32)

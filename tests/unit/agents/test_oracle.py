@@ -16,6 +16,9 @@ Cases:
 - the hedged split (`hedged_weights`) is the exact integer optimum of the oracle's objective
   plus the pull towards `sqrt_anchor` (brute force), equals the oracle at pull 0, tends to the
   square-root split as the pull grows, and still drains a failing canary at a small pull;
+- `miss_cost` is the mean rise of `expected_bad_fraction` over every one-point move away from
+  the split (brute force), is ~0 at low load and larger on a knife edge, and refuses a split
+  of the wrong length;
 - the delayed oracle (`oracle-late`) writes the optimum of the state `delay_steps` intervals
   ago: it reacts to a capacity drop exactly one interval after the oracle, and with delay 0 is
   the oracle.
@@ -39,6 +42,7 @@ from agents.oracle import (
     erlang_c,
     expected_bad_fraction,
     hedged_weights,
+    miss_cost,
     optimal_weights,
     slow_probability,
     sqrt_anchor,
@@ -241,6 +245,33 @@ def test_hedged_split_still_drains_a_failing_canary() -> None:
     healthy = hedged_weights(sim.true_state(t_s=300.0), 0.05)
     failing = hedged_weights(sim.true_state(t_s=1200.0), 0.05)
     assert failing[1] <= healthy[1] - 10
+
+
+# ---- the cost of a miss -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["two-mm1", "lognormal-errors", "three-subsets"])
+def test_miss_cost_is_the_mean_rise_over_one_point_moves(name: str) -> None:
+    st = CASES[name]
+    split = list(optimal_weights(st))
+    here = expected_bad_fraction(st, split)
+    rises = []
+    for i, j in itertools.permutations(range(len(split)), 2):
+        if split[i] >= 1 and split[j] <= 99:
+            moved = list(split)
+            moved[i] -= 1
+            moved[j] += 1
+            rises.append(expected_bad_fraction(st, moved) - here)
+    assert miss_cost(st, split) == pytest.approx(max(float(np.mean(rises)), 0.0), abs=1e-8)
+
+
+def test_miss_cost_is_small_at_low_load_and_large_on_a_knife_edge() -> None:
+    calm = MeshSimulator(load_scenario("steady-50"), seed=0).true_state(t_s=100.0)
+    edge = MeshSimulator(load_scenario("steady-90"), seed=0).true_state(t_s=100.0)
+    low = miss_cost(calm, hedged_weights(calm, 0.05))
+    high = miss_cost(edge, hedged_weights(edge, 0.05))
+    assert 0.0 <= low < 1e-5
+    assert high > 1e-3
+    with pytest.raises(ValueError, match="3 subsets"):
+        miss_cost(edge, [50, 50])
 
 
 # ---- the policy ---------------------------------------------------------------------------------

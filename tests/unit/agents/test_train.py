@@ -143,6 +143,7 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
         "--teacher-drain-s", "10",
         "--teacher-pull", "0.05",
         "--imitation-bad-weight", "20",
+        "--imitation-miss-weight", "1000",
         "--bc-lr", "1e-4",
         "--obs-extension", "utilization",
         "--action-prior", "sqrt",
@@ -154,6 +155,7 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
     assert meta["config"]["action_gain"] == 0.25
     assert meta["config"]["teacher_pull"] == 0.05
     assert meta["config"]["oversample"] == ["steady-50"]
+    assert meta["config"]["imitation_miss_weight"] == 1000
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     policy = load_ppo_policy(str(run_dir / "policy.npz"))
     assert policy.action_prior == "sqrt"
@@ -256,6 +258,28 @@ def test_late_teacher_labels_what_the_served_intervals_can_show():
     assert max(abs(a - b) for a, b in zip(written.values(), late, strict=True)) <= 1
 
 
+def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
+    from agents.oracle import hedged_weights, miss_cost
+    from agents.ppo import MISS_COST_CAP, make_env, teacher_label
+
+    config = TrainConfig(
+        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
+        action_prior="none", teacher_pull=0.05, imitation_miss_weight=1000.0,
+    )  # fmt: skip
+    env = make_env(config)
+    obs, _ = env.reset(seed=0)
+    sim = env.unwrapped.sim
+    sim.t_s = 700.0  # v1 at 40 percent of its capacity: a knife edge
+    label = teacher_label(env, obs, config, with_miss_cost=True)
+    state = sim.true_state()
+    expected = min(miss_cost(state, hedged_weights(state, 0.05)), MISS_COST_CAP)
+    assert label.miss_cost == pytest.approx(expected)
+    assert label.miss_cost > 1e-3
+    assert teacher_label(env, obs, config).miss_cost == 0.0
+    sim.t_s = 300.0
+    assert teacher_label(env, obs, config, with_miss_cost=True).miss_cost < label.miss_cost / 10
+
+
 def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
     from agents.ppo import QUIET_TICKS, _quiet_pairs
 
@@ -332,6 +356,7 @@ def test_every_config_field_has_a_documented_option():
         (["--action-prior", "sqrt"], "utilization"),
         (["--imitation-lr", "0"], "imitation_lr"),
         (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
+        (["--imitation-miss-weight", "-1"], "imitation_miss_weight"),
         (["--imitation-smooth", "1", "--action-gain", "0.5"], "imitation_smooth needs action_gain"),
         (["--action-gain", "0"], "action_gain"),
         (["--teacher-pull", "-0.1"], "teacher_pull"),
