@@ -217,6 +217,12 @@ class TrainConfig:
     expensive; the bad fraction (`imitation_bad_weight`) only tells where requests are
     already failing (0: off; 1000 adds 2.4 to a sample of latency-spike's degraded phase,
     12.5 to one of steady-90)."""
+    imitation_miss_relative: bool = False
+    """Divide each sample's miss cost (`imitation_miss_weight`) by the mean bad-request
+    fraction of its episode (at least MISS_RELATIVE_FLOOR), i.e. weigh a miss by what it
+    adds relative to what the episode loses anyway, which is what a ratio to the oracle per
+    scenario measures: a short degraded phase in an otherwise calm episode then counts more
+    than a knife edge that lasts the whole episode."""
     imitation_smooth: float = 0.0
     """Temporal smoothness in the imitation fits (in the spirit of CAPS, Mysore et al. 2021):
     add this times the mean squared change of the student's action between consecutive ticks
@@ -941,6 +947,25 @@ MISS_COST_CAP = 0.02
 point): beyond it a subset is saturated and the state is lost whatever one point does."""
 
 
+MISS_RELATIVE_FLOOR = 0.001
+"""Least episode bad-request fraction `imitation_miss_relative` divides by (steady-50's)."""
+
+
+def episode_means(values: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Each (step, env) entry of `values` replaced by the mean over its episode's steps in
+    this array (`done[t, i]`: step t ended env i's episode; the array's ends cut episodes)."""
+    out = np.empty_like(values, dtype=np.float64)
+    steps, n_envs = values.shape
+    for i in range(n_envs):
+        ends = [*np.flatnonzero(done[:, i]).tolist(), steps - 1]
+        start = 0
+        for end in ends:
+            if end >= start:
+                out[start : end + 1, i] = values[start : end + 1, i].mean()
+                start = end + 1
+    return out
+
+
 class TeacherLabel(NamedTuple):
     """What the teacher says about one observation: the network output `oracle_target`
     returns, the mask of present slots, the action prior the target undoes and the cost of a
@@ -1103,7 +1128,12 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         weight = (
             1.0
             + config.imitation_bad_weight * np.maximum(before, bad_r)
-            + config.imitation_miss_weight * miss_r
+            + config.imitation_miss_weight
+            * (
+                miss_r / np.maximum(episode_means(bad_r, done_r), MISS_RELATIVE_FLOOR)
+                if config.imitation_miss_relative
+                else miss_r
+            )
         )
         sample_weights.append(weight[:keep].reshape(-1))
         x = torch.as_tensor(vecnorm.normalize_obs(np.concatenate(raw_obs)), dtype=torch.float32)

@@ -143,7 +143,8 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
         "--teacher-drain-s", "10",
         "--teacher-pull", "0.05",
         "--imitation-bad-weight", "20",
-        "--imitation-miss-weight", "1000",
+        "--imitation-miss-weight", "10",
+        "--imitation-miss-relative",
         "--bc-lr", "1e-4",
         "--obs-extension", "utilization",
         "--action-prior", "sqrt",
@@ -155,7 +156,8 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
     assert meta["config"]["action_gain"] == 0.25
     assert meta["config"]["teacher_pull"] == 0.05
     assert meta["config"]["oversample"] == ["steady-50"]
-    assert meta["config"]["imitation_miss_weight"] == 1000
+    assert meta["config"]["imitation_miss_weight"] == 10
+    assert meta["config"]["imitation_miss_relative"] is True
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     policy = load_ppo_policy(str(run_dir / "policy.npz"))
     assert policy.action_prior == "sqrt"
@@ -278,6 +280,19 @@ def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
     assert teacher_label(env, obs, config).miss_cost == 0.0
     sim.t_s = 300.0
     assert teacher_label(env, obs, config, with_miss_cost=True).miss_cost < label.miss_cost / 10
+
+
+def test_episode_means_average_each_episode_apart():
+    from agents.ppo import episode_means
+
+    values = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
+    done = np.array([[0, 0], [1, 0], [0, 1], [0, 0]], dtype=bool)
+    assert episode_means(values, done).tolist() == [
+        [1.5, 20.0],
+        [1.5, 20.0],
+        [3.5, 20.0],
+        [3.5, 40.0],
+    ]
 
 
 def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
