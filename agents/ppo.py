@@ -222,15 +222,18 @@ class TrainConfig:
     fraction of its episode (at least MISS_RELATIVE_FLOOR), i.e. weigh a miss by what it
     adds relative to what the episode loses anyway, which is what a ratio to the oracle per
     scenario measures: a short degraded phase in an otherwise calm episode then counts more
-    than a knife edge that lasts the whole episode."""
+    than a knife edge that lasts the whole episode. Measured with weight 10 on the shipped
+    recipe: the same 17 of issue 3's 18 claims, diurnal-bursts better, latency-spike level
+    (docs/benchmarks.md), so the shipped recipe does not use it."""
     imitation_smooth: float = 0.0
     """Temporal smoothness in the imitation fits (in the spirit of CAPS, Mysore et al. 2021):
     add this times the mean squared change of the student's action between consecutive ticks
     of an episode where the teacher's action has not changed for six ticks (`QUIET_TICKS`).
     Why: in a steady degraded phase the teacher holds one split while each tick's telemetry
-    window fluctuates, and a student that follows the fluctuations by a point costs ~5 percent
-    more bad requests on a knife edge; onsets, where the teacher moves, are not penalized (0:
-    off; needs action_gain 1)."""
+    window fluctuates, and a student that follows the fluctuations costs more bad requests
+    on a knife edge (measured in latency-spike's degraded phase: 1.2 points of white
+    noise around the oracle's split, 8 percent more; 0.6 points, 2 percent); onsets, where
+    the teacher moves, are not penalized (0: off; needs action_gain 1)."""
     teacher_drain_s: float = 0.0
     """Drain-aware teacher (imitation labels, also for bc_lr): before asking the oracle, shrink
     each subset's capacity by the share its current queue would need to drain within this many
