@@ -198,7 +198,7 @@ def _cost_table(state: TrueState) -> np.ndarray:
     """Per subset and integer weight w = 0..100: (w/100) * P(bad) at rate w/100 * lambda.
 
     Cached by state (callers pass it with t_s 0): the oracle, its hedge and `miss_cost` read
-    the same table. Callers must not modify it."""
+    the same table, which is therefore read-only."""
     w = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64)
     frac = w / WEIGHT_TOTAL
     caps = [s.capacity_rps for s in state.subsets]
@@ -210,7 +210,9 @@ def _cost_table(state: TrueState) -> np.ndarray:
         )
         tie = _TIE_BREAK * ((w - ref[i]) / WEIGHT_TOTAL) ** 2
         rows.append(frac * b + tie)
-    return np.vstack(rows)
+    table = np.vstack(rows)
+    table.setflags(write=False)
+    return table
 
 
 def _min_plus_split(cost: np.ndarray) -> tuple[int, ...]:

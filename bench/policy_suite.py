@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--out", default="runs/bench/policy_suite.json", help="JSON report")
     args = parser.parse_args()
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error("--seeds must be at least 1 and --first-seed at least 0")
     scenarios = resolve_scenarios([str(SUITE_DIR)])
     policies = [args.policy, *BASELINES, "oracle"]
     start = time.monotonic()

@@ -50,13 +50,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "evaluate",
         help="score policies against each other on scenarios, on the same seeds",
         description=(
-            "Run every POLICY on every SCENARIO for seeds S..S+N-1 (--first-seed S, default "
-            "0; seed k replays the same "
-            "requests for every policy), then report per scenario and policy the mean over "
-            "seeds of the bad-request fraction (errors or slower than slo_ms) with a 95 % "
-            "t-interval, p99 and mean latency (ms), 5xx fraction, churn (weight points moved "
-            "per step) and the ratio to the oracle's bad fraction, as a table on stdout and "
-            "optionally as JSON and PNG plots."
+            "Run every POLICY on every SCENARIO for seeds S..S+N-1 (--first-seed S, default 0; "
+            "seed k replays the same requests for every policy), then report per scenario and "
+            "policy the mean over seeds of the bad-request fraction (errors or slower than "
+            "slo_ms) with a 95 % t-interval, p99 and mean latency (ms), 5xx fraction, churn "
+            "(weight points moved per step) and the ratio to the oracle's bad fraction, as a "
+            "table on stdout and optionally as JSON and PNG plots."
         ),
     )
     p.add_argument(
