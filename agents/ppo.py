@@ -957,16 +957,13 @@ MISS_RELATIVE_FLOOR = 0.001
 def episode_means(values: np.ndarray, done: np.ndarray) -> np.ndarray:
     """Each (step, env) entry of `values` replaced by the mean over its episode's steps in
     this array (`done[t, i]`: step t ended env i's episode; the array's ends cut episodes)."""
-    out = np.empty_like(values, dtype=np.float64)
     steps, n_envs = values.shape
-    for i in range(n_envs):
-        ends = [*np.flatnonzero(done[:, i]).tolist(), steps - 1]
-        start = 0
-        for end in ends:
-            if end >= start:
-                out[start : end + 1, i] = values[start : end + 1, i].mean()
-                start = end + 1
-    return out
+    episode = np.vstack([np.zeros((1, n_envs), dtype=np.int64), np.cumsum(done[:-1], axis=0)])
+    ids = (episode + np.arange(n_envs) * steps).ravel()  # one id per (env, episode)
+    sums = np.bincount(ids, weights=np.asarray(values, dtype=np.float64).ravel())
+    counts = np.bincount(ids)
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return means[ids].reshape(steps, n_envs)
 
 
 class TeacherLabel(NamedTuple):
@@ -1128,15 +1125,12 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         returns.append(ret[:keep].reshape(-1))
         before = np.vstack([np.zeros((1, n_envs)), bad_r[:-1]])  # the step the obs shows
         before[1:][done_r[:-1]] = 0.0  # a new episode's first observation shows nothing
+        if config.imitation_miss_relative:
+            miss_r /= np.maximum(episode_means(bad_r, done_r), MISS_RELATIVE_FLOOR)
         weight = (
             1.0
             + config.imitation_bad_weight * np.maximum(before, bad_r)
-            + config.imitation_miss_weight
-            * (
-                miss_r / np.maximum(episode_means(bad_r, done_r), MISS_RELATIVE_FLOOR)
-                if config.imitation_miss_relative
-                else miss_r
-            )
+            + config.imitation_miss_weight * miss_r
         )
         sample_weights.append(weight[:keep].reshape(-1))
         x = torch.as_tensor(vecnorm.normalize_obs(np.concatenate(raw_obs)), dtype=torch.float32)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -230,9 +231,23 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
     assert checked >= 8
 
 
+def _latency_spike_env(**overrides: Any) -> tuple[TrainConfig, Any, np.ndarray]:
+    """A training env on latency-spike without randomization, reset with seed 0, and its config
+    (hedged teacher, pull 0.05, plain utilization inputs, no action prior)."""
+    from agents.ppo import make_env
+
+    config = TrainConfig(
+        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
+        action_prior="none", teacher_pull=0.05, **overrides,
+    )  # fmt: skip
+    env = make_env(config)
+    obs, _ = env.reset(seed=0)
+    return config, env, obs
+
+
 def test_late_teacher_labels_what_the_served_intervals_can_show():
     from agents.oracle import hedged_weights
-    from agents.ppo import make_env, oracle_target, teacher_state
+    from agents.ppo import oracle_target, teacher_state
     from controller.core.features import decode
 
     sim = MeshSimulator(load_scenario("latency-spike"), seed=0)  # v1 at 0.4 from 600 s to 900 s
@@ -245,12 +260,7 @@ def test_late_teacher_labels_what_the_served_intervals_can_show():
     assert factors[605.0] == [0.4, 0.4, 1.0]
     assert factors[900.0] == [1.0, 0.4, 0.4]  # recovered now: the last interval was degraded
     assert factors[905.0] == [1.0, 1.0, 0.4]
-    config = TrainConfig(
-        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
-        action_prior="none", teacher_delay_steps=1, teacher_pull=0.05,
-    )  # fmt: skip
-    env = make_env(config)
-    obs, _ = env.reset(seed=0)
+    config, env, obs = _latency_spike_env(teacher_delay_steps=1)
     base = env.unwrapped
     base.sim.t_s = 600.0
     target, _ = oracle_target(env, obs, config)
@@ -262,14 +272,9 @@ def test_late_teacher_labels_what_the_served_intervals_can_show():
 
 def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
     from agents.oracle import hedged_weights, miss_cost
-    from agents.ppo import MISS_COST_CAP, make_env, teacher_label
+    from agents.ppo import MISS_COST_CAP, teacher_label
 
-    config = TrainConfig(
-        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
-        action_prior="none", teacher_pull=0.05, imitation_miss_weight=1000.0,
-    )  # fmt: skip
-    env = make_env(config)
-    obs, _ = env.reset(seed=0)
+    config, env, obs = _latency_spike_env(imitation_miss_weight=1000.0)
     sim = env.unwrapped.sim
     sim.t_s = 700.0  # v1 at 40 percent of its capacity: a knife edge
     label = teacher_label(env, obs, config, with_miss_cost=True)
