@@ -327,6 +327,58 @@ def hedged_weights(state: TrueState, pull: float) -> tuple[int, ...]:
     return _hedged_cached(dataclasses.replace(state, t_s=0.0), float(pull))
 
 
+def drain_aware_state(
+    sim: MeshSimulator, state: TrueState, horizon_s: float, spare: float = 0.5
+) -> TrueState:
+    """`state` with each subset's capacity shrunk by the rate its queued work needs to drain
+    within `horizon_s` (s): queued service seconds (`MeshSimulator.replica_backlog_s`) times
+    the replica rate (rps), over the horizon.
+
+    The reductions together take at most `spare` of the route's spare capacity (total minus
+    load), so the reduced state stays feasible: an infeasible one makes the oracle give up on a
+    subset and dump load on it. Backlogs under 3 % of a subset's capacity are ignored and
+    factors rounded to 2 %, so the oracle's cache keeps hitting.
+    """
+    need = np.zeros(len(state.subsets))
+    for i, sub in enumerate(state.subsets):
+        backlog_s = float(sim.replica_backlog_s(i)[: sub.replicas].sum())
+        need[i] = backlog_s * sub.mu_rps / horizon_s
+    caps = np.array([sub.capacity_rps for sub in state.subsets])
+    need[need < 0.03 * caps] = 0.0
+    if not need.any():
+        return state
+    room = spare * max(float(caps.sum()) - state.load_rps, 0.0)
+    if need.sum() > room:
+        need *= room / need.sum()
+    subsets = []
+    for sub, cap, cut in zip(state.subsets, caps, need, strict=True):
+        keep = 1.0 - cut / cap if cap > 0 else 1.0
+        factor = max(round(sub.capacity_factor * keep * 50.0) / 50.0, 0.02)
+        subsets.append(dataclasses.replace(sub, capacity_factor=min(factor, sub.capacity_factor)))
+    return dataclasses.replace(state, subsets=tuple(subsets))
+
+
+def drain_aware_weights(
+    sim: MeshSimulator, state: TrueState, horizon_s: float, pull: float
+) -> tuple[tuple[int, ...], TrueState]:
+    """(`hedged_weights`, the state they are for) of `drain_aware_state`, i.e. the split that
+    also sheds load from subsets still working off a backlog; the plain state's split when
+    no subset has one, or when the shed split would give a shrunk subset *more* weight (near
+    saturation the oracle may rather sacrifice a shrunk subset)."""
+    best = hedged_weights(state, pull)
+    drained = drain_aware_state(sim, state, horizon_s)
+    if drained is state:
+        return best, state
+    shed = hedged_weights(drained, pull)
+    cut = [
+        d.capacity_factor < s.capacity_factor
+        for s, d in zip(state.subsets, drained.subsets, strict=True)
+    ]
+    if all(w_new <= w_old for w_new, w_old, c in zip(shed, best, cut, strict=True) if c):
+        return shed, drained
+    return best, state
+
+
 class OraclePolicy:
     """Reads the bound simulator's true state each step and writes `optimal_weights` for it
     (`hedged_weights` with `pull` > 0).
@@ -353,6 +405,10 @@ class OraclePolicy:
         """The true state the split is chosen for: the coming interval's."""
         return sim.true_state()
 
+    def _split(self, sim: MeshSimulator, state: TrueState) -> tuple[int, ...]:
+        """The weights written for `state`."""
+        return hedged_weights(state, self.pull)
+
     def decide(self, obs: Observation) -> Weights:
         sim = self._sims.get(obs.route)
         if sim is None:
@@ -361,7 +417,7 @@ class OraclePolicy:
                 "it only runs in `meshpilot simulate`/`evaluate`"
             )
         state = self._state_for(sim, obs.route)
-        split = hedged_weights(state, self.pull)
+        split = self._split(sim, state)
         values = dict(zip((s.name for s in state.subsets), split, strict=True))
         if set(values) != set(obs.subsets):
             raise ConfigError(
@@ -398,3 +454,27 @@ class DelayedOraclePolicy(OraclePolicy):
         past.append(sim.true_state())
         del past[: -(self.delay_steps + 1)]
         return past[0]
+
+
+class HindsightOraclePolicy(DelayedOraclePolicy):
+    """Everything the intervals already served could tell, nothing about the coming one: the
+    oracle's split for the previous interval's true state (`oracle-late`), shedding load from
+    subsets that still hold a backlog now (`drain_aware_weights`, horizon `horizon_s`).
+
+    Why: `oracle-late` ignores queues, so right after a capacity loss it keeps feeding the
+    subset that is still working off the first interval's backlog; a controller that read the
+    served intervals perfectly would know of that queue (it is made of past arrivals). This
+    is the tighter yardstick of what reaction time alone costs; ``oracle-hindsight`` in
+    `meshpilot evaluate`.
+    """
+
+    name = "oracle-hindsight"
+
+    def __init__(self, *, horizon_s: float = 10.0, pull: float = 0.0) -> None:
+        if not (math.isfinite(horizon_s) and horizon_s > 0):
+            raise ConfigError(f"horizon_s must be a positive number of seconds, got {horizon_s}")
+        super().__init__(delay_steps=1, pull=pull)
+        self.horizon_s = horizon_s
+
+    def _split(self, sim: MeshSimulator, state: TrueState) -> tuple[int, ...]:
+        return drain_aware_weights(sim, state, self.horizon_s, self.pull)[0]

@@ -906,38 +906,6 @@ def new_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def drain_aware_state(sim: Any, state: Any, horizon_s: float, spare: float = 0.5) -> Any:
-    """`state` with each subset's capacity shrunk by the rate its queued work needs to drain
-    within `horizon_s` (queued service seconds, from the simulator's replica next-free times,
-    times the replica rate, over the horizon).
-
-    The reductions together take at most `spare` of the route's spare capacity (total minus
-    load), so the reduced state stays feasible: an infeasible one makes the oracle give up on a
-    subset and dump load on it. Backlogs under 3 % of a subset's capacity are ignored and
-    factors rounded to 2 %, so the oracle's cache keeps hitting.
-    """
-    free_at = np.asarray(sim._free_at)  # training-only teacher: reads the queues
-    offsets = np.asarray(sim._rep_offset)
-    need = np.zeros(len(state.subsets))
-    for i, sub in enumerate(state.subsets):
-        start = int(offsets[i])
-        backlog_s = float(np.maximum(free_at[start : start + sub.replicas] - sim.t_s, 0.0).sum())
-        need[i] = backlog_s * sub.mu_rps / horizon_s
-    caps = np.array([sub.capacity_rps for sub in state.subsets])
-    need[need < 0.03 * caps] = 0.0
-    if not need.any():
-        return state
-    room = spare * max(float(caps.sum()) - state.load_rps, 0.0)
-    if need.sum() > room:
-        need *= room / need.sum()
-    subsets = []
-    for sub, cap, cut in zip(state.subsets, caps, need, strict=True):
-        keep = 1.0 - cut / cap if cap > 0 else 1.0
-        factor = max(round(sub.capacity_factor * keep * 50.0) / 50.0, 0.02)
-        subsets.append(dataclasses.replace(sub, capacity_factor=min(factor, sub.capacity_factor)))
-    return dataclasses.replace(state, subsets=tuple(subsets))
-
-
 def teacher_state(sim: Any, delay_steps: int) -> Any:
     """The true state the teacher labels with: the coming interval's (`delay_steps` 0) or the
     one `delay_steps` intervals back, at its middle (the episode's first interval before that)."""
@@ -985,7 +953,7 @@ def teacher_label(
     with_miss_cost: bool = False,
 ) -> TeacherLabel:
     """The teacher's `TeacherLabel` for the observation `obs_vec` of training env `env`."""
-    from agents.oracle import hedged_weights, miss_cost
+    from agents.oracle import drain_aware_weights, hedged_weights, miss_cost
     from controller.core.features import encode_weights
     from controller.core.model import Weights
 
@@ -993,18 +961,10 @@ def teacher_label(
     sim = base.sim  # type: ignore[attr-defined]
     spec = config.feature_spec
     state = teacher_state(sim, config.teacher_delay_steps)
-    best = hedged_weights(state, config.teacher_pull)
     if config.teacher_drain_s > 0:
-        drained = drain_aware_state(sim, state, config.teacher_drain_s)
-        if drained is not state:
-            shed = hedged_weights(drained, config.teacher_pull)
-            cut = [
-                d.capacity_factor < s.capacity_factor
-                for s, d in zip(state.subsets, drained.subsets, strict=True)
-            ]
-            # near saturation the oracle may rather sacrifice a shrunk subset: keep its split then
-            if all(w_new <= w_old for w_new, w_old, c in zip(shed, best, cut, strict=True) if c):
-                best, state = shed, drained
+        best, state = drain_aware_weights(sim, state, config.teacher_drain_s, config.teacher_pull)
+    else:
+        best = hedged_weights(state, config.teacher_pull)
     weights = Weights(sim.subsets, best)
     full = encode_weights(weights, spec).astype(np.float64)
     prior = apply_action_prior(np.zeros(spec.max_subsets), obs_vec, spec, config.action_prior)

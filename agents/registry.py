@@ -36,6 +36,12 @@ def _oracle_late() -> Policy:
     return DelayedOraclePolicy(delay_steps=1)
 
 
+def _oracle_hindsight() -> Policy:
+    from agents.oracle import HindsightOraclePolicy
+
+    return HindsightOraclePolicy()
+
+
 _FACTORIES: dict[str, Callable[[], Policy]] = {
     "equal": EqualPolicy,
     "proportional": ProportionalPolicy,
@@ -45,6 +51,7 @@ _FACTORIES: dict[str, Callable[[], Policy]] = {
     "ewma": EwmaPolicy,
     "oracle": _oracle,
     "oracle-late": _oracle_late,
+    "oracle-hindsight": _oracle_hindsight,
 }
 
 

@@ -232,6 +232,13 @@ class MeshSimulator:
             subsets=tuple(subsets),
         )
 
+    def replica_backlog_s(self, subset_index: int) -> np.ndarray:
+        """Seconds each replica slot of one subset stays busy with work already accepted (0
+        when idle): the queue a controller that saw every served interval could know of."""
+        start = int(self._rep_offset[subset_index])
+        stop = start + int(self._max_reps[subset_index])
+        return np.maximum(self._free_at[start:stop] - self.t_s, 0.0)
+
     def nominal_capacity_rps(self) -> tuple[float, ...]:
         """Capacity per subset as deployed (before any event), in rps."""
         return tuple(s.capacity_rps for s in self.scenario.subsets)

@@ -21,7 +21,11 @@ Cases:
   of the wrong length;
 - the delayed oracle (`oracle-late`) writes the optimum of the state `delay_steps` intervals
   ago: it reacts to a capacity drop exactly one interval after the oracle, and with delay 0 is
-  the oracle.
+  the oracle;
+- the drain-aware state (the training teacher's, `drain_aware_state`) shrinks a backlogged
+  subset within the route's spare capacity, and the hindsight oracle (`oracle-hindsight`)
+  uses it: the late oracle's split while no queue builds, less weight for the subset still
+  draining the first degraded interval's backlog, fewer bad requests than `oracle-late`.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from scipy import stats as sstats
 from agents.baselines import ProportionalPolicy, sqrt_rule
 from agents.oracle import (
     DelayedOraclePolicy,
+    HindsightOraclePolicy,
     OraclePolicy,
     bad_probability,
+    drain_aware_state,
+    drain_aware_weights,
     erlang_c,
     expected_bad_fraction,
     hedged_weights,
@@ -49,7 +56,7 @@ from agents.oracle import (
 )
 from agents.rollout import run_episode
 from controller.core.errors import ConfigError
-from controller.core.model import Observation, RouteRef, SubsetStats
+from controller.core.model import Observation, RouteRef, SubsetStats, Weights
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
 from envs.simulator.scenario import Scenario, load_scenario, parse_scenario
 
@@ -336,3 +343,44 @@ def test_delayed_oracle_reacts_one_interval_after_the_oracle() -> None:
     assert same.weights == now.weights
     with pytest.raises(ConfigError, match="delay_steps"):
         DelayedOraclePolicy(delay_steps=-1)
+
+
+def test_drain_aware_state_sheds_a_backlogged_subset() -> None:
+    sim = MeshSimulator(load_scenario("steady-80"), seed=0)
+    state = sim.true_state()
+    assert drain_aware_state(sim, state, 10.0) is state  # no queues yet
+    overload = Weights(sim.subsets, (30, 30, 40))  # v3 (one replica) gets far too much
+    for _ in range(3):
+        sim.step(overload)
+    state = sim.true_state()
+    drained = drain_aware_state(sim, state, 10.0)
+    assert drained.subsets[2].capacity_factor < state.subsets[2].capacity_factor
+    assert optimal_weights(drained)[2] < optimal_weights(state)[2]
+    # the cuts use at most half the spare capacity, so the reduced route stays feasible
+    spare = sum(s.capacity_rps for s in state.subsets) - state.load_rps
+    cut = sum(s.capacity_rps for s in state.subsets) - sum(s.capacity_rps for s in drained.subsets)
+    assert 0 < cut <= 0.5 * spare + 0.02 * max(s.capacity_rps for s in state.subsets)
+
+
+def test_hindsight_oracle_sheds_the_backlog_the_late_oracle_ignores() -> None:
+    sc = _capacity_drop(duration_s=60, at_s=30)
+    late_summary, late = run_episode(sc, DelayedOraclePolicy(delay_steps=1), seed=2, trace=True)
+    hind_summary, hind = run_episode(sc, HindsightOraclePolicy(), seed=2, trace=True)
+    assert late is not None and hind is not None
+    v1_late = [w["v1"] for w in late.weights]
+    v1_hind = [w["v1"] for w in hind.weights]
+    assert v1_hind[:7] == v1_late[:7] == [50] * 7  # no queue before the drop is seen
+    assert v1_late[7:] == [26] * 5
+    assert v1_hind[7] < 26 and v1_hind[-1] == 26  # sheds v1's backlog, then the plain split
+    assert hind_summary.bad_fraction < late_summary.bad_fraction
+    with pytest.raises(ConfigError, match="horizon_s"):
+        HindsightOraclePolicy(horizon_s=0.0)
+
+
+def test_drain_aware_weights_are_the_plain_split_without_a_backlog() -> None:
+    sim = MeshSimulator(load_scenario("steady-80"), seed=0)
+    state_now = sim.true_state()
+    assert drain_aware_weights(sim, state_now, 10.0, 0.05) == (
+        hedged_weights(state_now, 0.05),
+        state_now,
+    )

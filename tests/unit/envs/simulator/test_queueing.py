@@ -3,7 +3,8 @@
 Cases: one exponential replica at 80 % load matches M/M/1 mean and p99 within 5 %; c replicas
 with random assignment match M/M/1 at 1/c of the load; least-request lies between M/M/c
 (Erlang-C) and that; configured 5xx rates are reproduced within sampling error; timeouts count
-as errors; a same-seed run is exactly repeatable.
+as errors; a same-seed run is exactly repeatable; the per-replica backlog is zero when idle,
+grows under overload on the overloaded subset only, and drains at the replicas' rate.
 """
 
 from __future__ import annotations
@@ -161,3 +162,26 @@ def test_weights_split_traffic() -> None:
     obs = sim.observe()
     assert obs.stat("c").rps == 0 and math.isnan(obs.stat("c").p99_ms)
     assert obs.stat("a").rps == pytest.approx(700, rel=0.05)
+
+
+def test_replica_backlog_grows_under_overload_and_drains() -> None:
+    sc = parse_scenario(
+        {
+            "name": "backlog",
+            "duration_s": 60,
+            "load": {"rps": 300},
+            "subsets": [
+                {"name": "a", "replicas": 2, "service_ms": 20},
+                {"name": "b", "replicas": 1, "service_ms": 1},
+            ],
+        }
+    )
+    sim = MeshSimulator(sc, seed=3)
+    assert sim.replica_backlog_s(0).shape == (2,)
+    assert sim.replica_backlog_s(0).sum() == sim.replica_backlog_s(1).sum() == 0.0
+    sim.step(Weights(("a", "b"), (100, 0)))  # 300 rps on 100 rps of capacity for 5 s
+    backlog = sim.replica_backlog_s(0)
+    assert backlog.min() > 6.0  # ~1000 queued requests x 20 ms, shared by two replicas
+    assert sim.replica_backlog_s(1).sum() == 0.0
+    sim.step(Weights(("a", "b"), (0, 100)))  # a gets nothing: its replicas work 5 s of it off
+    assert sim.replica_backlog_s(0) == pytest.approx(backlog - 5.0, abs=1e-9)
