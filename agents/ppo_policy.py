@@ -137,6 +137,7 @@ OBS_EXTENSIONS = (
     "utilization-trend",
     "utilization-trend-ema",
     "utilization-trend-ema2",
+    "utilization-trend-ema2-recent",
 )
 """Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
 
@@ -155,12 +156,17 @@ EMA_FEATURES = (5, 6)
 EMA_ALPHAS: dict[str, tuple[float, ...]] = {
     "utilization-trend-ema": (0.2,),
     "utilization-trend-ema2": (0.2, 0.05),
+    "utilization-trend-ema2-recent": (0.2, 0.05),
 }
 """Weight of the newest tick in each moving average an extension appends: 0.2 is a time
 constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate window), 0.05 ~20
 ticks (100 s)."""
 
 _REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
+
+RECENT_EXTENSIONS = ("utilization-trend-ema2-recent",)
+"""Extensions that also append each slot's newest-interval p99/slo and slow ratio
+(`SubsetStats.recent_p99_ms`, `recent_slow_ratio`), before the moving averages."""
 """Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
 
 
@@ -175,7 +181,10 @@ def extension_size(spec: FeatureSpec, extension: str) -> int:
         return 2 * (k + 1) + len(TREND_FEATURES) * k
     if extension in EMA_ALPHAS:
         averaged = (k + 1) + len(EMA_FEATURES) * k
-        return 2 * (k + 1) + len(TREND_FEATURES) * k + len(EMA_ALPHAS[extension]) * averaged
+        recent = 2 * k if extension in RECENT_EXTENSIONS else 0
+        return (
+            2 * (k + 1) + len(TREND_FEATURES) * k + recent + len(EMA_ALPHAS[extension]) * averaged
+        )
     raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
 
 
@@ -198,6 +207,19 @@ def _utilization(obs: Observation, spec: FeatureSpec) -> np.ndarray:
         if known_weight > 0:  # subsets whose sample was dropped: scale up by their weight
             extra[-1] = known_rps * 100.0 / known_weight / math.fsum(caps)
     return np.clip(extra, 0.0, spec.p99_clip)
+
+
+def _recent(obs: Observation, spec: FeatureSpec) -> np.ndarray:
+    """Per slot: newest-interval p99/slo (clipped to p99_clip), then newest-interval slow
+    ratio; 0 where unknown."""
+    k = spec.max_subsets
+    out = np.zeros(2 * k, dtype=np.float64)
+    for i, st in enumerate(obs.stats):
+        if math.isfinite(st.recent_p99_ms):
+            out[i] = min(max(st.recent_p99_ms, 0.0) / spec.slo_ms, spec.p99_clip)
+        if math.isfinite(st.recent_slow_ratio):
+            out[k + i] = min(max(st.recent_slow_ratio, 0.0), 1.0)
+    return out
 
 
 def _trend(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> np.ndarray:
@@ -309,7 +331,8 @@ def extend_observation(
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
     averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()))
     clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
-    return np.concatenate([head, trend.astype(np.float32), *clipped])
+    recent = _recent(obs, spec) if extension in RECENT_EXTENSIONS else np.zeros(0)
+    return np.concatenate([head, trend.astype(np.float32), recent.astype(np.float32), *clipped])
 
 
 class TrendMemory:

@@ -47,7 +47,10 @@ class SubsetStats:
 
     rps: requests per second; error_ratio: 5xx / all (0..1); p99_ms: 99th percentile latency in
     ms; weight: the weight currently configured (0..100); slow_ratio: fraction of requests slower
-    than the SLO (0..1), NaN when the profile cannot compute it.
+    than the SLO (0..1), NaN when the profile cannot compute it. recent_p99_ms and
+    recent_slow_ratio: the same two over the newest scrape interval only (PromQL ``irate``, the
+    last two samples), NaN when unknown: they show a backlog that builds or drains now, which
+    the window's average mixes with the previous 25 s.
     """
 
     rps: float
@@ -55,6 +58,8 @@ class SubsetStats:
     p99_ms: float
     weight: int
     slow_ratio: float = math.nan
+    recent_p99_ms: float = math.nan
+    recent_slow_ratio: float = math.nan
 
     @property
     def has_data(self) -> bool:

@@ -354,8 +354,13 @@ class MeshSimulator:
                 continue
             hist = np.sum([s.hist[i] for s in steps], axis=0)
             p99 = quantile_ms(hist, 0.99)
+            newest = steps[-1]
+            recent_c = int(newest.count[i])
+            recent_p99 = quantile_ms(newest.hist[i], 0.99)
             if noise:
                 p99 = max(p99 * (1.0 + tel.noise * noise), 0.0)
+                if recent_c:
+                    recent_p99 = max(recent_p99 * (1.0 + tel.noise * noise), 0.0)
             stats.append(
                 SubsetStats(
                     rps=c / span_s,
@@ -363,6 +368,8 @@ class MeshSimulator:
                     p99_ms=p99,
                     weight=w,
                     slow_ratio=sum(int(s.slow[i]) for s in steps) / c,
+                    recent_p99_ms=recent_p99,
+                    recent_slow_ratio=int(newest.slow[i]) / recent_c if recent_c else math.nan,
                 )
             )
         return Observation(
