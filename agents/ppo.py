@@ -267,7 +267,9 @@ class TrainConfig:
     telemetry's newest interval shows at once), 'utilization-trend-ema' (those plus moving
     averages of the utilizations and of each subset's p99 and slow ratio, ~25 s: steadier
     evidence of a degraded capacity through noisy telemetry), 'utilization-trend-ema2' (a
-    second, ~100 s set of those averages too) or 'none'."""
+    second, ~100 s set of those averages too), 'utilization-trend-ema2-recent' (those plus
+    each subset's p99 and slow ratio over the newest interval only, which show the queue of
+    the last seconds) or 'none'."""
     norm_reward: bool = True
     """Scale rewards by the running return std (VecNormalize); bad fractions are small numbers."""
     scenario_reward_scale: bool = False

@@ -33,6 +33,8 @@ from controller.adapters.promql import (
     STAT_LABEL,
     STAT_LAST_SAMPLE_S,
     STAT_P99_MS,
+    STAT_RECENT_P99_MS,
+    STAT_RECENT_SLOW_RATIO,
     STAT_RPS,
     STAT_SLOW_RATIO,
     PromQLProfile,
@@ -263,6 +265,8 @@ class PrometheusObserver:
                     p99_ms=row.get(STAT_P99_MS, math.nan),
                     weight=weights.get(subset, 0) if weights is not None else 0,
                     slow_ratio=_ratio(row.get(STAT_SLOW_RATIO, math.nan)),
+                    recent_p99_ms=row.get(STAT_RECENT_P99_MS, math.nan),
+                    recent_slow_ratio=_ratio(row.get(STAT_RECENT_SLOW_RATIO, math.nan)),
                 )
             )
             newest = max(newest, row.get(STAT_LAST_SAMPLE_S, -math.inf))

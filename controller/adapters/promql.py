@@ -13,7 +13,10 @@ managed host through one regex on the service label and grouped
   of the newest raw sample (s, for staleness). 5xx series only exist after the first 5xx, so the
   5xx part is ``<5xx rate> or 0 * <total rate>``;
 * **latency** (from the duration histogram): p99 via ``histogram_quantile(0.99, ...)`` (ms) and
-  the slow ratio ``1 - rate(bucket{le=SLO}) / rate(bucket{le="+Inf"})`` (0..1).
+  the slow ratio ``1 - rate(bucket{le=SLO}) / rate(bucket{le="+Inf"})`` (0..1), and the same
+  two with ``irate`` instead of ``rate``: over the newest scrape interval only (the last two
+  samples in the window), which shows a backlog building or draining now, where the window's
+  average still mixes in the previous 25 s.
 
 The parts of one query are joined with ``or`` after ``label_replace`` tags each part with a
 distinct `STAT_LABEL` value, so their label sets never collide and nothing is dropped. The
@@ -53,6 +56,10 @@ STAT_P99_MS = "p99_ms"
 """99th percentile request duration (ms), interpolated inside its histogram bucket."""
 STAT_SLOW_RATIO = "slow_ratio"
 """Fraction (0..1) of requests slower than the SLO bucket bound."""
+STAT_RECENT_P99_MS = "recent_p99_ms"
+"""`STAT_P99_MS` over the newest scrape interval only (``irate``)."""
+STAT_RECENT_SLOW_RATIO = "recent_slow_ratio"
+"""`STAT_SLOW_RATIO` over the newest scrape interval only (``irate``)."""
 
 QUERIES_PER_TICK = 2
 """Queries issued per observation tick for all routes together (traffic + latency); 1 when
@@ -189,8 +196,8 @@ class PromQLProfile:
         def sel(metric: str, *extra: str) -> str:
             return f"{metric}{{{', '.join((*matchers, *extra))}}}"
 
-        def rate_sum(metric: str, *extra: str, by_labels: str = by) -> str:
-            return f"sum by ({by_labels}) (rate({sel(metric, *extra)}[{window}]))"
+        def rate_sum(metric: str, *extra: str, by_labels: str = by, fn: str = "rate") -> str:
+            return f"sum by ({by_labels}) ({fn}({sel(metric, *extra)}[{window}]))"
 
         total = rate_sum(self.requests_metric)
         errors = rate_sum(
@@ -205,12 +212,24 @@ class PromQLProfile:
             )
         )
 
-        buckets = rate_sum(self.duration_bucket_metric, by_labels=f"{by}, le")
-        p99 = f"histogram_quantile({P99}, {buckets})"
-        at_slo = rate_sum(self.duration_bucket_metric, f"le=~{promql_string(le_regex(slo_ms))}")
-        all_requests = rate_sum(self.duration_bucket_metric, 'le="+Inf"')
-        slow = f"(1 - ({at_slo} / {all_requests}))"
-        latency = " or ".join((_tag(p99, STAT_P99_MS), _tag(slow, STAT_SLOW_RATIO)))
+        def latency_parts(fn: str) -> tuple[str, str]:
+            buckets = rate_sum(self.duration_bucket_metric, by_labels=f"{by}, le", fn=fn)
+            le_slo = f"le=~{promql_string(le_regex(slo_ms))}"
+            at_slo = rate_sum(self.duration_bucket_metric, le_slo, fn=fn)
+            all_requests = rate_sum(self.duration_bucket_metric, 'le="+Inf"', fn=fn)
+            p99 = f"histogram_quantile({P99}, {buckets})"
+            return p99, f"(1 - ({at_slo} / {all_requests}))"
+
+        p99, slow = latency_parts("rate")
+        recent_p99, recent_slow = latency_parts("irate")
+        latency = " or ".join(
+            (
+                _tag(p99, STAT_P99_MS),
+                _tag(slow, STAT_SLOW_RATIO),
+                _tag(recent_p99, STAT_RECENT_P99_MS),
+                _tag(recent_slow, STAT_RECENT_SLOW_RATIO),
+            )
+        )
         return traffic, latency
 
     def check_reporter(self, reporter: str | None) -> str | None:

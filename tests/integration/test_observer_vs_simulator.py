@@ -3,7 +3,10 @@
 The simulator runs in real time (1 simulated s per wall s) and every step is published as
 Istio-shaped series (`publish_step`); a real Prometheus scrapes them every second. Cases: per
 subset rps, 5xx ratio and slow ratio from PromQL match the simulator's own window within
-sampling and alignment error; p99 lands in (or next to) the Istio bucket holding the true p99.
+sampling and alignment error; p99 lands in (or next to) the Istio bucket holding the true p99,
+and the newest interval's p99 (`recent_p99_ms`, one 1 s step) within two buckets of the
+simulator's last step (Prometheus's last scrape interval and the last step may be one step
+apart).
 """
 
 from __future__ import annotations
@@ -125,3 +128,11 @@ def test_p99_lands_in_the_true_bucket(observed: tuple[Observation, Observation])
     seen, truth = observed
     for subset in ("v1", "v2"):
         assert abs(_bucket(seen.stat(subset).p99_ms) - _bucket(truth.stat(subset).p99_ms)) <= 1
+
+
+def test_recent_p99_is_the_newest_step(observed: tuple[Observation, Observation]) -> None:
+    seen, truth = observed
+    for subset in ("v1", "v2"):
+        got, want = seen.stat(subset).recent_p99_ms, truth.stat(subset).recent_p99_ms
+        assert math.isfinite(got) and math.isfinite(want)
+        assert abs(_bucket(got) - _bucket(want)) <= 2

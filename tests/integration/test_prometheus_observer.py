@@ -7,6 +7,8 @@ Prometheus answers NaN for its p99). Cases:
 
 * observed rps within 10 % of the truth, error ratio and slow ratio within a few points, p99
   inside the bucket the truth puts it in, 0 (not NaN) 5xx ratio for a subset that never failed;
+  the newest-interval p99 and slow ratio the same on steady traffic, and, when details v1
+  turns slow, the newest interval's (1.0) while the 15 s window still mixes in the fast past;
 * a subset without series -> NaN stats; a subset whose quantile Prometheus answers NaN -> NaN;
 * subset order and weights from `subsets_by_route` / `weights_source`;
 * the same number of queries for 1 route and for 50 routes;
@@ -53,7 +55,9 @@ WINDOW_S = 5
 NS = "lirmm-services"
 REVIEWS = f"reviews.{NS}.svc.cluster.local"
 RATINGS = f"ratings.{NS}.svc.cluster.local"
+DETAILS = f"details.{NS}.svc.cluster.local"
 REVIEWS_ROUTE = RouteRef(NS, "reviews", "primary", REVIEWS)
+DETAILS_ROUTE = RouteRef(NS, "details", 0, DETAILS)
 RATINGS_ROUTE = RouteRef(NS, "ratings", 0, "ratings")  # short host, as written in a VS
 N_BUCKETS = len(ISTIO_BUCKETS_MS) + 1
 
@@ -99,10 +103,45 @@ class Flow:
         self.sent, self.errors, self.slow = due, self.errors + errors, self.slow + slow
 
 
+@dataclass
+class SwitchFlow:
+    """`rps` requests per second of one subset, all in `fast_bucket_ms` until `switch`, all in
+    `slow_bucket_ms` from then on."""
+
+    service: str
+    version: str
+    rps: int
+    fast_bucket_ms: float
+    slow_bucket_ms: float
+    switched_at_s: float = math.inf
+    sent: int = 0
+
+    def switch(self, elapsed_s: float) -> None:
+        self.switched_at_s = elapsed_s
+
+    def step(self, exporter: IstioSeriesExporter, elapsed_s: float) -> None:
+        due = math.floor(self.rps * elapsed_s)
+        n = due - self.sent
+        if n <= 0:
+            return
+        bucket_ms = self.slow_bucket_ms if elapsed_s >= self.switched_at_s else self.fast_bucket_ms
+        counts = [0] * N_BUCKETS
+        counts[bucket_index(bucket_ms)] = n
+        exporter.record(
+            service=self.service,
+            version=self.version,
+            requests=n,
+            errors_5xx=0,
+            latency_bucket_counts=counts,
+            sum_ms=n * bucket_ms * 0.8,
+        )
+        self.sent = due
+
+
 class Feeder(threading.Thread):
     """Records every flow's due traffic every 50 ms until stopped."""
 
-    def __init__(self, exporter: IstioSeriesExporter, flows: list[Flow]) -> None:
+    def __init__(self, exporter: IstioSeriesExporter, flows: list[Flow | SwitchFlow]) -> None:
         super().__init__(daemon=True)
         self.exporter, self.flows = exporter, flows
         self.stopped = threading.Event()
@@ -110,15 +149,19 @@ class Feeder(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(0.05):
-            elapsed = time.monotonic() - self.started_s
             for flow in self.flows:
-                flow.step(self.exporter, elapsed)
+                flow.step(self.exporter, self.elapsed_s())
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_s
 
 
 @dataclass
 class Lab:
     prometheus: PrometheusLab
     exporter: IstioSeriesExporter
+    feeder: Feeder
+    details: SwitchFlow
 
     @property
     def url(self) -> str:
@@ -143,6 +186,7 @@ def lab() -> Iterator[Lab]:
     binary = skip_without_prometheus()
     exporter = IstioSeriesExporter()
     port = exporter.start()
+    details = SwitchFlow(DETAILS, "v1", 50, fast_bucket_ms=10, slow_bucket_ms=500)
     feeder = Feeder(
         exporter,
         [
@@ -150,6 +194,7 @@ def lab() -> Iterator[Lab]:
             Flow(REVIEWS, "v2", 30, bucket_ms=50, error_frac=0.05, slow_frac=0.10),
             Flow(RATINGS, "v1", 40, bucket_ms=10),
             Flow(RATINGS, "v2", 20, bucket_ms=10, stop_after_s=1.0),
+            details,
         ],
     )
     feeder.start()
@@ -157,7 +202,7 @@ def lab() -> Iterator[Lab]:
     prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary, rules=[rules])
     try:
         prometheus.start()
-        env = Lab(prometheus, exporter)
+        env = Lab(prometheus, exporter, feeder, details)
         env.wait_full_window()
         full_s = time.time()  # the rules' own windows are full from their next evaluation on
         prometheus.wait_for_sample(
@@ -218,6 +263,26 @@ def test_p99_lies_in_the_bucket_of_the_true_p99_and_slow_ratio_matches(lab: Lab)
     assert 5 < obs[RATINGS_ROUTE].stat("v1").p99_ms <= 10
     assert v1.slow_ratio == 0.0
     assert abs(v2.slow_ratio - 0.10) <= 0.03
+    # Steady traffic: the newest scrape interval (~1 s: 30 v2 requests, ~3 slow) says the same.
+    assert 50 < v1.recent_p99_ms <= 100 and 250 < v2.recent_p99_ms <= 500
+    assert v1.recent_slow_ratio == 0.0
+    assert abs(v2.recent_slow_ratio - 0.10) <= 0.06
+
+
+def test_recent_stats_show_the_newest_interval_the_window_still_mixes(lab: Lab) -> None:
+    observer = make_observer(lab.url, window_s=15, subsets_by_route={DETAILS_ROUTE: ("v1",)})
+    time.sleep(max(0.0, 17.0 - lab.feeder.elapsed_s()))  # 15 s of fast requests in the window
+    before = observer.observe([DETAILS_ROUTE])[DETAILS_ROUTE].stat("v1")
+    assert before.slow_ratio == 0.0 and before.recent_slow_ratio == 0.0
+    lab.details.switch(lab.feeder.elapsed_s())  # every request from now on takes (250, 500] ms
+    deadline = time.monotonic() + 15.0
+    while True:  # until Prometheus has scraped twice since the switch
+        now = observer.observe([DETAILS_ROUTE])[DETAILS_ROUTE].stat("v1")
+        if now.recent_slow_ratio >= 0.99 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert now.recent_slow_ratio >= 0.99 and 250 < now.recent_p99_ms <= 500
+    assert now.slow_ratio < 0.6  # the 15 s window still holds the fast seconds before it
 
 
 def test_slow_ratio_is_nan_when_the_slo_is_not_a_bucket_bound(lab: Lab) -> None:
@@ -231,6 +296,7 @@ def test_a_declared_subset_without_series_reads_nan(lab: Lab) -> None:
     v3 = reviews.stat("v3")
     assert not v3.has_data
     assert all(math.isnan(x) for x in (v3.rps, v3.error_ratio, v3.p99_ms, v3.slow_ratio))
+    assert math.isnan(v3.recent_p99_ms) and math.isnan(v3.recent_slow_ratio)
     assert reviews.stat("v1").has_data
 
 
@@ -245,6 +311,7 @@ def test_a_query_prometheus_answers_with_nan_reads_nan(lab: Lab) -> None:
     v2 = make_observer(lab.url).observe([RATINGS_ROUTE])[RATINGS_ROUTE].stat("v2")
     assert v2.rps == 0.0 and v2.has_data  # the series exists, its rate is 0
     assert math.isnan(v2.p99_ms) and math.isnan(v2.error_ratio) and math.isnan(v2.slow_ratio)
+    assert math.isnan(v2.recent_p99_ms) and math.isnan(v2.recent_slow_ratio)
 
 
 def test_subsets_and_weights_come_from_the_route_config(lab: Lab) -> None:
@@ -277,8 +344,10 @@ def test_recording_rules_give_the_live_stats_in_one_query(lab: Lab) -> None:
                 assert_close(got.rps, want.rps, 0.10)
                 assert abs(got.error_ratio - want.error_ratio) <= 0.02
                 assert abs(got.slow_ratio - want.slow_ratio) <= 0.03
+                assert abs(got.recent_slow_ratio - want.recent_slow_ratio) <= 0.08
     v2 = recorded[REVIEWS_ROUTE].stat("v2")
     assert 250 < v2.p99_ms <= 500 and 50 < recorded[REVIEWS_ROUTE].stat("v1").p99_ms <= 100
+    assert 250 < v2.recent_p99_ms <= 500
     assert math.isnan(recorded[REVIEWS_ROUTE].stat("v3").rps)  # declared, no series
     # The rule runs every scrape interval: its data is at most a few intervals old.
     assert 0 <= recorded[REVIEWS_ROUTE].staleness_s <= 3 * lab.prometheus.scrape_interval_s

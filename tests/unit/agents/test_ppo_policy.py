@@ -13,6 +13,8 @@ Cases:
 - the "utilization-trend" extension is the change of each input since the route's last tick
   (0 without one, where a slot had no data, or after the subsets changed), the training
   wrapper and a serving policy feed the network the same vectors, and reset forgets the past;
+- "utilization-trend-ema2-recent" is "utilization-trend-ema2" with each slot's newest-interval
+  p99/slo and slow ratio (0 where unknown) between the trend inputs and the averages;
 - an ensemble file (`save_ensemble_npz`) loads as an `EnsemblePolicy` whose split is the
   decode of its members' mean action, flattens ensembles it is given, survives reset, and
   refuses one member, members on other feature specs and a member whose arrays are missing;
@@ -491,8 +493,44 @@ def test_trend_starts_afresh_when_the_subsets_change():
     assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
 
 
+def test_recent_extension_inserts_the_newest_interval_before_the_averages():
+    spec = FeatureSpec()
+    k = spec.max_subsets
+    block = 3 * k + 1
+    plain, recent = TrendMemory(), TrendMemory()
+    ticks = [_two_subsets(20.0, 0.0, 200.0, 60), _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)]
+    ticks[1] = dataclasses.replace(
+        ticks[1],
+        stats=(
+            ticks[1].stats[0],
+            dataclasses.replace(ticks[1].stats[1], recent_p99_ms=3000.0, recent_slow_ratio=0.9),
+        ),
+    )
+    for obs in ticks:
+        without = plain.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2")
+        vec = recent.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2-recent")
+    ext = "utilization-trend-ema2-recent"
+    assert extension_size(spec, ext) == extension_size(spec, "utilization-trend-ema2") + 2 * k
+    assert vec.shape == (spec.obs_size + extension_size(spec, ext),)
+    head = len(without) - 2 * block
+    assert np.array_equal(vec[:head], without[:head])  # encode, utilizations, trends
+    assert np.array_equal(vec[-2 * block :], without[-2 * block :])  # both averages
+    newest = vec[head : head + 2 * k]
+    assert newest[1] == spec.p99_clip  # 3000 ms is 12x the SLO: clipped like the p99 input
+    assert newest[k + 1] == pytest.approx(0.9)
+    assert not newest[[0, k]].any()  # a: NaN (unknown) reads 0
+    assert not newest[2:k].any() and not newest[k + 2 :].any()  # empty slots
+    assert extension_low(spec, ext) < 0
+
+
 @pytest.mark.parametrize(
-    "extension", ["utilization-trend", "utilization-trend-ema", "utilization-trend-ema2"]
+    "extension",
+    [
+        "utilization-trend",
+        "utilization-trend-ema",
+        "utilization-trend-ema2",
+        "utilization-trend-ema2-recent",
+    ],
 )
 def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
     spec = FeatureSpec()

@@ -2,7 +2,8 @@
 
 Covers: a fixed query count whatever the number of hosts; grouping by service and version;
 one anchored, escaped host regex per selector; order-independent text; reporter and rate-window
-parameters and their validation; the ``or 0 *`` fallback for 5xx; the SLO bucket matcher;
+parameters and their validation; the ``or 0 *`` fallback for 5xx; the SLO bucket matcher; the
+newest-interval (``irate``) latency stats next to the windowed (``rate``) ones;
 Istio host name expansion; and (when ``promtool`` is installed) that Prometheus parses the
 queries.
 """
@@ -25,6 +26,8 @@ from controller.adapters.promql import (
     STAT_LABEL,
     STAT_LAST_SAMPLE_S,
     STAT_P99_MS,
+    STAT_RECENT_P99_MS,
+    STAT_RECENT_SLOW_RATIO,
     STAT_RPS,
     STAT_SLOW_RATIO,
     PromQLProfile,
@@ -166,6 +169,23 @@ def test_slow_ratio_matches_the_slo_bucket_in_both_spellings() -> None:
     assert not pattern.fullmatch("2500") and not pattern.fullmatch("25")
     assert 'le="+Inf"' in latency
     assert re.fullmatch(le_regex(0.5), "0.5") and not re.fullmatch(le_regex(0.5), "005")
+
+
+def test_recent_latency_stats_are_the_windowed_ones_with_irate() -> None:
+    _, latency = ISTIO.queries([REVIEWS], window_s=30, slo_ms=250)
+    parts = dict(
+        (m.group(2), m.group(1))
+        for m in re.finditer(r'label_replace\((.*?), "meshpilot_stat", "(\w+)", "", ""\)', latency)
+    )
+    assert set(parts) == {STAT_P99_MS, STAT_SLOW_RATIO, STAT_RECENT_P99_MS, STAT_RECENT_SLOW_RATIO}
+    for windowed, recent in (
+        (STAT_P99_MS, STAT_RECENT_P99_MS),
+        (STAT_SLOW_RATIO, STAT_RECENT_SLOW_RATIO),
+    ):
+        assert "irate(" not in parts[windowed] and "(rate(" in parts[windowed]
+        assert "(rate(" not in parts[recent]
+        assert parts[recent] == parts[windowed].replace("(rate(", "(irate(")
+        assert "[30s]" in parts[recent]  # the last two samples within the window
 
 
 def test_le_labels_print_like_envoy() -> None:

@@ -2,7 +2,8 @@
 
 Cases: error ramps interpolate and hold; events with duration revert; capacity drops raise
 latency; dropped samples are NaN; before the first step all stats are NaN; diurnal/bursts
-modulate the load.
+modulate the load; the newest-interval stats are the last step's, noise-scaled like the
+window's p99.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import parse_scenario
+from envs.simulator.telemetry import quantile_ms
 
 BASE = {
     "name": "events",
@@ -55,6 +57,7 @@ def test_nothing_observed_before_first_step_and_drops_are_nan() -> None:
     assert all(math.isnan(s.rps) for s in obs.stats)
     sim.step(sim.weights)
     assert all(not s.has_data for s in sim.observe().stats)
+    assert all(math.isnan(s.recent_p99_ms) for s in sim.observe().stats)
     assert all(s.has_data for s in sim.observe_last_step().stats)
 
 
@@ -67,3 +70,18 @@ def test_noise_changes_only_the_seen_p99() -> None:
     assert clean.summary() == noisy.summary()
     assert clean.observe().stat("a").p99_ms != noisy.observe().stat("a").p99_ms
     assert clean.observe().stat("a").rps == noisy.observe().stat("a").rps
+
+
+def test_recent_stats_are_the_last_steps() -> None:
+    clean = MeshSimulator(parse_scenario(BASE), seed=2)
+    noisy = MeshSimulator(parse_scenario(dict(BASE, telemetry={"noise": 0.5})), seed=2)
+    for _ in range(110):  # into the 3x burst at 100 s: the newest step differs from the window
+        counts = clean.step(clean.weights)
+        noisy.step(noisy.weights)
+    seen = clean.observe().stat("a")
+    assert seen.recent_slow_ratio == int(counts.slow[0]) / int(counts.count[0])
+    assert seen.recent_p99_ms == quantile_ms(counts.hist[0], 0.99)
+    assert seen.recent_p99_ms != seen.p99_ms
+    shaken = noisy.observe().stat("a")
+    assert shaken.recent_slow_ratio == seen.recent_slow_ratio  # noise only touches p99s
+    assert shaken.recent_p99_ms / seen.recent_p99_ms == pytest.approx(shaken.p99_ms / seen.p99_ms)
