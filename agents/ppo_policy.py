@@ -163,11 +163,11 @@ constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate wind
 ticks (100 s)."""
 
 _REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
+"""Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
 
 RECENT_EXTENSIONS = ("utilization-trend-ema2-recent",)
 """Extensions that also append each slot's newest-interval p99/slo and slow ratio
 (`SubsetStats.recent_p99_ms`, `recent_slow_ratio`), before the moving averages."""
-"""Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
 
 
 def extension_size(spec: FeatureSpec, extension: str) -> int:

@@ -166,7 +166,7 @@ class PrometheusSettings(_Group):
     timeout_s: float = Field(default=2.0, gt=0)
     """Per-query HTTP timeout (s, default 2), below the tick so a slow Prometheus holds."""
     recording_rules: bool = False
-    """Read the stats from meshpilot's recording rules (one cheap query per tick) instead of
+    """Read the stats from meshpilot's recording rules (two cheap queries per tick) instead of
     computing them in the tick (default false). Load ``meshpilot prometheus-rules`` output,
     made with the same window_s, reporter and slo_ms, into Prometheus first."""
 

@@ -77,7 +77,7 @@ class PrometheusObserver:
     weights_source: the actuator's current weights of a route, or None when unknown (weights
     then read 0); clock: time source of `Observation.timestamp_s`; recording_rules: read the
     stats the profile's recording rules wrote (`PromQLProfile.recording_rules`, same window,
-    reporter and SLO) with one query per tick instead of computing them in the tick.
+    reporter and SLO) with two cheap queries per tick instead of computing them in the tick.
 
     Staleness is measured on Prometheus's own clock (query evaluation time minus the newest
     raw sample of the route's subsets), so clock skew between the controller and Prometheus
@@ -170,10 +170,8 @@ class PrometheusObserver:
         services = {route: self.service_of(route) for route in unique}
         window_s, reporter, slo_ms = self._window_s, self._reporter, self._slo_ms
         if self._recording_rules:
-            queries: Sequence[str] = (
-                self._profile.recorded_query(
-                    services.values(), window_s=window_s, reporter=reporter, slo_ms=slo_ms
-                ),
+            queries: Sequence[str] = self._profile.recorded_queries(
+                services.values(), window_s=window_s, reporter=reporter, slo_ms=slo_ms
             )
         else:
             queries = self._profile.queries(

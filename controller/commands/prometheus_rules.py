@@ -16,15 +16,17 @@ from controller.settings import load_settings
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "prometheus-rules",
-        help="print the Prometheus recording rules that make each tick one cheap query",
+        help="print the Prometheus recording rules that make each tick two cheap queries",
         description=(
             f"Print a Prometheus rule file (YAML) that records every per-subset stat the "
-            f"controller reads (rps, 5xx rps, newest sample time, p99 ms, slow ratio) as "
+            f"controller reads (rps, 5xx rps, newest sample time, p99 ms, slow ratio, and the "
+            f"p99 and slow ratio of the newest scrape interval) as "
             f"{RECORDED_METRIC}, for the PromQL profile, rate window, reporter and SLO of the "
             f"settings (file, MESHPILOT_ environment, then these options). Load it into "
             f"Prometheus (rule_files, or a PrometheusRule's spec with the Prometheus Operator) "
-            f"and set prometheus.recording_rules: true; the observer then sends one query per "
-            f"tick instead of evaluating every histogram bucket series inside the tick, at the "
+            f"and set prometheus.recording_rules: true; the observer then sends two cheap "
+            f"queries per tick instead of evaluating every histogram bucket series inside the "
+            f"tick, at the "
             f"price of up to one rule interval of extra lag."
         ),
     )

@@ -3,7 +3,8 @@
 Covers: a fixed query count whatever the number of hosts; grouping by service and version;
 one anchored, escaped host regex per selector; order-independent text; reporter and rate-window
 parameters and their validation; the ``or 0 *`` fallback for 5xx; the SLO bucket matcher; the
-newest-interval (``irate``) latency stats next to the windowed (``rate``) ones;
+newest-interval (``irate``) latency stats next to the windowed (``rate``) ones; the recorded
+stats read in two queries that split them by family;
 Istio host name expansion; and (when ``promtool`` is installed) that Prometheus parses the
 queries.
 """
@@ -186,6 +187,22 @@ def test_recent_latency_stats_are_the_windowed_ones_with_irate() -> None:
         assert "(rate(" not in parts[recent]
         assert parts[recent] == parts[windowed].replace("(rate(", "(irate(")
         assert "[30s]" in parts[recent]  # the last two samples within the window
+
+
+def test_recorded_queries_split_every_recorded_stat_by_family() -> None:
+    traffic_q, latency_q = ISTIO.recorded_queries([REVIEWS], window_s=30, slo_ms=250)
+    picked = [
+        set(re.search(r'meshpilot_stat=~"([^"]*)"', q).group(1).split("|"))  # type: ignore[union-attr]
+        for q in (traffic_q, latency_q)
+    ]
+    assert picked[0] == {STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S}
+    assert picked[1] == {STAT_P99_MS, STAT_SLOW_RATIO, STAT_RECENT_P99_MS, STAT_RECENT_SLOW_RATIO}
+    rules = ISTIO.recording_rules(window_s=30, slo_ms=250)["groups"][0]["rules"]
+    recorded = set(re.findall(r'"meshpilot_stat", "(\w+)"', " ".join(r["expr"] for r in rules)))
+    assert picked[0] | picked[1] == recorded and not picked[0] & picked[1]
+    everything = ISTIO.recorded_query([REVIEWS], window_s=30, slo_ms=250)
+    assert "meshpilot_stat=~" not in everything
+    assert traffic_q.replace(', meshpilot_stat=~"rps|errors_rps|last_sample_s"', "") == everything
 
 
 def test_le_labels_print_like_envoy() -> None:
