@@ -123,6 +123,7 @@ class PrometheusObserver:
             )
         self._recording_rules = bool(recording_rules)
         self._warned_no_recorded = False
+        self._warned_no_recent = False
         self._url = url.rstrip("/")
         self._subsets_by_route = {r: tuple(s) for r, s in (subsets_by_route or {}).items()}
         self._weights_source = weights_source
@@ -191,6 +192,16 @@ class PrometheusObserver:
                 "reporter and slo_ms) into Prometheus; until then every route holds",
                 RECORDED_METRIC,
                 self._profile.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms),
+            )
+        if self._recording_rules and not self._warned_no_recent and _lacks_recent(table):
+            self._warned_no_recent = True
+            _log.warning(
+                "the recorded %s series have p99s but no newest-interval stats (%s, %s): the "
+                "recording rules predate them. Load the output of `meshpilot prometheus-rules` "
+                "again; until then the policy reads those inputs as unknown",
+                RECORDED_METRIC,
+                STAT_RECENT_P99_MS,
+                STAT_RECENT_SLOW_RATIO,
             )
         now = self._clock.now()
         return {
@@ -289,6 +300,15 @@ def _brief(exc: BaseException, limit: int = 200) -> str:
         reason = tail.rpartition(" (Caused by ")[2]
         text = f"{head} ({reason}" if reason != tail else head
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _lacks_recent(table: _Table) -> bool:
+    """True when some subset has a windowed p99 but none has a newest-interval stat (rules
+    generated before those stats existed)."""
+    rows = table.values()
+    has_p99 = any(STAT_P99_MS in row for row in rows)
+    has_recent = any(STAT_RECENT_P99_MS in row or STAT_RECENT_SLOW_RATIO in row for row in rows)
+    return has_p99 and not has_recent
 
 
 def _ratio(value: float) -> float:

@@ -13,7 +13,8 @@ Prometheus answers NaN for its p99). Cases:
 * subset order and weights from `subsets_by_route` / `weights_source`;
 * the same number of queries for 1 route and for 50 routes;
 * with the profile's recording rules loaded: the same stats from two cheap queries, and rules
-  generated for other settings never read (NaN, one warning);
+  generated for other settings never read (NaN, one warning); recorded series from rules that
+  predate the newest-interval stats read NaN there, with one warning (a stub server);
 * Prometheus killed -> `TemporaryError`, restarted -> observations again; unreachable URL,
   HTTP 503, a timeout and malformed answers (a real stub HTTP server) -> `TemporaryError`;
 * exporter output shape and validation; constructor validation.
@@ -589,3 +590,24 @@ def test_exporter_rejects_inconsistent_counts(kwargs: dict[str, object]) -> None
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def test_rules_without_the_newest_interval_stats_warn_once(
+    stub: tuple[str, StubAnswer], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, answer = stub
+    labels = {"destination_service": REVIEWS, "destination_version": "v1"}
+    answer.body = _vector(
+        [
+            {"metric": dict(labels, meshpilot_stat=stat), "value": [100.0, value]}
+            for stat, value in (("rps", "70"), ("last_sample_s", "99"), ("p99_ms", "80"))
+        ]
+    )
+    observer = make_observer(url, recording_rules=True)
+    with caplog.at_level("WARNING"):
+        v1 = observer.observe([REVIEWS_ROUTE])[REVIEWS_ROUTE].stat("v1")
+        observer.observe([REVIEWS_ROUTE])
+    assert v1.rps == 70.0 and v1.p99_ms == 80.0
+    assert math.isnan(v1.recent_p99_ms) and math.isnan(v1.recent_slow_ratio)
+    warnings = [r.getMessage() for r in caplog.records if "newest-interval" in r.getMessage()]
+    assert len(warnings) == 1 and "meshpilot prometheus-rules" in warnings[0]
