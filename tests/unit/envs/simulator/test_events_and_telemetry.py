@@ -75,13 +75,13 @@ def test_noise_changes_only_the_seen_p99() -> None:
 def test_recent_stats_are_the_last_steps() -> None:
     clean = MeshSimulator(parse_scenario(BASE), seed=2)
     noisy = MeshSimulator(parse_scenario(dict(BASE, telemetry={"noise": 0.5})), seed=2)
-    for _ in range(110):  # into the 3x burst at 100 s: the newest step differs from the window
+    for _ in range(21):  # to 105 s: the newest 5 s step is in the 3x burst, the window mostly not
         counts = clean.step(clean.weights)
         noisy.step(noisy.weights)
     seen = clean.observe().stat("a")
     assert seen.recent_slow_ratio == int(counts.slow[0]) / int(counts.count[0])
     assert seen.recent_p99_ms == quantile_ms(counts.hist[0], 0.99)
-    assert seen.recent_p99_ms != seen.p99_ms
+    assert seen.recent_slow_ratio > seen.slow_ratio + 0.3  # the burst shows at once
     shaken = noisy.observe().stat("a")
     assert shaken.recent_slow_ratio == seen.recent_slow_ratio  # noise only touches p99s
     assert shaken.recent_p99_ms / seen.recent_p99_ms == pytest.approx(shaken.p99_ms / seen.p99_ms)
