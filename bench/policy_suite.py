@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from agents.evaluate import format_table, resolve_scenarios, run_evaluation, summarize, write_json
+from controller.commands.evaluate import non_negative_int, positive_int
 from envs.simulator.scenario import SUITE_DIR
 
 STATIC = ("equal", "proportional", "sqrt")
@@ -46,10 +47,10 @@ def claims(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=10, help="seeds per scenario (10)")
+    parser.add_argument("--seeds", type=positive_int, default=10, help="seeds per scenario (10)")
     parser.add_argument(
         "--first-seed",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="first seed (0): seeds S..S+N-1; e.g. 100 checks the claims on held-out traces",
     )
@@ -57,8 +58,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--out", default="runs/bench/policy_suite.json", help="JSON report")
     args = parser.parse_args()
-    if args.seeds < 1 or args.first_seed < 0:
-        parser.error("--seeds must be at least 1 and --first-seed at least 0")
     scenarios = resolve_scenarios([str(SUITE_DIR)])
     policies = [args.policy, *BASELINES, "oracle"]
     start = time.monotonic()

@@ -35,6 +35,7 @@ from agents.oracle import (
 )
 from agents.registry import make_policy
 from agents.rollout import run_episode
+from controller.commands.evaluate import non_negative_int, positive_int
 from controller.core.model import Observation, Weights, largest_remainder
 from controller.core.ports import Policy
 from envs.simulator.engine import MeshSimulator
@@ -93,8 +94,10 @@ def _episode(task: tuple[Scenario, str, int]) -> tuple[str, str, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=10, help="seeds per scenario (10)")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed: runs S..S+N-1 (0)")
+    parser.add_argument("--seeds", type=positive_int, default=10, help="seeds per scenario (10)")
+    parser.add_argument(
+        "--first-seed", type=non_negative_int, default=0, help="first seed: runs S..S+N-1 (0)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument(
         "--scenarios",
@@ -105,8 +108,6 @@ def main() -> None:
         help=f"changing scenarios to run (all: {' '.join(CHANGING)})",
     )
     args = parser.parse_args()
-    if args.seeds < 1 or args.first_seed < 0:
-        parser.error("--seeds must be >= 1 and --first-seed >= 0")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     scenarios = [s for s in resolve_scenarios([str(SUITE_DIR)]) if s.name in args.scenarios]
     names = [*BASELINES, "oracle", *YARDSTICKS]

@@ -123,7 +123,7 @@ class PrometheusObserver:
             )
         self._recording_rules = bool(recording_rules)
         self._warned_no_recorded = False
-        self._warned_no_recent = False
+        self._recent_checked = False
         self._url = url.rstrip("/")
         self._subsets_by_route = {r: tuple(s) for r, s in (subsets_by_route or {}).items()}
         self._weights_source = weights_source
@@ -193,20 +193,28 @@ class PrometheusObserver:
                 RECORDED_METRIC,
                 self._profile.rule_labels(window_s=window_s, reporter=reporter, slo_ms=slo_ms),
             )
-        if self._recording_rules and not self._warned_no_recent and _lacks_recent(table):
-            self._warned_no_recent = True
-            _log.warning(
-                "the recorded %s series have p99s but no newest-interval stats (%s, %s): the "
-                "recording rules predate them. Load the output of `meshpilot prometheus-rules` "
-                "again; until then the policy reads those inputs as unknown",
-                RECORDED_METRIC,
-                STAT_RECENT_P99_MS,
-                STAT_RECENT_SLOW_RATIO,
-            )
+        if self._recording_rules and not self._recent_checked and _has_p99(table):
+            self._recent_checked = True  # once: the rules loaded do not change tick to tick
+            self._warn_if_rules_lack_recent(table)
         now = self._clock.now()
         return {
             route: self._observation(route, services[route], table, eval_s, now) for route in unique
         }
+
+    def _warn_if_rules_lack_recent(self, table: _Table) -> None:
+        """One warning when the recorded stats have p99s but no newest-interval stats: rules
+        generated before those existed, so the policy would read them as unknown."""
+        rows = table.values()
+        if any(STAT_RECENT_P99_MS in row or STAT_RECENT_SLOW_RATIO in row for row in rows):
+            return
+        _log.warning(
+            "the recorded %s series have p99s but no newest-interval stats (%s, %s): the "
+            "recording rules predate them. Load the output of `meshpilot prometheus-rules` "
+            "again; until then the policy reads those inputs as unknown",
+            RECORDED_METRIC,
+            STAT_RECENT_P99_MS,
+            STAT_RECENT_SLOW_RATIO,
+        )
 
     def _query(self, query: str) -> Any:
         with self._count_lock:
@@ -302,13 +310,9 @@ def _brief(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _lacks_recent(table: _Table) -> bool:
-    """True when some subset has a windowed p99 but none has a newest-interval stat (rules
-    generated before those stats existed)."""
-    rows = table.values()
-    has_p99 = any(STAT_P99_MS in row for row in rows)
-    has_recent = any(STAT_RECENT_P99_MS in row or STAT_RECENT_SLOW_RATIO in row for row in rows)
-    return has_p99 and not has_recent
+def _has_p99(table: _Table) -> bool:
+    """True when some subset of the answer has a windowed p99 (the latency stats arrived)."""
+    return any(STAT_P99_MS in row for row in table.values())
 
 
 def _ratio(value: float) -> float:

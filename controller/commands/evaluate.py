@@ -27,11 +27,13 @@ def _int_at_least(text: str, least: int) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a seed count), else a one-line usage error."""
     return _int_at_least(text, 1)
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a first seed), else a one-line usage error."""
     return _int_at_least(text, 0)
 
 
@@ -77,11 +79,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"policies to compare, any of: {', '.join(policy_names())}",
     )
     p.add_argument(
-        "--seeds", type=_positive_int, default=3, metavar="N", help="how many seeds (default 3)"
+        "--seeds", type=positive_int, default=3, metavar="N", help="how many seeds (default 3)"
     )
     p.add_argument(
         "--first-seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="S",
         help=(
@@ -103,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="worker processes for episodes (default 1; results do not depend on it)",

@@ -203,6 +203,10 @@ def test_recorded_queries_split_every_recorded_stat_by_family() -> None:
     everything = ISTIO.recorded_query([REVIEWS], window_s=30, slo_ms=250)
     assert "meshpilot_stat=~" not in everything
     assert traffic_q.replace(', meshpilot_stat=~"rps|errors_rps|last_sample_s"', "") == everything
+    assert ISTIO.recorded_queries(iter([REVIEWS]), window_s=30, slo_ms=250) == (
+        traffic_q,
+        latency_q,
+    )  # a one-shot iterator of hosts serves both queries
 
 
 def test_le_labels_print_like_envoy() -> None:
