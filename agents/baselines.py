@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.core.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
+from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
 
 
 def _finite(x: float) -> bool:

@@ -46,9 +46,9 @@ from tqdm import tqdm
 
 from agents.registry import make_policy
 from agents.rollout import EpisodeTrace, run_episode
-from controller.core.errors import ConfigError
 from envs.simulator.engine import EpisodeSummary
 from envs.simulator.scenario import SUITE_DIR, Scenario, ScenarioError, load_scenario
+from meshcore.errors import ConfigError
 
 METRICS = ("bad_fraction", "p99_ms", "mean_ms", "error_rate", "churn")
 """Per-episode scores aggregated over seeds, in report order."""

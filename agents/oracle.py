@@ -53,9 +53,9 @@ from functools import lru_cache
 import numpy as np
 
 from agents.baselines import sqrt_shares
-from controller.core.errors import ConfigError
-from controller.core.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
+from meshcore.errors import ConfigError
+from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
 
 
 def least_request_alpha(servers: int, utilization: np.ndarray) -> np.ndarray:

@@ -95,11 +95,11 @@ from agents.ppo_policy import (
     save_npz,
     unshape_correction,
 )
-from controller.core.errors import ConfigError
-from controller.core.features import FeatureSpec
-from controller.core.reward import CHURN_COST
 from envs.mesh_env import Randomization
 from envs.simulator.scenario import Scenario, load_scenario, suite_paths
+from meshcore.errors import ConfigError
+from meshcore.features import FeatureSpec
+from meshcore.reward import CHURN_COST
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
@@ -145,7 +145,7 @@ class TrainConfig:
     """Add this many random reorderings of each scenario's subsets to each env's pool, so every
     observation slot sees every kind of subset (the suite always lists the biggest first)."""
     churn_cost: float = CHURN_COST
-    """Reward lost per 100 weight points moved (see controller.core.reward); higher values give
+    """Reward lost per 100 weight points moved (see meshcore.reward); higher values give
     calmer policies."""
     learning_rate: float = 3e-4
     """Adam step size (linearly annealed to 0 when anneal_lr)."""
@@ -956,8 +956,8 @@ def teacher_label(
 ) -> TeacherLabel:
     """The teacher's `TeacherLabel` for the observation `obs_vec` of training env `env`."""
     from agents.oracle import drain_aware_weights, hedged_weights, miss_cost
-    from controller.core.features import encode_weights
-    from controller.core.model import Weights
+    from meshcore.features import encode_weights
+    from meshcore.model import Weights
 
     base = env.unwrapped
     sim = base.sim  # type: ignore[attr-defined]

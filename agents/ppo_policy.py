@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import sqrt_shares
-from controller.core.errors import ConfigError
-from controller.core.features import PER_SUBSET, FeatureSpec, decode, encode
-from controller.core.model import Observation, Weights
+from meshcore.errors import ConfigError
+from meshcore.features import PER_SUBSET, FeatureSpec, decode, encode
+from meshcore.model import Observation, Weights
 
 FORMAT_VERSION = 1
 """Version of the `.npz` layout above; bumped on any incompatible change."""
@@ -143,7 +143,7 @@ OBS_EXTENSIONS = (
 
 TREND_FEATURES = (2, 4, 6)
 """`encode` per-slot entries whose change since the last tick "utilization-trend" appends:
-weight, error_ratio and slow_ratio (see `controller.core.features`). Not p99: a difference of
+weight, error_ratio and slow_ratio (see `meshcore.features`). Not p99: a difference of
 two noisy p99 samples doubles their noise's variance, and slow_ratio, read from the same
 histogram, carries the latency news without it (measured: the same recipe with the p99 change
 met 15 and 14 of issue #3's claims, without it 15 and 16)."""

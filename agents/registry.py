@@ -17,8 +17,8 @@ from agents.baselines import (
     ProportionalPolicy,
     SqrtPolicy,
 )
-from controller.core.errors import ConfigError
-from controller.core.ports import Policy
+from meshcore.errors import ConfigError
+from meshcore.ports import Policy
 
 PPO_PREFIX = "ppo:"
 

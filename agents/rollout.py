@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.core.ports import Policy
 from envs.simulator.engine import EpisodeSummary, MeshSimulator
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import Scenario
+from meshcore.ports import Policy
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.registry import make_policy
-from controller.core.model import Observation, RouteRef
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from meshcore.model import Observation, RouteRef
 
 
 def observations(routes: int, ticks: int) -> list[list[Observation]]:

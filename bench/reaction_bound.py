@@ -35,11 +35,11 @@ from agents.oracle import (
 )
 from agents.registry import make_policy
 from agents.rollout import run_episode
-from controller.commands.evaluate import non_negative_int, positive_int
-from controller.core.model import Observation, Weights, largest_remainder
-from controller.core.ports import Policy
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import SUITE_DIR, Scenario
+from meshcore.model import Observation, Weights, largest_remainder
+from meshcore.ports import Policy
+from meshpilot.commands.evaluate import non_negative_int, positive_int
 
 BASELINES = ("equal", "proportional", "sqrt", "greedy", "canary", "ewma")
 CHANGING = (

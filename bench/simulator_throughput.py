@@ -11,9 +11,9 @@ import argparse
 import json
 import time
 
-from controller.core import Weights
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import parse_scenario
+from meshcore import Weights
 
 
 def scenario(duration_s: float) -> dict[str, object]:

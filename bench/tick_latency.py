@@ -76,10 +76,10 @@ from kube_lab import (  # noqa: E402
 
 from controller.adapters.istio import VirtualServiceActuator, kube_api_client  # noqa: E402
 from controller.clock import WallClock  # noqa: E402
-from controller.core import Observation, RouteRef, SubsetStats, Weights  # noqa: E402
 from controller.guard import Guard, GuardConfig  # noqa: E402
 from controller.loop import ControlLoop  # noqa: E402
 from controller.store import DecisionStore  # noqa: E402
+from meshcore import Observation, RouteRef, SubsetStats, Weights  # noqa: E402
 
 TARGET_MS = 100.0
 MAX_PROMQL = 3
@@ -266,7 +266,7 @@ def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str], max_connections:
 def feed_exporter(hosts: list[str], subsets: list[str], ports: Any, stop: Any) -> None:
     """Child process: an `IstioSeriesExporter` fed 100 rps per service, split evenly, every
     second, until `stop` is set; its port goes to `ports`."""
-    from controller.adapters.istio_exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
+    from envs.simulator.exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
 
     exporter = IstioSeriesExporter()
     ports.put(exporter.start())

@@ -1,7 +1,7 @@
 """Time sources for the control loop: the real one and a fake one for tests.
 
 The loop, the guard (hold, decay, pin TTLs) and the verifier measure every duration on one
-`Clock` (``controller.core.Clock``), so a test can drive minutes of control in microseconds and
+`Clock` (``meshcore.Clock``), so a test can drive minutes of control in microseconds and
 `meshpilot serve --mesh sim` can run the whole controller on simulated time.
 """
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from controller.core import (
+from meshcore import (
     WEIGHT_TOTAL,
     ConfigError,
     Observation,

@@ -42,7 +42,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from controller.adapters.istio import kube_api_client, translate_api_error
-from controller.core import ConfigError, MeshpilotError
+from meshcore import ConfigError, MeshpilotError
 
 __all__ = ["LeaseElector"]
 

@@ -40,7 +40,10 @@ from typing import Protocol, runtime_checkable
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.core import (
+from controller.guard import Guard, Mode, Verdict
+from controller.metrics import ControllerMetrics, outcome_class
+from controller.store import DecisionRecord, DecisionStore, encode_observation
+from meshcore import (
     Actuator,
     Clock,
     Observation,
@@ -52,9 +55,6 @@ from controller.core import (
     Weights,
     reward,
 )
-from controller.guard import Guard, Mode, Verdict
-from controller.metrics import ControllerMetrics, outcome_class
-from controller.store import DecisionRecord, DecisionStore, encode_observation
 
 __all__ = [
     "JOB_ID",

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from controller.core import ConfigError, RouteRef
-from controller.core.errors import yaml_error_text
 from controller.guard import GuardConfig
+from meshcore import ConfigError, RouteRef
+from meshcore.errors import yaml_error_text
 
 __all__ = [
     "ApiSettings",

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from controller.core import ConfigError, Observation, RouteRef, SubsetStats, TemporaryError
+from meshcore import ConfigError, Observation, RouteRef, SubsetStats, TemporaryError
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; bump it and add a step to `_MIGRATIONS` on any change."""

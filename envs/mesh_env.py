@@ -10,12 +10,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from controller.core.features import FeatureSpec, decode, encode
-from controller.core.model import Observation, Weights
-from controller.core.reward import CHURN_COST, bad_fraction_estimate, reward
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import Scenario, load_scenario, suite_paths
+from meshcore.features import FeatureSpec, decode, encode
+from meshcore.model import Observation, Weights
+from meshcore.reward import CHURN_COST, bad_fraction_estimate, reward
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class MeshEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Observation space
     `Box(0, p99_clip, (max_subsets * 8 + 2,), float32)` laid out by
-    `controller.core.features` (present, has_data, weight, traffic_share, error_ratio,
+    `meshcore.features` (present, has_data, weight, traffic_share, error_ratio,
     p99/slo, slow_ratio, capacity_share per subset slot; then route rps and staleness).
 
     ## Action space
@@ -59,7 +59,7 @@ class MeshEnv(gym.Env[np.ndarray, np.ndarray]):
     softmax and largest-remainder rounding, so every action is a valid split.
 
     ## Rewards
-    `controller.core.reward.reward` on the noise-free telemetry of the interval just served:
+    `meshcore.reward.reward` on the noise-free telemetry of the interval just served:
     minus the bad-request fraction (5xx or slower than the SLO), minus a churn charge.
 
     ## Episode end

@@ -26,7 +26,7 @@ CELLS: list[tuple[str, str]] = [
         "import matplotlib\n"
         "matplotlib.use('Agg')\n"
         "import matplotlib.pyplot as plt\n"
-        "from controller.cli import main as meshpilot\n\n"
+        "from meshpilot.cli import main as meshpilot\n\n"
         "TOTAL_STEPS = int(os.environ.get('MESHPILOT_NB_STEPS', '2048'))\n"
         "SEEDS = int(os.environ.get('MESHPILOT_NB_SEEDS', '2'))\n"
         "DURATION_S = float(os.environ.get('MESHPILOT_NB_DURATION_S', '300'))\n"

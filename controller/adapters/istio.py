@@ -60,7 +60,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from controller.adapters.promql import destination_service
-from controller.core import (
+from meshcore import (
     WEIGHT_TOTAL,
     ConfigError,
     PermanentError,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from controller.core import RouteRef, Weights
+from meshcore import RouteRef, Weights
 
 __all__ = ["ShadowActuator", "WeightsReader"]
 

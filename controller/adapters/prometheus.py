@@ -41,9 +41,9 @@ from controller.adapters.promql import (
     destination_service,
     get_profile,
 )
-from controller.core.errors import ConfigError, TemporaryError
-from controller.core.model import Observation, RouteRef, SubsetStats, Weights
-from controller.core.ports import Clock
+from meshcore.errors import ConfigError, TemporaryError
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
+from meshcore.ports import Clock
 
 __all__ = ["QUERIES_PER_TICK", "PrometheusObserver"]
 

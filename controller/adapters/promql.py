@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.core.errors import ConfigError
-from controller.core.telemetry_format import ISTIO_BUCKETS_MS
+from meshcore.errors import ConfigError
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS, le_label
 
 STAT_LABEL = "meshpilot_stat"
 """Label added by ``label_replace`` to tell the parts of one query apart."""
@@ -344,14 +344,6 @@ def promql_duration(seconds: float) -> str:
     if millis <= 0:
         raise ValueError(f"duration {seconds} s is below PromQL's 1 ms resolution")
     return f"{millis}ms"
-
-
-def le_label(bound_ms: float) -> str:
-    """A bucket bound as Envoy/Istio print it in ``le``: ``0.5``, ``250``, ``3600000``."""
-    value = float(bound_ms)
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
 
 
 def le_regex(bound_ms: float) -> str:

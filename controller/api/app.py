@@ -11,11 +11,11 @@ from fastapi import FastAPI
 
 from controller.api import decisions, health, metrics, overrides, routes
 from controller.api.errors import temporary_error_handler
-from controller.core import TemporaryError
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.settings import Settings
 from controller.store import DecisionStore
+from meshcore import TemporaryError
 
 DESCRIPTION = (
     "meshpilot sets Istio route weights with a learned, guarded policy. This API shows the "

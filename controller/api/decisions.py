@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from controller.api.deps import StoreDep
 from controller.api.errors import unprocessable
 from controller.api.schemas import DecisionView
-from controller.core import RouteRef
+from meshcore import RouteRef
 
 router = APIRouter(tags=["decisions"])
 

@@ -11,12 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from controller.core import RouteRef
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.metrics import ControllerMetrics
 from controller.settings import Settings
 from controller.store import DecisionStore
+from meshcore import RouteRef
 
 
 def get_settings(request: Request) -> Settings:

@@ -13,7 +13,7 @@ from fastapi import Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.core import TemporaryError
+from meshcore import TemporaryError
 
 
 def unprocessable(loc: tuple[str | int, ...], msg: str, value: Any = None) -> NoReturn:

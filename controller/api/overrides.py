@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from controller.api.deps import GuardDep, LoopDep, RouteDep, SettingsDep, StoreDep
 from controller.api.errors import unprocessable
 from controller.api.schemas import OverrideRequest, RouteView, ShadowRequest
-from controller.core import RouteRef, Weights
 from controller.loop import ControlLoop
 from controller.settings import Settings
+from meshcore import RouteRef, Weights
 
 
 def require_leader(loop: LoopDep) -> None:

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from controller.core import WEIGHT_TOTAL, RouteRef
 from controller.guard import Guard
 from controller.loop import ControlLoop, VerifyResult
 from controller.store import DecisionRecord, DecisionStore
+from meshcore import WEIGHT_TOTAL, RouteRef
 
 Points = Annotated[int, Field(strict=True, ge=0, le=WEIGHT_TOTAL)]
 """One weight: an integer 0..100 (strict: 50.0 or "50" is rejected, not rounded)."""

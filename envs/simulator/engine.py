@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.core.model import Observation, RouteRef, SubsetStats, Weights
 from envs.simulator import kernel
 from envs.simulator.scenario import Scenario
 from envs.simulator.telemetry import EDGES_S, N_BINS, istio_bucket_counts, quantile_ms
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
 QUEUE_LIMIT = 1024
 """Requests waiting or in service per replica before Envoy's circuit breaker answers 503

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from controller.core.errors import PermanentError
-from controller.core.model import Observation, RouteRef, Weights
 from envs.simulator.engine import MeshSimulator, StepCounts
+from meshcore.errors import PermanentError
+from meshcore.model import Observation, RouteRef, Weights
 
 
 class SimulatedMesh:

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.core.errors import ConfigError, yaml_error_text
-from controller.core.model import WEIGHT_TOTAL, largest_remainder
+from meshcore.errors import ConfigError, yaml_error_text
+from meshcore.model import WEIGHT_TOTAL, largest_remainder
 
-SUITE_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+SUITE_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 """The public scenario suite shipped with meshpilot."""
 
 SETTABLE_FIELDS = ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")

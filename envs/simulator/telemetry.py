@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from controller.core.telemetry_format import ISTIO_BUCKETS_MS
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS
 
 _FINE_RATIO = 1.03
 

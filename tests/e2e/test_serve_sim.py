@@ -69,7 +69,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client
     cmd = [
         sys.executable,
         "-m",
-        "controller.cli",
+        "meshpilot.cli",
         "serve",
         "--mesh",
         "sim",
@@ -144,7 +144,7 @@ def test_serve_sim_decides_accepts_an_override_and_stops_on_sigterm(
 
 def test_every_serve_option_has_help_text() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "serve", "--help"],
+        [sys.executable, "-m", "meshpilot.cli", "serve", "--help"],
         cwd=REPO,
         env=env(),
         capture_output=True,
@@ -159,8 +159,8 @@ def test_every_serve_option_has_help_text() -> None:
 def test_the_serving_path_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import controller.commands.serve as serve\n"
-        "import controller.api.app, controller.adapters.sim, controller.loop\n"
+        "import meshpilot.commands.serve as serve\n"
+        "import controller.api.app, envs.simulator.realtime, controller.loop\n"
         "serve.resolve_policy(None)\n"
         "serve.resolve_policy('proportional')\n"
         "heavy = ('torch', 'stable_baselines3')\n"

@@ -63,7 +63,7 @@ from controller.adapters.istio import (
     _Gone,
     _VirtualServiceCache,
 )
-from controller.core import PermanentError, RouteRef, TemporaryError, Weights
+from meshcore import PermanentError, RouteRef, TemporaryError, Weights
 
 pytestmark = pytest.mark.integration
 
@@ -370,7 +370,7 @@ def test_apply_reuses_the_read_of_current_and_a_stale_copy_is_just_retried(
 def test_credentials_from_kubeconfig_or_in_cluster(
     lab: KubeLab, vs_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from controller.core import ConfigError
+    from meshcore import ConfigError
 
     act = VirtualServiceActuator(kubeconfig=str(lab.kubeconfig("admin")))
     assert act.current(RouteRef(NS, vs_name, "primary", "reviews"))["v1"] == 80

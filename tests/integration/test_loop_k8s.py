@@ -34,11 +34,11 @@ from kube_lab import KubeLab, destination_rule, running_lab, virtual_service
 
 from controller.adapters.istio import VirtualServiceActuator
 from controller.clock import WallClock
-from controller.core import Observation, RouteRef, SubsetStats, Weights
 from controller.guard import Guard, GuardConfig
 from controller.leader import LeaseElector
 from controller.loop import ControlLoop
 from controller.store import DecisionStore
+from meshcore import Observation, RouteRef, SubsetStats, Weights
 
 pytestmark = pytest.mark.integration
 

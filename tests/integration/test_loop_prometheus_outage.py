@@ -16,17 +16,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.adapters.istio_exporter import IstioSeriesExporter
 from controller.adapters.prometheus import PrometheusObserver
-from controller.adapters.sim_exporter import publish_step
 from controller.clock import WallClock
-from controller.core import Observation, RouteRef, Weights
 from controller.guard import Guard, GuardConfig
 from controller.loop import ControlLoop, TickResult
 from controller.store import DecisionStore
 from envs.simulator.engine import MeshSimulator
+from envs.simulator.exporter import IstioSeriesExporter, publish_step
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import parse_scenario
+from meshcore import Observation, RouteRef, Weights
 
 from .prometheus_lab import PrometheusLab, skip_without_prometheus
 

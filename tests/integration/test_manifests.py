@@ -338,8 +338,8 @@ def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
     lab: KubeLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from controller.adapters.istio import VirtualServiceActuator
-    from controller.core import PermanentError, Weights
     from controller.leader import LeaseElector
+    from meshcore import PermanentError, Weights
 
     if lab.request("GET", f"/api/v1/namespaces/{NS}")[0] != 200:
         namespace = by_kind(render_base(), "Namespace")[0]

@@ -18,13 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.adapters.istio_exporter import IstioSeriesExporter
 from controller.adapters.prometheus import PrometheusObserver
-from controller.adapters.sim_exporter import publish_step
-from controller.core import Observation, RouteRef, Weights
-from controller.core.telemetry_format import ISTIO_BUCKETS_MS
 from envs.simulator.engine import MeshSimulator
+from envs.simulator.exporter import IstioSeriesExporter, publish_step
 from envs.simulator.scenario import parse_scenario
+from meshcore import Observation, RouteRef, Weights
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS
 
 from .prometheus_lab import PrometheusLab, skip_without_prometheus
 

@@ -36,10 +36,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from controller.adapters.istio_exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
 from controller.adapters.prometheus import QUERIES_PER_TICK, PrometheusObserver
 from controller.adapters.promql import PROFILES, RECORDED_METRIC
-from controller.core import ConfigError, Observer, RouteRef, TemporaryError, Weights
+from envs.simulator.exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
+from meshcore import ConfigError, Observer, RouteRef, TemporaryError, Weights
 
 try:
     from .prometheus_lab import PrometheusLab, free_port, skip_without_prometheus

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from agents.ppo_policy import EnsemblePolicy, load_numpy_policy
-from controller.core.features import FeatureSpec, decode
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from meshcore.features import FeatureSpec, decode
 
 
 def assert_decides_members_mean(

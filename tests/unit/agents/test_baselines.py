@@ -37,7 +37,7 @@ from agents.baselines import (
     route_rps,
     sqrt_rule,
 )
-from controller.core.model import Observation, RouteRef, SubsetStats, Weights, largest_remainder
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights, largest_remainder
 
 ROUTE = RouteRef("ns", "vs", "r", "host")
 OTHER = RouteRef("ns", "vs2", "r", "host")

@@ -1,5 +1,5 @@
 """`meshpilot train --members N` (agents.ensemble); `meshpilot ensemble` on its own is
-tests/unit/controller/commands/test_ensemble.py.
+tests/unit/meshpilot/commands/test_ensemble.py.
 
 Cases:
 - a tiny two-member job through the CLI trains both members (seeds seed and seed+1) in
@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("stable_baselines3")
 
-from controller.cli import main
+from meshpilot.cli import main
 from tests.unit.agents.ensemble_checks import assert_decides_members_mean
 from tests.unit.agents.tiny_training import TINY_PPO
 

@@ -29,9 +29,9 @@ from agents.evaluate import (
     summarize,
 )
 from agents.registry import make_policy, policy_names
-from controller.cli import main
-from controller.core.errors import ConfigError
 from envs.simulator.scenario import ScenarioError, suite_paths
+from meshcore.errors import ConfigError
+from meshpilot.cli import main
 
 SHORT = "30"
 

@@ -55,10 +55,10 @@ from agents.oracle import (
     sqrt_anchor,
 )
 from agents.rollout import run_episode
-from controller.core.errors import ConfigError
-from controller.core.model import Observation, RouteRef, SubsetStats, Weights
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
 from envs.simulator.scenario import Scenario, load_scenario, parse_scenario
+from meshcore.errors import ConfigError
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
 
 def sub(

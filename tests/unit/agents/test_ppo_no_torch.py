@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.ppo_policy import save_npz
-from controller.core.features import FeatureSpec
+from meshcore.features import FeatureSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 BLOCK = "import sys\nsys.modules['torch'] = None\nsys.modules['stable_baselines3'] = None\n"
@@ -83,7 +83,7 @@ def test_policy_loads_and_decides_without_torch(tmp_path):
 def test_cli_parser_with_train_builds_without_torch():
     proc = _run(
         """
-        from controller.cli import main
+        from meshpilot.cli import main
         try:
             main(["train", "--help"])
         except SystemExit as exit:

@@ -63,11 +63,11 @@ from agents.ppo_policy import (
     shape_correction,
     unshape_correction,
 )
-from controller.core.errors import ConfigError
-from controller.core.features import FeatureSpec, decode, encode
-from controller.core.model import Observation, RouteRef, SubsetStats
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario, suite_paths
+from meshcore.errors import ConfigError
+from meshcore.features import FeatureSpec, decode, encode
+from meshcore.model import Observation, RouteRef, SubsetStats
 
 torch.set_num_threads(1)
 

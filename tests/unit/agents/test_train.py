@@ -1,4 +1,4 @@
-"""`meshpilot train` end to end on a tiny job (agents.ppo + controller.commands.train).
+"""`meshpilot train` end to end on a tiny job (agents.ppo + meshpilot.commands.train).
 
 Cases:
 - a few hundred steps through the CLI's main() write every artifact of the run directory
@@ -28,9 +28,9 @@ pytest.importorskip("stable_baselines3")
 
 from agents.ppo import TrainConfig, field_help, read_episodes
 from agents.ppo_policy import load_ppo_policy
-from controller.cli import build_parser, main
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from meshpilot.cli import build_parser, main
 from tests.unit.agents.tiny_training import TINY_PPO
 
 TINY = [
@@ -181,7 +181,7 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
     from agents.oracle import hedged_weights
     from agents.ppo import make_env, oracle_target
     from agents.ppo_policy import apply_action_prior
-    from controller.core.features import decode
+    from meshcore.features import decode
 
     config = TrainConfig(
         scenarios=("steady-90", "many-subsets"),
@@ -226,7 +226,7 @@ def _latency_spike_env(**overrides: Any) -> tuple[TrainConfig, Any, np.ndarray]:
 def test_late_teacher_labels_what_the_served_intervals_can_show():
     from agents.oracle import hedged_weights
     from agents.ppo import oracle_target, teacher_state
-    from controller.core.features import decode
+    from meshcore.features import decode
 
     sim = MeshSimulator(load_scenario("latency-spike"), seed=0)  # v1 at 0.4 from 600 s to 900 s
     factors = {}

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core import ConfigError, Observation, RouteRef, SubsetStats, Weights
 from controller.guard import Guard, GuardConfig, Verdict, lift_to_floors, step_toward
+from meshcore import ConfigError, Observation, RouteRef, SubsetStats, Weights
 
 ROUTE = RouteRef("lirmm-services", "checkout", "primary", "checkout")
 

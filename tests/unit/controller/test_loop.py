@@ -30,7 +30,11 @@ from hypothesis import strategies as st
 
 from controller.adapters.nop import ShadowActuator
 from controller.clock import FakeClock
-from controller.core import (
+from controller.guard import Guard, GuardConfig
+from controller.loop import JOB_ID, ControlLoop, Leadership, TickResult
+from controller.metrics import ControllerMetrics
+from controller.store import DecisionStore
+from meshcore import (
     Observation,
     PermanentError,
     RouteRef,
@@ -38,10 +42,6 @@ from controller.core import (
     TemporaryError,
     Weights,
 )
-from controller.guard import Guard, GuardConfig
-from controller.loop import JOB_ID, ControlLoop, Leadership, TickResult
-from controller.metrics import ControllerMetrics
-from controller.store import DecisionStore
 
 A = RouteRef("lirmm-services", "checkout", "primary", "checkout")
 B = RouteRef("lirmm-services", "cart", "primary", "cart")

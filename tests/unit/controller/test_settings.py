@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from controller import settings as settings_module
-from controller.core import ConfigError, RouteRef
 from controller.guard import GuardConfig
 from controller.settings import CONFIG_ENV, load_settings
+from meshcore import ConfigError, RouteRef
 
 
 @pytest.fixture(autouse=True)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.core import ConfigError, Observation, RouteRef, SubsetStats
 from controller.store import (
     SCHEMA_VERSION,
     DecisionRecord,
     DecisionStore,
     encode_observation,
 )
+from meshcore import ConfigError, Observation, RouteRef, SubsetStats
 
 ROUTE = RouteRef("lirmm-services", "checkout", "primary", "checkout")
 

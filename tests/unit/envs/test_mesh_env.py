@@ -15,9 +15,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from controller.core import FeatureSpec
 from envs.mesh_env import MeshEnv
 from envs.simulator.scenario import load_scenario
+from meshcore import FeatureSpec
 
 SHORT = load_scenario("degraded-canary").with_changes(duration_s=200)
 

@@ -39,7 +39,7 @@ from controller.adapters.promql import (
     promql_duration,
     promql_string,
 )
-from controller.core.errors import ConfigError
+from meshcore.errors import ConfigError
 
 ISTIO = PROFILES["istio"]
 REVIEWS = "reviews.lirmm-services.svc.cluster.local"

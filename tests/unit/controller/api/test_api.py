@@ -21,15 +21,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agents.registry import make_policy
-from controller.adapters.sim import RealtimeSimulatedMesh, route_for
 from controller.api.app import create_app
 from controller.api.deps import get_loop, get_store
-from controller.core import TemporaryError, largest_remainder
 from controller.guard import Guard, GuardConfig
 from controller.loop import ControlLoop
 from controller.settings import Settings, load_settings
 from controller.store import DecisionStore
+from envs.simulator.realtime import RealtimeSimulatedMesh, route_for
 from envs.simulator.scenario import load_scenario
+from meshcore import TemporaryError, largest_remainder
 
 CANARY = route_for("degraded-canary")
 STEADY = route_for("steady-80")

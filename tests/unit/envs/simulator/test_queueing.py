@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 
-from controller.core import Weights
 from envs.simulator.engine import EpisodeSummary, MeshSimulator
 from envs.simulator.scenario import parse_scenario
+from meshcore import Weights
 
 MU = 1000.0  # rps per replica: service_ms = 1
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.cli import main
 from envs.simulator.scenario import ScenarioError, load_scenario, suite_paths
+from meshpilot.cli import main
 
 GOOD = {
     "name": "ok",

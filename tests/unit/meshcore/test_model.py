@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.core import Observation, RouteRef, SubsetStats, Weights, largest_remainder
+from meshcore import Observation, RouteRef, SubsetStats, Weights, largest_remainder
 
 names = st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=8, unique=True)
 

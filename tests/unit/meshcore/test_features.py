@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from controller.core import (
+from meshcore import (
     FeatureSpec,
     Observation,
     RouteRef,
@@ -66,7 +66,7 @@ def test_decode_rejects_inconsistent_masks() -> None:
 @given(data=st.data(), n=st.integers(1, 8))
 def test_encode_weights_inverts_decode(data: st.DataObject, n: int) -> None:
     raw = data.draw(st.lists(st.integers(1, 100), min_size=n, max_size=n))
-    from controller.core import largest_remainder
+    from meshcore import largest_remainder
 
     w = Weights([f"v{i}" for i in range(n)], largest_remainder(raw))
     back = decode(encode_weights(w, SPEC), SPEC.mask(n), w.subsets)

@@ -9,3 +9,11 @@ ISTIO_BUCKETS_MS: tuple[float, ...] = (
 """Upper bounds (ms) of ``istio_request_duration_milliseconds`` buckets: Envoy's default histogram
 buckets (``source/common/stats/histogram_impl.cc``), which Istio's sidecars use unless
 ``stats_config.histogram_bucket_settings`` overrides them; ``+Inf`` follows implicitly."""
+
+
+def le_label(bound_ms: float) -> str:
+    """A bucket bound as Envoy/Istio print it in ``le``: ``0.5``, ``250``, ``3600000``."""
+    value = float(bound_ms)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)

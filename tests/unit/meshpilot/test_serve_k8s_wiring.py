@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from controller.commands.serve import build_loop
 from controller.settings import Settings, load_settings
+from meshpilot.commands.serve import build_loop
 
 
 def kubeconfig(tmp_path: Path) -> Path:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from agents.ppo_policy import save_npz
-from controller.cli import main
-from controller.core.features import FeatureSpec
+from meshcore.features import FeatureSpec
+from meshpilot.cli import main
 from tests.unit.agents.ensemble_checks import assert_decides_members_mean
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from controller.adapters.promql import RECORDED_METRIC, get_profile
-from controller.core.errors import ConfigError
 from controller.settings import load_settings
+from meshcore.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from controller.core.model import Observation, RouteRef, Weights
+from meshcore.model import Observation, RouteRef, Weights
 
 
 @runtime_checkable

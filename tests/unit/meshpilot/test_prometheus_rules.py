@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from controller.adapters.promql import PROFILES, RECORDED_METRIC
-from controller.cli import main
+from meshpilot.cli import main
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "manifests" / "prometheus" / "meshpilot-rules.yaml"
 
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from controller.core.errors import MeshpilotError
+from meshcore.errors import MeshpilotError
 
 SUBCOMMANDS = ("simulate", "train", "ensemble", "evaluate", "serve", "prometheus-rules")
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = name.replace("-", "_")
-        importlib.import_module(f"controller.commands.{module}").add_parser(sub)
+        importlib.import_module(f"meshpilot.commands.{module}").add_parser(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from gymnasium import spaces
 
-from controller.core.model import Observation, Weights, largest_remainder
+from meshcore.model import Observation, Weights, largest_remainder
 
 PER_SUBSET = 8
 GLOBAL = 2

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from controller.core import Observation, RouteRef, SubsetStats, Weights, reward
-from controller.core.reward import CHURN_COST, bad_fraction_estimate
+from meshcore import Observation, RouteRef, SubsetStats, Weights, reward
+from meshcore.reward import CHURN_COST, bad_fraction_estimate
 
 ROUTE = RouteRef("ns", "vs", "r", "h")
 

@@ -21,11 +21,11 @@ from types import FrameType
 from typing import Any
 
 from controller.adapters.nop import ShadowActuator
-from controller.core import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
 from controller.guard import Guard
 from controller.loop import AlwaysLeader, ControlLoop, Leadership
 from controller.settings import Settings, load_settings
 from controller.store import DecisionStore
+from meshcore import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
 
 _log = logging.getLogger("meshpilot.serve")
 
@@ -142,7 +142,7 @@ class _Mesh:
 
 
 def _sim_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
-    from controller.adapters.sim import RealtimeSimulatedMesh
+    from envs.simulator.realtime import RealtimeSimulatedMesh
     from envs.simulator.scenario import load_scenario
 
     scenarios = [load_scenario(name) for name in settings.sim.scenarios]

@@ -3,9 +3,9 @@
 Pure Python + numpy + gymnasium.spaces: nothing here performs I/O or imports an adapter.
 """
 
-from controller.core.errors import ConfigError, MeshpilotError, PermanentError, TemporaryError
-from controller.core.features import FeatureSpec, decode, encode, encode_weights
-from controller.core.model import (
+from meshcore.errors import ConfigError, MeshpilotError, PermanentError, TemporaryError
+from meshcore.features import FeatureSpec, decode, encode, encode_weights
+from meshcore.model import (
     WEIGHT_TOTAL,
     Observation,
     RouteRef,
@@ -13,8 +13,8 @@ from controller.core.model import (
     Weights,
     largest_remainder,
 )
-from controller.core.ports import Actuator, Clock, Observer, Policy
-from controller.core.reward import bad_fraction_estimate, reward
+from meshcore.ports import Actuator, Clock, Observer, Policy
+from meshcore.reward import bad_fraction_estimate, reward
 
 __all__ = [
     "WEIGHT_TOTAL",

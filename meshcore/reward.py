@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from controller.core.model import Observation, Weights
+from meshcore.model import Observation, Weights
 
 CHURN_COST = 0.02
 """Reward lost per 100 points of total absolute weight change (a full flip costs 0.04)."""

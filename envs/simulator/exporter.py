@@ -29,12 +29,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from controller.adapters.promql import ISTIO_BUCKETS_MS, le_label
+from envs.simulator.engine import StepCounts
+from meshcore.model import RouteRef
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS, le_label
 
-__all__ = ["ISTIO_BUCKETS_MS", "IstioSeriesExporter"]
+__all__ = ["ISTIO_BUCKETS_MS", "IstioSeriesExporter", "publish_step"]
 
 _OK_CODE = "200"
 _ERROR_CODE = "503"
@@ -187,3 +190,19 @@ class IstioSeriesExporter:
             server.server_close()
         if thread is not None:
             thread.join(timeout=5.0)
+
+
+def publish_step(
+    *, exporter: IstioSeriesExporter, route: RouteRef, subsets: tuple[str, ...], counts: StepCounts
+) -> None:
+    """Add one simulated step of `route` (per-subset counts ordered like `subsets`)."""
+    for i, subset in enumerate(subsets):
+        buckets = counts.istio_buckets(i)
+        exporter.record(
+            service=route.host,
+            version=subset,
+            requests=int(counts.count[i]),
+            errors_5xx=int(counts.errors[i]),
+            latency_bucket_counts=[int(n) for n in np.asarray(buckets)],
+            sum_ms=float(counts.lat_sum_ms[i]),
+        )

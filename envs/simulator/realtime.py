@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from controller.core import ConfigError, Observation, RouteRef, Weights
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import Scenario
+from meshcore import ConfigError, Observation, RouteRef, Weights
 
 __all__ = ["DEFAULT_NAMESPACE", "RealtimeSimulatedMesh", "SimClock", "route_for"]
 
