@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agents.evaluate import format_table, resolve_scenarios, run_evaluation, summarize, write_json
 from envs.simulator.scenario import SUITE_DIR
-from meshpilot.commands.evaluate import non_negative_int, positive_int
+from meshpilot.commands.arg_types import non_negative_int, positive_int
 
 STATIC = ("equal", "proportional", "sqrt")
 BASELINES = (*STATIC, "greedy", "canary", "ewma")

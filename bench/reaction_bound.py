@@ -39,7 +39,7 @@ from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import SUITE_DIR, Scenario
 from meshcore.model import Observation, Weights, largest_remainder
 from meshcore.ports import Policy
-from meshpilot.commands.evaluate import non_negative_int, positive_int
+from meshpilot.commands.arg_types import non_negative_int, positive_int
 
 BASELINES = ("equal", "proportional", "sqrt", "greedy", "canary", "ewma")
 CHANGING = (

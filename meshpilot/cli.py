@@ -6,14 +6,27 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from meshcore.errors import MeshpilotError
 
 SUBCOMMANDS = ("simulate", "train", "ensemble", "evaluate", "serve", "prometheus-rules")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr and exit status 2.
+
+    argparse prints the whole usage block before the error; a script or an operator reading
+    a log wants the error alone, and `--help` is where the usage lives. Subparsers inherit
+    the class (argparse creates them with ``type(parent)``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="meshpilot",
         description="AI traffic controller for Istio: learned, guarded route weights.",
     )

@@ -11,6 +11,7 @@ import yaml
 from controller.adapters.promql import RECORDED_METRIC, get_profile
 from controller.settings import load_settings
 from meshcore.errors import ConfigError
+from meshpilot.commands.arg_types import positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,20 +36,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--profile", help="PromQL profile (default: the settings', istio)")
     p.add_argument(
-        "--window-s", type=float, metavar="S", help="rate window in s (default: the settings', 30)"
+        "--window-s",
+        type=positive_float,
+        metavar="S",
+        help="rate window in s (default: the settings', 30)",
     )
     p.add_argument(
         "--reporter", help="which proxy's report to read (default: the profile's, destination)"
     )
     p.add_argument(
         "--slo-ms",
-        type=float,
+        type=positive_float,
         metavar="MS",
         help="latency SLO in ms of the slow ratio, a histogram bucket bound (default: 250)",
     )
     p.add_argument(
         "--interval-s",
-        type=float,
+        type=positive_float,
         metavar="S",
         help="rule evaluation interval in s (default: Prometheus's global evaluation_interval)",
     )

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from controller.adapters.nop import ShadowActuator
+from meshpilot.commands.arg_types import port_number, positive_float
 from controller.guard import Guard
 from controller.loop import AlwaysLeader, ControlLoop, Leadership
 from controller.settings import Settings, load_settings
@@ -54,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--config", metavar="FILE", help="YAML settings file (default: $MESHPILOT_CONFIG, none)"
     )
-    p.add_argument("--port", type=int, help="API port on the API host (default: settings, 8080)")
+    p.add_argument(
+        "--port", type=port_number, help="API port on the API host (default: settings, 8080)"
+    )
     p.add_argument(
         "--policy",
         metavar="NAME",
@@ -62,11 +65,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "model loads, else proportional)",
     )
     p.add_argument(
-        "--tick-s", type=float, metavar="S", help="wall seconds between ticks (default: 5)"
+        "--tick-s", type=positive_float, metavar="S", help="wall seconds between ticks (default: 5)"
     )
     p.add_argument(
         "--speed",
-        type=float,
+        type=positive_float,
         metavar="X",
         help="--mesh sim: simulated seconds per wall second (default: 1.0)",
     )

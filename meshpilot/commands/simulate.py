@@ -8,6 +8,7 @@ import json
 from agents.registry import make_policy, policy_names
 from agents.rollout import run_episode
 from envs.simulator.scenario import load_scenario
+from meshpilot.commands.arg_types import non_negative_int
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="proportional",
         help=f"policy that sets the weights (default: proportional; one of {policy_names()})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same run (0)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed; same seed, same run (0)"
+    )
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(run=run)
 

@@ -17,10 +17,17 @@ from typing import Any
 
 from agents.ppo import TrainConfig, field_help, train
 from agents.ppo_policy import OBS_EXTENSIONS
+from meshpilot.commands.arg_types import non_negative_int, positive_int
 
 _POSITIONAL = "scenarios"
 _SKIP = frozenset({"spec"})
 """Fields without an option: the FeatureSpec must match what the controller serves."""
+_AT_LEAST_ONE = frozenset(
+    {"total_steps", "n_envs", "episode_steps", "n_steps", "batch_size", "n_epochs", "members"}
+    | {"imitation_rounds", "imitation_epochs"}
+)
+"""Integer fields that count something that must happen at least once; every other integer
+field (seeds, optional steps, delays) must be >= 0."""
 _CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("tanh", "relu"),
     "action_prior": ("capacity", "hold", "sqrt", "none"),
@@ -87,6 +94,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                 help=help_text,
             )
         else:
+            if kind is int:
+                kind = positive_int if f.name in _AT_LEAST_ONE else non_negative_int
             p.add_argument(
                 "--" + f.name.replace("_", "-"),
                 type=kind,
