@@ -11,7 +11,6 @@ import yaml
 from controller.adapters.promql import RECORDED_METRIC, get_profile
 from controller.settings import load_settings
 from meshcore.errors import ConfigError
-from meshpilot.commands.arg_types import positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--profile", help="PromQL profile (default: the settings', istio)")
     p.add_argument(
         "--window-s",
-        type=positive_float,
+        type=float,
         metavar="S",
         help="rate window in s (default: the settings', 30)",
     )
@@ -46,13 +45,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--slo-ms",
-        type=positive_float,
+        type=float,
         metavar="MS",
         help="latency SLO in ms of the slow ratio, a histogram bucket bound (default: 250)",
     )
     p.add_argument(
         "--interval-s",
-        type=positive_float,
+        type=float,
         metavar="S",
         help="rule evaluation interval in s (default: Prometheus's global evaluation_interval)",
     )

@@ -21,12 +21,12 @@ from types import FrameType
 from typing import Any
 
 from controller.adapters.nop import ShadowActuator
-from meshpilot.commands.arg_types import port_number, positive_float
 from controller.guard import Guard
 from controller.loop import AlwaysLeader, ControlLoop, Leadership
 from controller.settings import Settings, load_settings
 from controller.store import DecisionStore
 from meshcore import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
+from meshpilot.commands.arg_types import port_number, positive_float
 
 _log = logging.getLogger("meshpilot.serve")
 
@@ -162,7 +162,7 @@ def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
     from controller.clock import WallClock
 
     try:
-        from controller.adapters.istio import VirtualServiceActuator
+        from controller.adapters.istio.actuator import VirtualServiceActuator
     except ImportError as err:
         raise ConfigError(f"k8s mesh not available: {err}") from err
     from controller.adapters.prometheus import PrometheusObserver
@@ -206,7 +206,7 @@ def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
     if not settings.leader.enabled:
         return AlwaysLeader()
     try:
-        from controller.leader import LeaseElector
+        from controller.adapters.kube.lease import LeaseElector
     except ImportError as err:
         raise ConfigError(f"leader election not available: {err}") from err
     le = settings.leader

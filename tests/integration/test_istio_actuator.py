@@ -57,12 +57,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
-from controller.adapters.istio import (
-    MANAGED_ANNOTATION,
-    VirtualServiceActuator,
-    _Gone,
-    _VirtualServiceCache,
-)
+from controller.adapters.istio.actuator import VirtualServiceActuator
+from controller.adapters.istio.routes import MANAGED_ANNOTATION
+from controller.adapters.istio.watch_cache import VirtualServiceCache, _Gone
 from meshcore import PermanentError, RouteRef, TemporaryError, Weights
 
 pytestmark = pytest.mark.integration
@@ -689,12 +686,12 @@ def test_watch_cache_lists_again_after_410_gone(admin: Any, vs_name: str) -> Non
     # A resourceVersion from before the API server's watch window, as after a long
     # disconnection and an etcd compaction: the server answers 410 Gone.
     too_old = "1"
-    probe = _VirtualServiceCache(act, NS, watch_timeout_s=5)
+    probe = VirtualServiceCache(act, NS, watch_timeout_s=5)
     probe._resource_version, probe._stale = too_old, False
     with pytest.raises(_Gone):
         probe._watch_once()  # a watch from too_old: 410 Gone
 
-    class StartsTooOld(_VirtualServiceCache):
+    class StartsTooOld(VirtualServiceCache):
         """Lists, then (the first time) pretends the list was that old."""
 
         first = True

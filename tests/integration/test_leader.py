@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_lab import CONTROLLER_USER, KubeLab, running_lab
 
-from controller.leader import LeaseElector
+from controller.adapters.kube.lease import LeaseElector
 
 pytestmark = pytest.mark.integration
 
@@ -303,7 +303,7 @@ def test_leader_cut_off_from_apiserver_stops_leading_in_time(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.3)
-        with caplog.at_level(logging.ERROR, logger="controller.leader"):
+        with caplog.at_level(logging.ERROR, logger="controller.adapters.kube.lease"):
             lab.kill_apiserver()
             killed = time.time()
             while e.is_leader():
@@ -399,7 +399,7 @@ def test_without_create_or_update_the_elector_never_leads_and_says_why(
     bind(admin, lease_role("leases-read", ["get", "list", "watch"]), "lease-reader")
     wait_until_allowed(lab, "lease-reader", "get", name)
     e = elector(as_user(lab, "lease-reader"), name, "reader")
-    with caplog.at_level(logging.ERROR, logger="controller.leader"):
+    with caplog.at_level(logging.ERROR, logger="controller.adapters.kube.lease"):
         t0 = time.time()
         for i in range(5):
             assert not e.try_acquire_or_renew(t0 + i * LEASE_S)
@@ -416,7 +416,7 @@ def test_without_create_or_update_the_elector_never_leads_and_says_why(
     bind(admin, lease_role("leases-no-update", ["get", "create", "patch"]), "lease-no-update")
     wait_until_allowed(lab, "lease-no-update", "create", name)
     e2 = elector(as_user(lab, "lease-no-update"), name, "no-update")
-    with caplog.at_level(logging.ERROR, logger="controller.leader"):
+    with caplog.at_level(logging.ERROR, logger="controller.adapters.kube.lease"):
         assert not e2.try_acquire_or_renew(t0 + 1)
         assert not e2.try_acquire_or_renew(t0 + 2 + 3 * LEASE_S)  # expired: tries to update
     assert not e2.is_leader()

@@ -32,10 +32,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_lab import KubeLab, destination_rule, running_lab, virtual_service
 
-from controller.adapters.istio import VirtualServiceActuator
+from controller.adapters.istio.actuator import VirtualServiceActuator
+from controller.adapters.kube.lease import LeaseElector
 from controller.clock import WallClock
 from controller.guard import Guard, GuardConfig
-from controller.leader import LeaseElector
 from controller.loop import ControlLoop
 from controller.store import DecisionStore
 from meshcore import Observation, RouteRef, SubsetStats, Weights

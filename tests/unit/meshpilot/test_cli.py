@@ -23,7 +23,6 @@ BAD_INVOCATIONS = [
     (["serve", "--port", "70000"], "meshpilot serve: error: argument --port"),
     (["serve", "--tick-s", "nan"], "meshpilot serve: error: argument --tick-s"),
     (["serve", "--speed", "-2"], "meshpilot serve: error: argument --speed"),
-    (["prometheus-rules", "--window-s", "inf"], "meshpilot prometheus-rules: error: argument"),
     (["bogus"], "meshpilot: error: argument COMMAND: invalid choice: 'bogus'"),
     (["simulate"], "meshpilot simulate: error: the following arguments are required"),
 ]

@@ -41,7 +41,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from controller.adapters.istio import kube_api_client, translate_api_error
+from controller.adapters.kube.client import kube_api_client, translate_api_error
 from meshcore import ConfigError, MeshpilotError
 
 __all__ = ["LeaseElector"]
