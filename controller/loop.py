@@ -23,26 +23,41 @@ recorded as ``"error: ..."`` and retried next tick (the guard proposes again); a
 the loop keeps managing the others, re-checking failed routes every ``recheck_failed_every``
 ticks. A `PermanentError` from a batched observe is narrowed to the culprit routes by observing
 each route alone once.
+
+What is not sequencing lives next door: `controller.steps` (what each port call means when it
+fails), `controller.verify` (did the observed split follow the writes), `controller.recording`
+(the record step, the per-route state, `TickResult` and `RouteStatus`) and
+`controller.scheduling` (the apscheduler job of `start`, the write threads).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
 from apscheduler.job import Job
-from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.guard import Guard, Mode, Verdict
-from controller.metrics import ControllerMetrics, outcome_class
-from controller.store import DecisionRecord, DecisionStore, encode_observation
+from controller.guard import Guard, Mode
+from controller.metrics import ControllerMetrics
+from controller.recording import Entry, RouteBook, RouteStatus, TickResult
+from controller.scheduling import TickScheduler, WritePool, recheck_due
+from controller.steps import (
+    Applied,
+    Plan,
+    act_outcome,
+    apply_write,
+    decide,
+    observe_routes,
+    with_hints,
+)
+from controller.store import DecisionRecord, DecisionStore
+from controller.verify import VerifyResult, remember_write, verify_writes
 from meshcore import (
     Actuator,
     Clock,
@@ -53,30 +68,11 @@ from meshcore import (
     RouteRef,
     TemporaryError,
     Weights,
-    reward,
 )
 
-__all__ = [
-    "JOB_ID",
-    "AlwaysLeader",
-    "ControlLoop",
-    "Leadership",
-    "RouteStatus",
-    "TickResult",
-    "VerifyResult",
-]
+__all__ = ["AlwaysLeader", "ControlLoop", "Leadership"]
 
 _log = logging.getLogger(__name__)
-
-JOB_ID = "meshpilot-tick"
-"""Id of the one apscheduler job that runs `ControlLoop.tick`."""
-
-MIN_VERIFY_REQUESTS = 50.0
-"""Fewer requests than this over the verify delay make a traffic split too noisy to judge (a
-50/50 split of 50 requests is off by 7 points one time in three): the check is postponed."""
-
-_MAX_PENDING = 1000
-"""Unverified writes kept per route; beyond this the oldest are dropped (memory bound)."""
 
 
 @runtime_checkable
@@ -95,113 +91,6 @@ class AlwaysLeader:
 
     def is_leader(self) -> bool:
         return True
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """Did the observed traffic split follow what was written?
-
-    ok: True (within tolerance), False (it did not), None (inconclusive: no data, too little
-    traffic; given up after three verify delays); at_s: loop clock when checked (s); detail:
-    human text with the observed shares and the expected range (points).
-    """
-
-    ok: bool | None
-    at_s: float
-    detail: str
-
-
-@dataclass(frozen=True)
-class TickResult:
-    """What happened to one route in one tick (also what the store recorded).
-
-    phase: the guard's phase, or ``failed``; outcome: ``written``, ``conflict-retried``,
-    ``unchanged``, ``held``, ``shadow``, ``follower``, ``error: ...`` or ``failed: ...``;
-    proposed: the policy's split; written: what was written (shadow/follower: would have
-    been); wrote: whether the actuator was called; weights: the split configured after the
-    tick (None when unknown); reward: reward of the previous tick's action (None if unknown);
-    verify: a verification concluded this tick; decision_id: the store's id (None if the store
-    failed).
-    """
-
-    route: RouteRef
-    phase: str
-    outcome: str
-    reason: str
-    proposed: Weights | None = None
-    written: Weights | None = None
-    wrote: bool = False
-    weights: Weights | None = None
-    reward: float | None = None
-    verify: VerifyResult | None = None
-    decision_id: int | None = None
-
-
-@dataclass(frozen=True)
-class RouteStatus:
-    """A managed route as the API shows it: where it stands after the last tick.
-
-    phase: ``pending`` before its first tick, else the last phase (``failed`` included);
-    weights: configured split last read or written; failed: the permanent error, None when
-    managed; last_*: the last decision (loop clock, s); verify: the last concluded verification.
-    """
-
-    route: RouteRef
-    phase: str = "pending"
-    weights: Weights | None = None
-    failed: str | None = None
-    failed_since_s: float | None = None
-    last_outcome: str | None = None
-    last_reason: str | None = None
-    last_decision_id: int | None = None
-    last_tick_s: float | None = None
-    verify: VerifyResult | None = None
-
-
-@dataclass
-class _Write:
-    at_s: float
-    weights: Weights
-
-
-@dataclass
-class _Plan:
-    """One route after read -> decide -> guard, waiting for its write (if any) and record."""
-
-    route: RouteRef
-    obs: Observation | None
-    current: Weights
-    proposed: Weights | None
-    raw_action: list[float] | None
-    verdict: Verdict
-    notes: list[str]
-    leader: bool
-
-    @property
-    def writes(self) -> bool:
-        """Whether the actuator must be called (the guard says write, and this replica leads)."""
-        return self.verdict.write and self.leader
-
-
-@dataclass(frozen=True)
-class _Applied:
-    """What `Actuator.apply` did for one plan: the weights in force, or the exception."""
-
-    written: Weights | None = None
-    retried: bool = False
-    error: Exception | None = None
-
-
-@dataclass
-class _Runtime:
-    """Mutable per-route state of the loop (the guard keeps its own)."""
-
-    status: RouteStatus
-    failed_tick: int = 0
-    last_obs: Observation | None = None
-    last_weights: Weights | None = None
-    last_written: Weights | None = None
-    pending: list[_Write] = field(default_factory=list)
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -285,16 +174,15 @@ class ControlLoop:
         self.recheck_failed_every = recheck_failed_every
         self.max_parallel_writes = max_parallel_writes
         self._hints = {r: dict(h) for r, h in (capacity_hints or {}).items()}
-        self._rt = {r: _Runtime(RouteStatus(r)) for r in self.routes}
+        self._book = RouteBook(self.routes)
         self._by_key = {r.key: r for r in self.routes}
         self._tick_lock = threading.Lock()
-        self._status_lock = threading.Lock()
         self._tick_no = 0
         self._ready = False
         self._last_tick_mono: float | None = None
         self._started_mono: float | None = None
-        self._scheduler: BackgroundScheduler | None = None
-        self._write_pool: ThreadPoolExecutor | None = None
+        self._scheduler: TickScheduler | None = None
+        self._writes = WritePool(max_parallel_writes)
         self.metrics.declare_routes(keys)
         conflicts = getattr(actuator, "conflicts", None)
         if isinstance(conflicts, int | float):
@@ -338,12 +226,10 @@ class ControlLoop:
         return self._by_key.get(key)
 
     def status(self) -> list[RouteStatus]:
-        with self._status_lock:
-            return [self._rt[r].status for r in self.routes]
+        return self._book.statuses(self.routes)
 
     def route_status(self, route: RouteRef) -> RouteStatus:
-        with self._status_lock:
-            return self._rt[route].status
+        return self._book.status(route)
 
     # -- the tick --------------------------------------------------------------------------
 
@@ -368,11 +254,11 @@ class ControlLoop:
         leader = self.is_leader()
         self.metrics.leader.set(1.0 if leader else 0.0)
         due = [r for r in self.routes if self._due(r)]
-        observations, obs_error, broken = self._observe(due)
+        observations, obs_error, broken = observe_routes(self.observer, due, self.metrics)
         if obs_error is None:
             self._ready = True
-        staged: list[TickResult | _Plan] = []
-        writing: dict[RouteRef, Future[_Applied]] = {}
+        staged: list[TickResult | Plan] = []
+        writing: dict[RouteRef, Future[Applied]] = {}
         for route in due:
             try:
                 if route in broken:
@@ -384,7 +270,7 @@ class ControlLoop:
                 staged.append(self._unexpected(route, exc, now))
                 continue
             staged.append(item)
-            if isinstance(item, _Plan) and item.writes:  # written while the others are decided
+            if isinstance(item, Plan) and item.writes:  # written while the others are decided
                 writing[route] = self._start_write(item)
         applied = {route: future.result() for route, future in writing.items()}
         results = []
@@ -400,44 +286,10 @@ class ControlLoop:
         return results
 
     def _due(self, route: RouteRef) -> bool:
-        rt = self._rt[route]
+        rt = self._book.runtime(route)
         if rt.status.failed is None:
             return True
-        return self._tick_no - rt.failed_tick >= self.recheck_failed_every
-
-    def _observe(
-        self, routes: list[RouteRef]
-    ) -> tuple[dict[RouteRef, Observation], str | None, dict[RouteRef, str]]:
-        """(observations, why every route holds or None, routes that failed permanently)."""
-        if not routes:
-            return {}, None, {}
-        try:
-            return dict(self.observer.observe(routes)), None, {}
-        except TemporaryError as exc:
-            self.metrics.query_errors.inc()
-            _log.warning("observe failed, holding every route: %s", exc)
-            return {}, f"observe failed: {exc}", {}
-        except PermanentError as exc:
-            _log.warning("observe failed permanently (%s); isolating the route(s)", exc)
-            return self._observe_one_by_one(routes)
-        except Exception as exc:
-            self.metrics.query_errors.inc()
-            _log.exception("observer raised an unexpected error, holding every route")
-            return {}, f"observe failed: {type(exc).__name__}: {exc}", {}
-
-    def _observe_one_by_one(
-        self, routes: list[RouteRef]
-    ) -> tuple[dict[RouteRef, Observation], str | None, dict[RouteRef, str]]:
-        observations: dict[RouteRef, Observation] = {}
-        broken: dict[RouteRef, str] = {}
-        for route in routes:
-            try:
-                observations.update(self.observer.observe([route]))
-            except PermanentError as exc:
-                broken[route] = str(exc)
-            except Exception as exc:  # temporary for this route: it holds
-                _log.warning("observe of %s failed: %s", route.key, exc)
-        return observations, None, broken
+        return recheck_due(self._tick_no, rt.failed_tick, self.recheck_failed_every)
 
     def _prepare(
         self,
@@ -446,21 +298,19 @@ class ControlLoop:
         obs_error: str | None,
         now: float,
         leader: bool,
-    ) -> TickResult | _Plan:
-        """Read, decide and guard one route: a `_Plan`, or the result when the read failed."""
-        rt = self._rt[route]
+    ) -> TickResult | Plan:
+        """Read, decide and guard one route: a `Plan`, or the result when the read failed."""
+        rt = self._book.runtime(route)
         try:
             current = self.actuator.current(route)
         except TemporaryError as exc:
             reason = f"cannot read the route's weights: {exc}; nothing written"
-            return self._finish(
-                route, now, phase="holding", outcome=f"error: {exc}", reason=reason, obs=obs
-            )
+            return self._finish(route, now, Entry("holding", f"error: {exc}", reason, obs))
         except PermanentError as exc:
             return self._fail(route, str(exc), now)
         if rt.status.failed is not None:
             _log.info("route %s recovered from: %s", route.key, rt.status.failed)
-        obs = self._with_hints(route, obs)
+        obs = with_hints(obs, self._hints.get(route))
         notes: list[str] = []
         if obs_error is not None:
             notes.append(obs_error)
@@ -469,7 +319,7 @@ class ControlLoop:
             notes.append(f"route changed outside meshpilot: wrote {before}, reads {now_reads}")
             rt.pending.clear()
             rt.last_written = None
-        proposed, raw_action = self._decide(obs, notes)
+        proposed, raw_action = decide(self.policy, obs, notes)
         verdict = self.guard.review(
             route=route,
             current=current,
@@ -478,57 +328,33 @@ class ControlLoop:
             now_s=now,
             phase_hint=self.mode if leader else "shadow",
         )
-        return _Plan(route, obs, current, proposed, raw_action, verdict, notes, leader)
+        return Plan(route, obs, current, proposed, raw_action, verdict, notes, leader)
 
-    def _start_write(self, plan: _Plan) -> Future[_Applied]:
+    def _start_write(self, plan: Plan) -> Future[Applied]:
         """Call the actuator for `plan` on the write pool (at most `max_parallel_writes` at
         once), or right here when writes go one after the other."""
-        if self.max_parallel_writes == 1:
-            done: Future[_Applied] = Future()
-            done.set_result(self._apply_one(plan))
-            return done
-        if self._write_pool is None:  # kept across ticks: starting threads costs ms per tick
-            self._write_pool = ThreadPoolExecutor(
-                max_workers=self.max_parallel_writes, thread_name_prefix="meshpilot-write"
-            )
-        return self._write_pool.submit(self._apply_one, plan)
+        write = functools.partial(apply_write, self.actuator, plan.route, plan.verdict.weights)
+        return self._writes.submit(write)
 
-    def _apply_one(self, plan: _Plan) -> _Applied:
-        """One `Actuator.apply`; never raises (the exception is handed to `_complete`)."""
-        before = self._conflicts_seen(plan.route)
-        try:
-            written = self.actuator.apply(plan.route, plan.verdict.weights)
-        except Exception as exc:
-            return _Applied(error=exc)
-        return _Applied(written=written, retried=self._conflicts_seen(plan.route) != before)
-
-    def _conflicts_seen(self, route: RouteRef) -> int:
-        """The actuator's conflict count for `route` (its total when it counts no routes:
-        exact for writes one at a time)."""
-        per_route = getattr(self.actuator, "conflicts_for", None)
-        if callable(per_route):
-            return int(per_route(route))
-        return int(getattr(self.actuator, "conflicts", 0))
-
-    def _complete(self, plan: _Plan, applied: _Applied | None, now: float) -> TickResult:
+    def _complete(self, plan: Plan, applied: Applied | None, now: float) -> TickResult:
         """Verify and record one route after its write (if any)."""
         route, verdict, current, obs = plan.route, plan.verdict, plan.current, plan.obs
-        rt = self._rt[route]
+        rt = self._book.runtime(route)
         try:
-            outcome, written, wrote, weights_after = self._act(route, plan, applied)
+            outcome, written, wrote, weights_after = act_outcome(plan, applied)
         except PermanentError as exc:  # RBAC revoked, route deleted between read and write
             return self._fail(route, str(exc), now)
-        verify = self._verify(route, obs, now)
-        if wrote and outcome in ("written", "conflict-retried"):
-            rt.pending.append(_Write(now, weights_after))
-            del rt.pending[:-_MAX_PENDING]
+        landed = outcome in ("written", "conflict-retried")  # the actuator took the weights
+        if landed:
+            self.metrics.writes.labels(route=route.key).inc()
+        verify = self._verify(route, obs, now)  # before this write joins the pending ones
+        if landed:
+            remember_write(rt.pending, now, weights_after)
             rt.last_written = weights_after
         reason = "; ".join(
             [*plan.notes, verdict.reason] + ([f"verify: {verify.detail}"] if verify else [])
         )
-        return self._finish(
-            route,
-            now,
+        entry = Entry(
             phase=verdict.phase,
             outcome=outcome,
             reason=reason,
@@ -541,107 +367,31 @@ class ControlLoop:
             weights_after=weights_after,
             verify=verify,
         )
-
-    def _with_hints(self, route: RouteRef, obs: Observation | None) -> Observation | None:
-        hints = self._hints.get(route)
-        if obs is None or obs.capacity_hint_rps or not hints:
-            return obs
-        if not all(s in hints for s in obs.subsets):
-            return obs
-        return replace(obs, capacity_hint_rps=tuple(float(hints[s]) for s in obs.subsets))
-
-    def _decide(
-        self, obs: Observation | None, notes: list[str]
-    ) -> tuple[Weights | None, list[float] | None]:
-        if obs is None:
-            return None, None
-        try:
-            proposed = self.policy.decide(obs)
-        except Exception as exc:
-            _log.exception("policy %s failed on %s", self.policy.name, obs.route.key)
-            notes.append(f"policy {self.policy.name} failed: {type(exc).__name__}: {exc}")
-            return None, None
-        raw = getattr(self.policy, "last_raw_action", None)
-        raw_action = [float(x) for x in raw] if raw is not None and len(raw) else None
-        return proposed, raw_action
-
-    def _act(
-        self, route: RouteRef, plan: _Plan, applied: _Applied | None
-    ) -> tuple[str, Weights | None, bool, Weights]:
-        """(outcome, written, wrote, weights configured after) for one verdict and its write.
-
-        Raises the `PermanentError` of a failed write (the route fails) and any unexpected
-        exception (the route holds); a `TemporaryError` is an ``error: ...`` outcome.
-        """
-        verdict, current, leader = plan.verdict, plan.current, plan.leader
-        if not verdict.write:
-            if verdict.phase == "shadow":
-                outcome = "follower" if not leader else "shadow"
-                return outcome, verdict.weights, False, current
-            outcome = "held" if verdict.phase == "holding" else "unchanged"
-            return outcome, None, False, current
-        if not leader:  # the guard was told "shadow"; never write without the lease anyway
-            return "follower", verdict.weights, False, current
-        if applied is None:  # cannot happen: every writing plan went through _start_write
-            raise RuntimeError(f"route {route.key}: the write was never attempted")
-        if applied.error is not None:
-            if isinstance(applied.error, TemporaryError):
-                return f"error: {applied.error}", verdict.weights, True, current
-            raise applied.error
-        assert applied.written is not None
-        self.metrics.writes.labels(route=route.key).inc()
-        outcome = "conflict-retried" if applied.retried else "written"
-        return outcome, applied.written, True, applied.written
+        return self._finish(route, now, entry)
 
     # -- verification ----------------------------------------------------------------------
 
     def _verify(self, route: RouteRef, obs: Observation | None, now: float) -> VerifyResult | None:
-        """Check the newest write older than ``verify_after_s`` against the observed split.
-
-        The rate window of `obs` lies within [that write, now], so every share must fall in
-        the range spanned by that write and the later ones, widened by the tolerance.
-        """
-        rt = self._rt[route]
-        due = [i for i, w in enumerate(rt.pending) if now - w.at_s >= self.verify_after_s]
-        if not due:
-            return None
-        last = due[-1]
-        written_at_s = rt.pending[last].at_s
-        in_force = [w.weights for w in rt.pending[last:]]
-        problem = _unverifiable(obs, in_force, self.verify_after_s, self.verify_tolerance)
-        if problem is not None:
-            if now - written_at_s < 3 * self.verify_after_s:
-                return None  # try again next tick
-            del rt.pending[: last + 1]
-            return VerifyResult(
-                None, now, f"gave up on the write at {written_at_s:.1f} s: {problem}"
-            )
-        assert obs is not None
-        del rt.pending[: last + 1]
-        shares = _shares(obs)
-        worst, detail = 0.0, []
-        for subset in obs.subsets:
-            lo = min(w[subset] for w in in_force)
-            hi = max(w[subset] for w in in_force)
-            share = shares[subset]
-            off = max(lo - share, share - hi, 0.0)
-            worst = max(worst, off)
-            expect = f"{lo}" if lo == hi else f"{lo}..{hi}"
-            detail.append(f"{subset} {share:.1f} (wrote {expect})")
-        ok = worst <= self.verify_tolerance
-        verdict = "ok" if ok else f"FAILED, off by {worst:.1f} > {self.verify_tolerance:g} points"
-        text = f"{verdict}: observed {', '.join(detail)}"
-        if not ok:
+        """Check the route's newest write older than ``verify_after_s`` (`verify_writes`):
+        settled writes are dropped, a failure is counted and logged."""
+        rt = self._book.runtime(route)
+        check = verify_writes(
+            rt.pending, obs, now, delay_s=self.verify_after_s, tolerance=self.verify_tolerance
+        )
+        del rt.pending[: check.settled]
+        result = check.result
+        if result is not None and result.ok is False:
             self.metrics.verify_failures.labels(route=route.key).inc()
+            text = result.detail
             _log.warning(
                 "route %s: traffic does not follow the written weights: %s", route.key, text
             )
-        return VerifyResult(ok, now, text)
+        return result
 
     # -- recording -------------------------------------------------------------------------
 
     def _fail(self, route: RouteRef, message: str, now: float) -> TickResult:
-        rt = self._rt[route]
+        rt = self._book.runtime(route)
         if rt.status.failed is None:
             _log.error(
                 "route %s failed permanently: %s (re-checked every %d ticks)",
@@ -654,114 +404,35 @@ class ControlLoop:
             since = rt.status.failed_since_s if rt.status.failed_since_s is not None else now
         rt.failed_tick = self._tick_no
         rt.pending.clear()
-        result = self._finish(
-            route,
-            now,
-            phase="failed",
-            outcome=f"failed: {message}",
-            reason=f"not managed: {message}",
-            obs=None,
-            failed=message,
+        entry = Entry(
+            "failed", f"failed: {message}", f"not managed: {message}", None, failed=message
         )
-        with self._status_lock:
-            rt.status = replace(rt.status, failed_since_s=since)
+        result = self._finish(route, now, entry)
+        self._book.failed_since(route, since)
         return result
 
     def _unexpected(self, route: RouteRef, exc: Exception, now: float) -> TickResult:
         text = f"error: unexpected {type(exc).__name__}: {exc}"
         try:
             return self._finish(
-                route,
-                now,
-                phase="holding",
-                outcome=text,
-                reason=f"{text}; nothing written",
-                obs=None,
+                route, now, Entry("holding", text, f"{text}; nothing written", None)
             )
         except Exception:
             _log.exception("route %s: could not record the error", route.key)
             return TickResult(route, "holding", text, text)
 
-    def _finish(
-        self,
-        route: RouteRef,
-        now: float,
-        *,
-        phase: str,
-        outcome: str,
-        reason: str,
-        obs: Observation | None,
-        current: Weights | None = None,
-        proposed: Weights | None = None,
-        raw_action: list[float] | None = None,
-        written: Weights | None = None,
-        wrote: bool = False,
-        weights_after: Weights | None = None,
-        verify: VerifyResult | None = None,
-        failed: str | None = None,
-    ) -> TickResult:
-        """Compute the reward, record the decision, update status and metrics."""
-        rt = self._rt[route]
-        value = self._reward(rt, obs)
-        if obs is not None:
-            rt.last_obs = obs
-            rt.last_weights = weights_after if weights_after is not None else current
-        record = DecisionRecord(
-            ts_s=now,
-            route=route.key,
-            phase=phase,
-            reason=reason,
-            outcome=outcome,
-            observation=encode_observation(obs) if obs is not None else None,
-            raw_action=raw_action,
-            proposed=proposed.as_dict() if proposed is not None else None,
-            written=written.as_dict() if written is not None else None,
-            wrote=wrote,
-            reward=value,
+    def _finish(self, route: RouteRef, now: float, entry: Entry) -> TickResult:
+        """Record `entry` for `route`: audit log, status, metrics (`RouteBook.record`)."""
+        return self._book.record(
+            route,
+            now,
+            entry,
+            store=self._record,
+            metrics=self.metrics,
             policy=self.policy.name,
-            writer=self.writer_id,
+            writer_id=self.writer_id,
+            slo_ms=self.slo_ms,
         )
-        decision_id = self._record(record)
-        weights = weights_after if weights_after is not None else rt.status.weights
-        with self._status_lock:
-            rt.status = replace(
-                rt.status,
-                phase=phase,
-                weights=weights,
-                failed=failed,
-                failed_since_s=None if failed is None else rt.status.failed_since_s,
-                last_outcome=outcome,
-                last_reason=reason,
-                last_decision_id=decision_id,
-                last_tick_s=now,
-                verify=verify if verify is not None else rt.status.verify,
-            )
-        self.metrics.set_phase(route.key, phase)
-        if weights is not None:
-            self.metrics.set_weights(route.key, weights)
-        self.metrics.decisions.labels(route=route.key, outcome=outcome_class(outcome)).inc()
-        return TickResult(
-            route=route,
-            phase=phase,
-            outcome=outcome,
-            reason=reason,
-            proposed=proposed,
-            written=written,
-            wrote=wrote,
-            weights=weights,
-            reward=record.reward,
-            verify=verify,
-            decision_id=decision_id,
-        )
-
-    def _reward(self, rt: _Runtime, obs: Observation | None) -> float | None:
-        """Reward of the previous tick's split, judged by this tick's observation."""
-        if obs is None or rt.last_obs is None or rt.last_weights is None:
-            return None
-        try:
-            return reward(rt.last_obs, rt.last_weights, obs, slo_ms=self.slo_ms)
-        except Exception:  # subsets changed between ticks, and the like: unknown, not fatal
-            return None
 
     def _record(self, record: DecisionRecord) -> int | None:
         try:
@@ -773,26 +444,10 @@ class ControlLoop:
     # -- scheduling ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Tick now and then every ``tick_s`` on a background thread.
-
-        One interval job with ``max_instances=1`` (a slow tick is never overlapped by the
-        next), ``coalesce=True`` (ticks missed while one ran collapse into one) and a misfire
-        grace of one interval (a tick more than that late is skipped, not run stale).
-        """
+        """Tick now and then every ``tick_s`` on a background thread (`TickScheduler`)."""
         if self._scheduler is not None:
             raise RuntimeError("ControlLoop already started")
-        scheduler = BackgroundScheduler(timezone=UTC)
-        scheduler.add_job(
-            self.tick,
-            trigger="interval",
-            seconds=self.tick_s,
-            id=JOB_ID,
-            name="meshpilot control tick",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, math.ceil(self.tick_s)),
-            next_run_time=datetime.now(UTC),
-        )
+        scheduler = TickScheduler(self.tick, interval_s=self.tick_s)
         self._started_mono = time.monotonic()
         scheduler.start()
         self._scheduler = scheduler
@@ -800,49 +455,16 @@ class ControlLoop:
     @property
     def job(self) -> Job | None:
         """The scheduled tick job while started (for tests and diagnostics)."""
-        return None if self._scheduler is None else self._scheduler.get_job(JOB_ID)
+        return None if self._scheduler is None else self._scheduler.job
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, let a running tick finish first (idempotent)."""
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
-            scheduler.shutdown(wait=wait)
-        pool, self._write_pool = self._write_pool, None
-        if pool is not None:
-            pool.shutdown(wait=wait)
+            scheduler.stop(wait=wait)
+        self._writes.shutdown(wait=wait)
         self._started_mono = None
 
 
 def _fmt(weights: Weights) -> str:
     return "{" + ", ".join(f"{s}: {v}" for s, v in weights.items()) + "}"
-
-
-def _shares(obs: Observation) -> dict[str, float]:
-    """Observed traffic share per subset (points, 0..100); a subset without data counts 0."""
-    rates = {
-        s: (st.rps if st.has_data and st.rps > 0 else 0.0)
-        for s, st in zip(obs.subsets, obs.stats, strict=True)
-    }
-    total = math.fsum(rates.values())
-    return (
-        {s: 100.0 * r / total for s, r in rates.items()} if total > 0 else dict.fromkeys(rates, 0.0)
-    )
-
-
-def _unverifiable(
-    obs: Observation | None, in_force: list[Weights], delay_s: float, tolerance: float
-) -> str | None:
-    """Why `obs` cannot judge the split (None when it can)."""
-    if obs is None:
-        return "no observation"
-    if not obs.staleness_s <= delay_s:
-        return f"data is {obs.staleness_s:.1f} s old"
-    if set(obs.subsets) != set(in_force[0].subsets):
-        return f"observed subsets {sorted(obs.subsets)} differ from the written ones"
-    for subset, st in zip(obs.subsets, obs.stats, strict=True):
-        if not st.has_data and max(w[subset] for w in in_force) > tolerance:
-            return f"no data for {subset}"
-    total = obs.total_rps
-    if not (math.isfinite(total) and total * delay_s >= MIN_VERIFY_REQUESTS):
-        return f"too little traffic ({total:.2f} rps over {delay_s:.0f} s)"
-    return None

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from controller.guard import Guard
-from controller.loop import ControlLoop, VerifyResult
+from controller.loop import ControlLoop
 from controller.store import DecisionRecord, DecisionStore
+from controller.verify import VerifyResult
 from meshcore import WEIGHT_TOTAL, RouteRef
 
 Points = Annotated[int, Field(strict=True, ge=0, le=WEIGHT_TOTAL)]

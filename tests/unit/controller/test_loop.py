@@ -6,10 +6,11 @@ TemporaryError -> "error: ..." and the same write retried next tick; PermanentEr
 route (from the actuator, or from a batched observe of the real simulator) -> that route is
 failed, the others are still managed, and the failed one is re-checked and recovers; a follower
 never writes, and the store proves who wrote; verification catches a data plane that does not
-follow the written weights and passes one that does; every written split sums to 100 and moves
-at most max_step (property); shadow mode never reaches the actuator; reward and raw action are
-recorded; capacity hints reach the policy; a change made outside meshpilot is reported;
-nothing escapes tick(); the scheduler job never overlaps (max_instances=1).
+follow the written weights and passes one that does; every write steps toward the proposal by
+at most max_step and is recorded as written (property); shadow mode never reaches the
+actuator; reward and raw action are recorded; capacity hints reach the policy; a change made
+outside meshpilot is reported; nothing escapes tick(); the scheduler job never overlaps
+(max_instances=1).
 
 Parallel writes: the routes that need a write are applied together on up to
 ``max_parallel_writes`` threads (proved with a barrier, and never more), results and records
@@ -31,8 +32,10 @@ from hypothesis import strategies as st
 from controller.adapters.nop import ShadowActuator
 from controller.clock import FakeClock
 from controller.guard import Guard, GuardConfig
-from controller.loop import JOB_ID, ControlLoop, Leadership, TickResult
+from controller.loop import ControlLoop, Leadership
 from controller.metrics import ControllerMetrics
+from controller.recording import TickResult
+from controller.scheduling import JOB_ID
 from controller.store import DecisionStore
 from meshcore import (
     Observation,
@@ -350,7 +353,7 @@ def test_verify_detects_a_data_plane_that_does_not_follow(follows: bool) -> None
     targets=st.lists(st.integers(0, 100), min_size=1, max_size=12),
     max_step=st.integers(1, 50),
 )
-def test_every_written_split_sums_to_100_and_respects_max_step(
+def test_every_write_steps_toward_the_proposal_by_at_most_max_step_and_is_recorded(
     start: int, targets: list[int], max_step: int
 ) -> None:
     clock = FakeClock()
@@ -358,19 +361,20 @@ def test_every_written_split_sums_to_100_and_respects_max_step(
     policy = FixedPolicy({"v1": 0, "v2": 100})
     loop = make_loop(mesh, policy, guard=GuardConfig(max_step=max_step))
     previous = mesh.configured[A]
+    writes = []
     for target in targets:
         policy.target = {"v1": target, "v2": 100 - target}
         (result,) = loop.tick()
         clock.advance(TICK_S)
         if result.wrote:
-            assert result.written is not None
-            assert sum(result.written.values()) == 100
-            assert all(0 <= v <= 100 for v in result.written.values())
+            v1 = min(max(target, previous["v1"] - max_step), previous["v1"] + max_step)
+            assert result.written == split(v1, 100 - v1)
             assert all(abs(result.written[s] - previous[s]) <= max_step for s in SUBSETS)
+            assert mesh.configured[A] == result.written
             previous = result.written
-    for record in loop.store.latest(A, limit=100):
-        if record.wrote:
-            assert record.written is not None and sum(record.written.values()) == 100
+            writes.append(result.written.as_dict())
+    records = reversed(loop.store.latest(A, limit=100))
+    assert [r.written for r in records if r.wrote] == writes
 
 
 def test_shadow_mode_never_reaches_the_mesh() -> None:

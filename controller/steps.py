@@ -1,0 +1,187 @@
+"""The port calls of a tick, each turning what the port raises into a value the loop acts on.
+
+Why a module of its own: `controller.loop` sequences the tick and owns its state; what each
+call to a port means when it fails is a separate, stateless question answered here once:
+
+* `observe_routes` — one batched `Observer.observe`; a `TemporaryError` holds every route, a
+  `PermanentError` is narrowed to the culprit routes by observing each alone once;
+* `with_hints` and `decide` — the policy's input (capacity hints filled in) and its proposal;
+  a policy that raises proposes nothing and says why in the tick's notes;
+* `apply_write` — one `Actuator.apply`, never raising (it may run on a write thread), telling a
+  write the actuator had to retry after a conflict;
+* `Plan` and `act_outcome` — a route after read, decide and guard, and what its verdict and
+  its write come to: the outcome recorded, what was written, the split in force after.
+
+They log as ``controller.loop``: to an operator they are the tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from controller.guard import Verdict
+from controller.metrics import ControllerMetrics
+from meshcore import (
+    Actuator,
+    Observation,
+    Observer,
+    PermanentError,
+    Policy,
+    RouteRef,
+    TemporaryError,
+    Weights,
+)
+
+__all__ = [
+    "Applied",
+    "Observed",
+    "Plan",
+    "act_outcome",
+    "apply_write",
+    "conflicts_seen",
+    "decide",
+    "observe_routes",
+    "with_hints",
+]
+
+_log = logging.getLogger("controller.loop")
+
+Observed = tuple[dict[RouteRef, Observation], str | None, dict[RouteRef, str]]
+"""(observations, why every route holds or None, routes that failed permanently: message)."""
+
+
+def observe_routes(
+    observer: Observer, routes: Sequence[RouteRef], metrics: ControllerMetrics
+) -> Observed:
+    """Observe `routes` in one call; errors become holds (counted) or failed routes."""
+    if not routes:
+        return {}, None, {}
+    try:
+        return dict(observer.observe(routes)), None, {}
+    except TemporaryError as exc:
+        metrics.query_errors.inc()
+        _log.warning("observe failed, holding every route: %s", exc)
+        return {}, f"observe failed: {exc}", {}
+    except PermanentError as exc:
+        _log.warning("observe failed permanently (%s); isolating the route(s)", exc)
+        return _observe_one_by_one(observer, routes)
+    except Exception as exc:
+        metrics.query_errors.inc()
+        _log.exception("observer raised an unexpected error, holding every route")
+        return {}, f"observe failed: {type(exc).__name__}: {exc}", {}
+
+
+def _observe_one_by_one(observer: Observer, routes: Sequence[RouteRef]) -> Observed:
+    observations: dict[RouteRef, Observation] = {}
+    broken: dict[RouteRef, str] = {}
+    for route in routes:
+        try:
+            observations.update(observer.observe([route]))
+        except PermanentError as exc:
+            broken[route] = str(exc)
+        except Exception as exc:  # temporary for this route: it holds
+            _log.warning("observe of %s failed: %s", route.key, exc)
+    return observations, None, broken
+
+
+def with_hints(obs: Observation | None, hints: Mapping[str, float] | None) -> Observation | None:
+    """`obs` with the nominal capacity per subset (rps) filled in, when it carries none and
+    `hints` names every subset; else `obs` unchanged."""
+    if obs is None or obs.capacity_hint_rps or not hints:
+        return obs
+    if not all(s in hints for s in obs.subsets):
+        return obs
+    return replace(obs, capacity_hint_rps=tuple(float(hints[s]) for s in obs.subsets))
+
+
+def decide(
+    policy: Policy, obs: Observation | None, notes: list[str]
+) -> tuple[Weights | None, list[float] | None]:
+    """(the policy's proposal, its raw action) for `obs`; (None, None) without an observation
+    or when the policy raises (the failure is appended to `notes`)."""
+    if obs is None:
+        return None, None
+    try:
+        proposed = policy.decide(obs)
+    except Exception as exc:
+        _log.exception("policy %s failed on %s", policy.name, obs.route.key)
+        notes.append(f"policy {policy.name} failed: {type(exc).__name__}: {exc}")
+        return None, None
+    raw = getattr(policy, "last_raw_action", None)
+    raw_action = [float(x) for x in raw] if raw is not None and len(raw) else None
+    return proposed, raw_action
+
+
+@dataclass
+class Plan:
+    """One route after read -> decide -> guard, waiting for its write (if any) and record."""
+
+    route: RouteRef
+    obs: Observation | None
+    current: Weights
+    proposed: Weights | None
+    raw_action: list[float] | None
+    verdict: Verdict
+    notes: list[str]
+    leader: bool
+
+    @property
+    def writes(self) -> bool:
+        """Whether the actuator must be called (the guard says write, and this replica leads)."""
+        return self.verdict.write and self.leader
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `Actuator.apply` did for one route: the weights in force, or the exception."""
+
+    written: Weights | None = None
+    retried: bool = False
+    error: Exception | None = None
+
+
+def apply_write(actuator: Actuator, route: RouteRef, weights: Weights) -> Applied:
+    """One `Actuator.apply`; never raises (the exception is handed back in `Applied`)."""
+    before = conflicts_seen(actuator, route)
+    try:
+        written = actuator.apply(route, weights)
+    except Exception as exc:
+        return Applied(error=exc)
+    return Applied(written=written, retried=conflicts_seen(actuator, route) != before)
+
+
+def conflicts_seen(actuator: Actuator, route: RouteRef) -> int:
+    """The actuator's conflict count for `route` (its total when it counts no routes: exact
+    for writes one at a time)."""
+    per_route = getattr(actuator, "conflicts_for", None)
+    if callable(per_route):
+        return int(per_route(route))
+    return int(getattr(actuator, "conflicts", 0))
+
+
+def act_outcome(plan: Plan, applied: Applied | None) -> tuple[str, Weights | None, bool, Weights]:
+    """(outcome, written, wrote, weights configured after) for one plan and its write.
+
+    Raises the `PermanentError` of a failed write (the route fails) and any unexpected
+    exception (the route holds); a `TemporaryError` is an ``error: ...`` outcome.
+    """
+    route, verdict, current, leader = plan.route, plan.verdict, plan.current, plan.leader
+    if not verdict.write:
+        if verdict.phase == "shadow":
+            outcome = "follower" if not leader else "shadow"
+            return outcome, verdict.weights, False, current
+        outcome = "held" if verdict.phase == "holding" else "unchanged"
+        return outcome, None, False, current
+    if not leader:  # the guard was told "shadow"; never write without the lease anyway
+        return "follower", verdict.weights, False, current
+    if applied is None:  # cannot happen: every writing plan went through the write pool
+        raise RuntimeError(f"route {route.key}: the write was never attempted")
+    if applied.error is not None:
+        if isinstance(applied.error, TemporaryError):
+            return f"error: {applied.error}", verdict.weights, True, current
+        raise applied.error
+    assert applied.written is not None
+    outcome = "conflict-retried" if applied.retried else "written"
+    return outcome, applied.written, True, applied.written
