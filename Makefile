@@ -2,23 +2,32 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP := $(VENV)/.installed-dev
 
-.PHONY: install system-deps run test test-unit lint type format bench clean
+.PHONY: install install-serve system-deps run test test-unit lint type format bench clean
+
+$(SERVE_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $(SERVE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
-install: $(STAMP)  ## Python packages into .venv (torch pinned to the 2.13.0 CPU build)
+install-serve: $(SERVE_STAMP)  ## what serving needs: no torch, no stable-baselines3, no test tools
+
+install: $(STAMP)  ## everything: training (torch pinned to the 2.13.0 CPU build) and the test tools
 
 system-deps:  ## Prometheus from Debian and kube-apiserver+etcd built from Debian's source (cached)
 	bash .ci/system-deps.sh
 
-run: install  ## the main job: controller + API against the embedded simulated mesh
+run: install-serve  ## the main job: controller + API against the embedded simulated mesh
 	$(VENV)/bin/meshpilot serve --mesh sim
 
 test: install system-deps  ## the whole test suite, with a real Prometheus and a real kube-apiserver

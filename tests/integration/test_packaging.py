@@ -2,8 +2,8 @@
 
 Cases: the wheel holds the scenario suite and the shipped model as package data, and none of
 the tests; in a clean virtual environment with only the wheel and its declared dependencies,
-`meshpilot simulate steady-80` runs from a directory that is not the repository and finds the
-suite by name.
+`meshpilot simulate steady-80 --policy ppo` runs from a directory that is not the repository,
+finds the suite by name and serves the shipped model without torch (the base install has none).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_the_wheel_ships_the_suite_and_the_model_but_no_tests(wheel: Path) -> No
     assert not [n for n in names if n.startswith("tests/")]
 
 
-def test_an_installed_wheel_simulates_a_suite_scenario_by_name(
+def test_an_installed_wheel_simulates_a_suite_scenario_with_the_shipped_model(
     wheel: Path, tmp_path: Path
 ) -> None:
     env_dir = tmp_path / "venv"
@@ -56,11 +56,13 @@ def test_an_installed_wheel_simulates_a_suite_scenario_by_name(
         check=True,
         timeout=1200,
     )
+    no_torch = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import torch"], check=False)
+    assert no_torch.returncode != 0, "the base install must not pull torch"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
-        [str(env_dir / "bin" / "meshpilot"), "simulate", "steady-80", "--json"],
+        [str(env_dir / "bin" / "meshpilot"), "simulate", "steady-80", "--policy", "ppo", "--json"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -69,6 +71,6 @@ def test_an_installed_wheel_simulates_a_suite_scenario_by_name(
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["scenario"] == "steady-80"
+    assert result["scenario"] == "steady-80" and result["policy"] == "ppo"
     assert 0.0 <= result["bad_fraction"] <= 1.0
     assert result["requests"] > 0
