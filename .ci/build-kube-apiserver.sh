@@ -10,7 +10,7 @@
 #   gopath/, gocache/                 the build tree (~2.2 GB)
 # After a successful build only bin/, debs/ and src/ stay (~250 MB) unless MESHPILOT_KUBE_KEEP_WORK=1.
 # Idempotent: if both binaries exist and run, exits 0 at once; each step leaves a stamp file.
-# See /work/shared/FACTS.md "Building kube-apiserver from Debian's source package".
+# See ../shared/FACTS.md (beside the repository) "Building kube-apiserver from Debian's source package".
 set -euo pipefail
 
 CACHE="${MESHPILOT_KUBE_CACHE:-$HOME/.cache/meshpilot/kube}"

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# System parts the integration tests run for real: Prometheus (Debian package) and
-# kube-apiserver + etcd (built once from Debian's kubernetes source package, cached outside
-# the clone). Idempotent: a second run only checks.
+# System parts the integration tests run for real: Prometheus + promtool (Debian package
+# prometheus), kubectl (Debian package kubernetes-client: `kubectl kustomize` cross-checks the
+# manifests) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
+# cached outside the clone). Idempotent: a second run only checks. Under CI=true a missing
+# one fails its tests instead of skipping them (tests/conftest.py).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v prometheus >/dev/null 2>&1; then
-  echo "system-deps: installing prometheus from Debian"
+# command -> Debian package providing it
+declare -A packages=([prometheus]=prometheus [promtool]=prometheus [kubectl]=kubernetes-client)
+missing=()
+for cmd in prometheus promtool kubectl; do
+  pkg="${packages[$cmd]}"
+  if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "system-deps: installing ${missing[*]} from Debian"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-    prometheus >/dev/null
+    "${missing[@]}" >/dev/null
 fi
+for cmd in prometheus promtool kubectl; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "system-deps: $cmd still not on PATH" >&2; exit 1; }
+done
 if [ -f "$here/build-kube-apiserver.sh" ]; then
   bash "$here/build-kube-apiserver.sh"
 fi

@@ -9,6 +9,15 @@ static token file with two users:
 * ``controller``: user ``meshpilot-controller``, no groups beyond ``system:authenticated``,
   so with ``--authorization-mode=RBAC`` it can do nothing until a test grants it a Role.
 
+Istio's CRDs: `install_istio_crds` installs Istio's own ``crd-all.gen.yaml`` when it is there
+(`istio_crds_file`: ``$MESHPILOT_ISTIO_CRDS``, else ``<repo>/../shared/istio/crd-all.gen.yaml``),
+else our small structural CRDs for VirtualService and DestinationRule
+(``data/istio-networking-crds.yaml``: v1, weight an int32, unknown fields preserved). Tests that
+check against Istio's full schemas ask for `istio_crds_file` themselves.
+
+`pause_apiserver` hangs the API server (SIGSTOP) and returns only once every thread of its
+process group is stopped; `resume_apiserver` undoes it.
+
 Only stdlib + subprocess here (plus ``openssl`` on PATH, or the ``cryptography`` package);
 the ``kubernetes`` client and PyYAML are imported lazily by the helpers that need them.
 """
@@ -23,7 +32,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -34,13 +42,33 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.helpers import SYSTEM_DEPS_FIX, free_port, tail
+
 User = Literal["admin", "controller"]
 
-ISTIO_CRDS = Path(os.environ.get("MESHPILOT_ISTIO_CRDS", "/work/shared/istio/crd-all.gen.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+ISTIO_CRDS_ENV = "MESHPILOT_ISTIO_CRDS"
+"""Names Istio's crd-all.gen.yaml; it must then exist."""
+SHARED_ISTIO_CRDS = REPO.parent / "shared" / "istio" / "crd-all.gen.yaml"
+"""Where Istio's CRDs are found by default: the ``shared`` folder next to the clone."""
+OWN_CRDS = Path(__file__).resolve().parent / "data" / "istio-networking-crds.yaml"
+"""Our structural VirtualService + DestinationRule CRDs, used when Istio's file is absent."""
 CONTROLLER_USER = "meshpilot-controller"
-ROLE_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "role.yaml"
+ROLE_FILE = REPO / "manifests" / "base" / "role.yaml"
 """The controller's least-privilege Role, as deployed."""
 ISTIO_GROUP, ISTIO_VERSION = "networking.istio.io", "v1"
+
+
+def istio_crds_file() -> Path | None:
+    """Istio's crd-all.gen.yaml: ``$MESHPILOT_ISTIO_CRDS`` (FileNotFoundError if it names no
+    file), else `SHARED_ISTIO_CRDS` when it exists, else None."""
+    env = os.environ.get(ISTIO_CRDS_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FileNotFoundError(f"{ISTIO_CRDS_ENV}={env}: no such file")
+        return path
+    return SHARED_ISTIO_CRDS if SHARED_ISTIO_CRDS.is_file() else None
 
 
 def virtual_service(
@@ -93,19 +121,6 @@ def kube_binaries() -> tuple[Path, Path] | None:
     if all(p.is_file() and os.access(p, os.X_OK) for p in (apiserver, etcd)):
         return apiserver, etcd
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "<no log>"
 
 
 def _make_keys(d: Path) -> None:
@@ -205,6 +220,8 @@ class KubeLab:
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
+        self.crds_file: Path | None = None
+        """The file `install_istio_crds` installed last."""
 
     # ------------------------------------------------------------------ properties
     @property
@@ -246,7 +263,7 @@ class KubeLab:
             f'{self.tokens["admin"]},admin,admin,"system:masters"\n'
             f"{self.tokens['controller']},{CONTROLLER_USER},{CONTROLLER_USER}\n"
         )
-        self.etcd_port, self.etcd_peer_port, self.port = _free_port(), _free_port(), _free_port()
+        self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         try:
             self._start_etcd(timeout)
             self._start_apiserver(timeout)
@@ -284,6 +301,33 @@ class KubeLab:
     @property
     def apiserver_running(self) -> bool:
         return self._apiserver is not None and self._apiserver.poll() is None
+
+    def pause_apiserver(self, timeout: float = 10.0, probe_timeout: float = 0.5) -> None:
+        """Hang the API server (SIGSTOP to its process group): connections are accepted by the
+        kernel but nothing answers.
+
+        Returns once that is observable: every thread of every process in the group is in the
+        stopped state (`kill` returns before a busy thread has actually stopped), and a probe
+        request on the server's port gets no answer within `probe_timeout` (an answer means
+        something else serves the port: RuntimeError, so a test never proceeds on a live port).
+        """
+        assert self._apiserver is not None and self.apiserver_running, "apiserver not running"
+        stop_process_group(self._apiserver.pid, timeout)
+        try:
+            status, _ = self.request("GET", "/readyz", timeout=probe_timeout)
+        except (OSError, ssl.SSLError):
+            return  # timed out (or refused): nobody answers, as wanted
+        self.resume_apiserver()
+        raise RuntimeError(
+            f"{self.url} answered {status} with the API server (pid {self._apiserver.pid}) "
+            "stopped: another process serves this port"
+        )
+
+    def resume_apiserver(self) -> None:
+        """Undo `pause_apiserver` (SIGCONT to the process group)."""
+        if self._apiserver is not None and self._apiserver.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._apiserver.pid, signal.SIGCONT)
 
     # ------------------------------------------------------------------ clients
     def kubeconfig(self, user: User = "admin") -> Path:
@@ -386,13 +430,18 @@ class KubeLab:
         except ValueError:
             return status, raw.decode(errors="replace")
 
-    def install_istio_crds(self, path: Path = ISTIO_CRDS, timeout: float = 60.0) -> list[str]:
-        """Create (or replace) every CRD in Istio's crd-all.gen.yaml, read in place, and wait
-        until they are all Established (networking.istio.io included). Returns CRD names."""
+    def install_istio_crds(self, path: Path | None = None, timeout: float = 60.0) -> list[str]:
+        """Create (or replace) every CRD in `path` and wait until they are all Established and
+        networking.istio.io/v1 is served. Returns the CRD names; `crds_file` records `path`.
+
+        `path` defaults to Istio's crd-all.gen.yaml (`istio_crds_file`) when it is there, else
+        to our own structural CRDs (`OWN_CRDS`)."""
         import yaml
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
+        path = path or istio_crds_file() or OWN_CRDS
+        self.crds_file = Path(path)
         docs = [
             d
             for d in yaml.safe_load_all(Path(path).read_text())
@@ -505,9 +554,7 @@ class KubeLab:
         deadline = time.monotonic() + timeout
         while True:
             if self._etcd.poll() is not None:
-                raise RuntimeError(
-                    f"etcd exited ({self._etcd.returncode}):\n{_tail(self.etcd_log)}"
-                )
+                raise RuntimeError(f"etcd exited ({self._etcd.returncode}):\n{tail(self.etcd_log)}")
             try:
                 with urllib.request.urlopen(client_url + "/health", timeout=2) as resp:
                     if json.loads(resp.read()).get("health") == "true":
@@ -515,7 +562,7 @@ class KubeLab:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"etcd not healthy after {timeout}s:\n{_tail(self.etcd_log)}")
+                raise TimeoutError(f"etcd not healthy after {timeout}s:\n{tail(self.etcd_log)}")
             time.sleep(0.1)
 
     def _start_apiserver(self, timeout: float) -> None:
@@ -568,7 +615,7 @@ class KubeLab:
             if self._apiserver.poll() is not None:
                 raise RuntimeError(
                     f"kube-apiserver exited ({self._apiserver.returncode}):\n"
-                    f"{_tail(self.apiserver_log)}"
+                    f"{tail(self.apiserver_log)}"
                 )
             try:
                 status, last = self.request("GET", "/readyz", timeout=2)
@@ -580,23 +627,65 @@ class KubeLab:
                 self.kill_apiserver()
                 raise TimeoutError(
                     f"kube-apiserver not ready after {timeout}s (last: {last}):\n"
-                    f"{_tail(self.apiserver_log)}"
+                    f"{tail(self.apiserver_log)}"
                 )
             time.sleep(0.2)
+
+
+def _thread_states(pgid: int) -> dict[int, str]:
+    """{tid: state letter from /proc/PID/task/TID/stat} of every thread of every process in
+    process group `pgid` (threads that vanish while reading are left out)."""
+    states: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            if int(fields[2]) != pgid:
+                continue
+            for task in os.scandir(Path(entry.path, "task")):
+                stat = Path(task.path, "stat").read_text()
+                states[int(task.name)] = stat.rpartition(")")[2].split()[0]
+        except (OSError, IndexError, ValueError):
+            continue
+    return states
+
+
+def stop_process_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP process group `pgid`, then wait until all its threads are stopped (state 'T').
+
+    The signal is delivered asynchronously: a thread running on another CPU (or in an
+    uninterruptible wait) keeps going for a moment, and a Go server can still answer a request
+    meanwhile. TimeoutError (with the states seen) if the group does not stop within `timeout`.
+    """
+    os.killpg(pgid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _thread_states(pgid)
+        if not states:
+            raise ProcessLookupError(f"no process left in process group {pgid}")
+        if all(state == "T" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            running = {tid: st for tid, st in states.items() if st != "T"}
+            raise TimeoutError(f"process group {pgid} not stopped after {timeout}s: {running}")
+        time.sleep(0.01)
 
 
 def running_lab(*, istio_crds: bool = True) -> Iterator[KubeLab]:
     """A started lab for a pytest fixture (``yield from`` or iterate it); stopped afterwards.
 
-    Skips the calling test with the reason when the binaries have not been built.
+    With `istio_crds`, Istio's CRDs are installed (or ours, see `install_istio_crds`). Fails the
+    calling test with the fix when the binaries have not been built: ``make test`` builds them.
     """
-    import pytest
+    from tests.helpers import fail
 
     binaries = kube_binaries()
     if binaries is None:
-        pytest.skip(
-            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: "
-            "run .ci/build-kube-apiserver.sh (~5 min) to enable these tests"
+        fail(
+            f"kube-apiserver/etcd not built in {kube_cache_dir() / 'bin'}: {SYSTEM_DEPS_FIX} "
+            "(builds them with .ci/build-kube-apiserver.sh, ~5 min)"
         )
     kl = KubeLab(binaries)
     kl.start()

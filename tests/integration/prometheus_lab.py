@@ -9,7 +9,9 @@ every target (an ``up`` sample newer than the process start), and `wait_for_samp
 query to return data. `kill` + `restart` simulate an outage: the TSDB directory and port are
 kept, so data scraped before the outage is still queryable afterwards.
 
-Only the standard library here, so the lab also runs outside pytest.
+Only the standard library here (and ``tests/helpers.py``), so the lab also runs outside pytest
+(``bench/tick_latency.py``). Tests get the binary from the ``prometheus_bin`` fixture
+(``tests/conftest.py``), which fails with the fix when it is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import free_port, tail
+
 
 def prometheus_binary() -> str | None:
     """Path of the ``prometheus`` binary ($MESHPILOT_PROMETHEUS or PATH), or None."""
@@ -37,25 +40,6 @@ def prometheus_binary() -> str | None:
     if env:
         return env if os.access(env, os.X_OK) else None
     return shutil.which("prometheus")
-
-
-def skip_without_prometheus() -> str:
-    """The binary path, or skip the calling test with the reason and the fix."""
-    binary = prometheus_binary()
-    if binary is None:
-        import pytest
-
-        pytest.skip(
-            "prometheus binary not found (apt-get install -y --no-install-recommends "
-            "prometheus, or set MESHPILOT_PROMETHEUS)"
-        )
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrometheusLab:
@@ -242,7 +226,4 @@ class PrometheusLab:
             os.killpg(proc.pid, sig)
 
     def _tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "<no log>"
+        return tail(self.log_path, n)

@@ -41,9 +41,7 @@ Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
 from __future__ import annotations
 
 import copy
-import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -55,7 +53,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, running_lab
+from kube_lab import CONTROLLER_USER, ROLE_FILE, KubeLab, running_lab
 
 from controller.adapters.istio.actuator import VirtualServiceActuator
 from controller.adapters.istio.routes import MANAGED_ANNOTATION
@@ -66,7 +64,6 @@ pytestmark = pytest.mark.integration
 
 NS = "lirmm-services"
 GROUP, VERSION = "networking.istio.io", "v1"
-ROLE_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "role.yaml"
 FQDN = f"reviews.{NS}.svc.cluster.local"
 
 
@@ -968,9 +965,9 @@ def test_hung_apiserver_costs_one_timeout_then_fails_fast(
     )
     route = RouteRef(NS, vs_name, "primary", "reviews")
     act.current(route)
-    assert lab._apiserver is not None
-    pid = lab._apiserver.pid
-    os.killpg(pid, signal.SIGSTOP)  # hung, not dead: connections open, nothing answers
+    # Hung, not dead: connections open, nothing answers. Returns once every thread of the
+    # server is stopped (SIGSTOP lands asynchronously: a busy thread could still answer).
+    lab.pause_apiserver()
     try:
         started = time.monotonic()
         with pytest.raises(TemporaryError, match="cannot reach the API server"):
@@ -983,7 +980,7 @@ def test_hung_apiserver_costs_one_timeout_then_fails_fast(
             assert ei.value.__cause__ is not None
         rest_s = time.monotonic() - started
     finally:
-        os.killpg(pid, signal.SIGCONT)
+        lab.resume_apiserver()
     assert first_s < 2.5  # one read timeout of 1 s, not urllib3's default four attempts
     assert rest_s < first_s  # 20 calls cost less than the one that waited for the timeout
     deadline = time.monotonic() + 10

@@ -1,6 +1,10 @@
 """Real kube-apiserver v1.20.2 + Istio CRDs: the API behaviours meshpilot's writer relies on.
 
-Needs the binaries from .ci/build-kube-apiserver.sh; skipped (with the reason) otherwise.
+Needs the binaries from .ci/build-kube-apiserver.sh (``make test`` builds them; missing, the
+tests fail with that fix). The lab installs Istio's crd-all.gen.yaml when it is there, else our
+structural stand-ins (tests/integration/data/istio-networking-crds.yaml); the last test swaps
+in the stand-ins and checks they give meshpilot the same API: v1 served, objects kept as sent,
+a string weight refused.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 
 # kube_lab.py sits next to this file; import it whether or not tests/ is a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, running_lab
+from kube_lab import CONTROLLER_USER, OWN_CRDS, KubeLab, istio_crds_file, running_lab
 
 pytestmark = pytest.mark.integration
 
@@ -308,3 +312,72 @@ def test_apiserver_outage_and_restart_keeps_state(
     assert lab.port == port
     after = get_vs(admin)  # same client, same kubeconfig: same port and CA
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_our_structural_crds_stand_in_for_istios(lab: KubeLab, admin: Any) -> None:
+    """Without Istio's file the labs install ours: the same API for everything meshpilot does."""
+    names = lab.install_istio_crds(OWN_CRDS)
+    try:
+        assert sorted(names) == [
+            "destinationrules.networking.istio.io",
+            "virtualservices.networking.istio.io",
+        ]
+        co = custom(admin)
+        probe = copy.deepcopy(VS)
+        probe["metadata"]["name"] = "reviews-probe"
+        probe["spec"]["http"][0]["meshpilotProbe"] = "kept"  # unknown to Istio: it prunes it
+        deadline = time.monotonic() + 20
+        while True:  # the API server switches to the new schema a moment after Established
+            got = co.create_namespaced_custom_object(
+                GROUP, VERSION, NS, "virtualservices", probe, dry_run="All"
+            )
+            if got["spec"] == probe["spec"]:
+                break
+            assert time.monotonic() < deadline, f"still pruned by the old schema: {got['spec']}"
+            time.sleep(0.2)
+        # Everything meshpilot and its tests send is kept as sent.
+        full = copy.deepcopy(VS)
+        full["metadata"]["name"] = "reviews-full"
+        full["spec"]["http"].insert(
+            0,
+            {
+                "name": "canary",
+                "match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                "mirror": {"host": "ratings", "subset": "v1"},
+                "retries": {"attempts": 3, "perTryTimeout": "2s"},
+                "route": [
+                    {"destination": {"host": "reviews", "subset": "v2", "port": {"number": 9080}}}
+                ],
+            },
+        )
+        got = co.create_namespaced_custom_object(GROUP, VERSION, NS, "virtualservices", full)
+        assert got["spec"] == full["spec"]
+        dr = copy.deepcopy(DR)
+        dr["metadata"]["name"] = "reviews-full"
+        dr["spec"]["trafficPolicy"] = {"loadBalancer": {"simple": "ROUND_ROBIN"}}
+        got = co.create_namespaced_custom_object(GROUP, VERSION, NS, "destinationrules", dr)
+        assert got["spec"] == dr["spec"]
+        # A weight must be an integer, a destination needs a host, a DestinationRule a host.
+        for plural, bad, field in (
+            ("virtualservices", ("http", 0, "route", 0, "weight"), "80"),
+            ("virtualservices", ("http", 0, "route", 0, "destination"), {"subset": "v1"}),
+            ("destinationrules", (), {"subsets": [{"name": "v1"}]}),
+        ):
+            obj = copy.deepcopy(VS if plural == "virtualservices" else DR)
+            obj["metadata"]["name"] = "reviews-bad"
+            parent: Any = obj["spec"]
+            if bad:
+                for step in bad[:-1]:
+                    parent = parent[step]
+                parent[bad[-1]] = field
+            else:
+                obj["spec"] = field
+            err = api_error(
+                lambda obj=obj, plural=plural: co.create_namespaced_custom_object(
+                    GROUP, VERSION, NS, plural, obj
+                )
+            )
+            assert err.status == 422, (plural, bad, err.body)
+    finally:
+        if istio_crds_file() is not None:
+            lab.install_istio_crds()  # back to Istio's for whatever runs next

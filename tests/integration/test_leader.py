@@ -35,14 +35,13 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import CONTROLLER_USER, KubeLab, running_lab
+from kube_lab import CONTROLLER_USER, ROLE_FILE, KubeLab, running_lab
 
 from controller.adapters.kube.lease import LeaseElector
 
 pytestmark = pytest.mark.integration
 
 NS = "lirmm-services"
-ROLE_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "role.yaml"
 LEASE_S = 2  # short leases keep handovers fast
 
 

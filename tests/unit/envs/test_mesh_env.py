@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs.mesh_env import MeshEnv
 from envs.simulator.scenario import load_scenario
-from meshcore import FeatureSpec
+from meshcore import FeatureSpec, decode
 
 SHORT = load_scenario("degraded-canary").with_changes(duration_s=200)
 
@@ -76,10 +76,16 @@ def test_episode_lasts_the_scenario_duration_and_writes_valid_weights() -> None:
     env.reset(seed=1)
     steps, trunc = 0, False
     while not trunc:
-        _, reward, term, trunc, info = env.step(env.action_space.sample())
+        action = env.action_space.sample()
+        subsets = env.observation.subsets
+        spec = env.spec_features
+        written = decode(
+            action, spec.mask(len(subsets)), subsets, temperature=spec.action_temperature
+        )
+        _, reward, term, trunc, info = env.step(action)
         steps += 1
         assert not term and reward <= 0
-        assert sum(info["weights"].values()) == 100
+        assert info["weights"] == written.as_dict()  # the action, decoded, is what was written
         assert env.sim is not None and env.sim.weights.as_dict() == info["weights"]
     assert steps == SHORT.n_steps == 40
 

@@ -291,7 +291,6 @@ def test_any_valid_weights_patch_exactly_the_managed_weights_to_sum_100(
     after = apply_patch(obj, ops)  # every test op holds against the object it was built from
     managed = after["spec"]["http"][1]["route"]
     assert {d["destination"]["subset"]: d["weight"] for d in managed} == weights.as_dict()
-    assert sum(d["weight"] for d in managed) == 100
     before = shop()
     for d_after, d_before in zip(managed, before["spec"]["http"][1]["route"], strict=True):
         d_before["weight"] = d_after["weight"]
