@@ -15,36 +15,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from controller.adapters.istio.routes import GROUP, VERSION, canonical_host, route_label
+from controller.adapters.kube.client import ApiOwner
 from meshcore import PermanentError, RouteRef
 
 __all__ = ["DestinationRules"]
 
-_T = TypeVar("_T")
 
 _ByHost = dict[str, list[dict[str, Any]]]
 """A namespace's DestinationRules by canonical ``spec.host``."""
-
-
-class _Owner(Protocol):
-    """What the lookup uses of the actuator that owns it."""
-
-    @property
-    def custom_objects(self) -> Any:
-        """A `kubernetes.client.CustomObjectsApi`."""
-
-    @property
-    def timeouts(self) -> tuple[float, float]:
-        """(connect, read) timeouts of a request, s."""
-
-    def call(self, verb: str, resource: str, fn: Callable[[], _T]) -> _T:
-        """fn() with errors translated, failing fast while the API server is unreachable."""
-
-    def count(self, counter: str) -> None:
-        """Add one to the counter `counter` (``dr_lists``)."""
 
 
 class DestinationRules:
@@ -54,7 +36,7 @@ class DestinationRules:
     DNS suffix of short host names.
     """
 
-    def __init__(self, owner: _Owner, *, cache_s: float, cluster_domain: str) -> None:
+    def __init__(self, owner: ApiOwner, *, cache_s: float, cluster_domain: str) -> None:
         self._owner = owner
         self.cache_s = cache_s
         self.cluster_domain = cluster_domain

@@ -18,38 +18,18 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from controller.adapters.istio.routes import GROUP, VERSION
-from controller.adapters.kube.client import brief_error
+from controller.adapters.kube.client import ApiOwner, brief_error
 
 __all__ = ["VirtualServiceCache"]
 
 _log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-
-
-class _Owner(Protocol):
-    """What a cache uses of the actuator that owns it."""
-
-    @property
-    def custom_objects(self) -> Any:
-        """A `kubernetes.client.CustomObjectsApi`."""
-
-    @property
-    def timeouts(self) -> tuple[float, float]:
-        """(connect, read) timeouts of a request, s."""
-
-    def call(self, verb: str, resource: str, fn: Callable[[], _T]) -> _T:
-        """fn() with errors translated, failing fast while the API server is unreachable."""
-
-    def count(self, counter: str) -> None:
-        """Add one to the counter `counter` (``lists``, ``watch_events``)."""
 
 
 def _resource_version(obj: Mapping[str, Any]) -> str:
@@ -84,7 +64,7 @@ class VirtualServiceCache:
     mutated (readers share them).
     """
 
-    def __init__(self, owner: _Owner, namespace: str, *, watch_timeout_s: float) -> None:
+    def __init__(self, owner: ApiOwner, namespace: str, *, watch_timeout_s: float) -> None:
         self._owner = owner
         self.namespace = namespace
         self._watch_timeout_s = watch_timeout_s

@@ -11,7 +11,8 @@ kubernetes/urllib3 error tree onto those two, with the API server's own message.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import urllib3
 from kubernetes import client, config
@@ -21,12 +22,34 @@ from kubernetes.config.config_exception import ConfigException
 from meshcore import ConfigError, PermanentError, TemporaryError
 
 __all__ = [
+    "ApiOwner",
     "brief_error",
     "error_status",
     "kube_api_client",
     "status_message",
     "translate_api_error",
 ]
+
+_T = TypeVar("_T")
+
+
+class ApiOwner(Protocol):
+    """What a helper of an adapter (a watch cache, a lookup) uses of the adapter that owns it:
+    one client, one timeout policy, one error translation and one set of counters for all."""
+
+    @property
+    def custom_objects(self) -> Any:
+        """A `kubernetes.client.CustomObjectsApi`."""
+
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts of a request, s."""
+
+    def call(self, verb: str, resource: str, fn: Callable[[], _T]) -> _T:
+        """fn() with errors translated, failing fast while the API server is unreachable."""
+
+    def count(self, counter: str) -> None:
+        """Add one to the counter `counter` (e.g. ``lists``, ``watch_events``, ``dr_lists``)."""
 
 
 def kube_api_client(
