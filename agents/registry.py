@@ -1,8 +1,9 @@
 """Policy names on the command line -> `Policy` objects (see DESIGN.md for the list).
 
-``ppo`` is the shipped default model and ``ppo:PATH`` a model file; both are served by
-`agents.ppo_policy` (numpy only). It and the oracle (which needs the simulator) are imported
-only when asked for, so listing names or building a baseline stays light for the live loop.
+``ppo`` is the shipped default model and ``ppo:PATH`` a model file; both are loaded by
+`agents.policy_file` and served by `agents.network` (numpy only). They and the oracle (which
+needs the simulator) are imported only when asked for, so listing names or building a
+baseline stays light for the live loop.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def policy_names() -> list[str]:
 def _load_ppo(path: str | None) -> Policy:
     what = "the shipped PPO model" if path is None else f"the PPO model {path}"
     try:
-        from agents.ppo_policy import load_ppo_policy
+        from agents.policy_file import load_ppo_policy
     except ImportError as err:
         raise ConfigError(
             f"cannot load {what}: the PPO policy module is not available ({err})"

@@ -5,7 +5,7 @@ Why processes: training is one torch thread by design (FACTS.md: a second thread
 helped on 2 cores), so N members on N cores take the wall time of one. Each member is an
 ordinary run (``members/<run>/``, resumable, with its own policy.npz); the ensemble's run
 directory holds config.json (the config, each member's run directory and timings),
-policy.npz (`agents.ppo_policy.save_ensemble_npz`, served as an `EnsemblePolicy`) and a
+policy.npz (`agents.policy_file.save_ensemble_npz`, served as an `EnsemblePolicy`) and a
 learning-curve PNG with one line per member.
 """
 
@@ -19,15 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.ppo import (
-    TrainConfig,
-    new_run_dir,
-    plot_learning_curve,
-    read_episodes,
-    train,
-    write_json,
-)
-from agents.ppo_policy import save_ensemble_npz
+from agents.policy_file import save_ensemble_npz
+from agents.training.artifacts import new_run_dir, plot_learning_curve, read_episodes, write_json
+from agents.training.config import TrainConfig
+from agents.training.ppo import train
 
 
 def member_configs(config: TrainConfig, members_dir: Path) -> list[TrainConfig]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.ppo_policy import EnsemblePolicy, load_numpy_policy, save_ensemble_npz
+from agents.network import EnsemblePolicy
+from agents.policy_file import load_numpy_policy, save_ensemble_npz
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,9 +1,9 @@
 """`meshpilot train`: train the PPO policy against the simulator, one option per TrainConfig field.
 
-Options, defaults and help text all come from `agents.ppo.TrainConfig` (the docstring under
-each field), so the command line cannot drift from the config. `agents.ppo` imports torch and
-stable-baselines3 only when training starts, so building this parser stays cheap and works in
-an install without the ``train`` extra.
+Options, defaults and help text all come from `agents.training.config.TrainConfig` (the
+docstring under each field), so the command line cannot drift from the config. The training
+code imports torch and stable-baselines3 only when training starts, so building this parser
+stays cheap and works in an install without the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -15,19 +15,28 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from agents.ppo import TrainConfig, field_help, train
-from agents.ppo_policy import OBS_EXTENSIONS
+from agents.obs_extensions import OBS_EXTENSIONS
+from agents.training.config import TrainConfig, field_help
+from agents.training.ppo import train
 from meshpilot.commands.arg_types import non_negative_int, positive_int
 
 _POSITIONAL = "scenarios"
 _SKIP = frozenset({"spec"})
 """Fields without an option: the FeatureSpec must match what the controller serves."""
 _AT_LEAST_ONE = frozenset(
-    {"total_steps", "n_envs", "episode_steps", "n_steps", "batch_size", "n_epochs", "members"}
-    | {"imitation_rounds", "imitation_epochs"}
+    (
+        "n_envs",
+        "episode_steps",
+        "n_steps",
+        "batch_size",
+        "n_epochs",
+        "members",
+        "imitation_rounds",
+        "imitation_epochs",
+    )
 )
 """Integer fields that count something that must happen at least once; every other integer
-field (seeds, optional steps, delays) must be >= 0."""
+field (seeds, optional steps such as total_steps 0 for imitation only, delays) must be >= 0."""
 _CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("tanh", "relu"),
     "action_prior": ("capacity", "hold", "sqrt", "none"),

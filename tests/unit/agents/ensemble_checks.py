@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.ppo_policy import EnsemblePolicy, load_numpy_policy
+from agents.network import EnsemblePolicy
+from agents.policy_file import load_numpy_policy
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
 from meshcore.features import FeatureSpec, decode

@@ -1,5 +1,5 @@
-"""`meshpilot train --members N` (agents.ensemble); `meshpilot ensemble` on its own is
-tests/unit/meshpilot/commands/test_ensemble.py.
+"""`meshpilot train --members N` (agents.training.ensemble); `meshpilot ensemble` on its own
+is tests/unit/meshpilot/test_ensemble.py.
 
 Cases:
 - a tiny two-member job through the CLI trains both members (seeds seed and seed+1) in

@@ -1,7 +1,7 @@
 """Serving a PPO policy never imports torch or stable-baselines3.
 
 Cases (each in a fresh interpreter where importing torch / stable_baselines3 raises):
-- agents.ppo_policy loads an exported file and decides weights, and so does the shipped
+- agents.policy_file loads an exported file and decides weights, and so does the shipped
   default policy;
 - the `meshpilot` CLI parser (which includes `train`) builds and prints help.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.ppo_policy import save_npz
+from agents.policy_file import save_npz
 from meshcore.features import FeatureSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -62,7 +62,8 @@ def test_policy_loads_and_decides_without_torch(tmp_path):
     path = _random_policy_file(tmp_path / "p.npz")
     proc = _run(
         f"""
-        from agents.ppo_policy import load_ppo_policy
+        from agents.policy_file import load_ppo_policy
+        from meshcore.model import Weights
         from envs.simulator.engine import MeshSimulator
         from envs.simulator.scenario import load_scenario
         policy = load_ppo_policy({str(path)!r})
@@ -70,7 +71,7 @@ def test_policy_loads_and_decides_without_torch(tmp_path):
         for _ in range(3):
             w = policy.decide(sim.observe())
             sim.step(w)
-        assert sum(w.values()) == 100, w
+        assert isinstance(w, Weights), w
         assert len(policy.last_raw_action) == 8
         assert sys.modules.get("torch") is None
         print("OK", dict(w))
@@ -98,7 +99,8 @@ def test_shipped_policy_decides_without_torch():
     """The shipped default (an ensemble with trend memory) is what `serve` runs: no torch."""
     proc = _run(
         """
-        from agents.ppo_policy import load_ppo_policy
+        from agents.policy_file import load_ppo_policy
+        from meshcore.model import Weights
         from envs.simulator.engine import MeshSimulator
         from envs.simulator.scenario import load_scenario
         policy = load_ppo_policy(None)
@@ -106,7 +108,7 @@ def test_shipped_policy_decides_without_torch():
         for _ in range(5):
             w = policy.decide(sim.observe())
             sim.step(w)
-        assert sum(w.values()) == 100, w
+        assert isinstance(w, Weights), w
         assert sys.modules.get("torch") is None
         print("OK", type(policy).__name__, dict(w))
         """

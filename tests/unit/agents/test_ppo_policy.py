@@ -1,4 +1,5 @@
-"""The numpy serving path of PPO policies (agents.ppo_policy).
+"""The numpy serving path of PPO policies (agents.network, agents.policy_file,
+agents.obs_extensions, agents.action_prior).
 
 Cases:
 - the numpy actor reproduces SB3's deterministic ``predict`` (max abs diff < 1e-5) on many
@@ -47,27 +48,29 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import envs  # noqa: F401
-from agents.ppo import ExtendObservation, export_npz
-from agents.ppo_policy import (
-    DEFAULT_MODEL,
-    EMA_ALPHAS,
-    EnsemblePolicy,
-    TrendMemory,
+from agents.action_prior import (
     apply_action_prior,
-    extend_observation,
-    extension_low,
-    extension_size,
-    load_numpy_policy,
-    load_ppo_policy,
-    save_ensemble_npz,
+    corrected_action,
+    hold_prior,
     shape_correction,
     unshape_correction,
 )
+from agents.network import EnsemblePolicy
+from agents.obs_extensions import (
+    EMA_ALPHAS,
+    TrendMemory,
+    extend_observation,
+    extension_low,
+    extension_size,
+)
+from agents.policy_file import DEFAULT_MODEL, load_numpy_policy, load_ppo_policy, save_ensemble_npz
+from agents.training.artifacts import export_npz
+from agents.training.wrappers import ExtendObservation
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario, suite_paths
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
-from meshcore.model import Observation, RouteRef, SubsetStats
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
 torch.set_num_threads(1)
 
@@ -354,12 +357,12 @@ def test_shipped_default_model_is_small_and_decides_valid_weights():
         pytest.fail(f"the shipped model {DEFAULT_MODEL} is missing")
     assert DEFAULT_MODEL.stat().st_size < 1_000_000
     policy = load_ppo_policy(None)
-    assert policy.spec.hash == FeatureSpec().hash
+    assert policy.spec.hash == "8d261afdbdab1223"  # the FeatureSpec() it was trained on
     for path in suite_paths():
         sim = MeshSimulator(load_scenario(path), seed=0)
         for _ in range(3):
             weights = policy.decide(sim.observe())
-            assert sum(weights.values()) == 100
+            assert isinstance(weights, Weights)
             assert set(weights) == set(sim.subsets)
             sim.step(weights)
 
@@ -593,8 +596,11 @@ def test_before_any_telemetry_the_split_is_capacity_proportional(tmp_path):
         expected = [100 * c / sum(caps) for c in caps]
         assert np.allclose([weights[s] for s in first.subsets], expected, atol=1.0)
         sim.step(weights)
-        later = policy.decide(sim.observe())  # with data the network decides again
-        assert sum(later.values()) == 100
+        later = sim.observe()
+        policy.decide(later)  # with data the network decides again
+        vec = encode(later, policy.spec)
+        consulted = corrected_action(policy.predict(vec), (hold_prior(vec, policy.spec), True))
+        assert policy.last_raw_action == pytest.approx(consulted.tolist())
 
 
 @pytest.mark.parametrize("scenario", ["steady-90", "many-subsets", "diurnal-bursts"])
@@ -617,7 +623,7 @@ def test_sqrt_prior_decodes_to_the_sqrt_baseline(scenario):
 
 
 def test_sqrt_prior_without_utilization_input_falls_back_to_capacity():
-    from agents.ppo_policy import capacity_prior, sqrt_prior
+    from agents.action_prior import capacity_prior, sqrt_prior
 
     spec = FeatureSpec()
     sim = MeshSimulator(load_scenario("steady-90"), seed=0)

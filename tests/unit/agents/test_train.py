@@ -1,4 +1,4 @@
-"""`meshpilot train` end to end on a tiny job (agents.ppo + meshpilot.commands.train).
+"""`meshpilot train` end to end on a tiny job (agents.training + meshpilot.commands.train).
 
 Cases:
 - a few hundred steps through the CLI's main() write every artifact of the run directory
@@ -26,10 +26,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("stable_baselines3")
 
-from agents.ppo import TrainConfig, field_help, read_episodes
-from agents.ppo_policy import load_ppo_policy
+from agents.policy_file import load_ppo_policy
+from agents.training.artifacts import read_episodes
+from agents.training.config import TrainConfig, field_help
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from meshcore.model import Weights
 from meshpilot.cli import build_parser, main
 from tests.unit.agents.tiny_training import TINY_PPO
 
@@ -86,7 +88,7 @@ def test_tiny_train_writes_every_artifact(tmp_path, capsys):
     sim = MeshSimulator(load_scenario("steady-50"), seed=0)
     for _ in range(5):
         weights = policy.decide(sim.observe())
-        assert sum(weights.values()) == 100
+        assert isinstance(weights, Weights)
         sim.step(weights)
     assert str(run_dir) in capsys.readouterr().out
 
@@ -166,7 +168,7 @@ def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(t
 
 
 def test_oversampled_scenarios_get_extra_pool_entries():
-    from agents.ppo import scenario_pool
+    from agents.training.wrappers import scenario_pool
 
     config = TrainConfig(scenarios=("steady-50", "steady-90"), oversample=("steady-90",) * 2)
     assert [sc.name for sc in scenario_pool(config, 0)] == ["steady-50", "steady-90"] + [
@@ -178,9 +180,10 @@ def test_oversampled_scenarios_get_extra_pool_entries():
     ("prior", "gain", "pull"), [("capacity", 1.0, 0.0), ("sqrt", 0.25, 0.05), ("sqrt", 0.1, 0.0)]
 )
 def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain, pull):
+    from agents.action_prior import apply_action_prior
     from agents.oracle import hedged_weights
-    from agents.ppo import make_env, oracle_target
-    from agents.ppo_policy import apply_action_prior
+    from agents.training.teacher import oracle_target
+    from agents.training.wrappers import make_env
     from meshcore.features import decode
 
     config = TrainConfig(
@@ -212,7 +215,7 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
 def _latency_spike_env(**overrides: Any) -> tuple[TrainConfig, Any, np.ndarray]:
     """A training env on latency-spike without randomization, reset with seed 0, and its config
     (hedged teacher, pull 0.05, plain utilization inputs, no action prior)."""
-    from agents.ppo import make_env
+    from agents.training.wrappers import make_env
 
     config = TrainConfig(
         scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
@@ -225,7 +228,7 @@ def _latency_spike_env(**overrides: Any) -> tuple[TrainConfig, Any, np.ndarray]:
 
 def test_late_teacher_labels_what_the_served_intervals_can_show():
     from agents.oracle import hedged_weights
-    from agents.ppo import oracle_target, teacher_state
+    from agents.training.teacher import oracle_target, teacher_state
     from meshcore.features import decode
 
     sim = MeshSimulator(load_scenario("latency-spike"), seed=0)  # v1 at 0.4 from 600 s to 900 s
@@ -250,7 +253,7 @@ def test_late_teacher_labels_what_the_served_intervals_can_show():
 
 def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
     from agents.oracle import hedged_weights, miss_cost
-    from agents.ppo import MISS_COST_CAP, teacher_label
+    from agents.training.teacher import MISS_COST_CAP, teacher_label
 
     config, env, obs = _latency_spike_env(imitation_miss_weight=1000.0)
     sim = env.unwrapped.sim
@@ -266,7 +269,7 @@ def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
 
 
 def test_episode_means_average_each_episode_apart():
-    from agents.ppo import episode_means
+    from agents.training.imitation import episode_means
 
     values = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
     done = np.array([[0, 0], [1, 0], [0, 1], [0, 0]], dtype=bool)
@@ -279,7 +282,7 @@ def test_episode_means_average_each_episode_apart():
 
 
 def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
-    from agents.ppo import QUIET_TICKS, _quiet_pairs
+    from agents.training.imitation import QUIET_TICKS, _quiet_pairs
 
     steps = QUIET_TICKS + 12
     full = np.zeros((steps, 2, 3))
@@ -348,7 +351,7 @@ def test_every_config_field_has_a_documented_option():
     ("args", "message"),
     [
         (["--gamma", "1.5"], "gamma"),
-        (["--n-envs", "0"], "n_envs"),
+        (["--n-envs", "0"], "argument --n-envs"),
         (["nonexistent-scenario"], "nonexistent-scenario"),
         (["steady-50", "--oversample", "steady-90"], "steady-90"),
         (["--action-prior", "sqrt"], "utilization"),
@@ -358,14 +361,20 @@ def test_every_config_field_has_a_documented_option():
         (["--imitation-smooth", "1", "--action-gain", "0.5"], "imitation_smooth needs action_gain"),
         (["--action-gain", "0"], "action_gain"),
         (["--teacher-pull", "-0.1"], "teacher_pull"),
-        (["--teacher-delay-steps", "-1"], "teacher_delay_steps"),
+        (["--teacher-delay-steps", "-1"], "argument --teacher-delay-steps"),
         (["--action-gain", "1.5"], "action_gain"),
     ],
 )
 def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
-    code = main(["train", "--out-dir", str(tmp_path), "--no-progress", *args])
+    """Argparse refuses some values (SystemExit 2), TrainConfig.validate the others (main
+    returns 2): the same one line either way."""
+    try:
+        code = main(["train", "--out-dir", str(tmp_path), "--no-progress", *args])
+    except SystemExit as stop:
+        code = stop.code
     err = capsys.readouterr().err
     assert code == 2
+    assert err.count("\n") == 1, err
     assert message in err
     assert "Traceback" not in err
     assert not list(tmp_path.iterdir())

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.ppo_policy import save_npz
+from agents.policy_file import save_npz
 from meshcore.features import FeatureSpec
 from meshpilot.cli import main
 from tests.unit.agents.ensemble_checks import assert_decides_members_mean

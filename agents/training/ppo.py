@@ -1,0 +1,220 @@
+"""`train`: one PPO run (or an ensemble of them) from a `TrainConfig` to its run directory.
+
+Why a module of its own: it is the entry point (`meshpilot train`) that puts the pieces
+together: seeding, the vectorized training envs, the imitation warm start, `model.learn` with
+the run callback, and the artifacts; and the only place that resumes a run from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.training.artifacts import (
+    Episode,
+    export_npz,
+    new_run_dir,
+    plot_learning_curve,
+    read_episodes,
+    save_checkpoint,
+    write_episodes,
+    write_json,
+)
+from agents.training.callbacks import run_callback
+from agents.training.config import TrainConfig
+from agents.training.imitation import imitate_oracle
+from agents.training.wrappers import make_vec_env
+from envs.simulator.scenario import load_scenario
+from meshcore.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """The one place that seeds python, numpy and torch (envs are seeded through the VecEnv)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def _resume_files(resume: str) -> tuple[Path, Path, Path]:
+    base = Path(resume)
+    if base.is_file() and base.suffix == ".zip":
+        base = base.parent
+    model, vecnorm = base / "model.zip", base / "vecnormalize.pkl"
+    if not model.is_file() or not vecnorm.is_file():
+        raise ConfigError(
+            f"--resume {resume}: expected model.zip and vecnormalize.pkl in {base} "
+            "(a run directory or one of its checkpoints/step_<N> directories)"
+        )
+    return model, vecnorm, base / "episodes.csv"
+
+
+def _learning_rate(config: TrainConfig) -> Any:
+    if not config.anneal_lr:
+        return config.learning_rate
+    lr = config.learning_rate
+    return lambda progress_remaining: lr * max(progress_remaining, 0.02)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) one run and write every artifact; returns the run directory.
+
+    With ``members`` > 1, trains an ensemble (`agents.training.ensemble.train_ensemble`).
+    """
+    config.validate()
+    if config.members > 1:
+        from agents.training.ensemble import train_ensemble
+
+        return train_ensemble(config)
+    names = [load_scenario(p).name for p in config.scenario_paths()]  # fail fast, naming it
+    unknown = sorted(set(config.oversample) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"--oversample {' '.join(unknown)}: not in the scenario set ({', '.join(names)})"
+        )
+    if config.tensorboard_dir is not None:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                "--tensorboard-dir needs the tensorboard package (pip install tensorboard)"
+            ) from err
+    try:
+        import stable_baselines3
+        import torch
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.vec_env import VecNormalize
+    except ImportError as err:
+        raise ConfigError(
+            f"training needs torch and stable-baselines3 (pip install 'meshpilot[train]'): {err}"
+        ) from err
+
+    torch.set_num_threads(1)  # FACTS.md: two threads never helped on 2 cores
+    seed_everything(config.seed)
+    run_dir = new_run_dir(config)
+    meta: dict[str, Any] = {
+        "config": config.to_json(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "stable_baselines3": stable_baselines3.__version__,
+            "numpy": np.__version__,
+        },
+        "feature_spec_hash": config.feature_spec.hash,
+    }
+    write_json(run_dir / "config.json", meta)
+
+    venv = make_vec_env(config)
+    episodes: list[Episode] = []
+    hyper: dict[str, Any] = {
+        "learning_rate": _learning_rate(config),
+        "batch_size": config.batch_size,
+        "n_epochs": config.n_epochs,
+        "gamma": config.gamma,
+        "gae_lambda": config.gae_lambda,
+        "clip_range": config.clip_range,
+        "ent_coef": config.ent_coef,
+        "vf_coef": config.vf_coef,
+        "max_grad_norm": config.max_grad_norm,
+    }
+    if config.resume is not None:
+        model_path, vecnorm_path, episodes_path = _resume_files(config.resume)
+        vecnorm = VecNormalize.load(str(vecnorm_path), venv)
+        vecnorm.training = True
+        vecnorm.norm_reward = config.norm_reward
+        model = PPO.load(
+            model_path,
+            env=vecnorm,
+            device="cpu",
+            tensorboard_log=config.tensorboard_dir,
+            custom_objects={**hyper, "n_steps": config.n_steps},
+        )
+        episodes.extend(read_episodes(episodes_path))
+        if config.reset_log_std:
+            with torch.no_grad():
+                model.policy.log_std.fill_(config.log_std_init)
+        meta["resumed_from"] = str(config.resume)
+        meta["resumed_at_steps"] = int(model.num_timesteps)
+        reset = False
+    else:
+        vecnorm = VecNormalize(
+            venv,
+            norm_obs=True,
+            norm_reward=config.norm_reward,
+            clip_obs=config.clip_obs,
+            gamma=config.gamma,
+        )
+        activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[config.activation]
+        model = PPO(
+            "MlpPolicy",
+            vecnorm,
+            n_steps=config.n_steps,
+            policy_kwargs={
+                "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
+                "activation_fn": activation,
+                "log_std_init": config.log_std_init,
+            },
+            tensorboard_log=config.tensorboard_dir,
+            seed=config.seed,
+            device="cpu",
+            verbose=0,
+            **hyper,
+        )
+        reset = True
+        if config.imitation_steps > 0:
+            started = time.perf_counter()
+            meta.update(imitate_oracle(model, vecnorm, config))
+            meta["imitation_seconds"] = round(time.perf_counter() - started, 1)
+            save_checkpoint(model, run_dir, episodes)  # step 0: the warm start alone
+    remaining = config.total_steps - (0 if reset else model.num_timesteps)
+    callback = run_callback(
+        run_dir=run_dir,
+        total_steps=config.total_steps,
+        checkpoint_every=config.checkpoint_every,
+        episodes=episodes,
+        progress=config.progress,
+        bc_lr=config.bc_lr,
+        batch_size=config.batch_size,
+    )
+    started = time.perf_counter()
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callback,
+            reset_num_timesteps=reset,
+            tb_log_name=run_dir.name,
+        )
+    meta["train_seconds"] = round(time.perf_counter() - started, 1)
+    meta["bc_passes"] = int(callback.bc_passes)
+    meta["env_steps"] = int(model.num_timesteps)
+
+    model.save(run_dir / "model.zip")
+    vecnorm.save(str(run_dir / "vecnormalize.pkl"))
+    write_episodes(run_dir / "episodes.csv", episodes)
+    save_checkpoint(model, run_dir, episodes)
+    policy_path = export_npz(
+        model,
+        vecnorm,
+        config.feature_spec,
+        run_dir / "policy.npz",
+        action_prior=config.action_prior,
+        obs_extension=config.obs_extension,
+        action_gain=config.action_gain,
+        metadata=meta,
+    )
+    plot_learning_curve(episodes, run_dir / "learning_curve.png")
+    write_json(run_dir / "config.json", meta)
+    if config.export_to is not None:
+        Path(config.export_to).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(policy_path, config.export_to)
+    venv.close()
+    return run_dir
