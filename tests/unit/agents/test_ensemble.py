@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("stable_baselines3")
-
 from meshpilot.cli import main
 from tests.unit.agents.ensemble_checks import assert_decides_members_mean
 from tests.unit.agents.tiny_training import TINY_PPO

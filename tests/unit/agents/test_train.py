@@ -23,9 +23,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("stable_baselines3")
-
 from agents.policy_file import load_ppo_policy
 from agents.training.artifacts import read_episodes
 from agents.training.config import TrainConfig, field_help
