@@ -281,18 +281,6 @@ def save_ensemble_npz(
     return out
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The free-form ``metadata_json`` of a policy file ({} when absent)."""
-    arrays = _read_arrays(Path(path))
-    if "metadata_json" not in arrays:
-        return {}
-    try:
-        data = json.loads(_text(arrays["metadata_json"]))
-    except ValueError as err:
-        raise ConfigError(f"{path}: malformed metadata_json ({err})") from err
-    return data if isinstance(data, dict) else {}
-
-
 def load_ppo_policy(
     path: str | None, *, expected_spec: FeatureSpec | None = None
 ) -> NumpyPolicy | EnsemblePolicy:

@@ -164,7 +164,8 @@ def setup_kube(lab: KubeLab, n_routes: int, subsets: list[str], max_connections:
 def feed_exporter(hosts: list[str], subsets: list[str], ports: Any, stop: Any) -> None:
     """Child process: an `IstioSeriesExporter` fed 100 rps per service, split evenly, every
     second, until `stop` is set; its port goes to `ports`."""
-    from envs.simulator.exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
+    from envs.simulator.exporter import IstioSeriesExporter
+    from meshcore.telemetry_format import ISTIO_BUCKETS_MS
 
     exporter = IstioSeriesExporter()
     ports.put(exporter.start())

@@ -165,10 +165,6 @@ class _RouteState:
     last_fresh_s: float | None = None
 
 
-def _fmt(weights: Weights) -> str:
-    return "{" + ", ".join(f"{s}: {v}" for s, v in weights.items()) + "}"
-
-
 def _same_subsets(a: Weights, b: Weights) -> bool:
     return set(a.subsets) == set(b.subsets)
 
@@ -216,7 +212,7 @@ def step_toward(current: Weights, target: Weights, max_step: int) -> Weights:
     ``current != target`` at least one point moves, so repeated calls reach the target.
     """
     if not _same_subsets(current, target):
-        raise ValueError(f"cannot step from {_fmt(current)} toward {_fmt(target)}: other subsets")
+        raise ValueError(f"cannot step from {current} toward {target}: other subsets")
     if max_step < 1:
         raise ValueError(f"max_step must be at least 1 point, got {max_step}")
     names = current.subsets
@@ -391,18 +387,18 @@ class Guard:
         if proposed is None:
             return Verdict(current, False, "active", "no proposal from the policy: not written")
         if not _same_subsets(proposed, current):
-            reason = f"proposal {_fmt(proposed)} does not match the route's subsets; not written"
+            reason = f"proposal {proposed} does not match the route's subsets; not written"
             return Verdict(current, False, "holding", reason)
         return self._active(current, proposed)
 
     def _pinned(self, pin: Weights, until_s: float, current: Weights) -> Verdict:
         if not _same_subsets(pin, current):
-            reason = f"pin {_fmt(pin)} does not match the route's subsets; not written"
+            reason = f"pin {pin} does not match the route's subsets; not written"
             return Verdict(current, False, "overridden", reason)
         pinned = _ordered_like(pin, current)
         if pinned == current:
             return Verdict(current, False, "overridden", f"pinned until {until_s:.1f} s: in place")
-        reason = f"pinned until {until_s:.1f} s: {_fmt(current)} -> {_fmt(pinned)} at once"
+        reason = f"pinned until {until_s:.1f} s: {current} -> {pinned} at once"
         return Verdict(pinned, True, "overridden", reason)
 
     def _holding(self, state: _RouteState, current: Weights, why: str, now_s: float) -> Verdict:
@@ -414,11 +410,11 @@ class Guard:
         baseline = self._baseline(state, current)
         moved = step_toward(current, baseline, self.config.decay_step)
         if moved == current:
-            reason = f"{why}; no fresh data for {held_s:.1f} s; at baseline {_fmt(baseline)}"
+            reason = f"{why}; no fresh data for {held_s:.1f} s; at baseline {baseline}"
             return Verdict(current, False, "holding", reason)
         reason = (
-            f"{why}; no fresh data for {held_s:.1f} s: decaying toward baseline {_fmt(baseline)}, "
-            f"{_fmt(current)} -> {_fmt(moved)}"
+            f"{why}; no fresh data for {held_s:.1f} s: decaying toward baseline {baseline}, "
+            f"{current} -> {moved}"
         )
         return Verdict(moved, True, "holding", reason)
 
@@ -453,5 +449,5 @@ class Guard:
         if change < self.config.min_change and not below_floor:
             reason = f"change of {change} points < min_change {self.config.min_change}: not written"
             return Verdict(current, False, "active", reason)
-        notes.append(f"{_fmt(current)} -> {_fmt(moved)}")
+        notes.append(f"{current} -> {moved}")
         return Verdict(moved, True, "active", "; ".join(notes))

@@ -67,7 +67,6 @@ from meshcore import (
     Policy,
     RouteRef,
     TemporaryError,
-    Weights,
 )
 
 __all__ = ["AlwaysLeader", "ControlLoop", "Leadership"]
@@ -315,8 +314,9 @@ class ControlLoop:
         if obs_error is not None:
             notes.append(obs_error)
         if rt.last_written is not None and current != rt.last_written:
-            before, now_reads = _fmt(rt.last_written), _fmt(current)
-            notes.append(f"route changed outside meshpilot: wrote {before}, reads {now_reads}")
+            notes.append(
+                f"route changed outside meshpilot: wrote {rt.last_written}, reads {current}"
+            )
             rt.pending.clear()
             rt.last_written = None
         proposed, raw_action = decide(self.policy, obs, notes)
@@ -464,7 +464,3 @@ class ControlLoop:
             scheduler.stop(wait=wait)
         self._writes.shutdown(wait=wait)
         self._started_mono = None
-
-
-def _fmt(weights: Weights) -> str:
-    return "{" + ", ".join(f"{s}: {v}" for s, v in weights.items()) + "}"

@@ -4,7 +4,7 @@ Why a module of its own: the tick must run every interval without ever overlappi
 catch up sanely after a stall, stop cleanly on SIGTERM, and stay quiet in the logs when
 nothing happens; a tick's writes must run side by side on a bounded, reused set of threads.
 None of that is control logic, so `controller.loop` only hands its tick and its writes to the
-two helpers here:
+helpers here:
 
 * `TickScheduler` — the apscheduler wiring: one interval job per loop (`JOB_ID`), started at
   once, never overlapped, coalesced and skipped rather than run stale;
@@ -69,14 +69,10 @@ class TickScheduler:
         tick: Callable[[], object],
         *,
         interval_s: float,
-        job_id: str = JOB_ID,
-        name: str = "meshpilot control tick",
     ) -> None:
         quiet_apscheduler()
-        self.job_id = job_id
         self._tick = tick
         self._interval_s = interval_s
-        self._name = name
         self._scheduler = BackgroundScheduler(timezone=UTC)
 
     def start(self) -> None:
@@ -85,8 +81,8 @@ class TickScheduler:
             self._tick,
             trigger="interval",
             seconds=self._interval_s,
-            id=self.job_id,
-            name=self._name,
+            id=JOB_ID,
+            name="meshpilot control tick",
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(1, math.ceil(self._interval_s)),
@@ -97,7 +93,7 @@ class TickScheduler:
     @property
     def job(self) -> Job | None:
         """The scheduled tick job (None before `start` and after `stop`)."""
-        return self._scheduler.get_job(self.job_id) if self._scheduler.running else None
+        return self._scheduler.get_job(JOB_ID) if self._scheduler.running else None
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, let a running tick finish first (idempotent)."""
@@ -110,9 +106,8 @@ class WritePool:
     threads costs ms per tick); with `size` 1 each write runs right away on the caller's
     thread. Thread-safe for one submitter (the tick)."""
 
-    def __init__(self, size: int, *, thread_name_prefix: str = "meshpilot-write") -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
-        self._prefix = thread_name_prefix
         self._pool: ThreadPoolExecutor | None = None
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
@@ -122,7 +117,9 @@ class WritePool:
             done.set_result(fn())
             return done
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=self._prefix)
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.size, thread_name_prefix="meshpilot-write"
+            )
         return self._pool.submit(fn)
 
     def shutdown(self, *, wait: bool = True) -> None:

@@ -184,6 +184,10 @@ class Weights(Mapping[str, int]):
     def __repr__(self) -> str:
         return f"Weights({self.as_dict()})"
 
+    def __str__(self) -> str:
+        """The split as operators read it in logs and reasons: ``{v1: 90, v2: 10}``."""
+        return "{" + ", ".join(f"{s}: {v}" for s, v in self.as_dict().items()) + "}"
+
     def l1_distance(self, other: Weights) -> int:
         """Sum of absolute weight changes between two splits of the same subsets (points)."""
         return sum(abs(self[s] - other.get(s, 0)) for s in self._subsets) + sum(

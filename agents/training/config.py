@@ -223,6 +223,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for values that would fail later, deep inside SB3."""
         checks = [
+            (self.seed >= 0, "seed must be >= 0"),
             (self.total_steps >= 0, "total_steps must be >= 0"),
             (1 <= self.members <= 16, "members must be 1..16"),
             (

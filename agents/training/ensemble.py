@@ -1,7 +1,7 @@
 """`meshpilot train --members N`: train N policies alike in parallel processes, export one
 ensemble policy file.
 
-Why processes: training is one torch thread by design (FACTS.md: a second thread never
+Why processes: training is one torch thread by design (../shared/FACTS.md: a second thread never
 helped on 2 cores), so N members on N cores take the wall time of one. Each member is an
 ordinary run (``members/<run>/``, resumable, with its own policy.npz); the ensemble's run
 directory holds config.json (the config, each member's run directory and timings),

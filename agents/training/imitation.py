@@ -39,7 +39,7 @@ many ticks (the suite's 30 s telemetry window at 5 s ticks): right after the tea
 student that sees the change through the window has to catch up."""
 
 
-def _quiet_pairs(full: np.ndarray, mask: np.ndarray, done: np.ndarray) -> np.ndarray:
+def quiet_pairs(full: np.ndarray, mask: np.ndarray, done: np.ndarray) -> np.ndarray:
     """(pairs, 2) indices, into the round's samples flattened time-major, of consecutive ticks
     (t, t + 1) of one env's episode where the teacher's full action `full` (steps, envs, slots)
     did not change from t - QUIET_TICKS + 1 to t + 1 on the present slots `mask`."""
@@ -122,7 +122,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
         keep = max(1, per_round - int(5 / max(1e-6, 1 - gamma)))  # drop unfinished tails
         if smooth:
             offset = sum(len(o) for o in raw_obs)
-            pairs.append(_quiet_pairs(tgt_r[:keep] + prior_r[:keep], mask_r[:keep], done_r[:keep]))
+            pairs.append(quiet_pairs(tgt_r[:keep] + prior_r[:keep], mask_r[:keep], done_r[:keep]))
             pairs[-1] += offset
             priors.append(prior_r[:keep].reshape(-1, spec.max_subsets))
         raw_obs.append(obs_r[:keep].reshape(-1, n_in))

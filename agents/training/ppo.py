@@ -98,7 +98,7 @@ def train(config: TrainConfig) -> Path:
             f"training needs torch and stable-baselines3 (pip install 'meshpilot[train]'): {err}"
         ) from err
 
-    torch.set_num_threads(1)  # FACTS.md: two threads never helped on 2 cores
+    torch.set_num_threads(1)  # ../shared/FACTS.md: two threads never helped on 2 cores
     seed_everything(config.seed)
     run_dir = new_run_dir(config)
     meta: dict[str, Any] = {

@@ -13,19 +13,17 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers meshpilot/MeshSim-v0)
 from agents.action_prior import apply_action_prior
 from agents.obs_extensions import TrendMemory, extension_low, extension_size
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
+from envs.registration import SIM_ENV_ID
 from envs.simulator.scenario import Scenario, load_scenario
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import DummyVecEnv
-
-ENV_ID = "meshpilot/MeshSim-v0"
 
 
 class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
@@ -193,7 +191,7 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
 
     scenarios = scenario_pool(config, rank)
     env = gym.make(
-        ENV_ID,
+        SIM_ENV_ID,
         scenarios=scenarios,
         randomize=config.randomization(),
         spec=config.feature_spec,
@@ -212,7 +210,7 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
 
 
 def make_vec_env(config: TrainConfig) -> DummyVecEnv:
-    """`n_envs` envs in one process; FACTS.md: subprocess envs were slower on 2 cores."""
+    """`n_envs` envs in one process; ../shared/FACTS.md: subprocess envs were slower on 2 cores."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     vec = DummyVecEnv(

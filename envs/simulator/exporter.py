@@ -37,7 +37,7 @@ from envs.simulator.engine import StepCounts
 from meshcore.model import RouteRef
 from meshcore.telemetry_format import ISTIO_BUCKETS_MS, le_label
 
-__all__ = ["ISTIO_BUCKETS_MS", "IstioSeriesExporter", "publish_step"]
+__all__ = ["IstioSeriesExporter", "publish_step"]
 
 _OK_CODE = "200"
 _ERROR_CODE = "503"

@@ -2,7 +2,7 @@
 
 Why: the whole service — scheduler, guard, store, API, metrics — should be runnable and
 demonstrable on a laptop without Kubernetes, and exercised end to end by the tests. This
-adapter runs a `SimulatedMesh` forward in wall time on a background thread, one `advance()`
+module runs a `SimulatedMesh` forward in wall time on a background thread, one `advance()`
 (one scenario ``step_s`` of simulated time) every ``step_s / speed`` wall seconds, and serves
 the `Observer` and `Actuator` ports thread-safely to the control loop on another thread.
 

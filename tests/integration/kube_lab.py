@@ -49,8 +49,9 @@ User = Literal["admin", "controller"]
 REPO = Path(__file__).resolve().parents[2]
 ISTIO_CRDS_ENV = "MESHPILOT_ISTIO_CRDS"
 """Names Istio's crd-all.gen.yaml; it must then exist."""
-SHARED_ISTIO_CRDS = REPO.parent / "shared" / "istio" / "crd-all.gen.yaml"
-"""Where Istio's CRDs are found by default: the ``shared`` folder next to the clone."""
+SHARED_ISTIO_CRDS = Path("..") / "shared" / "istio" / "crd-all.gen.yaml"
+"""Where Istio's CRDs are found by default, relative to the repository: the ``shared`` folder
+beside it (or beside the local repository it was cloned from, see `repository_roots`)."""
 OWN_CRDS = Path(__file__).resolve().parent / "data" / "istio-networking-crds.yaml"
 """Our structural VirtualService + DestinationRule CRDs, used when Istio's file is absent."""
 CONTROLLER_USER = "meshpilot-controller"
@@ -59,16 +60,40 @@ ROLE_FILE = REPO / "manifests" / "base" / "role.yaml"
 ISTIO_GROUP, ISTIO_VERSION = "networking.istio.io", "v1"
 
 
+def repository_roots() -> list[Path]:
+    """This repository, then the local repository it was cloned from (a fresh ``git clone`` of
+    a checkout into a temporary folder still finds the data that sits beside the original)."""
+    roots = [REPO]
+    try:
+        origin = subprocess.run(
+            ["git", "-C", str(REPO), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        origin = ""
+    origin = origin.removeprefix("file://")
+    if origin and Path(origin).is_dir():
+        roots.append(Path(origin).resolve())
+    return roots
+
+
 def istio_crds_file() -> Path | None:
     """Istio's crd-all.gen.yaml: ``$MESHPILOT_ISTIO_CRDS`` (FileNotFoundError if it names no
-    file), else `SHARED_ISTIO_CRDS` when it exists, else None."""
+    file), else `SHARED_ISTIO_CRDS` beside one of `repository_roots`, else None."""
     env = os.environ.get(ISTIO_CRDS_ENV)
     if env:
         path = Path(env)
         if not path.is_file():
             raise FileNotFoundError(f"{ISTIO_CRDS_ENV}={env}: no such file")
         return path
-    return SHARED_ISTIO_CRDS if SHARED_ISTIO_CRDS.is_file() else None
+    for root in repository_roots():
+        candidate = (root / SHARED_ISTIO_CRDS).resolve()
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def virtual_service(

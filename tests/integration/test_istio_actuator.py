@@ -35,7 +35,7 @@ Cases:
 * the API server killed mid-run -> `TemporaryError` only (no crash); after a restart it works
   (with the watch cache: it drops out of sync during the outage and lists again after).
 
-Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
+Fails with the fix (`make system-deps`) when the kube-apiserver/etcd binaries are not built.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from kube_lab import CONTROLLER_USER, ROLE_FILE, KubeLab, running_lab
 
 from controller.adapters.istio.actuator import VirtualServiceActuator
 from controller.adapters.istio.routes import MANAGED_ANNOTATION
-from controller.adapters.istio.watch_cache import VirtualServiceCache, _Gone
+from controller.adapters.istio.watch_cache import VirtualServiceCache, WatchExpired
 from meshcore import PermanentError, RouteRef, TemporaryError, Weights
 
 pytestmark = pytest.mark.integration
@@ -685,7 +685,7 @@ def test_watch_cache_lists_again_after_410_gone(admin: Any, vs_name: str) -> Non
     too_old = "1"
     probe = VirtualServiceCache(act, NS, watch_timeout_s=5)
     probe._resource_version, probe._stale = too_old, False
-    with pytest.raises(_Gone):
+    with pytest.raises(WatchExpired):
         probe._watch_once()  # a watch from too_old: 410 Gone
 
     class StartsTooOld(VirtualServiceCache):

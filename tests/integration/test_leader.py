@@ -18,7 +18,7 @@ Cases:
   "RBAC denied" error; the Role in manifests/base/role.yaml is enough for the Lease it names
   (``meshpilot``) and denies any other Lease.
 
-Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
+Fails with the fix (`make system-deps`) when the kube-apiserver/etcd binaries are not built.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ second case drives one loop over 24 routes with writes on 8 threads sharing one 
 client: after each tick every VirtualService holds exactly what the loop recorded, and once
 the cache is in sync a tick sends no GET at all (one PATCH per written route).
 
-Skipped (with the reason) when the kube-apiserver/etcd binaries are not built.
+Fails with the fix (`make system-deps`) when the kube-apiserver/etcd binaries are not built.
 """
 
 from __future__ import annotations
@@ -281,6 +281,5 @@ def test_parallel_writes_over_many_routes_from_the_watch_cache(
                     d["destination"]["subset"]: d["weight"] for d in obj["spec"]["http"][0]["route"]
                 }
                 assert r.written is not None and weights == r.written.as_dict()
-                assert sum(weights.values()) == 100
     finally:
         actuator.close()

@@ -35,7 +35,14 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kube_lab import ISTIO_CRDS_ENV, SHARED_ISTIO_CRDS, KubeLab, istio_crds_file, running_lab
+from kube_lab import (
+    ISTIO_CRDS_ENV,
+    SHARED_ISTIO_CRDS,
+    KubeLab,
+    istio_crds_file,
+    repository_roots,
+    running_lab,
+)
 
 from tests.helpers import unavailable
 
@@ -119,8 +126,9 @@ def istio_crds() -> Path:
     path = istio_crds_file()
     if path is None:
         unavailable(
-            f"Istio's crd-all.gen.yaml not found at {SHARED_ISTIO_CRDS} (the 'shared' folder "
-            f"next to the clone): put it there or name it with {ISTIO_CRDS_ENV}"
+            f"Istio's crd-all.gen.yaml not found at {SHARED_ISTIO_CRDS} relative to "
+            f"{' or '.join(map(str, repository_roots()))}: put it there or name it with "
+            f"{ISTIO_CRDS_ENV}"
         )
     return path
 

@@ -39,8 +39,9 @@ import requests
 
 from controller.adapters.prometheus import QUERIES_PER_TICK, PrometheusObserver
 from controller.adapters.promql import PROFILES, RECORDED_METRIC
-from envs.simulator.exporter import ISTIO_BUCKETS_MS, IstioSeriesExporter
+from envs.simulator.exporter import IstioSeriesExporter
 from meshcore import ConfigError, Observer, RouteRef, TemporaryError, Weights
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS
 from tests.helpers import free_port
 
 from .prometheus_lab import PrometheusLab

@@ -13,4 +13,6 @@ def test_the_readme_python_example_runs() -> None:
     assert blocks, "the README lost its Python example"
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
-    assert "obs" in namespace and "reward" in namespace
+    env = namespace["env"]
+    assert env.observation_space.contains(namespace["obs"])  # type: ignore[attr-defined]
+    assert isinstance(namespace["reward"], float)

@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 from controller.adapters.istio.routes import GROUP, VERSION
 from controller.adapters.kube.client import ApiOwner, brief_error
 
-__all__ = ["VirtualServiceCache"]
+__all__ = ["VirtualServiceCache", "WatchExpired"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _newer(a: str, b: str) -> bool:
         return False
 
 
-class _Gone(Exception):
+class WatchExpired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
@@ -123,7 +123,7 @@ class VirtualServiceCache:
                 while not self._stopping.is_set() and not self._stale:
                     self._watch_once()
                     gone = 0
-            except _Gone:
+            except WatchExpired:
                 gone += 1
                 if gone > 3:  # a fresh list's resourceVersion expiring again: do not spin
                     self._stopping.wait(min(5.0, 0.1 * gone))
@@ -200,7 +200,7 @@ class VirtualServiceCache:
             if self._stale or self._stopping.is_set():
                 return
             if exc.status == 410:
-                raise _Gone(str(exc)) from exc
+                raise WatchExpired(str(exc)) from exc
             raise
         except Exception:
             if self._stale or self._stopping.is_set():

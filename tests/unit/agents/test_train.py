@@ -279,7 +279,7 @@ def test_episode_means_average_each_episode_apart():
 
 
 def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
-    from agents.training.imitation import QUIET_TICKS, _quiet_pairs
+    from agents.training.imitation import QUIET_TICKS, quiet_pairs
 
     steps = QUIET_TICKS + 12
     full = np.zeros((steps, 2, 3))
@@ -289,7 +289,7 @@ def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_en
     full[4:, 0, 0] = 0.5  # env 0: the teacher moves between ticks 3 and 4
     full[:, 0, 2] = np.arange(steps)  # an absent slot changes: ignored
     done[10, 1] = True  # env 1: an episode ends at tick 10
-    pairs = _quiet_pairs(full, mask, done)
+    pairs = quiet_pairs(full, mask, done)
     by_env = {i: [(a // 2, b // 2) for a, b in pairs if a % 2 == i] for i in (0, 1)}
     assert all(b == a + 2 for a, b in pairs)  # the same env, one tick later (2 envs)
     assert by_env[0] == [(t, t + 1) for t in range(3 + QUIET_TICKS, steps - 1)]
@@ -375,3 +375,10 @@ def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
     assert message in err
     assert "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_negative_seed_is_refused_before_any_training() -> None:
+    from meshcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        TrainConfig(seed=-1).validate()

@@ -87,3 +87,8 @@ def test_observation_rejects_mismatched_lengths() -> None:
     ref = RouteRef("ns", "vs", "r", "h")
     with pytest.raises(ValueError, match="2 subsets but 1 stats"):
         Observation(ref, ("a", "b"), (SubsetStats(1, 0, 1, 100),), 0.0)
+
+
+def test_a_split_prints_as_operators_read_it() -> None:
+    assert str(Weights.from_dict({"v1": 90, "v2": 10})) == "{v1: 90, v2: 10}"
+    assert repr(Weights.from_dict({"v1": 90, "v2": 10})) == "Weights({'v1': 90, 'v2': 10})"

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from controller.adapters.promql import (
-    ISTIO_BUCKETS_MS,
     PROFILES,
     QUERIES_PER_TICK,
     STAT_ERRORS_RPS,
@@ -33,12 +32,12 @@ from controller.adapters.promql import (
     PromQLProfile,
     destination_service,
     get_profile,
-    le_label,
     le_regex,
     promql_duration,
     promql_string,
 )
 from meshcore.errors import ConfigError
+from meshcore.telemetry_format import ISTIO_BUCKETS_MS, le_label
 
 ISTIO = PROFILES["istio"]
 REVIEWS = "reviews.lirmm-services.svc.cluster.local"

@@ -1,4 +1,4 @@
-"""The simulator against queueing closed forms (FACTS.md, "Queueing references").
+"""The simulator against queueing closed forms (../shared/FACTS.md, "Queueing references").
 
 Cases: one exponential replica at 80 % load matches M/M/1 mean and p99 within 5 %; c replicas
 with random assignment match M/M/1 at 1/c of the load; least-request lies between M/M/c
