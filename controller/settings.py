@@ -212,6 +212,11 @@ class ApiSettings(_Group):
     """TCP port (default 8080)."""
     max_override_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     """Longest override an operator may pin (s, default 1 day): a forgotten pin expires."""
+    token_file: str = Field(default="meshpilot-api-token", min_length=1)
+    """File holding the bearer token every control (override, pause, resume, shadow) must
+    carry as ``Authorization: Bearer <token>``; reads need none (default
+    ``meshpilot-api-token`` in the working directory). `meshpilot serve` creates it with a
+    random token, readable by its owner only, when it does not exist."""
 
 
 class SimSettings(_Group):

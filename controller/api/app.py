@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from controller.api import decisions, health, metrics, overrides, routes
+from controller.api.auth import MIN_TOKEN_CHARS
 from controller.api.errors import temporary_error_handler
 from controller.guard import Guard
 from controller.loop import ControlLoop
@@ -19,16 +20,21 @@ from meshcore import TemporaryError
 
 DESCRIPTION = (
     "meshpilot sets Istio route weights with a learned, guarded policy. This API shows the "
-    "managed routes and every decision, and lets operators pin, pause or shadow a route. "
-    "Weights are integer points summing to 100; times are seconds on the controller's clock."
+    "managed routes and every decision, and lets operators pin, pause or shadow a route "
+    "(with the operator's bearer token). Weights are integer points summing to 100; times "
+    "are seconds on the controller's clock."
 )
 
 
 def create_app(
-    *, settings: Settings, loop: ControlLoop, store: DecisionStore, guard: Guard
+    *, settings: Settings, loop: ControlLoop, store: DecisionStore, guard: Guard, api_token: str
 ) -> FastAPI:
-    """The API over `loop` (status, clock, metrics), `store` (audit log) and `guard` (controls)."""
+    """The API over `loop` (status, clock, metrics), `store` (audit log) and `guard` (controls);
+    controls need `api_token` as a bearer token (`controller.api.auth`)."""
+    if len(api_token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"api_token must have at least {MIN_TOKEN_CHARS} characters")
     app = FastAPI(title="meshpilot", version="0.1.0", description=DESCRIPTION)
+    app.state.api_token = api_token
     app.state.settings = settings
     app.state.loop = loop
     app.state.store = store

@@ -3,6 +3,7 @@
 Pins go through the guard, so they obey its precedence (a paused route is not written even
 when pinned) and expire on the loop's clock; the next tick writes a new pin at once.
 
+Every control needs the operator's bearer token (`controller.api.auth`), checked first.
 Controls live in the memory of the replica that received them, and only the leader writes:
 a follower refuses them with a 409 naming the leader, instead of accepting a pin that would
 never be applied. They do not survive a restart or a change of leader.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
+from controller.api.auth import require_operator
 from controller.api.deps import GuardDep, LoopDep, RouteDep, SettingsDep, StoreDep
 from controller.api.errors import unprocessable
 from controller.api.schemas import OverrideRequest, RouteView, ShadowRequest
@@ -34,7 +36,10 @@ def require_leader(loop: LoopDep) -> None:
 
 
 router = APIRouter(
-    prefix="/routes/{ns}/{vs}/{route}", tags=["overrides"], dependencies=[Depends(require_leader)]
+    prefix="/routes/{ns}/{vs}/{route}",
+    tags=["overrides"],
+    dependencies=[Depends(require_operator), Depends(require_leader)],
+    responses={401: {"description": "no or a wrong bearer token"}},
 )
 
 

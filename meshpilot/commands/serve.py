@@ -17,6 +17,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -84,6 +85,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--db", metavar="PATH", help="SQLite decision log (default: meshpilot-decisions.db)"
     )
     p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file with the bearer token every control (override, pause, resume, shadow) must "
+        "carry; created with a random token when missing (default: meshpilot-api-token)",
+    )
+    p.add_argument(
         "--shadow", action="store_true", help="decide and record, never write (shadow mode)"
     )
     p.add_argument(
@@ -101,8 +108,13 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     sim: dict[str, Any] = {}
     if args.mesh is not None:
         out["mesh"] = args.mesh
+    api: dict[str, Any] = {}
     if args.port is not None:
-        out["api"] = {"port": args.port}
+        api["port"] = args.port
+    if args.token_file is not None:
+        api["token_file"] = args.token_file
+    if api:
+        out["api"] = api
     if args.policy is not None:
         out["policy"] = args.policy
     if args.tick_s is not None:
@@ -293,14 +305,23 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.api.app import create_app
+    from controller.api.auth import ensure_token_file
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_settings(args.config, **settings_overrides(args))
+    token, created = ensure_token_file(settings.api.token_file)
+    _log.info(
+        "controls need 'Authorization: Bearer <token>' with the token in %s%s",
+        Path(settings.api.token_file).resolve(),
+        " (created)" if created else "",
+    )
     with contextlib.ExitStack() as stack, _stop_on_signals() as stop:
         loop, guard = build_loop(settings, stack)
-        app = create_app(settings=settings, loop=loop, store=loop.store, guard=guard)
+        app = create_app(
+            settings=settings, loop=loop, store=loop.store, guard=guard, api_token=token
+        )
         sock = _listen(settings.api.host, settings.api.port)
         stack.callback(sock.close)
         server = uvicorn.Server(

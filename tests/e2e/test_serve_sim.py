@@ -1,7 +1,8 @@
 """`meshpilot serve --mesh sim` as a real process on 127.0.0.1, driven only through HTTP.
 
 Cases: the process becomes ready; decisions are recorded and the policy moves the
-degraded-canary route off its 90/10 start; an operator override is written and shown as
+degraded-canary route off its 90/10 start; an override without the bearer token is a 401;
+with the token serve created in its token file, the override is written and shown as
 ``overridden`` with the pinned weights; SIGTERM stops it gracefully with exit code 0, and the
 audit log it leaves shows this replica as the only writer. Also: every `serve` option has help
 text, and the serving path never imports torch.
@@ -60,6 +61,7 @@ def wait_for(what: str, probe: Callable[[], Any], proc: subprocess.Popen[str]) -
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client, Path]]:
     port = free_port()
     db = tmp_path / "decisions.db"
+    token_file = tmp_path / "api-token"  # created by serve: it must exist before any control
     cmd = [
         sys.executable,
         "-m",
@@ -77,6 +79,8 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client
         str(db),
         "--policy",
         "proportional",
+        "--token-file",
+        str(token_file),
     ]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
@@ -116,7 +120,12 @@ def test_serve_sim_decides_accepts_an_override_and_stops_on_sigterm(
     assert route(client, CANARY)["last_decision"]["policy"] == "proportional"
 
     pinned = {"v1": 10, "v2": 10, "v3": 80}
-    response = client.post(f"/routes/{STEADY}/override", json={"weights": pinned, "ttl_s": 600})
+    body = {"weights": pinned, "ttl_s": 600}
+    anonymous = client.post(f"/routes/{STEADY}/override", json=body)
+    assert anonymous.status_code == 401, anonymous.text
+    token = (tmp_path / "api-token").read_text().strip()
+    operator = {"Authorization": f"Bearer {token}"}
+    response = client.post(f"/routes/{STEADY}/override", json=body, headers=operator)
     assert response.status_code == 200, response.text
     wait_for(
         "the override to be written",

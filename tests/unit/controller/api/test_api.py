@@ -10,18 +10,25 @@ not named get 0, and DELETE drops it; subsets not known yet is a 409; pause, res
 take effect at the next tick; a follower refuses every control with a 409 naming the leader
 but still serves reads; /healthz, /readyz (503 before the first tick, then 200 with
 leader status); /metrics is Prometheus text with our series; the OpenAPI docs are served.
+Authentication: every control without the operator's bearer token (none, a wrong one, another
+scheme) is a 401 that changes nothing, checked before the follower's 409; reads need no token;
+the OpenAPI schema declares the bearer scheme; the token file is created once (owner-only) and
+read again, and a short token is refused.
 """
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from agents.registry import make_policy
 from controller.api.app import create_app
+from controller.api.auth import MIN_TOKEN_CHARS, ensure_token_file, read_token
 from controller.api.deps import get_loop, get_store
 from controller.guard import Guard, GuardConfig
 from controller.loop import ControlLoop
@@ -29,12 +36,14 @@ from controller.settings import Settings, load_settings
 from controller.store import DecisionStore
 from envs.simulator.realtime import RealtimeSimulatedMesh, route_for
 from envs.simulator.scenario import load_scenario
-from meshcore import TemporaryError, largest_remainder
+from meshcore import ConfigError, TemporaryError, largest_remainder
 
 CANARY = route_for("degraded-canary")
 STEADY = route_for("steady-80")
 CANARY_PATH = "/routes/lirmm-services/degraded-canary/default"
 STEADY_PATH = "/routes/lirmm-services/steady-80/default"
+TOKEN = "operator-token-for-the-tests"
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -85,8 +94,8 @@ def ctl() -> Iterator[Controller]:
     store = DecisionStore(":memory:")
     settings = load_settings(api={"max_override_ttl_s": 3600})
     loop = build_loop(mesh, guard, store)
-    app = create_app(settings=settings, loop=loop, store=store, guard=guard)
-    with TestClient(app) as client:
+    app = create_app(settings=settings, loop=loop, store=store, guard=guard, api_token=TOKEN)
+    with TestClient(app, headers=OPERATOR) as client:
         yield Controller(mesh, loop, guard, store, settings, client)
     store.close()
 
@@ -303,8 +312,8 @@ def test_a_follower_refuses_controls_naming_the_leader_and_still_serves_reads() 
     guard = Guard(GuardConfig(max_step=10))
     store = DecisionStore(":memory:")
     loop = build_loop(mesh, guard, store, writer_id="pod-b", leader=FollowerOf("pod-a"))
-    app = create_app(settings=load_settings(), loop=loop, store=store, guard=guard)
-    with TestClient(app) as client:
+    app = create_app(settings=load_settings(), loop=loop, store=store, guard=guard, api_token=TOKEN)
+    with TestClient(app, headers=OPERATOR) as client:
         mesh.advance()
         loop.tick()
         body = {
@@ -328,3 +337,76 @@ def test_a_follower_refuses_controls_naming_the_leader_and_still_serves_reads() 
         route = client.get(STEADY_PATH)
         assert route.status_code == 200 and route.json()["last_decision"]["outcome"] == "follower"
     store.close()
+
+
+CONTROLS = [
+    ("POST", f"{STEADY_PATH}/override", {"weights": {"v1": 100}, "ttl_s": 60}),
+    ("DELETE", f"{STEADY_PATH}/override", None),
+    ("POST", f"{STEADY_PATH}/pause", None),
+    ("POST", f"{STEADY_PATH}/resume", None),
+    ("POST", f"{STEADY_PATH}/shadow", {"enabled": True}),
+]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-the-operator-token"}, {"Authorization": f"Basic {TOKEN}"}],
+    ids=["no-token", "wrong-token", "other-scheme"],
+)
+def test_every_control_without_the_token_is_a_401_that_changes_nothing(
+    ctl: Controller, headers: dict[str, str]
+) -> None:
+    anonymous = TestClient(ctl.client.app, headers=headers)
+    for method, path, payload in CONTROLS:
+        response = anonymous.request(method, path, json=payload)
+        assert response.status_code == 401, (path, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "api.token_file" in response.json()["detail"]
+    controls = ctl.guard.controls(route_for(load_scenario("steady-80")))
+    assert controls.pin is None and not controls.paused and not controls.shadow
+    assert anonymous.get(STEADY_PATH).status_code == 200
+    assert anonymous.get("/decisions").status_code == 200
+    assert anonymous.get("/healthz").status_code == 200
+
+
+def test_authentication_comes_before_the_followers_409() -> None:
+    mesh = RealtimeSimulatedMesh.from_scenarios(scenarios=[load_scenario("steady-80")], seed=3)
+    guard = Guard(GuardConfig(max_step=10))
+    store = DecisionStore(":memory:")
+    loop = build_loop(mesh, guard, store, writer_id="pod-b", leader=FollowerOf("pod-a"))
+    app = create_app(settings=load_settings(), loop=loop, store=store, guard=guard, api_token=TOKEN)
+    with TestClient(app) as anonymous:
+        assert anonymous.post(f"{STEADY_PATH}/pause").status_code == 401
+    store.close()
+
+
+def test_the_openapi_schema_declares_the_bearer_token_on_controls(ctl: Controller) -> None:
+    schema = ctl.client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    pause = schema["paths"]["/routes/{ns}/{vs}/{route}/pause"]["post"]
+    assert pause["security"] == [{"HTTPBearer": []}] and "401" in pause["responses"]
+    assert "security" not in schema["paths"]["/routes"]["get"]
+
+
+def test_the_token_file_is_created_owner_only_then_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    token, created = ensure_token_file(path)
+    assert created and len(token) >= MIN_TOKEN_CHARS
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_token_file(path) == (token, False)
+    assert read_token(path) == token
+
+
+@pytest.mark.parametrize("content", ["short", "two words here, long enough", ""])
+def test_an_unusable_token_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        ensure_token_file(path)
+
+
+def test_the_app_refuses_a_short_token(ctl: Controller) -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        create_app(
+            settings=ctl.settings, loop=ctl.loop, store=ctl.store, guard=ctl.guard, api_token="x"
+        )
