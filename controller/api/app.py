@@ -8,10 +8,12 @@ several apps (tests) can live in one process. OpenAPI docs stay on at ``/docs``.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from controller.api import decisions, health, metrics, overrides, routes
 from controller.api.auth import MIN_TOKEN_CHARS
-from controller.api.errors import temporary_error_handler
+from controller.api.errors import temporary_error_handler, validation_error_handler
+from controller.api.limits import BodySizeLimit
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.settings import Settings
@@ -42,4 +44,6 @@ def create_app(
     for module in (routes, overrides, decisions, health, metrics):
         app.include_router(module.router)
     app.add_exception_handler(TemporaryError, temporary_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_middleware(BodySizeLimit)
     return app

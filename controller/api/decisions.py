@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from controller.api.deps import StoreDep
 from controller.api.errors import unprocessable
@@ -13,6 +13,8 @@ from meshcore import RouteRef
 
 router = APIRouter(tags=["decisions"])
 
+MAX_DECISION_ID = 2**63 - 1
+"""SQLite's largest rowid: a larger id is a 422, not an overflow deep in the store."""
 MAX_LIMIT = 1000
 """Most decisions one request returns (a day of one route at a 5 s tick is 17 280)."""
 
@@ -34,8 +36,15 @@ def list_decisions(
     return [DecisionView.of(r) for r in store.latest(route, limit)]
 
 
-@router.get("/decisions/{decision_id}", summary="One decision by id")
-def get_decision(decision_id: int, store: StoreDep) -> DecisionView:
+@router.get(
+    "/decisions/{decision_id}",
+    summary="One decision by id",
+    responses={404: {"description": "no decision with that id"}},
+)
+def get_decision(
+    decision_id: Annotated[int, Path(ge=1, le=MAX_DECISION_ID, description="a decision's id")],
+    store: StoreDep,
+) -> DecisionView:
     record = store.get(decision_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no decision {decision_id}")

@@ -39,7 +39,14 @@ router = APIRouter(
     prefix="/routes/{ns}/{vs}/{route}",
     tags=["overrides"],
     dependencies=[Depends(require_operator), Depends(require_leader)],
-    responses={401: {"description": "no or a wrong bearer token"}},
+    responses={
+        401: {"description": "no or a wrong bearer token"},
+        404: {"description": "the route is not managed"},
+        409: {
+            "description": "this replica is a follower, or the route's subsets are not known yet"
+        },
+        413: {"description": "the request body is larger than the API accepts"},
+    },
 )
 
 
@@ -55,6 +62,14 @@ def _subsets(route: RouteRef, loop: ControlLoop, settings: Settings) -> tuple[st
         detail=f"the subsets of {route.key} are not known yet (no tick has read the route); "
         "retry after the next tick",
     )
+
+
+def _brief(names: list[str], most: int = 5, chars: int = 40) -> str:
+    """At most `most` names of at most `chars` characters each: an error names the problem
+    without copying a hostile body back."""
+    shown = [n if len(n) <= chars else n[:chars] + "..." for n in names[:most]]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{shown}{more}"
 
 
 @router.post("/override", summary="Pin weights until ttl_s from now")
@@ -78,7 +93,8 @@ def override(
     if unknown:
         unprocessable(
             ("body", "weights"),
-            f"unknown subsets {unknown} for route {route.key}; its subsets are {list(subsets)}",
+            f"unknown subsets {_brief(unknown)} for route {route.key}; its subsets are "
+            f"{list(subsets)}",
             body.weights,
         )
     weights = Weights(subsets, [body.weights.get(s, 0) for s in subsets])

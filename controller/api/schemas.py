@@ -29,7 +29,7 @@ class OverrideRequest(_Body):
     """Pin a route's weights for `ttl_s` seconds; subsets not named get 0."""
 
     weights: dict[str, Points] = Field(min_length=1, examples=[{"stable": 90, "canary": 10}])
-    ttl_s: float = Field(gt=0, allow_inf_nan=False, examples=[600])
+    ttl_s: float = Field(gt=0, allow_inf_nan=False, strict=True, examples=[600])
 
     @field_validator("weights")
     @classmethod

@@ -13,7 +13,9 @@ leader status); /metrics is Prometheus text with our series; the OpenAPI docs ar
 Authentication: every control without the operator's bearer token (none, a wrong one, another
 scheme) is a 401 that changes nothing, checked before the follower's 409; reads need no token;
 the OpenAPI schema declares the bearer scheme; the token file is created once (owner-only) and
-read again, and a short token is refused.
+read again, and a short token is refused. Hostile input: NaN, Infinity and 1e999 in a body, a
+``true`` TTL and a decision id past 64 bits are 422s; no 422 echoes its input; a body over the
+cap is a 413 whether its length is declared or streamed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from agents.registry import make_policy
 from controller.api.app import create_app
 from controller.api.auth import MIN_TOKEN_CHARS, ensure_token_file, read_token
 from controller.api.deps import get_loop, get_store
+from controller.api.limits import MAX_BODY_BYTES
 from controller.guard import Guard, GuardConfig
 from controller.loop import ControlLoop
 from controller.settings import Settings, load_settings
@@ -384,7 +387,8 @@ def test_the_openapi_schema_declares_the_bearer_token_on_controls(ctl: Controlle
     schema = ctl.client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     pause = schema["paths"]["/routes/{ns}/{vs}/{route}/pause"]["post"]
-    assert pause["security"] == [{"HTTPBearer": []}] and "401" in pause["responses"]
+    assert pause["security"] == [{"HTTPBearer": []}]
+    assert {"401", "404", "409", "413", "422"} <= set(pause["responses"])
     assert "security" not in schema["paths"]["/routes"]["get"]
 
 
@@ -410,3 +414,55 @@ def test_the_app_refuses_a_short_token(ctl: Controller) -> None:
         create_app(
             settings=ctl.settings, loop=ctl.loop, store=ctl.store, guard=ctl.guard, api_token="x"
         )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"weights": {"v1": NaN}, "ttl_s": 60}',
+        '{"weights": {"v1": 100}, "ttl_s": Infinity}',
+        '{"weights": {"v1": 100}, "ttl_s": 1e999}',
+        '{"weights": {"v1": 100}, "ttl_s": true}',
+        '{"weights": {"v1": 1e999}, "ttl_s": 60}',
+    ],
+)
+def test_non_finite_numbers_and_booleans_in_a_body_are_a_422(ctl: Controller, raw: str) -> None:
+    ctl.tick()
+    response = ctl.client.post(
+        f"{STEADY_PATH}/override", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert all("input" not in e for e in response.json()["detail"])
+
+
+def test_a_422_never_echoes_its_input(ctl: Controller) -> None:
+    ctl.tick()
+    huge_name = "x" * 12_000
+    response = ctl.client.post(
+        f"{STEADY_PATH}/override", json={"weights": {huge_name: 100}, "ttl_s": 60}
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 1_000 and huge_name not in response.text
+
+
+def test_a_decision_id_past_64_bits_is_a_422(ctl: Controller) -> None:
+    assert ctl.client.get(f"/decisions/{2**63}").status_code == 422
+    assert ctl.client.get(f"/decisions/{2**63 - 1}").status_code == 404
+
+
+def test_a_body_over_the_cap_is_a_413_declared_or_streamed(ctl: Controller) -> None:
+    big = b'{"weights": {"v1": 100}, "ttl_s": 60, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    declared = ctl.client.post(
+        f"{STEADY_PATH}/override", content=big, headers={"content-type": "application/json"}
+    )
+    assert declared.status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 4096):
+            yield big[i : i + 4096]
+
+    streamed = ctl.client.post(
+        f"{STEADY_PATH}/override", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert ctl.client.get("/healthz").status_code == 200
