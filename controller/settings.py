@@ -176,6 +176,9 @@ class KubeSettings(_Group):
 
     kubeconfig: str | None = None
     """Path of a kubeconfig file (default None: in-cluster service-account credentials)."""
+    context: str | None = None
+    """The kubeconfig context to use (default None: the file's current context, which on a
+    shared kubeconfig may be an admin's: name the controller's own context here)."""
     dry_run: bool = False
     """Send every patch with server-side dry run: validated, never persisted (default false)."""
     watch_cache: bool = True

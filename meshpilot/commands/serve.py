@@ -179,8 +179,16 @@ def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
         raise ConfigError(f"k8s mesh not available: {err}") from err
     from controller.adapters.prometheus import PrometheusObserver
 
+    kube = settings.kube
+    _log.info(
+        "Kubernetes API: %s",
+        "in-cluster service account"
+        if kube.kubeconfig is None
+        else f"kubeconfig {kube.kubeconfig}, context {kube.context or '(its current context)'}",
+    )
     actuator = VirtualServiceActuator(
         kubeconfig=settings.kube.kubeconfig,
+        context=settings.kube.context,
         dry_run=settings.kube.dry_run,
         watch_cache=settings.kube.watch_cache,
         # parallel writers, one watch per namespace, and the observer's reads
@@ -228,6 +236,7 @@ def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
         identity=le.identity,
         lease_duration_s=le.lease_duration_s,
         kubeconfig=settings.kube.kubeconfig,
+        context=settings.kube.context,
     )
     start, stop = getattr(elector, "start", None), getattr(elector, "stop", None)
     if callable(start):

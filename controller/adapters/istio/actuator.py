@@ -77,8 +77,9 @@ def _vs_resource(route: RouteRef) -> str:
 class VirtualServiceActuator:
     """Reads/writes the weights of `RouteRef` routes in Istio VirtualServices (see module doc).
 
-    api_client: a `kubernetes.client.ApiClient` (default: one built from `kubeconfig`, or from
-    in-cluster credentials when that is None too); dry_run: ``True`` or ``"All"`` sends every
+    api_client: a `kubernetes.client.ApiClient` (default: one built from `kubeconfig` and its
+    `context`, None: the file's current one, or from in-cluster credentials when `kubeconfig`
+    is None too); dry_run: ``True`` or ``"All"`` sends every
     patch with server-side dry run (validated and answered, never persisted); field_manager: the
     manager name recorded in ``managedFields``; max_conflict_retries: re-reads after a conflict
     before giving up with `TemporaryError`; annotate: add `routes.MANAGED_ANNOTATION` (once per
@@ -108,6 +109,7 @@ class VirtualServiceActuator:
         *,
         api_client: Any | None = None,
         kubeconfig: str | None = None,
+        context: str | None = None,
         dry_run: bool | Literal["All"] | None = False,
         field_manager: str = "meshpilot",
         max_conflict_retries: int = 5,
@@ -138,7 +140,7 @@ class VirtualServiceActuator:
         self.api_client = (
             api_client
             if api_client is not None
-            else kube_api_client(kubeconfig, max_connections=max_connections)
+            else kube_api_client(kubeconfig, context=context, max_connections=max_connections)
         )
         self.custom_objects: Any = client.CustomObjectsApi(self.api_client)
         self.dry_run: str | None = "All" if dry_run in (True, "All") else None

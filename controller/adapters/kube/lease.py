@@ -80,8 +80,8 @@ def _body(response: Any) -> dict[str, Any]:
 class LeaseElector:
     """Acquires and renews one Lease; `is_leader()` is what `ControlLoop` asks every tick.
 
-    api_client: a `kubernetes.client.ApiClient` (default: built from `kubeconfig`, else
-    in-cluster credentials); namespace/name: the Lease; identity: this replica (the Pod name),
+    api_client: a `kubernetes.client.ApiClient` (default: built from `kubeconfig` and its
+    `context`, else in-cluster credentials); namespace/name: the Lease; identity: this replica (the Pod name),
     unique among replicas; lease_duration_s: validity of a Lease without renewal (s, whole
     seconds, default 15): a crashed leader is replaced after about this long;
     renew_every_s: the leader's renewal period (s, default a fifth of the lease, so a leader
@@ -101,6 +101,7 @@ class LeaseElector:
         *,
         api_client: Any | None = None,
         kubeconfig: str | None = None,
+        context: str | None = None,
         namespace: str,
         name: str,
         identity: str,
@@ -124,7 +125,9 @@ class LeaseElector:
                 f"got {renew} < {deadline} < {duration}"
             )
         self._owns_client = api_client is None
-        self.api_client = api_client if api_client is not None else kube_api_client(kubeconfig)
+        self.api_client = (
+            api_client if api_client is not None else kube_api_client(kubeconfig, context=context)
+        )
         self._api: Any = client.CoordinationV1Api(self.api_client)
         self.namespace = namespace
         self.name = name

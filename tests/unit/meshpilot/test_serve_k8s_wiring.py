@@ -1,4 +1,6 @@
-"""`meshpilot serve --mesh k8s` wiring: the watch cache, parallel writes and the client pool.
+"""`meshpilot serve --mesh k8s` wiring: the watch cache, parallel writes, the client pool and
+the kubeconfig context (the file's current one unless `kube.context` names another; an
+unknown one is a clear error).
 
 No server is contacted: building the actuator, observer and loop connects to nothing (the
 watch cache starts on the first read), so a kubeconfig pointing at a closed port is enough.
@@ -9,9 +11,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controller.settings import Settings, load_settings
+from meshcore import ConfigError
 from meshpilot.commands.serve import build_loop
 
 
@@ -22,9 +26,15 @@ def kubeconfig(tmp_path: Path) -> Path:
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "clusters": [
+                    {"name": "c", "cluster": {"server": "https://127.0.0.1:1"}},
+                    {"name": "d", "cluster": {"server": "https://127.0.0.1:2"}},
+                ],
                 "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "contexts": [
+                    {"name": "x", "context": {"cluster": "c", "user": "u"}},
+                    {"name": "controller", "context": {"cluster": "d", "user": "u"}},
+                ],
                 "current-context": "x",
             }
         )
@@ -65,3 +75,21 @@ def test_cache_off_and_serial_writes_can_be_chosen(tmp_path: Path) -> None:
         loop, _ = build_loop(s, stack)
         assert loop.max_parallel_writes == 1
         assert getattr(loop.actuator, "watch_cache", None) is False
+
+
+def test_the_kube_context_setting_picks_the_controllers_context(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        loop, _ = build_loop(k8s_settings(tmp_path), stack)
+        host = loop.actuator.api_client.configuration.host  # type: ignore[attr-defined]
+        assert host == "https://127.0.0.1:1"  # the file's current context
+    s = k8s_settings(tmp_path, kube={"context": "controller"})
+    with contextlib.ExitStack() as stack:
+        loop, _ = build_loop(s, stack)
+        host = loop.actuator.api_client.configuration.host  # type: ignore[attr-defined]
+        assert host == "https://127.0.0.1:2"
+
+
+def test_an_unknown_kube_context_is_a_clear_config_error(tmp_path: Path) -> None:
+    s = k8s_settings(tmp_path, kube={"context": "nope"})
+    with contextlib.ExitStack() as stack, pytest.raises(ConfigError, match="nope"):
+        build_loop(s, stack)
