@@ -92,6 +92,7 @@ def train(config: TrainConfig) -> Path:
         import stable_baselines3
         import torch
         from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import Logger
         from stable_baselines3.common.vec_env import VecNormalize
     except ImportError as err:
         raise ConfigError(
@@ -175,6 +176,9 @@ def train(config: TrainConfig) -> Path:
             meta.update(imitate_oracle(model, vecnorm, config))
             meta["imitation_seconds"] = round(time.perf_counter() - started, 1)
             save_checkpoint(model, run_dir, episodes)  # step 0: the warm start alone
+    if config.tensorboard_dir is None:
+        # SB3's default logger makes an empty SB3-<time> folder in the temp directory per run.
+        model.set_logger(Logger(folder=None, output_formats=[]))
     remaining = config.total_steps - (0 if reset else model.num_timesteps)
     callback = run_callback(
         run_dir=run_dir,

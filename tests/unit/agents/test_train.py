@@ -382,3 +382,13 @@ def test_a_negative_seed_is_refused_before_any_training() -> None:
 
     with pytest.raises(ConfigError, match="seed must be >= 0"):
         TrainConfig(seed=-1).validate()
+
+
+def test_training_leaves_nothing_in_the_temp_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    _train(tmp_path / "runs", "--total-steps", "256")
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")]
