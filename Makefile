@@ -24,7 +24,7 @@ install-serve: $(SERVE_STAMP)  ## what serving needs: no torch, no stable-baseli
 
 install: $(STAMP)  ## everything: training (torch pinned to the 2.13.0 CPU build) and the test tools
 
-system-deps:  ## Prometheus, promtool and kubectl from Debian; kube-apiserver+etcd built from Debian's source (cached)
+system-deps:  ## Prometheus, promtool, kubectl, docker.io, debootstrap from Debian; kube-apiserver+etcd built from source (cached)
 	bash .ci/system-deps.sh
 
 run: install-serve  ## the main job: controller + API against the embedded simulated mesh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System parts the integration tests run for real: Prometheus + promtool (Debian package
 # prometheus), kubectl (Debian package kubernetes-client: `kubectl kustomize` cross-checks the
-# manifests) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
+# manifests), a Docker engine and debootstrap (Debian packages docker.io and debootstrap: the
+# image is built and run on a local base) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
 # cached outside the clone). Idempotent: a second run only checks. Under CI=true a missing
 # one fails its tests instead of skipping them (tests/conftest.py).
 set -euo pipefail
@@ -9,9 +10,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # command -> Debian package providing it
-declare -A packages=([prometheus]=prometheus [promtool]=prometheus [kubectl]=kubernetes-client)
+declare -A packages=([prometheus]=prometheus [promtool]=prometheus [kubectl]=kubernetes-client
+  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap)
+commands=(prometheus promtool kubectl dockerd docker debootstrap)
 missing=()
-for cmd in prometheus promtool kubectl; do
+for cmd in "${commands[@]}"; do
   pkg="${packages[$cmd]}"
   if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
     missing+=("$pkg")
@@ -23,7 +26,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 fi
-for cmd in prometheus promtool kubectl; do
+for cmd in "${commands[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "system-deps: $cmd still not on PATH" >&2; exit 1; }
 done
 if [ -f "$here/build-kube-apiserver.sh" ]; then

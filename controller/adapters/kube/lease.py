@@ -81,9 +81,10 @@ class LeaseElector:
     """Acquires and renews one Lease; `is_leader()` is what `ControlLoop` asks every tick.
 
     api_client: a `kubernetes.client.ApiClient` (default: built from `kubeconfig` and its
-    `context`, else in-cluster credentials); namespace/name: the Lease; identity: this replica (the Pod name),
-    unique among replicas; lease_duration_s: validity of a Lease without renewal (s, whole
-    seconds, default 15): a crashed leader is replaced after about this long;
+    `context`, else in-cluster credentials); namespace/name: the Lease; identity: this
+    replica (the Pod name), unique among replicas; lease_duration_s: validity of a Lease
+    without renewal (s, whole seconds, default 15): a crashed leader is replaced after about
+    this long;
     renew_every_s: the leader's renewal period (s, default a fifth of the lease, so a leader
     gets three tries before its deadline);
     renew_deadline_s: how long after its last successful renewal the leader keeps writing (s,
