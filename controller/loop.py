@@ -178,6 +178,7 @@ class ControlLoop:
         self._tick_lock = threading.Lock()
         self._tick_no = 0
         self._ready = False
+        self._observing = False
         self._last_tick_mono: float | None = None
         self._started_mono: float | None = None
         self._scheduler: TickScheduler | None = None
@@ -191,8 +192,16 @@ class ControlLoop:
 
     @property
     def ready(self) -> bool:
-        """True once a tick observed successfully (the observer answered)."""
+        """True once a tick finished: from then on the API is worth serving (reads, and pins
+        that the guard applies even while routes hold), whether or not the observer answered.
+        Readiness must not drop the pod exactly when Prometheus is down and an operator needs
+        it; `observing` says whether the last tick had data."""
         return self._ready
+
+    @property
+    def observing(self) -> bool:
+        """True when the last tick's observation succeeded (False before the first tick)."""
+        return self._observing
 
     @property
     def ticks(self) -> int:
@@ -239,6 +248,7 @@ class ControlLoop:
             results: list[TickResult] = []
             try:
                 results = self._tick()
+                self._ready = True
             except Exception:
                 _log.exception("control tick failed unexpectedly; will try again next tick")
             finally:
@@ -254,8 +264,7 @@ class ControlLoop:
         self.metrics.leader.set(1.0 if leader else 0.0)
         due = [r for r in self.routes if self._due(r)]
         observations, obs_error, broken = observe_routes(self.observer, due, self.metrics)
-        if obs_error is None:
-            self._ready = True
+        self._observing = obs_error is None
         staged: list[TickResult | Plan] = []
         writing: dict[RouteRef, Future[Applied]] = {}
         for route in due:

@@ -1,4 +1,8 @@
-"""``/healthz`` (liveness: is the loop still ticking) and ``/readyz`` (readiness, leader)."""
+"""``/healthz`` (liveness: is the loop still ticking) and ``/readyz`` (readiness, leader).
+
+Readiness comes with the first finished tick, with or without data: a pod whose Prometheus is
+down still serves reads and applies pins, so the Service must keep sending it operators.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def healthz(loop: LoopDep, response: Response) -> HealthView:
     return HealthView(status="stalled" if stalled else "ok", ticks=loop.ticks, last_tick_age_s=age)
 
 
-@router.get("/readyz", summary="Readiness: 200 after the first successful tick")
+@router.get("/readyz", summary="Readiness: 200 after the first finished tick")
 def readyz(loop: LoopDep, response: Response) -> ReadyView:
     if not loop.ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -37,4 +41,5 @@ def readyz(loop: LoopDep, response: Response) -> ReadyView:
         mode=loop.mode,
         ticks=loop.ticks,
         failed_routes=[s.route.key for s in loop.status() if s.failed is not None],
+        observing=loop.observing,
     )

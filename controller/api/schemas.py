@@ -147,10 +147,12 @@ class HealthView(BaseModel):
 
 
 class ReadyView(BaseModel):
-    """Readiness: has a tick observed successfully; is this replica the leader?"""
+    """Readiness: has a tick finished; is this replica the leader; did the last tick observe?"""
 
     ready: bool
     leader: bool
     mode: str
     ticks: int
     failed_routes: list[str]
+    observing: bool
+    """False while the observer fails (e.g. Prometheus down): routes hold, controls still act."""

@@ -181,6 +181,18 @@ def test_one_observe_call_covers_every_route() -> None:
     assert loop.ready
 
 
+def test_the_loop_is_ready_after_a_tick_without_data_and_says_it_is_not_observing() -> None:
+    clock = FakeClock()
+    mesh = FakeMesh({A: split(90, 10)}, clock=clock)
+    mesh.observe_errors = [TemporaryError("prometheus: connection refused")]
+    loop = make_loop(mesh, FixedPolicy({"v1": 50, "v2": 50}))
+    assert not loop.ready and not loop.observing
+    loop.tick()  # Prometheus down from the start: the route holds
+    assert loop.ready and not loop.observing
+    loop.tick()
+    assert loop.ready and loop.observing
+
+
 def test_observer_temporary_error_holds_every_route_then_decays_to_baseline() -> None:
     clock = FakeClock()
     mesh = FakeMesh({A: split(90, 10), B: split(50, 50)}, clock=clock)
