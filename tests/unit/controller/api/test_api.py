@@ -9,7 +9,8 @@ override validation — sum, non-integers, range, unknown subsets, TTL bounds, e
 not named get 0, and DELETE drops it; subsets not known yet is a 409; pause, resume and shadow
 take effect at the next tick; a follower refuses every control with a 409 naming the leader
 but still serves reads; /healthz, /readyz (503 before the first tick, then 200 with
-leader status and whether the last tick observed); /metrics is Prometheus text with our series; the OpenAPI docs are served.
+leader status and whether the last tick observed); /metrics is Prometheus text with our
+series; the OpenAPI docs are served.
 Authentication: every control without the operator's bearer token (none, a wrong one, another
 scheme) is a 401 that changes nothing, checked before the follower's 409; reads need no token;
 the OpenAPI schema declares the bearer scheme; the token file is created once (owner-only) and
