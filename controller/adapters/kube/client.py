@@ -6,6 +6,8 @@ and on what a failure means. The loop only knows meshcore's errors: a missing ob
 an RBAC denial (401/403) or a request the server rejects as invalid is `PermanentError`; 5xx,
 429, timeouts and refused connections are `TemporaryError`. `translate_api_error` maps the
 kubernetes/urllib3 error tree onto those two, with the API server's own message.
+`ApiOwner` is what an adapter's helpers (the VirtualService watch cache, the DestinationRule
+lookup) use of the adapter that owns them: its client, timeouts, error translation, counters.
 """
 
 from __future__ import annotations
