@@ -1,7 +1,8 @@
 """The per-request queueing kernel: one control step of one route, compiled with numba.
 
 Every request is placed on a subset by the route weights, then on a replica (uniformly at
-random, or Envoy's least-request: the less busy of two random replicas), and served FCFS
+random, or Envoy's least-request: the less busy of two replicas drawn independently, so both
+draws may name the same one; on a tie the first stays), and served FCFS
 (Lindley recursion on the replica's next-free time). Random numbers come in as arrays drawn
 from a numpy `Generator` by the caller, so a seeded run is exactly repeatable and the kernel
 itself is a pure function of (state, params, draws).
@@ -86,10 +87,8 @@ def simulate_step(
         base = rep_offset[s]
         r = base + min(int(u_rep1[i] * k), k - 1)
         if balancer == BALANCER_LEAST_REQUEST and k > 1:
-            j = min(int(u_rep2[i] * (k - 1)), k - 2)
-            r2 = base + j
-            if r2 >= r:
-                r2 += 1
+            # Envoy draws its two choices independently: both may name the same replica.
+            r2 = base + min(int(u_rep2[i] * k), k - 1)
             n1 = _drain(deps, head, tail, r, t, cap)
             n2 = _drain(deps, head, tail, r2, t, cap)
             if n2 < n1:

@@ -51,6 +51,7 @@ from agents.oracle import (
     hedged_weights,
     miss_cost,
     optimal_weights,
+    queue_tail,
     slow_probability,
     sqrt_anchor,
 )
@@ -106,9 +107,7 @@ def _pooled_reference(c: int, mu: float, lam: float, t: float, svc: sstats.rv_co
 
 
 def test_pooled_mmc_tail_matches_numerical_convolution() -> None:
-    # least_request at rho = 0.98 with 2 replicas gives alpha = 1: the pooled M/M/c tail alone
-    s = sub(replicas=2, service_ms=20.0)
-    p = slow_probability(s, 98.0, slo_ms=250.0, balancer="least_request")[0]
+    p = float(queue_tail(2, 50.0, np.array([98.0]), 0.25, None, 1.0)[0])
     ref = _pooled_reference(2, 50.0, 98.0, 0.25, sstats.expon(scale=0.02))
     assert p == pytest.approx(ref, rel=1e-6)
 
@@ -303,7 +302,7 @@ def test_oracle_drains_a_failing_canary_as_far_as_stable_capacity_allows() -> No
     names = [s.name for s in sc.subsets]
     healthy = dict(zip(names, optimal_weights(sim.true_state(t_s=300.0)), strict=True))
     failing = dict(zip(names, optimal_weights(sim.true_state(t_s=1200.0)), strict=True))
-    assert failing["canary"] <= healthy["canary"] - 10
+    assert failing["canary"] <= 0.7 * healthy["canary"], "a 10 % 5xx canary sheds a third or more"
     assert failing["canary"] > 0, "stable alone cannot carry the load: some canary must remain"
 
 

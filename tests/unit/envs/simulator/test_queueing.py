@@ -185,3 +185,37 @@ def test_replica_backlog_grows_under_overload_and_drains() -> None:
     assert sim.replica_backlog_s(1).sum() == 0.0
     sim.step(Weights(("a", "b"), (0, 100)))  # a gets nothing: its replicas work 5 s of it off
     assert sim.replica_backlog_s(0) == pytest.approx(backlog - 5.0, abs=1e-9)
+
+
+def test_least_request_draws_both_choices_independently_as_envoy_does() -> None:
+    """Exact small case: two replicas, replica 0 busy with one long request, replica 1 idle.
+
+    Envoy draws its two choices independently, so a request goes to the busy replica only when
+    both draws name it: of the four equally likely draw pairs {0, 1}^2, exactly one. (Drawing
+    two distinct replicas, as join-the-shortest-of-two, would never pick it.)
+    """
+    from envs.simulator import kernel
+
+    grid = np.array([0.25, 0.75])  # u < 0.5 draws replica 0, u >= 0.5 replica 1
+    u1 = np.concatenate([[0.0], np.repeat(grid, 2)])
+    u2 = np.concatenate([[0.0], np.tile(grid, 2)])
+    n = u1.size
+    arrivals = np.arange(n) * 1e-3  # 1 ms apart; the first request holds replica 0 for 100 s
+    std_exp = np.concatenate([[1.0], np.zeros(n - 1)])  # the others take no time at all
+    free_at = np.zeros(2)
+    deps = np.zeros((2, 16))
+    head = np.zeros(2, dtype=np.int64)
+    tail = np.zeros(2, dtype=np.int64)
+    edges = np.array([0.1, 1.0])
+    kernel.simulate_step(
+        arrivals, np.zeros(n), u1, u2, std_exp, np.zeros(n), np.ones(n),
+        np.array([1.0]), np.array([2], dtype=np.int64), np.array([0], dtype=np.int64),
+        np.array([kernel.DIST_EXPONENTIAL], dtype=np.int64), np.array([100.0]),
+        np.zeros(1), np.zeros(1), np.zeros(1), kernel.BALANCER_LEAST_REQUEST,
+        1000.0, 1.0, 1000, free_at, deps, head, tail, edges,
+        np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
+        np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1),
+        np.zeros((1, 3), dtype=np.int64),
+    )  # fmt: skip
+    # replica 0: the long request and the one whose two draws both named it
+    assert tail.tolist() == [2, 3]
