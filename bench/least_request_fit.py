@@ -1,4 +1,4 @@
-"""Fit the oracle's least-request interpolation (`agents.oracle.least_request_alpha`).
+"""Fit the oracle's least-request interpolation (`agents.queueing.least_request_alpha`).
 
 Envoy's least-request balancer (two independent random choices, per-replica FCFS queues) has
 no closed-form response-time tail. The oracle models it as a geometric mix of the pooled M/G/c
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agents.oracle import least_request_alpha, queue_tail
+from agents.queueing import least_request_alpha, queue_tail
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import parse_scenario
 from meshcore import Weights

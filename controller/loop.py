@@ -318,7 +318,7 @@ class ControlLoop:
             return self._fail(route, str(exc), now)
         if rt.status.failed is not None:
             _log.info("route %s recovered from: %s", route.key, rt.status.failed)
-        obs = with_hints(obs, self._hints.get(route))
+        obs = with_hints(obs, self._hints.get(route), slo_ms=self.slo_ms)
         notes: list[str] = []
         if obs_error is not None:
             notes.append(obs_error)

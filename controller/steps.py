@@ -18,6 +18,7 @@ They log as ``controller.loop``: to an operator they are the tick.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -86,12 +87,17 @@ def _observe_one_by_one(observer: Observer, routes: Sequence[RouteRef]) -> Obser
     return observations, None, broken
 
 
-def with_hints(obs: Observation | None, hints: Mapping[str, float] | None) -> Observation | None:
-    """`obs` with the nominal capacity per subset (rps) filled in, when it carries none and
-    `hints` names every subset; else `obs` unchanged."""
-    if obs is None or obs.capacity_hint_rps or not hints:
+def with_hints(
+    obs: Observation | None, hints: Mapping[str, float] | None, *, slo_ms: float
+) -> Observation | None:
+    """`obs` with what the controller knows beyond telemetry filled in where it carries none:
+    the nominal capacity per subset (rps, when `hints` names every subset) and the SLO behind
+    its slow ratios (ms)."""
+    if obs is None:
         return obs
-    if not all(s in hints for s in obs.subsets):
+    if math.isnan(obs.slo_ms):
+        obs = replace(obs, slo_ms=slo_ms)
+    if obs.capacity_hint_rps or not hints or not all(s in hints for s in obs.subsets):
         return obs
     return replace(obs, capacity_hint_rps=tuple(float(hints[s]) for s in obs.subsets))
 

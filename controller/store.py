@@ -85,6 +85,7 @@ def encode_observation(obs: Observation) -> dict[str, Any]:
             for name, stats in zip(obs.subsets, obs.stats, strict=True)
         ],
         "capacity_hint_rps": _json_safe(obs.capacity_hint_rps),
+        "slo_ms": _json_safe(obs.slo_ms),
     }
 
 

@@ -69,7 +69,11 @@ class SubsetStats:
 
 @dataclass(frozen=True)
 class Observation:
-    """One route at one instant: ordered subsets, their stats, and how old the data is (s)."""
+    """One route at one instant: ordered subsets, their stats, and how old the data is (s).
+
+    capacity_hint_rps: nominal capacity per subset (rps), empty when not configured; slo_ms:
+    the latency bound behind `SubsetStats.slow_ratio` (ms), NaN when unknown.
+    """
 
     route: RouteRef
     subsets: tuple[str, ...]
@@ -77,6 +81,7 @@ class Observation:
     timestamp_s: float
     staleness_s: float = 0.0
     capacity_hint_rps: tuple[float, ...] = field(default=())
+    slo_ms: float = math.nan
 
     def __post_init__(self) -> None:
         if len(self.subsets) != len(self.stats):

@@ -379,6 +379,7 @@ class MeshSimulator:
             timestamp_s=self.t_s,
             staleness_s=self.t_s % tel.scrape_s if tel.scrape_s > self.scenario.step_s else 0.0,
             capacity_hint_rps=self.nominal_capacity_rps(),
+            slo_ms=self.scenario.slo_ms,
         )
 
     def observe(self) -> Observation:

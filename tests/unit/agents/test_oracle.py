@@ -43,18 +43,15 @@ from agents.oracle import (
     DelayedOraclePolicy,
     HindsightOraclePolicy,
     OraclePolicy,
-    bad_probability,
     drain_aware_state,
     drain_aware_weights,
-    erlang_c,
     expected_bad_fraction,
     hedged_weights,
     miss_cost,
     optimal_weights,
-    queue_tail,
-    slow_probability,
     sqrt_anchor,
 )
+from agents.queueing import bad_probability, erlang_c, queue_tail, slow_probability
 from agents.rollout import run_episode
 from envs.simulator.engine import MeshSimulator, SubsetTruth, TrueState
 from envs.simulator.scenario import Scenario, load_scenario, parse_scenario
