@@ -10,7 +10,15 @@ from typing import NoReturn
 
 from meshcore.errors import MeshpilotError
 
-SUBCOMMANDS = ("simulate", "train", "ensemble", "evaluate", "serve", "prometheus-rules")
+SUBCOMMANDS = (
+    "simulate",
+    "train",
+    "ensemble",
+    "evaluate",
+    "serve",
+    "prometheus-rules",
+    "scenarios",
+)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
