@@ -31,6 +31,12 @@ def _oracle() -> Policy:
     return OraclePolicy()
 
 
+def _planner() -> Policy:
+    from agents.planner import PlannerPolicy
+
+    return PlannerPolicy()
+
+
 def _oracle_late() -> Policy:
     from agents.oracle import DelayedOraclePolicy
 
@@ -50,6 +56,7 @@ _FACTORIES: dict[str, Callable[[], Policy]] = {
     "greedy": GreedyPolicy,
     "canary": CanaryPolicy,
     "ewma": EwmaPolicy,
+    "planner": _planner,
     "oracle": _oracle,
     "oracle-late": _oracle_late,
     "oracle-hindsight": _oracle_hindsight,

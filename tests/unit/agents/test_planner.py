@@ -1,0 +1,134 @@
+"""The planner (agents.planner): estimates from telemetry, then the oracle's objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agents.planner import PlannerPolicy, fit_service_ms, infer_health, model_p99_ms
+from agents.registry import make_policy
+from envs.simulator.scenario import parse_scenario
+from meshcore.model import Observation, RouteRef, SubsetStats
+
+ROUTE = RouteRef("shop", "product", 0, "product")
+
+
+def observe(
+    t_s: float,
+    weights: list[int],
+    rps: list[float],
+    *,
+    errors: list[float] | None = None,
+    slow: list[float] | None = None,
+    p99: list[float] | None = None,
+    caps: tuple[float, ...] = (200.0, 200.0, 200.0),
+) -> Observation:
+    n = len(weights)
+    errors = errors or [0.0] * n
+    slow = slow or [0.0] * n
+    p99 = p99 or [100.0] * n
+    return Observation(
+        route=ROUTE,
+        subsets=tuple(f"v{i + 1}" for i in range(n)),
+        stats=tuple(
+            SubsetStats(rps[i], errors[i], p99[i], weights[i], slow_ratio=slow[i]) for i in range(n)
+        ),
+        timestamp_s=t_s,
+        capacity_hint_rps=caps[:n],
+        slo_ms=250.0,
+    )
+
+
+def run(planner: PlannerPolicy, ticks: int, **kwargs: object) -> dict[str, int]:
+    """Feed the same telemetry for `ticks` ticks of 5 s (with the weights it wrote)."""
+    weights = list(kwargs.pop("weights"))  # type: ignore[call-overload]
+    for k in range(ticks):
+        decided = planner.decide(observe(5.0 * k, weights, **kwargs))  # type: ignore[arg-type]
+        weights = list(decided.values_tuple)
+    return dict(zip(("v1", "v2", "v3"), weights, strict=False))
+
+
+def test_healthy_equal_versions_share_evenly() -> None:
+    split = run(
+        PlannerPolicy(), 8, weights=[80, 10, 10], rps=[160.0, 20.0, 20.0], p99=[90.0] * 3,
+        caps=(100.0, 100.0, 100.0),
+    )  # fmt: skip
+    assert max(split.values()) - min(split.values()) <= 1
+
+
+def test_a_version_with_30_percent_5xx_loses_traffic() -> None:
+    split = run(
+        PlannerPolicy(), 8, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0],
+        errors=[0.0, 0.3, 0.0], p99=[90.0] * 3,
+    )  # fmt: skip
+    assert split["v2"] <= 5
+    assert split["v1"] + split["v3"] >= 95
+
+
+def test_an_overloaded_version_is_shed() -> None:
+    # v1 has the same nominal capacity as the others but half its requests miss the SLO
+    planner = PlannerPolicy()
+    healthy = run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3)
+    assert healthy["v1"] == pytest.approx(33, abs=1)
+    sick = run(
+        planner, 3, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0],
+        slow=[0.5, 0.0, 0.0], p99=[900.0, 90.0, 90.0],
+    )  # fmt: skip
+    assert sick["v1"] <= 20
+    assert planner.estimates(ROUTE)["v1"].health < 0.7
+
+
+def test_an_unobserved_version_recovers_toward_nominal() -> None:
+    planner = PlannerPolicy(recovery_s=60.0)
+    caps = (100.0, 100.0, 100.0)
+    run(planner, 12, weights=[34, 33, 33], rps=[50.0, 50.0, 50.0], p99=[90.0] * 3, caps=caps)
+    run(planner, 2, weights=[34, 33, 33], rps=[50.0, 50.0, 50.0], slow=[0.6, 0, 0], caps=caps)
+    low = planner.estimates(ROUTE)["v1"].health
+    later = run(
+        planner, 60, weights=[0, 50, 50], rps=[0.0, 75.0, 75.0], p99=[math.nan, 90, 90], caps=caps
+    )
+    assert planner.estimates(ROUTE)["v1"].health > low
+    assert later["v1"] > 0, "after 5 minutes without evidence the version gets traffic again"
+
+
+def test_without_capacity_hints_it_writes_the_square_root_split() -> None:
+    obs = observe(0.0, [50, 50], [50.0, 50.0], caps=())
+    assert PlannerPolicy().decide(obs) == make_policy("sqrt").decide(obs)
+
+
+def test_service_time_fit_inverts_the_model_p99() -> None:
+    for service_ms in (5.0, 20.0, 60.0):
+        p99 = model_p99_ms(200.0, service_ms, 120.0)
+        fit = fit_service_ms(200.0, 120.0, p99)
+        assert fit is not None and fit == pytest.approx(service_ms, rel=0.3)
+    assert fit_service_ms(200.0, 199.0, 500.0) is None  # at capacity the p99 says nothing
+
+
+def test_health_inference_is_monotone_in_the_slow_ratio() -> None:
+    values = [infer_health(200.0, 20.0, 150.0, s, 250.0) for s in (0.01, 0.05, 0.2, 0.6)]
+    assert all(v is not None for v in values)
+    assert values == sorted(values, reverse=True)  # type: ignore[type-var]
+    assert infer_health(200.0, 20.0, 20.0, 0.0, 250.0) is None  # light load: no evidence
+
+
+def test_planner_sheds_a_failing_canary_in_the_simulator() -> None:
+    from agents.rollout import run_episode
+
+    sc = parse_scenario(
+        {
+            "name": "failing",
+            "duration_s": 300,
+            "load": {"rps": 100},
+            "subsets": [
+                {"name": "stable", "replicas": 3, "service_ms": 20},
+                {"name": "canary", "replicas": 3, "service_ms": 20},
+            ],
+            "events": [{"at_s": 60, "subset": "canary", "set": {"error_rate": 0.3}}],
+        }
+    )
+    planner = make_policy("planner")
+    summary, trace = run_episode(sc, planner, seed=1, trace=True)
+    assert trace is not None
+    assert trace.weights[-1]["canary"] <= 10
+    assert summary.error_rate < 0.3 * 0.5
