@@ -22,6 +22,7 @@ from meshcore.errors import ConfigError
 from meshcore.ports import Policy
 
 PPO_PREFIX = "ppo:"
+SUPERVISED_PREFIX = "supervised:"
 
 
 def _oracle() -> Policy:
@@ -65,7 +66,7 @@ _FACTORIES: dict[str, Callable[[], Policy]] = {
 
 def policy_names() -> list[str]:
     """Every accepted policy name, ``ppo:PATH`` standing for any model file."""
-    return ["ppo", "ppo:PATH", *sorted(_FACTORIES)]
+    return ["ppo", "ppo:PATH", *sorted(_FACTORIES), "supervised:NAME"]
 
 
 def _load_ppo(path: str | None) -> Policy:
@@ -85,6 +86,10 @@ def _load_ppo(path: str | None) -> Policy:
 
 def make_policy(name: str) -> Policy:
     """Build the policy called `name`; unknown names raise `ConfigError` listing the known ones."""
+    if name.startswith(SUPERVISED_PREFIX):
+        from agents.supervisor import SupervisedPolicy
+
+        return SupervisedPolicy(make_policy(name[len(SUPERVISED_PREFIX) :]))
     if name == "ppo":
         return _load_ppo(None)
     if name.startswith(PPO_PREFIX):

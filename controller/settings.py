@@ -285,6 +285,10 @@ class Settings(BaseSettings):
     policy: str | None = None
     """Policy name (``ppo``, ``ppo:PATH``, ``proportional``, ...; default None: ``ppo`` when
     the shipped model loads, else ``proportional``, with the reason logged at startup)."""
+    supervisor: bool = True
+    """Serve the policy behind the supervisor (default true): a route whose split does visible
+    harm (a version overloaded or failing that keeps its traffic) falls back to the
+    model-based planner until the policy is harmless again; the reason is in the decision."""
     recheck_failed_every: int = Field(default=12, ge=1)
     """Ticks between re-checks of a route that failed permanently (default 12, 1 min)."""
     max_parallel_writes: int = Field(default=8, ge=1, le=64)

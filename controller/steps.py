@@ -115,6 +115,9 @@ def decide(
         _log.exception("policy %s failed on %s", policy.name, obs.route.key)
         notes.append(f"policy {policy.name} failed: {type(exc).__name__}: {exc}")
         return None, None
+    note = getattr(policy, "last_note", None)
+    if isinstance(note, str) and note:
+        notes.append(note)
     raw = getattr(policy, "last_raw_action", None)
     raw_action = [float(x) for x in raw] if raw is not None and len(raw) else None
     return proposed, raw_action

@@ -66,6 +66,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "model loads, else proportional)",
     )
     p.add_argument(
+        "--no-supervisor",
+        action="store_true",
+        help="serve the policy without the supervisor that falls back to the planner when "
+        "its split does visible harm (default: supervised)",
+    )
+    p.add_argument(
         "--tick-s", type=positive_float, metavar="S", help="wall seconds between ticks (default: 5)"
     )
     p.add_argument(
@@ -117,6 +123,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["api"] = api
     if args.policy is not None:
         out["policy"] = args.policy
+    if args.no_supervisor:
+        out["supervisor"] = False
     if args.tick_s is not None:
         out["tick_s"] = args.tick_s
     if args.db is not None:
@@ -132,17 +140,24 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def resolve_policy(requested: str | None) -> tuple[Policy, str]:
-    """(policy, why this one): ``ppo`` when the shipped model loads, else ``proportional``."""
+def resolve_policy(requested: str | None, *, supervised: bool = True) -> tuple[Policy, str]:
+    """(policy, why this one): ``ppo`` when the shipped model loads, else ``proportional``;
+    behind the supervisor (`agents.supervisor`) when `supervised`."""
     from agents.registry import make_policy
 
     if requested is not None:
-        return make_policy(requested), f"policy {requested} requested"
-    try:
-        return make_policy("ppo"), "default policy ppo: the shipped model loaded"
-    except ConfigError as err:
-        why = f"default policy proportional: the shipped PPO model did not load ({err})"
-        return make_policy("proportional"), why
+        policy, why = make_policy(requested), f"policy {requested} requested"
+    else:
+        try:
+            policy, why = make_policy("ppo"), "default policy ppo: the shipped model loaded"
+        except ConfigError as err:
+            why = f"default policy proportional: the shipped PPO model did not load ({err})"
+            policy = make_policy("proportional")
+    if not supervised:
+        return policy, why + "; supervisor off"
+    from agents.supervisor import SupervisedPolicy
+
+    return SupervisedPolicy(policy), why + "; behind the supervisor (planner fallback)"
 
 
 @dataclass
@@ -249,7 +264,7 @@ def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
 
 def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[ControlLoop, Guard]:
     """Every part of the controller, wired from `settings`; closed by `stack`."""
-    policy, why = resolve_policy(settings.policy)
+    policy, why = resolve_policy(settings.policy, supervised=settings.supervisor)
     _log.info("%s", why)
     mesh = _sim_mesh(settings, stack) if settings.mesh == "sim" else _k8s_mesh(settings, stack)
     store = DecisionStore(

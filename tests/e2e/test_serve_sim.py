@@ -117,7 +117,7 @@ def test_serve_sim_decides_accepts_an_override_and_stops_on_sigterm(
         lambda: route(client, CANARY)["weights"] not in (None, {"stable": 90, "canary": 10}),
         proc,
     )
-    assert route(client, CANARY)["last_decision"]["policy"] == "proportional"
+    assert route(client, CANARY)["last_decision"]["policy"] == "proportional+supervisor"
 
     pinned = {"v1": 10, "v2": 10, "v3": 80}
     body = {"weights": pinned, "ttl_s": 600}

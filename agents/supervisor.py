@@ -1,0 +1,143 @@
+"""The supervisor: a learned policy may steer a route only while it does no visible harm.
+
+Why: a learned policy that keeps a mesh in overload, or keeps traffic on a version that fails,
+does damage a static rule would not do, and will not be trusted in production. The supervisor
+wraps a primary policy and a fallback (the model-based `agents.planner.PlannerPolicy` by
+default; it is asked every tick, so its estimates are warm when needed) and, per route:
+
+* **harm** is a tick where a version shows trouble the primary's proposal does not relieve:
+  it is overloaded (the planner's estimated capacity is below its observed rate, or more than
+  `overload_slow` of its requests miss the SLO) or a 5xx outlier (error ratio at least
+  `error_outlier` and three times the others' median), and the proposal gives it at least its
+  current weight;
+* after `harm_ticks` harmful ticks in a row the route falls back: the fallback's split is
+  written, and `last_note` says why (the live loop appends it to the decision's reason);
+* the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
+  proposal has been harmless for `clear_ticks` ticks in a row (hysteresis: no flapping).
+
+`modes` tells which routes are in fallback. All state is per route; `reset()` forgets it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from agents.planner import PlannerPolicy
+from meshcore.model import Observation, RouteRef, Weights
+from meshcore.ports import Policy
+
+MODE_POLICY = "policy"
+MODE_FALLBACK = "fallback"
+
+
+@dataclass
+class _RouteWatch:
+    mode: str = MODE_POLICY
+    harmful: int = 0
+    clear: int = 0
+    in_fallback: int = 0
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+class SupervisedPolicy:
+    """`primary` behind the harm check of the module docstring; itself a `Policy`."""
+
+    def __init__(
+        self,
+        primary: Policy,
+        fallback: PlannerPolicy | None = None,
+        *,
+        harm_ticks: int = 2,
+        hold_ticks: int = 24,
+        clear_ticks: int = 6,
+        overload_slow: float = 0.25,
+        error_outlier: float = 0.05,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback or PlannerPolicy()
+        self.name = f"{primary.name}+supervisor"
+        self.harm_ticks = harm_ticks
+        self.hold_ticks = hold_ticks
+        self.clear_ticks = clear_ticks
+        self.overload_slow = overload_slow
+        self.error_outlier = error_outlier
+        self.last_note: str | None = None
+        self._routes: dict[RouteRef, _RouteWatch] = {}
+
+    @property
+    def last_raw_action(self) -> object:
+        """The primary's raw action (for the audit log), when it keeps one."""
+        return getattr(self.primary, "last_raw_action", None)
+
+    def reset(self) -> None:
+        self.primary.reset()
+        self.fallback.reset()
+        self._routes.clear()
+        self.last_note = None
+
+    def modes(self) -> dict[RouteRef, str]:
+        """Per route seen so far: "policy" or "fallback"."""
+        return {route: w.mode for route, w in self._routes.items()}
+
+    def harm(self, obs: Observation, proposal: Weights) -> str | None:
+        """Why `proposal` does visible harm on `obs`, or None (see the module docstring)."""
+        estimates = self.fallback.estimates(obs.route)
+        caps = obs.capacity_hint_rps
+        for i, (name, stats) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
+            if not (_finite(stats.rps) and stats.rps > 0) or proposal[name] < stats.weight:
+                continue
+            est = estimates.get(name)
+            if est is not None and caps and _finite(caps[i]) and caps[i] > 0:
+                capacity = caps[i] * est.health
+                if stats.rps > capacity:
+                    return (
+                        f"{name} is overloaded ({stats.rps:.0f} rps over an estimated "
+                        f"{capacity:.0f}) and keeps {proposal[name]} points"
+                    )
+            if _finite(stats.slow_ratio) and stats.slow_ratio >= self.overload_slow:
+                return (
+                    f"{name} misses the SLO on {stats.slow_ratio:.0%} of requests and keeps "
+                    f"{proposal[name]} points"
+                )
+            if _finite(stats.error_ratio) and stats.error_ratio >= self.error_outlier:
+                others = [
+                    s.error_ratio
+                    for j, s in enumerate(obs.stats)
+                    if j != i and _finite(s.error_ratio) and _finite(s.rps) and s.rps > 0
+                ]
+                baseline = statistics.median(others) if others else 0.0
+                if stats.error_ratio >= 3.0 * baseline + 1e-3:
+                    return (
+                        f"{name} answers {stats.error_ratio:.0%} 5xx (others "
+                        f"{baseline:.1%}) and keeps {proposal[name]} points"
+                    )
+        return None
+
+    def decide(self, obs: Observation) -> Weights:
+        watch = self._routes.setdefault(obs.route, _RouteWatch())
+        safe = self.fallback.decide(obs)
+        proposal = self.primary.decide(obs)
+        why = self.harm(obs, proposal)
+        self.last_note = None
+        if watch.mode == MODE_POLICY:
+            watch.harmful = watch.harmful + 1 if why else 0
+            if watch.harmful < self.harm_ticks:
+                return proposal
+            watch.mode, watch.in_fallback, watch.clear = MODE_FALLBACK, 0, 0
+            self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
+            return safe
+        watch.in_fallback += 1
+        watch.clear = 0 if why else watch.clear + 1
+        if watch.in_fallback >= self.hold_ticks and watch.clear >= self.clear_ticks:
+            watch.mode, watch.harmful = MODE_POLICY, 0
+            self.last_note = f"supervisor: back to {self.primary.name}: harmless for a while"
+            return proposal
+        self.last_note = f"supervisor: {self.fallback.name} in control" + (
+            f" ({why})" if why else ""
+        )
+        return safe

@@ -1,0 +1,103 @@
+"""The supervisor (agents.supervisor): falls back on visible harm, returns with hysteresis."""
+
+from __future__ import annotations
+
+from agents.registry import make_policy
+from agents.rollout import run_episode
+from agents.supervisor import MODE_FALLBACK, MODE_POLICY, SupervisedPolicy
+from envs.simulator.scenario import parse_scenario
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
+
+ROUTE = RouteRef("shop", "product", 0, "product")
+NAMES = ("v1", "v2", "v3")
+
+
+class Stubborn:
+    """A primary that always writes the same split, whatever it sees."""
+
+    name = "stubborn"
+
+    def __init__(self, values: list[int]) -> None:
+        self.values = values
+
+    def decide(self, obs: Observation) -> Weights:
+        return Weights(obs.subsets, self.values)
+
+    def reset(self) -> None:
+        pass
+
+
+def observe(t_s: float, weights: tuple[int, ...], errors: list[float]) -> Observation:
+    rps = [2.0 * w for w in weights]
+    return Observation(
+        route=ROUTE,
+        subsets=NAMES,
+        stats=tuple(
+            SubsetStats(rps[i], errors[i] if rps[i] else float("nan"), 90.0, weights[i], 0.0)
+            for i in range(3)
+        ),
+        timestamp_s=t_s,
+        capacity_hint_rps=(400.0, 400.0, 400.0),
+        slo_ms=250.0,
+    )
+
+
+def test_falls_back_on_a_failing_version_that_keeps_its_traffic_and_recovers() -> None:
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]), harm_ticks=2, hold_ticks=6, clear_ticks=3)
+    weights: tuple[int, ...] = (60, 20, 20)
+    modes: list[str] = []
+    notes: list[str | None] = []
+    for k in range(30):
+        failing = 5 <= k < 12
+        errors = [0.3 if failing else 0.001, 0.001, 0.001]
+        weights = sup.decide(observe(5.0 * k, weights, errors)).values_tuple
+        modes.append(sup.modes()[ROUTE])
+        notes.append(sup.last_note)
+    assert modes[:6] == [MODE_POLICY] * 6, "one harmful tick is not enough"
+    assert modes[6] == MODE_FALLBACK
+    first = notes[6]
+    assert first is not None and "fallback to planner" in first and "v1" in first
+    assert weights[0] == 60 and modes[-1] == MODE_POLICY, "back to the policy after the fault"
+    back = modes.index(MODE_POLICY, 6)
+    assert back - 6 >= 6, "held in fallback for hold_ticks at least"
+    note = notes[back]
+    assert note is not None and "back to stubborn" in note
+
+
+def test_fallback_sheds_the_failing_version() -> None:
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]))
+    weights: tuple[int, ...] = (60, 20, 20)
+    for k in range(6):
+        weights = sup.decide(observe(5.0 * k, weights, [0.3, 0.001, 0.001])).values_tuple
+    assert sup.modes()[ROUTE] == MODE_FALLBACK
+    assert weights[0] < 10
+
+
+def test_a_harmless_policy_is_never_overruled() -> None:
+    sup = SupervisedPolicy(Stubborn([34, 33, 33]))
+    weights: tuple[int, ...] = (34, 33, 33)
+    for k in range(40):
+        weights = sup.decide(observe(5.0 * k, weights, [0.001, 0.001, 0.001])).values_tuple
+        assert sup.last_note is None
+    assert weights == (34, 33, 33)
+
+
+def test_supervised_policies_by_name_and_in_the_simulator() -> None:
+    sc = parse_scenario(
+        {
+            "name": "failing-v1",
+            "duration_s": 400,
+            "load": {"rps": 120},
+            "subsets": [
+                {"name": "v1", "replicas": 2, "service_ms": 20},
+                {"name": "v2", "replicas": 2, "service_ms": 20},
+                {"name": "v3", "replicas": 2, "service_ms": 20},
+            ],
+            "events": [{"at_s": 100, "subset": "v1", "set": {"error_rate": 0.4}}],
+        }
+    )
+    plain, _ = run_episode(sc, make_policy("equal"), seed=3)
+    supervised = make_policy("supervised:equal")
+    assert supervised.name == "equal+supervisor"
+    guarded, _ = run_episode(sc, supervised, seed=3)
+    assert guarded.error_rate < 0.6 * plain.error_rate
