@@ -2,7 +2,8 @@
 # System parts the integration tests run for real: Prometheus + promtool (Debian package
 # prometheus), kubectl (Debian package kubernetes-client: `kubectl kustomize` cross-checks the
 # manifests), a Docker engine and debootstrap (Debian packages docker.io and debootstrap: the
-# image is built and run on a local base) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
+# image is built and run on a local base), chromium (Debian package chromium: the dashboard's
+# browser test drives it headless through Playwright) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
 # cached outside the clone). Idempotent: a second run only checks. Under CI=true a missing
 # one fails its tests instead of skipping them (tests/conftest.py).
 set -euo pipefail
@@ -11,8 +12,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # command -> Debian package providing it
 declare -A packages=([prometheus]=prometheus [promtool]=prometheus [kubectl]=kubernetes-client
-  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap)
-commands=(prometheus promtool kubectl dockerd docker debootstrap)
+  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [chromium]=chromium)
+commands=(prometheus promtool kubectl dockerd docker debootstrap chromium)
 missing=()
 for cmd in "${commands[@]}"; do
   pkg="${packages[$cmd]}"

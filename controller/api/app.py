@@ -2,18 +2,27 @@
 
 Routers per resource (routes, decisions, overrides, health, metrics) are combined here; the
 controller's parts live on ``app.state`` and reach handlers through `controller.api.deps`, so
-several apps (tests) can live in one process. OpenAPI docs stay on at ``/docs``.
+several apps (tests) can live in one process. OpenAPI docs stay on at ``/docs`` and
+``/redoc``, with their assets served by the app itself (`controller.api.docs`).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.api import decisions, health, metrics, overrides, routes
+from controller.api import decisions, docs, health, metrics, overrides, routes
 from controller.api.auth import MIN_TOKEN_CHARS
-from controller.api.errors import temporary_error_handler, validation_error_handler
+from controller.api.dashboard.router import router as dashboard_router
+from controller.api.errors import (
+    error_responses,
+    http_error_handler,
+    temporary_error_handler,
+    validation_error_handler,
+)
 from controller.api.limits import BodySizeLimit
+from controller.api.openapi import install_openapi
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.settings import Settings
@@ -35,15 +44,30 @@ def create_app(
     controls need `api_token` as a bearer token (`controller.api.auth`)."""
     if len(api_token) < MIN_TOKEN_CHARS:
         raise ValueError(f"api_token must have at least {MIN_TOKEN_CHARS} characters")
-    app = FastAPI(title="meshpilot", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(
+        title="meshpilot",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,  # served by controller.api.docs, without a CDN
+        redoc_url=None,
+        responses=error_responses(413),  # BodySizeLimit answers it before any route
+    )
     app.state.api_token = api_token
     app.state.settings = settings
     app.state.loop = loop
     app.state.store = store
     app.state.guard = guard
-    for module in (routes, overrides, decisions, health, metrics):
+    for module in (routes, overrides, decisions, health, metrics, docs):
         app.include_router(module.router)
+    app.include_router(dashboard_router)  # the operator page at /
+    install_openapi(
+        app,
+        min_ttl_s=overrides.min_ttl_s(loop, settings),
+        max_ttl_s=settings.api.max_override_ttl_s,
+        routes=loop.routes,
+    )
     app.add_exception_handler(TemporaryError, temporary_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_middleware(BodySizeLimit)
     return app

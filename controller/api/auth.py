@@ -8,7 +8,9 @@ work without a secret.
 The token lives in a file (``api.token_file``), so a Kubernetes Secret can be mounted there;
 when the file does not exist `ensure_token_file` creates it with a random token, readable by
 its owner only. Comparison is constant-time. A missing or wrong token is a 401 with
-``WWW-Authenticate: Bearer``, before any other check.
+``WWW-Authenticate: Bearer``, before any other check: `OperatorRoute` checks it before FastAPI
+reads the body, so an anonymous client learns nothing from 400s or 422s about what a body
+should look like (the 413 of an oversized body still comes first: it is refused unread).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from meshcore import ConfigError
 
-__all__ = ["MIN_TOKEN_CHARS", "ensure_token_file", "read_token", "require_operator"]
+__all__ = [
+    "MIN_TOKEN_CHARS",
+    "OperatorRoute",
+    "ensure_token_file",
+    "read_token",
+    "require_operator",
+]
 
 MIN_TOKEN_CHARS = 16
 """A shorter token is refused at start: it could be guessed."""
@@ -65,12 +76,38 @@ def require_operator(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless the request carries the operator's bearer token."""
+    """401 unless the request carries the operator's bearer token (as a dependency, it also
+    declares the bearer scheme on the operation in the OpenAPI schema)."""
+    _check(request, credentials.credentials if credentials is not None else "")
+
+
+def _given_token(request: Request) -> str:
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return token if scheme.lower() == "bearer" else ""
+
+
+def _check(request: Request, given: str) -> None:
     expected: str = request.app.state.api_token
-    given = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="controls need 'Authorization: Bearer <token>', the token in api.token_file",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+class OperatorRoute(APIRoute):
+    """A route that answers 401 without the operator's token before FastAPI reads the body.
+
+    FastAPI parses the body before it runs any dependency, so `require_operator` alone lets a
+    malformed body (400) or an invalid one (422) answer an anonymous client first.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            _check(request, _given_token(request))
+            return await handler(request)
+
+        return checked

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from controller.api.deps import StoreDep
-from controller.api.errors import unprocessable
+from controller.api.errors import error_responses, unprocessable
 from controller.api.schemas import DecisionView
 from meshcore import RouteRef
 
@@ -15,16 +15,26 @@ router = APIRouter(tags=["decisions"])
 
 MAX_DECISION_ID = 2**63 - 1
 """SQLite's largest rowid: a larger id is a 422, not an overflow deep in the store."""
+ROUTE_KEY_PATTERN = "^[^/]+/[^/]+/[^/]+$"
+"""Three non-empty parts: what `RouteRef.parse` accepts."""
 MAX_LIMIT = 1000
 """Most decisions one request returns (a day of one route at a 5 s tick is 17 280)."""
 
 
-@router.get("/decisions", summary="Newest decisions first, of one route or of all")
+@router.get(
+    "/decisions",
+    summary="Newest decisions first, of one route or of all",
+    responses=error_responses(422, 503),
+)
 def list_decisions(
     store: StoreDep,
     route: Annotated[
         str | None,
-        Query(description="route key `namespace/virtualservice/route`; all routes if omitted"),
+        Query(
+            description="route key `namespace/virtualservice/route`; all routes if omitted",
+            # documented, checked below by RouteRef.parse with a clearer message than a regex
+            json_schema_extra={"pattern": ROUTE_KEY_PATTERN},
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="how many")] = 50,
 ) -> list[DecisionView]:
@@ -39,7 +49,7 @@ def list_decisions(
 @router.get(
     "/decisions/{decision_id}",
     summary="One decision by id",
-    responses={404: {"description": "no decision with that id"}},
+    responses=error_responses(404, 422, 503, why={404: "no decision with that id"}),
 )
 def get_decision(
     decision_id: Annotated[int, Path(ge=1, le=MAX_DECISION_ID, description="a decision's id")],

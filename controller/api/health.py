@@ -19,7 +19,11 @@ a tick stuck on a hung connection is fixed by a restart, a slow one is not worth
 STALL_MIN_S = 60.0
 
 
-@router.get("/healthz", summary="Liveness: 503 when the loop stopped ticking")
+@router.get(
+    "/healthz",
+    summary="Liveness: 503 when the loop stopped ticking",
+    responses={503: {"model": HealthView, "description": "the loop stopped ticking"}},
+)
 def healthz(loop: LoopDep, response: Response) -> HealthView:
     age = loop.last_tick_age_s()
     started = loop.started_age_s()
@@ -31,7 +35,11 @@ def healthz(loop: LoopDep, response: Response) -> HealthView:
     return HealthView(status="stalled" if stalled else "ok", ticks=loop.ticks, last_tick_age_s=age)
 
 
-@router.get("/readyz", summary="Readiness: 200 after the first finished tick")
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 after the first finished tick",
+    responses={503: {"model": ReadyView, "description": "no tick has finished yet"}},
+)
 def readyz(loop: LoopDep, response: Response) -> ReadyView:
     if not loop.ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

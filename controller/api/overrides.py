@@ -1,7 +1,10 @@
 """Operator controls of one route: pin weights for a while, pause, resume, shadow.
 
 Pins go through the guard, so they obey its precedence (a paused route is not written even
-when pinned) and expire on the loop's clock; the next tick writes a new pin at once.
+when pinned) and expire on the loop's clock; the next tick writes a new pin at once. A pin
+names every subset of the route (or says ``others_zero``), lasts at least one control
+interval (a shorter one could expire before any tick writes it), and the answer says when
+the next tick comes and what it will do with the pin (`PinPlan`).
 
 Every control needs the operator's bearer token (`controller.api.auth`), checked first.
 Controls live in the memory of the replica that received them, and only the leader writes:
@@ -11,12 +14,16 @@ never be applied. They do not survive a restart or a change of leader.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from datetime import UTC, datetime, timedelta
 
-from controller.api.auth import require_operator
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.exceptions import RequestValidationError
+
+from controller.api.auth import OperatorRoute, require_operator
 from controller.api.deps import GuardDep, LoopDep, RouteDep, SettingsDep, StoreDep
-from controller.api.errors import unprocessable
-from controller.api.schemas import OverrideRequest, RouteView, ShadowRequest
+from controller.api.errors import error_responses
+from controller.api.schemas import OverrideRequest, OverrideView, PinPlan, RouteView, ShadowRequest
+from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.settings import Settings
 from meshcore import RouteRef, Weights
@@ -38,16 +45,22 @@ def require_leader(loop: LoopDep) -> None:
 router = APIRouter(
     prefix="/routes/{ns}/{vs}/{route}",
     tags=["overrides"],
+    route_class=OperatorRoute,
     dependencies=[Depends(require_operator), Depends(require_leader)],
-    responses={
-        401: {"description": "no or a wrong bearer token"},
-        404: {"description": "the route is not managed"},
-        409: {
-            "description": "this replica is a follower, or the route's subsets are not known yet"
+    responses=error_responses(
+        401,
+        404,
+        409,
+        422,
+        503,
+        why={
+            404: "the route is not managed",
+            409: "this replica is a follower, or the route's subsets are not known yet",
         },
-        413: {"description": "the request body is larger than the API accepts"},
-    },
+    ),
 )
+_BODY_ERRORS = error_responses(400)
+"""Only the controls with a body can meet an unparseable one."""
 
 
 def _subsets(route: RouteRef, loop: ControlLoop, settings: Settings) -> tuple[str, ...]:
@@ -72,7 +85,129 @@ def _brief(names: list[str], most: int = 5, chars: int = 40) -> str:
     return f"{shown}{more}"
 
 
-@router.post("/override", summary="Pin weights until ttl_s from now")
+def _problem(field: str, msg: str) -> dict[str, object]:
+    return {"loc": ("body", field), "msg": msg, "type": "value_error", "input": None}
+
+
+def min_ttl_s(loop: ControlLoop, settings: Settings) -> float:
+    """The shortest pin (s, on the loop's clock): one control interval. `tick_s` is wall
+    time; with ``mesh: sim`` the loop's clock is simulated time, `sim.speed` times faster."""
+    speed = settings.sim.speed if settings.mesh == "sim" else 1.0
+    return loop.tick_s * speed
+
+
+def _ttl_problems(ttl_s: float, loop: ControlLoop, settings: Settings) -> list[dict[str, object]]:
+    """TTL bounds that need the deployment: one control interval at least (s), so the pin
+    outlives the next tick that writes it, and `api.max_override_ttl_s` at most (s)."""
+    shortest = min_ttl_s(loop, settings)
+    longest = settings.api.max_override_ttl_s
+    if ttl_s < shortest:
+        interval = "tick_s"
+        if shortest != loop.tick_s:
+            interval = f"tick_s {loop.tick_s:g} s at sim.speed {settings.sim.speed:g}"
+        return [
+            _problem(
+                "ttl_s",
+                f"ttl_s must be at least {shortest:g} s, one control interval ({interval}): a "
+                f"shorter pin could expire before a tick writes it; got {ttl_s:g}",
+            )
+        ]
+    if ttl_s > longest:
+        return [
+            _problem(
+                "ttl_s",
+                f"ttl_s must be at most {longest:g} s (api.max_override_ttl_s), got {ttl_s:g}",
+            )
+        ]
+    return []
+
+
+def _weight_problems(
+    body: OverrideRequest, route: RouteRef, subsets: tuple[str, ...]
+) -> list[dict[str, object]]:
+    """Names in `body.weights` that the route lacks, and (without ``others_zero``) subsets
+    of the route that the body does not name."""
+    unknown = sorted(set(body.weights) - set(subsets))
+    if unknown:
+        return [
+            _problem(
+                "weights",
+                f"unknown subsets {_brief(unknown)} for route {route.key}; its subsets are "
+                f"{list(subsets)}",
+            )
+        ]
+    missing = [s for s in subsets if s not in body.weights]
+    if missing and not body.others_zero:
+        return [
+            _problem(
+                "weights",
+                f"weights must name every subset of route {route.key}; missing {missing}: "
+                "give them their points (0 included) or set others_zero: true",
+            )
+        ]
+    return []
+
+
+def next_tick(loop: ControlLoop) -> tuple[datetime | None, float | None]:
+    """(UTC wall time, seconds from now) of the loop's next tick: the scheduler's next run
+    when started, else one interval after the last tick (hand-driven loops, tests)."""
+    now = datetime.now(UTC)
+    job = loop.job
+    at: datetime | None = getattr(job, "next_run_time", None) if job is not None else None
+    if at is not None:
+        return at, max(0.0, (at - now).total_seconds())
+    age_s = loop.last_tick_age_s()
+    if age_s is None:
+        return None, None
+    wait_s = max(0.0, loop.tick_s - age_s)
+    return now + timedelta(seconds=wait_s), wait_s
+
+
+def _plan(
+    route: RouteRef, weights: Weights, until_s: float, loop: ControlLoop, guard: Guard
+) -> PinPlan:
+    """What the next tick does with a pin, by the guard's precedence (paused, then shadow,
+    then the pin) and the route's state."""
+    state = loop.route_status(route)
+    controls = guard.controls(route)
+    at, in_s = next_tick(loop)
+    when = f"at the next tick, in {in_s:.1f} s" if in_s is not None else "at the next tick"
+    if state.failed is not None:
+        phase, writes, at, in_s = "failed", False, None, None
+        detail = (
+            f"the route failed ({state.failed}); the pin is written if the route recovers "
+            "before the pin expires"
+        )
+    elif controls.paused:
+        phase, writes = "paused", False
+        detail = "the route is paused: the pin is kept but not written until resumed"
+    elif controls.shadow or loop.mode == "shadow":
+        phase, writes = "shadow", False
+        detail = (
+            "the route is in shadow: the pin is recorded as what would be written, never written"
+        )
+    elif state.weights is not None and state.weights.as_dict() == weights.as_dict():
+        phase, writes = "overridden", False
+        detail = "the pinned weights are already in place: nothing to write"
+    else:
+        phase, writes = "overridden", True
+        detail = f"written whole {when}, without step limit"
+    return PinPlan(
+        weights=weights.as_dict(),
+        until_s=until_s,
+        applies_at=at,
+        applies_in_s=in_s,
+        phase=phase,
+        writes=writes,
+        detail=detail,
+    )
+
+
+@router.post(
+    "/override",
+    summary="Pin weights until ttl_s from now; the answer says when and how it applies",
+    responses=_BODY_ERRORS,
+)
 def override(
     body: OverrideRequest,
     route: RouteDep,
@@ -80,26 +215,23 @@ def override(
     guard: GuardDep,
     store: StoreDep,
     settings: SettingsDep,
-) -> RouteView:
-    max_ttl_s = settings.api.max_override_ttl_s
-    if body.ttl_s > max_ttl_s:
-        unprocessable(
-            ("body", "ttl_s"),
-            f"ttl_s must be at most {max_ttl_s:g} s (api.max_override_ttl_s), got {body.ttl_s:g}",
-            body.ttl_s,
-        )
-    subsets = _subsets(route, loop, settings)
-    unknown = sorted(set(body.weights) - set(subsets))
-    if unknown:
-        unprocessable(
-            ("body", "weights"),
-            f"unknown subsets {_brief(unknown)} for route {route.key}; its subsets are "
-            f"{list(subsets)}",
-            body.weights,
-        )
+) -> OverrideView:
+    problems = _ttl_problems(body.ttl_s, loop, settings)
+    try:
+        subsets = _subsets(route, loop, settings)
+    except HTTPException:
+        if problems:  # what can be told now is told, rather than a 409 then a 422
+            raise RequestValidationError(problems) from None
+        raise
+    problems += _weight_problems(body, route, subsets)
+    if problems:
+        raise RequestValidationError(problems)
     weights = Weights(subsets, [body.weights.get(s, 0) for s in subsets])
-    guard.pin(route, weights, loop.now() + body.ttl_s)
-    return RouteView.build(route, loop=loop, guard=guard, store=store)
+    until_s = loop.now() + body.ttl_s
+    guard.pin(route, weights, until_s)
+    view = RouteView.build(route, loop=loop, guard=guard, store=store)
+    plan = _plan(route, weights, until_s, loop, guard)
+    return OverrideView(**view.model_dump(), pin_plan=plan)
 
 
 @router.delete("/override", summary="Drop the pin; the policy resumes, step-limited")
@@ -120,7 +252,11 @@ def resume(route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep) -> 
     return RouteView.build(route, loop=loop, guard=guard, store=store)
 
 
-@router.post("/shadow", summary="Put the route in shadow (decide, record, never write) or not")
+@router.post(
+    "/shadow",
+    summary="Put the route in shadow (decide, record, never write) or not",
+    responses=_BODY_ERRORS,
+)
 def shadow(
     body: ShadowRequest, route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep
 ) -> RouteView:

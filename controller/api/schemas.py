@@ -6,6 +6,7 @@ production, simulated time with ``mesh: sim``).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -26,10 +27,34 @@ class _Body(BaseModel):
 
 
 class OverrideRequest(_Body):
-    """Pin a route's weights for `ttl_s` seconds; subsets not named get 0."""
+    """Pin a route's weights for `ttl_s` seconds.
 
-    weights: dict[str, Points] = Field(min_length=1, examples=[{"stable": 90, "canary": 10}])
-    ttl_s: float = Field(gt=0, allow_inf_nan=False, strict=True, examples=[600])
+    `weights` names every subset of the route (0 is a value like any other), unless
+    `others_zero` is true: a pin that silently zeroed a forgotten subset could drain a version
+    nobody meant to touch, so leaving one out must be said out loud.
+    """
+
+    weights: dict[str, Points] = Field(
+        min_length=1,
+        examples=[{"stable": 90, "canary": 10}],
+        description="points per subset (integers 0..100 summing to 100); every subset of the "
+        "route unless others_zero is true",
+    )
+    ttl_s: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        examples=[600],
+        description="how long the pin holds (s, on the loop's clock): at least one control "
+        "interval (tick_s, else it could expire before a tick writes it), at most "
+        "api.max_override_ttl_s",
+    )
+    others_zero: bool = Field(
+        default=False,
+        strict=True,
+        description="true: subsets not named in weights get 0 points; false (default): "
+        "weights must name every subset of the route",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -136,6 +161,59 @@ class RouteView(BaseModel):
             verify=VerifyView.of(status.verify),
             last_decision=DecisionView.of(last) if last is not None else None,
         )
+
+
+class PinPlan(BaseModel):
+    """What the loop will do with a pin just set, so the operator need not guess.
+
+    The API only records the pin; the loop's next tick reviews it (`controller.guard`) and,
+    unless the route is paused or in shadow, writes it at once, whole, without step limit.
+    """
+
+    weights: dict[str, int] = Field(description="the pinned split, every subset (points)")
+    until_s: float = Field(description="the pin expires at this time (s, the loop's clock)")
+    applies_at: datetime | None = Field(
+        description="UTC wall time (ISO 8601) of the next tick, which reviews the pin at the "
+        "latest; null when the route failed (its next check is not scheduled by the clock)"
+    )
+    applies_in_s: float | None = Field(
+        description="seconds from this answer to applies_at (>= 0); null with applies_at"
+    )
+    phase: str = Field(
+        description="the phase that tick gives the route: overridden, or paused / shadow "
+        "(the pin is kept but not written), or failed"
+    )
+    writes: bool = Field(
+        description="whether that tick writes the pinned weights (false when paused, in "
+        "shadow, failed, or already in place)"
+    )
+    detail: str = Field(description="the same in words")
+
+
+class OverrideView(RouteView):
+    """The route after a pin, with `pin_plan`: when and how the pin takes effect."""
+
+    pin_plan: PinPlan
+
+
+class ErrorBody(BaseModel):
+    """Every error but a 422: one sentence saying what is wrong (never the request body)."""
+
+    detail: str
+
+
+class Problem(BaseModel):
+    """One problem of an invalid request: where (``["body", "ttl_s"]``) and what."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422: every problem found, with where and what; the input is never echoed."""
+
+    detail: list[Problem]
 
 
 class HealthView(BaseModel):

@@ -298,7 +298,9 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP (not 0): asyncio turns Nagle off only on sockets it sees created as TCP,
+    # and Nagle with delayed ACKs holds every small API answer ~40 ms.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

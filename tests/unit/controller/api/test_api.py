@@ -6,102 +6,50 @@ limit, rejects a malformed route key, serves one decision by id and 404s an unkn
 swapped-in store (dependency override) is what the handlers read, and a busy store is a 503;
 override validation — sum, non-integers, range, unknown subsets, TTL bounds, extra keys — is a
 422 naming the field and the problem; a valid override is applied at the next tick, subsets
-not named get 0, and DELETE drops it; subsets not known yet is a 409; pause, resume and shadow
-take effect at the next tick; a follower refuses every control with a 409 naming the leader
-but still serves reads; /healthz, /readyz (503 before the first tick, then 200 with
-leader status and whether the last tick observed); /metrics is Prometheus text with our
-series; the OpenAPI docs are served.
+not named get 0 when it says others_zero, and DELETE drops it; subsets not known yet is a
+409; pause, resume and shadow take effect at the next tick; a follower refuses every control
+with a 409 naming the leader but still serves reads; /healthz, /readyz (503 before the first
+tick, then 200 with leader status and whether the last tick observed); /metrics is Prometheus
+text with our series; the OpenAPI docs are served.
 Authentication: every control without the operator's bearer token (none, a wrong one, another
 scheme) is a 401 that changes nothing, checked before the follower's 409; reads need no token;
 the OpenAPI schema declares the bearer scheme; the token file is created once (owner-only) and
 read again, and a short token is refused. Hostile input: NaN, Infinity and 1e999 in a body, a
 ``true`` TTL and a decision id past 64 bits are 422s; no 422 echoes its input; a body over the
-cap is a 413 whether its length is declared or streamed.
+cap is a 413 whether its length is declared or streamed. More in ``test_overrides.py`` (pins),
+``test_hostile.py``, ``test_docs.py``, ``test_openapi_contract.py`` and
+``test_schemathesis.py``; the shared controller is in ``support.py``.
 """
 
 from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from agents.registry import make_policy
 from controller.api.app import create_app
 from controller.api.auth import MIN_TOKEN_CHARS, ensure_token_file, read_token
 from controller.api.deps import get_loop, get_store
 from controller.api.limits import MAX_BODY_BYTES
 from controller.guard import Guard, GuardConfig
-from controller.loop import ControlLoop
-from controller.settings import Settings, load_settings
-from controller.store import DecisionStore
-from envs.simulator.realtime import RealtimeSimulatedMesh, route_for
+from controller.settings import load_settings
+from controller.store import DecisionRecord, DecisionStore
+from envs.simulator.realtime import RealtimeSimulatedMesh
 from envs.simulator.scenario import load_scenario
 from meshcore import ConfigError, TemporaryError, largest_remainder
-
-CANARY = route_for("degraded-canary")
-STEADY = route_for("steady-80")
-CANARY_PATH = "/routes/lirmm-services/degraded-canary/default"
-STEADY_PATH = "/routes/lirmm-services/steady-80/default"
-TOKEN = "operator-token-for-the-tests"
-OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@dataclass
-class Controller:
-    mesh: RealtimeSimulatedMesh
-    loop: ControlLoop
-    guard: Guard
-    store: DecisionStore
-    settings: Settings
-    client: TestClient
-
-    def tick(self, n: int = 1) -> None:
-        for _ in range(n):
-            self.mesh.advance()
-            self.loop.tick()
-
-
-def build_loop(
-    mesh: RealtimeSimulatedMesh,
-    guard: Guard,
-    store: DecisionStore,
-    *,
-    writer_id: str = "pod-test",
-    leader: object = None,
-) -> ControlLoop:
-    return ControlLoop(
-        observer=mesh,
-        actuator=mesh,
-        policy=make_policy("proportional"),
-        guard=guard,
-        store=store,
-        routes=mesh.routes,
-        clock=mesh.clock,
-        slo_ms=250.0,
-        writer_id=writer_id,
-        verify_after_s=30.0,
-        verify_tolerance=10.0,
-        leader=leader,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def ctl() -> Iterator[Controller]:
-    mesh = RealtimeSimulatedMesh.from_scenarios(
-        scenarios=[load_scenario("degraded-canary"), load_scenario("steady-80")], seed=3
-    )
-    guard = Guard(GuardConfig(max_step=10))
-    store = DecisionStore(":memory:")
-    settings = load_settings(api={"max_override_ttl_s": 3600})
-    loop = build_loop(mesh, guard, store)
-    app = create_app(settings=settings, loop=loop, store=store, guard=guard, api_token=TOKEN)
-    with TestClient(app, headers=OPERATOR) as client:
-        yield Controller(mesh, loop, guard, store, settings, client)
-    store.close()
+from tests.unit.controller.api.support import (
+    CANARY,
+    CANARY_PATH,
+    OPERATOR,
+    STEADY,
+    STEADY_PATH,
+    TOKEN,
+    Controller,
+    build_loop,
+)
 
 
 def errors_of(response: object) -> list[tuple[list[object], str]]:
@@ -163,14 +111,14 @@ def test_decisions_by_route_limit_and_id(ctl: Controller) -> None:
 def test_handlers_read_the_store_they_are_given(ctl: Controller) -> None:
     ctl.tick(2)
     empty = DecisionStore(":memory:")
-    ctl.client.app.dependency_overrides[get_store] = lambda: empty  # type: ignore[attr-defined]
+    ctl.app.dependency_overrides[get_store] = lambda: empty
     assert ctl.client.get("/decisions").json() == []
 
     class Busy(DecisionStore):
-        def latest(self, route: object = None, limit: int = 50) -> list[object]:  # type: ignore[override]
+        def latest(self, route: object = None, limit: int = 50) -> list[DecisionRecord]:
             raise TemporaryError("decision store: database is locked")
 
-    ctl.client.app.dependency_overrides[get_store] = lambda: Busy(":memory:")  # type: ignore[attr-defined]
+    ctl.app.dependency_overrides[get_store] = lambda: Busy(":memory:")
     busy = ctl.client.get("/decisions")
     assert busy.status_code == 503 and "database is locked" in busy.json()["detail"]
 
@@ -207,11 +155,12 @@ def test_override_is_applied_next_tick_and_can_be_dropped(ctl: Controller) -> No
     ctl.tick()
     now = ctl.loop.now()
     response = ctl.client.post(
-        f"{STEADY_PATH}/override", json={"weights": {"v1": 20, "v3": 80}, "ttl_s": 600}
+        f"{STEADY_PATH}/override",
+        json={"weights": {"v1": 20, "v3": 80}, "ttl_s": 600, "others_zero": True},
     )
     assert response.status_code == 200
     controls = response.json()["controls"]
-    assert controls["pin"] == {"v1": 20, "v2": 0, "v3": 80}  # subsets not named get 0
+    assert controls["pin"] == {"v1": 20, "v2": 0, "v3": 80}  # others_zero: v2 gets 0
     assert controls["pin_until_s"] == pytest.approx(now + 600)
     ctl.tick()
     route = ctl.client.get(STEADY_PATH).json()
@@ -367,7 +316,7 @@ def test_every_control_without_the_token_is_a_401_that_changes_nothing(
         assert response.status_code == 401, (path, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         assert "api.token_file" in response.json()["detail"]
-    controls = ctl.guard.controls(route_for(load_scenario("steady-80")))
+    controls = ctl.guard.controls(STEADY)
     assert controls.pin is None and not controls.paused and not controls.shadow
     assert anonymous.get(STEADY_PATH).status_code == 200
     assert anonymous.get("/decisions").status_code == 200
