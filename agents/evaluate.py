@@ -24,6 +24,9 @@ seeds, JSON ``null`` where a value is undefined):
  requests                     mean requests per episode
  seeds, duration_s            which seeds ran, simulated seconds per episode
  per_seed                     every metric per seed, in `seeds` order (for paired tests)
+ as_served                    true when the policy ran as served (a `Gate` between its
+                              proposals and the writes, see `run_evaluation`'s `setup`),
+                              false when its proposals were written as they came
 ============================  ===============================================================
 """
 
@@ -45,10 +48,11 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from agents.registry import make_policy
-from agents.rollout import EpisodeTrace, run_episode
+from agents.rollout import EpisodeTrace, Gate, Setup, run_episode
 from envs.simulator.engine import EpisodeSummary
 from envs.simulator.scenario import SUITE_DIR, Scenario, ScenarioError, load_scenario
 from meshcore.errors import ConfigError
+from meshcore.ports import Policy
 
 METRICS = ("bad_fraction", "p99_ms", "mean_ms", "error_rate", "churn")
 """Per-episode scores aggregated over seeds, in report order."""
@@ -58,13 +62,15 @@ ORACLE = "oracle"
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    """One policy on one scenario with one seed; `trace` only when asked for (plots)."""
+    """One policy on one scenario with one seed; `trace` only when asked for (plots);
+    `as_served` when a gate reviewed its proposals."""
 
     scenario: str
     policy: str
     seed: int
     summary: EpisodeSummary
     trace: EpisodeTrace | None = None
+    as_served: bool = False
 
 
 # ---- scenarios ------------------------------------------------------------------------------
@@ -108,10 +114,16 @@ def resolve_scenarios(specs: Sequence[str], *, duration_s: float | None = None) 
 
 
 # ---- running --------------------------------------------------------------------------------
-def _run_one(task: tuple[Scenario, str, int, bool]) -> EpisodeResult:
-    scenario, policy_name, seed, want_trace = task
-    summary, trace = run_episode(scenario, make_policy(policy_name), seed=seed, trace=want_trace)
-    return EpisodeResult(scenario.name, policy_name, seed, summary, trace)
+def raw_setup(name: str) -> tuple[Policy, Gate | None]:
+    """The default `Setup`: the named policy alone, every proposal written as it comes."""
+    return make_policy(name), None
+
+
+def _run_one(task: tuple[Scenario, str, int, bool, Setup]) -> EpisodeResult:
+    scenario, policy_name, seed, want_trace, setup = task
+    policy, gate = setup(policy_name)
+    summary, trace = run_episode(scenario, policy, seed=seed, trace=want_trace, gate=gate)
+    return EpisodeResult(scenario.name, policy_name, seed, summary, trace, gate is not None)
 
 
 def run_evaluation(
@@ -122,21 +134,25 @@ def run_evaluation(
     workers: int = 1,
     trace_seed: int | None = None,
     progress: bool = False,
+    setup: Setup = raw_setup,
 ) -> list[EpisodeResult]:
     """Run every (scenario, policy, seed) episode; traces are kept for `trace_seed` only.
 
     Policies are checked (built once) before anything runs, so a bad name fails fast with
     `ConfigError`. `workers` > 1 spreads episodes over processes (spawned, so nothing but
-    the arguments is shared); results come back in task order either way.
+    the arguments is shared); results come back in task order either way. `setup` builds a
+    fresh policy and gate for every episode from the name the user gave (default
+    `raw_setup`: no gate); with workers it must be a module-level function, so that it
+    pickles (e.g. ``meshpilot.served.served_setup``, the policy as `meshpilot serve` runs it).
     """
     if not policies:
         raise ConfigError("no policies given")
     if not seeds:
         raise ConfigError("no seeds given")
     for name in dict.fromkeys(policies):
-        make_policy(name)
+        setup(name)
     tasks = [
-        (sc, pol, seed, seed == trace_seed)
+        (sc, pol, seed, seed == trace_seed, setup)
         for sc in scenarios
         for pol in policies
         for seed in seeds
@@ -210,6 +226,7 @@ def summarize(
             entry["seeds"] = [r.seed for r in runs]
             entry["duration_s"] = sc.duration_s
             entry["per_seed"] = per_seed
+            entry["as_served"] = all(r.as_served for r in runs)
             entries[pol] = entry
         oracle = entries.get(ORACLE)
         if oracle is not None:

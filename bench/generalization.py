@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluate import resolve_scenarios, run_evaluation, summarize
+from agents.evaluate import raw_setup, resolve_scenarios, run_evaluation, summarize
 from envs.simulator.generator import sample_scenario, seed_range
-from envs.simulator.scenario import Scenario
+from envs.simulator.scenario import Scenario, suite_paths
+from meshpilot.served import served_setup
 
 CLASSIC = ("equal", "proportional", "sqrt", "greedy", "canary", "ewma")
 """Fixed rules people use today: the yardstick of 'never much worse than a simple rule'."""
@@ -140,24 +141,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     p.add_argument("--floor", type=float, default=1e-4, help="bad-fraction floor of ratios")
     p.add_argument("--out", type=Path, help="write the per-scenario report as JSON here")
+    p.add_argument(
+        "--as-served",
+        action="store_true",
+        help="run every policy as `meshpilot serve` does (supervisor + default guard; the "
+        "oracles stay raw), see meshpilot.served",
+    )
     args = p.parse_args(argv)
+    setup = served_setup if args.as_served else raw_setup
     policies = [x for x in args.policies.split(",") if x]
     first = seed_range(args.range).start
     generated = [sample_scenario(first + i) for i in range(args.count)]
     started = time.monotonic()
     results = run_evaluation(
-        generated, policies, list(range(args.seeds)), workers=args.workers, progress=True
+        generated,
+        policies,
+        list(range(args.seeds)),
+        workers=args.workers,
+        progress=True,
+        setup=setup,
     )
     report = summarize(results, generated, policies)
     out: dict[str, Any] = {"command": " ".join(sys.argv), "generated": report}
+    out["as_served"] = args.as_served
     out["generated_summary"] = describe(
         f"{args.range} range, seeds {first}..{first + args.count - 1}, {args.seeds} sim seeds",
         generated, report, policies, args.floor,
     )  # fmt: skip
     if args.suite_seeds > 0:
-        suite = resolve_scenarios([])
+        suite = resolve_scenarios([str(p) for p in suite_paths()])
         results = run_evaluation(
-            suite, policies, list(range(args.suite_seeds)), workers=args.workers, progress=True
+            suite,
+            policies,
+            list(range(args.suite_seeds)),
+            workers=args.workers,
+            progress=True,
+            setup=setup,
         )
         suite_report = summarize(results, suite, policies)
         out["suite"] = suite_report

@@ -7,6 +7,7 @@ import sys
 
 from agents.evaluate import (
     format_table,
+    raw_setup,
     resolve_scenarios,
     run_evaluation,
     summarize,
@@ -14,8 +15,15 @@ from agents.evaluate import (
     write_plots,
 )
 from agents.registry import policy_names
+from agents.rollout import Setup
 from envs.simulator.scenario import SUITE_DIR
 from meshpilot.commands.arg_types import non_negative_int, positive_float, positive_int
+from meshpilot.served import is_yardstick, served_setup
+
+AS_SERVED_NOTE = (
+    "as served: every policy ran behind the supervisor and the guard with serve's default "
+    "settings{raw}"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,6 +89,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="N",
         help="worker processes for episodes (default 1; results do not depend on it)",
     )
+    p.add_argument(
+        "--as-served",
+        action="store_true",
+        help=(
+            "run every policy as `meshpilot serve` runs it with default settings: behind the "
+            "supervisor (unless named supervised:...) and the guard (max_step, min_change, "
+            "hold on stale data; no pins), on the simulator's clock; the oracles stay raw "
+            "(yardsticks). Report names stay as given; each entry says as_served"
+        ),
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=run)
 
@@ -89,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     scenarios = resolve_scenarios(args.scenarios or [str(SUITE_DIR)], duration_s=args.duration_s)
     policies = list(dict.fromkeys(args.policy))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    setup: Setup = served_setup if args.as_served else raw_setup
     results = run_evaluation(
         scenarios,
         policies,
@@ -96,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         trace_seed=seeds[0] if args.plots else None,
         progress=not args.quiet,
+        setup=setup,
     )
     report = summarize(results, scenarios, policies)
     if args.out:
@@ -103,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plots:
         write_plots(report, results, args.plots)
     print(format_table(report))
+    if args.as_served:
+        raw = [p for p in policies if is_yardstick(p)]
+        print(AS_SERVED_NOTE.format(raw=f" ({', '.join(raw)}: raw yardsticks)" if raw else ""))
     if args.out:
         print(f"\nreport: {args.out}", file=sys.stderr)
     return 0

@@ -11,7 +11,11 @@ Cases:
 - the CLI exits 2 with one clear line for an unknown scenario, a malformed scenario file, an
   unknown policy, and a duration shorter than a control step;
 - every registered policy name builds a policy of that name; ``ppo:PATH`` with a missing file
-  or no path is a ConfigError naming it.
+  or no path is a ConfigError naming it;
+- ``--as-served``: every entry keeps the name given and says ``as_served`` (false for the
+  oracle, a raw yardstick, and for every entry of a raw run); the table says how they ran;
+  as-served results with 2 worker processes equal those with 1, and a jittery policy (ewma) churns
+  less as served than raw.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from agents.registry import make_policy, policy_names
 from envs.simulator.scenario import ScenarioError, suite_paths
 from meshcore.errors import ConfigError
 from meshpilot.cli import main
+from meshpilot.served import served_setup
 
 SHORT = "30"
 
@@ -190,3 +195,32 @@ def test_registry_builds_every_named_policy() -> None:
 def test_registry_ppo_path_errors_are_config_errors(name: str) -> None:
     with pytest.raises(ConfigError, match=r"ppo|model"):
         make_policy(name)
+
+
+def test_as_served_report_keeps_names_and_says_how_each_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, raw = _run_cli(tmp_path / "raw")
+    assert code == 0
+    code, served = _run_cli(tmp_path / "served", "--as-served")
+    assert code == 0
+    assert "as served:" in capsys.readouterr().out
+    for scenario, entries in served.items():
+        assert list(entries) == ["proportional", "oracle"]
+        assert entries["proportional"]["as_served"] is True
+        assert entries["oracle"]["as_served"] is False
+        assert entries["oracle"]["per_seed"] == raw[scenario]["oracle"]["per_seed"]
+        assert all(e["as_served"] is False for e in raw[scenario].values())
+        assert set(entries["proportional"]) == set(raw[scenario]["proportional"])
+
+
+def test_as_served_results_do_not_depend_on_workers() -> None:
+    scenarios = resolve_scenarios(["latency-spike"], duration_s=60.0)
+    policies = ["ewma", "supervised:equal", "oracle"]
+    one = run_evaluation(scenarios, policies, [0, 1], setup=served_setup)
+    two = run_evaluation(scenarios, policies, [0, 1], setup=served_setup, workers=2)
+    assert [r.as_served for r in one] == [True, True, True, True, False, False]
+    served = summarize(one, scenarios, policies)
+    assert served == summarize(two, scenarios, policies)
+    raw = summarize(run_evaluation(scenarios, ["ewma"], [0, 1]), scenarios, ["ewma"])
+    assert served["latency-spike"]["ewma"]["churn"] < raw["latency-spike"]["ewma"]["churn"]
