@@ -57,6 +57,8 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/reaction_bound.py --seeds 10
 	$(PY) bench/policy_suite.py --seeds 10
 	$(PY) bench/policy_suite.py --seeds 20 --first-seed 100 --out runs/bench/policy_suite_held_out.json
+	$(PY) bench/least_request_fit.py
+	$(PY) bench/generalization.py --count 200 --seeds 2 --suite-seeds 10 --workers 2 --policies supervised:ppo,ppo,planner,oracle,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

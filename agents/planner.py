@@ -24,7 +24,10 @@ time constant `recovery_s`, so traffic returns to it after a fault ends and is c
 fault is still there. Without capacity hints the model has no scale: the planner then writes
 the square-root rule's split (`agents.baselines.SqrtPolicy`). To keep a settled route still,
 the current split is kept unless the new one lowers the modelled bad fraction by more than
-`min_gain` (relative) and `min_gain_abs` (absolute).
+`min_gain` (relative) and `min_gain_abs` (absolute). The model is only as good as its estimates,
+so the objective also pulls each share toward the square-root split of the estimated
+capacities (`pull` x squared share distance): a hedge that the model overrides only for a
+clear gain (a failing or overloaded version).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.baselines import SqrtPolicy, route_rps
+from agents.baselines import SqrtPolicy, route_rps, sqrt_shares
 from agents.queueing import cost_table, min_plus_split, slow_probability
 from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, SubsetStats, Weights
 
@@ -136,6 +139,16 @@ def fit_service_ms(capacity_rps: float, rate_rps: float, p99_ms: float) -> float
     return math.exp(lo)
 
 
+def anchor_penalty(capacity_rps: list[float], load_rps: float) -> np.ndarray:
+    """Per version and weight 0..100: squared distance of the share from the square-root
+    split of `capacity_rps` at `load_rps` (capacity-proportional where that rule does not
+    apply), the hedge that keeps a split near the rule unless the model sees a clear gain."""
+    total = math.fsum(capacity_rps)
+    shares = sqrt_shares(capacity_rps, load_rps) or [c / total for c in capacity_rps]
+    frac = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64) / WEIGHT_TOTAL
+    return np.asarray((frac[None, :] - np.asarray(shares)[:, None]) ** 2)
+
+
 def infer_health(
     capacity_rps: float, service_ms: float, rate_rps: float, slow_ratio: float, slo_ms: float
 ) -> float | None:
@@ -149,9 +162,7 @@ def infer_health(
 
     def slow(log_h: float) -> float:
         model = VersionModel(replicas, svc, 0.0, math.exp(log_h))
-        return float(
-            slow_probability(model, rate_rps, slo_ms=slo_ms, balancer="least_request")[0]
-        )
+        return float(slow_probability(model, rate_rps, slo_ms=slo_ms, balancer="least_request")[0])
 
     if slow(hi) >= slow_ratio:  # no slower than the model at its best health: no evidence
         return None
@@ -171,7 +182,9 @@ class PlannerPolicy:
 
     recovery_s: time constant (s) with which an unobserved version's estimates return to
     healthy; min_gain / min_gain_abs: how much lower (relative, absolute) the modelled bad
-    fraction of a new split must be before the current split is replaced.
+    fraction of a new split must be before the current split is replaced; pull: weight of the
+    squared distance from the square-root split (bad-fraction units per squared share; 0.03
+    chosen on 40 scenarios of the validation range against 0, 0.003 and 0.01).
     """
 
     name = "planner"
@@ -182,11 +195,13 @@ class PlannerPolicy:
         recovery_s: float = 120.0,
         min_gain: float = 0.1,
         min_gain_abs: float = 5e-5,
+        pull: float = 0.03,
         balancer: str = "least_request",
     ) -> None:
         self.recovery_s = recovery_s
         self.min_gain = min_gain
         self.min_gain_abs = min_gain_abs
+        self.pull = pull
         self.balancer = balancer
         self._routes: dict[RouteRef, _RouteState] = {}
         self._fallback = SqrtPolicy()
@@ -223,6 +238,8 @@ class PlannerPolicy:
             return current or self._fallback.decide(obs)
         models = [self.model(st.versions[n], c) for n, c in zip(obs.subsets, caps, strict=True)]
         cost = cost_table(models, rate, slo_ms=slo_ms, balancer=self.balancer)
+        if self.pull > 0:
+            cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
         best = min_plus_split(cost)
         if current is not None:
             rows = np.arange(len(models))
