@@ -127,7 +127,8 @@ def test_the_image_serves_the_sim_mesh_read_only_as_a_non_root_user(
         routes = get_json(port, "/routes")
         assert len(routes) == 3 and {r["phase"] for r in routes} <= {"active", "holding"}
         decision = wait_for("a decision", lambda: get_json(port, "/decisions?limit=1"), docker)[0]
-        assert decision["route"] in {r["key"] for r in routes} and decision["policy"] == "ppo"
+        assert decision["route"] in {r["key"] for r in routes}
+        assert decision["policy"] == "ppo+supervisor"
 
         assert docker.docker("exec", CONTAINER, "id", "-u").stdout.strip() == "10001"
         audit = docker.docker("exec", CONTAINER, "ls", "/var/lib/meshpilot").stdout.split()
