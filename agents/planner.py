@@ -51,6 +51,10 @@ FAULT_DROP = 0.7
 """A health estimate below this fraction of the current one is a fault, believed at once;
 smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split."""
 HEALTH_GAIN = 0.3
+SLOW_SATURATED = 0.9
+"""Slow ratios above this only say the version is saturated (health at most its rate over its
+nominal capacity), not by how much: the inversion reads them as this value, so one overloaded
+window does not drive the estimate to the floor and the split to the other extreme."""
 NOMINAL_BAND = (0.85, 1.2)
 """Health estimates within this band count as nominal (1): at high utilization the slow ratio
 of a healthy version swings by 10x from one window to the next."""
@@ -94,6 +98,8 @@ class _RouteState:
     versions: dict[str, VersionEstimate] = field(default_factory=dict)
     last_t_s: float = math.nan
     last_rps: float = math.nan
+    subsets: tuple[str, ...] = ()
+    bad_table: np.ndarray | None = None
 
 
 def _finite(x: float) -> bool:
@@ -238,6 +244,7 @@ class PlannerPolicy:
             return current or self._fallback.decide(obs)
         models = [self.model(st.versions[n], c) for n, c in zip(obs.subsets, caps, strict=True)]
         cost = cost_table(models, rate, slo_ms=slo_ms, balancer=self.balancer)
+        st.subsets, st.bad_table = obs.subsets, cost
         if self.pull > 0:
             cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
         best = min_plus_split(cost)
@@ -248,6 +255,15 @@ class PlannerPolicy:
             if now - new <= max(self.min_gain * now, self.min_gain_abs):
                 return current
         return Weights(obs.subsets, list(best))
+
+    def modelled_bad(self, route: RouteRef, weights: Weights) -> float:
+        """The modelled bad-request fraction (0..1) of `weights` on `route` at the estimates
+        of the last decision; NaN before the first one or for other versions."""
+        st = self._routes.get(route)
+        if st is None or st.bad_table is None or tuple(weights.subsets) != st.subsets:
+            return math.nan
+        rows = np.arange(len(st.subsets))
+        return float(st.bad_table[rows, list(weights.values_tuple)].sum())
 
     def model(self, est: VersionEstimate, capacity_rps: float) -> VersionModel:
         """The queueing model of a version with estimates `est` and nominal capacity (rps)."""
@@ -279,7 +295,8 @@ class PlannerPolicy:
                 est.service_ms = math.exp(est.log_service_sum / est.fits)
         if not (_finite(stats.slow_ratio) and _finite(est.service_ms)):
             return
-        observed = infer_health(cap, est.service_ms, rps, stats.slow_ratio, slo_ms)
+        slow = min(stats.slow_ratio, SLOW_SATURATED)
+        observed = infer_health(cap, est.service_ms, rps, slow, slo_ms)
         if observed is None:
             return
         if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:

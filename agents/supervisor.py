@@ -10,6 +10,8 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   `overload_slow` of its requests miss the SLO) or a 5xx outlier (error ratio at least
   `error_outlier` and three times the others' median), and the proposal gives it at least its
   current weight;
+  or its split's modelled bad fraction (the planner's queueing model at its estimates) is more
+  than `model_ratio` times the planner's own split's plus `model_margin`;
 * after `harm_ticks` harmful ticks in a row the route falls back: the fallback's split is
   written, and `last_note` says why (the live loop appends it to the decision's reason);
 * the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
@@ -57,6 +59,8 @@ class SupervisedPolicy:
         clear_ticks: int = 6,
         overload_slow: float = 0.25,
         error_outlier: float = 0.05,
+        model_ratio: float = 2.0,
+        model_margin: float = 0.005,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or PlannerPolicy()
@@ -66,6 +70,8 @@ class SupervisedPolicy:
         self.clear_ticks = clear_ticks
         self.overload_slow = overload_slow
         self.error_outlier = error_outlier
+        self.model_ratio = model_ratio
+        self.model_margin = model_margin
         self.last_note: str | None = None
         self._routes: dict[RouteRef, _RouteWatch] = {}
 
@@ -118,11 +124,25 @@ class SupervisedPolicy:
                     )
         return None
 
+    def modelled_harm(self, route: RouteRef, proposal: Weights, safe: Weights) -> str | None:
+        """Why `proposal` is much worse than the planner's `safe` split in the planner's model,
+        or None."""
+        mine = self.fallback.modelled_bad(route, proposal)
+        theirs = self.fallback.modelled_bad(route, safe)
+        if not (_finite(mine) and _finite(theirs)):
+            return None
+        if mine > self.model_ratio * theirs + self.model_margin:
+            return (
+                f"the split {proposal} is modelled at {mine:.1%} bad requests, "
+                f"the planner's {safe} at {theirs:.1%}"
+            )
+        return None
+
     def decide(self, obs: Observation) -> Weights:
         watch = self._routes.setdefault(obs.route, _RouteWatch())
         safe = self.fallback.decide(obs)
         proposal = self.primary.decide(obs)
-        why = self.harm(obs, proposal)
+        why = self.harm(obs, proposal) or self.modelled_harm(obs.route, proposal, safe)
         self.last_note = None
         if watch.mode == MODE_POLICY:
             watch.harmful = watch.harmful + 1 if why else 0

@@ -31,12 +31,20 @@ from typing import Any
 import numpy as np
 
 from agents.evaluate import raw_setup, resolve_scenarios, run_evaluation, summarize
+from agents.rollout import Gate
 from envs.simulator.generator import sample_scenario, seed_range
 from envs.simulator.scenario import Scenario, suite_paths
+from meshcore.ports import Policy
 from meshpilot.served import served_setup
 
 CLASSIC = ("equal", "proportional", "sqrt", "greedy", "canary", "ewma")
 """Fixed rules people use today: the yardstick of 'never much worse than a simple rule'."""
+
+
+def served_candidates(name: str) -> tuple[Policy, Gate | None]:
+    """`serve`'s wrapping for candidates; the classic rules stay raw: the question is whether
+    the served controller does worse than a rule as people run it (a static config)."""
+    return raw_setup(name) if name in CLASSIC else served_setup(name)
 
 
 def family(scenario: Scenario) -> str:
@@ -144,11 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--as-served",
         action="store_true",
-        help="run every policy as `meshpilot serve` does (supervisor + default guard; the "
-        "oracles stay raw), see meshpilot.served",
+        help="run the candidates as `meshpilot serve` does (supervisor + default guard, see "
+        "meshpilot.served); the yardsticks (oracle and the classic rules) stay raw",
     )
     args = p.parse_args(argv)
-    setup = served_setup if args.as_served else raw_setup
+    setup = served_candidates if args.as_served else raw_setup
     policies = [x for x in args.policies.split(",") if x]
     first = seed_range(args.range).start
     generated = [sample_scenario(first + i) for i in range(args.count)]

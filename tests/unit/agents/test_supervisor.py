@@ -47,7 +47,7 @@ def test_falls_back_on_a_failing_version_that_keeps_its_traffic_and_recovers() -
     weights: tuple[int, ...] = (60, 20, 20)
     modes: list[str] = []
     notes: list[str | None] = []
-    for k in range(30):
+    for k in range(150):  # the planner forgets the fault within minutes (its recovery_s)
         failing = 5 <= k < 12
         errors = [0.3 if failing else 0.001, 0.001, 0.001]
         weights = sup.decide(observe(5.0 * k, weights, errors)).values_tuple
