@@ -3,7 +3,8 @@
 # prometheus), kubectl (Debian package kubernetes-client: `kubectl kustomize` cross-checks the
 # manifests), a Docker engine and debootstrap (Debian packages docker.io and debootstrap: the
 # image is built and run on a local base), chromium (Debian package chromium: the dashboard's
-# browser test drives it headless through Playwright) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
+# browser test drives it headless through Playwright), shellcheck (Debian package shellcheck: the
+# scripts/ are linted in tests/unit/test_scripts.py) and kube-apiserver + etcd (built once from Debian's kubernetes source package,
 # cached outside the clone). Idempotent: a second run only checks. Under CI=true a missing
 # one fails its tests instead of skipping them (tests/conftest.py).
 set -euo pipefail
@@ -12,8 +13,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # command -> Debian package providing it
 declare -A packages=([prometheus]=prometheus [promtool]=prometheus [kubectl]=kubernetes-client
-  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [chromium]=chromium)
-commands=(prometheus promtool kubectl dockerd docker debootstrap chromium)
+  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [chromium]=chromium
+  [shellcheck]=shellcheck)
+commands=(prometheus promtool kubectl dockerd docker debootstrap chromium shellcheck)
 missing=()
 for cmd in "${commands[@]}"; do
   pkg="${packages[$cmd]}"

@@ -17,12 +17,19 @@ Cases:
   and Role are enough — and cannot delete the VirtualService;
 * the ConfigMap's settings load with the Deployment's environment, and agree with the
   Deployment (port, probes), the Role (Lease name) and the example VirtualService (route,
-  host, subsets).
+  host, subsets);
+* ``kubectl kustomize`` of the base and of each overlay (manifests/overlays/kind, prod) is
+  accepted by ``kubectl apply --dry-run=server`` on the real API server (kubectl validates core
+  kinds against the server's OpenAPI schema first, and that check does catch an unknown field),
+  nothing is persisted; the examples' Istio kinds pass the same dry run against Istio's CRDs.
+  The lab's API server is v1.20, which serves PodDisruptionBudget only as policy/v1beta1: the
+  prod overlay's policy/v1 PDB is sent as v1beta1 (same fields for what it uses).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import time
@@ -100,6 +107,7 @@ def test_kustomization_lists_every_base_file() -> None:
         "ConfigMap",
         "Deployment",
         "Service",
+        "NetworkPolicy",
     }
     assert all(
         d["metadata"].get("namespace") == NS for d in render_base() if d["kind"] != "Namespace"
@@ -413,3 +421,106 @@ def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
                 "networking.istio.io", "v1", NS, plural, "reviews"
             )
         assert ei.value.status == 403
+
+
+# -- kubectl kustomize of base and overlays, server-side dry run ------------------------------
+
+OVERLAYS = ("base", "overlays/kind", "overlays/prod")
+
+
+def kustomize(kubectl_bin: str, what: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [kubectl_bin, "kustomize", str(MANIFESTS / what)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def served_by(lab: KubeLab, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`docs` with a policy/v1 PodDisruptionBudget sent as policy/v1beta1 when the server has
+    no policy/v1 (Kubernetes < 1.21: the lab's v1.20); the fields the overlays use
+    (minAvailable, selector) are the same in both."""
+    if lab.request("GET", "/apis/policy/v1")[0] == 200:
+        return docs
+    out = []
+    for doc in docs:
+        if doc["apiVersion"] == "policy/v1" and doc["kind"] == "PodDisruptionBudget":
+            doc = dict(doc, apiVersion="policy/v1beta1")
+        out.append(doc)
+    return out
+
+
+def ensure_namespace(lab: KubeLab) -> None:
+    """A dry run cannot create the namespace its objects need: create it for real."""
+    if lab.request("GET", f"/api/v1/namespaces/{NS}")[0] != 200:
+        namespace = by_kind(render_base(), "Namespace")[0]
+        status, body = lab.request("POST", "/api/v1/namespaces", namespace)
+        assert status == 201, body
+
+
+def server_dry_run(
+    kubectl_bin: str, lab: KubeLab, docs: list[dict[str, Any]], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    return subprocess.run(
+        [
+            kubectl_bin,
+            "--kubeconfig",
+            str(lab.kubeconfig("admin")),
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("what", OVERLAYS)
+def test_kustomize_output_passes_a_server_side_dry_run(
+    what: str, kubectl_bin: str, istio_crds: Path, lab: KubeLab, tmp_path: Path
+) -> None:
+    assert lab.crds_file == istio_crds
+    ensure_namespace(lab)
+    docs = served_by(lab, kustomize(kubectl_bin, what))
+    result = server_dry_run(kubectl_bin, lab, docs, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == len(docs), result.stdout
+    assert all(line.endswith("(server dry run)") for line in lines), result.stdout
+    status, _ = lab.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/ai-controller")
+    assert status == 404, "a dry run persisted the Deployment"
+
+
+def test_server_dry_run_rejects_an_unknown_field(
+    kubectl_bin: str, lab: KubeLab, tmp_path: Path
+) -> None:
+    """The dry run above means something: kubectl's schema check refuses a typo."""
+    ensure_namespace(lab)
+    docs = kustomize(kubectl_bin, "overlays/kind")
+    deployment = copy.deepcopy(by_kind(docs, "Deployment")[0])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["imagePullPolicyy"] = container.pop("imagePullPolicy")
+    result = server_dry_run(kubectl_bin, lab, [deployment], tmp_path)
+    assert result.returncode != 0
+    assert "imagePullPolicyy" in result.stderr, result.stderr
+
+
+def test_examples_pass_a_server_side_dry_run_against_istio_crds(
+    kubectl_bin: str, istio_crds: Path, lab: KubeLab, tmp_path: Path
+) -> None:
+    assert lab.crds_file == istio_crds
+    ensure_namespace(lab)
+    docs = example_docs()
+    assert {d["kind"] for d in docs} == {"VirtualService", "DestinationRule"}
+    result = server_dry_run(kubectl_bin, lab, docs, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(docs), result.stdout
