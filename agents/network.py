@@ -10,26 +10,19 @@ the `.npz` files they come from is `agents.policy_file`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from agents.action_prior import (
-    ACTION_PRIORS,
-    apply_action_prior,
-    check_action_gain,
-    corrected_action,
-    prior_action,
-)
-from agents.obs_extensions import OBS_EXTENSIONS, TrendMemory, extension_size
+from agents.action_prior import apply_action_prior, corrected_action, prior_action
+from agents.obs_extensions import TrendMemory, extension_size
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
 from meshcore.model import Observation, Weights
 
-_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-}
+ACTIVATION = "tanh"
+"""The hidden layers' activation (SB3's ``activation_fn`` torch.nn.Tanh), as policy files
+record it (``activation``)."""
 
 
 class NumpyPolicy:
@@ -46,31 +39,15 @@ class NumpyPolicy:
         *,
         spec: FeatureSpec,
         layers: list[tuple[np.ndarray, np.ndarray]],
-        activation: str,
         obs_mean: np.ndarray,
         obs_var: np.ndarray,
         clip_obs: float,
         eps: float,
-        action_prior: str = "none",
-        obs_extension: str = "none",
-        action_gain: float = 1.0,
         source: str = "<memory>",
     ) -> None:
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(
-                f"{source}: unknown activation {activation!r}; known: {sorted(_ACTIVATIONS)}"
-            )
-        if action_prior not in ACTION_PRIORS:
-            raise ConfigError(f"{source}: unknown action prior {action_prior!r}")
         if not layers:
             raise ConfigError(f"{source}: the network has no layers")
-        if obs_extension not in OBS_EXTENSIONS:
-            raise ConfigError(f"{source}: unknown observation extension {obs_extension!r}")
-        try:
-            self.action_gain = check_action_gain(action_gain)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-        n_in = spec.obs_size + extension_size(spec, obs_extension)
+        n_in = spec.obs_size + extension_size(spec)
         width = n_in
         for i, (w, b) in enumerate(layers):
             if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[1] != width:
@@ -91,13 +68,9 @@ class NumpyPolicy:
         self.spec = spec
         self.source = source
         self._layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in layers]
-        self._act = _ACTIVATIONS[activation]
-        self.activation = activation
         self._mean = obs_mean.astype(np.float64)
         self._std = np.sqrt(obs_var.astype(np.float64) + eps)
         self._clip = float(clip_obs)
-        self.action_prior = action_prior
-        self.obs_extension = obs_extension
         self._memory = TrendMemory()
         self.last_raw_action: list[float] = []
 
@@ -114,7 +87,7 @@ class NumpyPolicy:
         for i, (w, b) in enumerate(self._layers):
             x = x @ w.T + b
             if i < last:
-                x = self._act(x)
+                x = np.tanh(x)
         return x
 
     def predict(self, obs_vec: np.ndarray) -> np.ndarray:
@@ -123,15 +96,12 @@ class NumpyPolicy:
 
     def action_for(self, obs_vec: np.ndarray) -> np.ndarray:
         """Network input (encoded, extended observation) -> the action `decode` receives."""
-        return apply_action_prior(
-            self.predict(obs_vec), obs_vec, self.spec, self.action_prior, self.action_gain
-        )
+        return apply_action_prior(self.predict(obs_vec), obs_vec, self.spec)
 
     def observation_action(self, obs: Observation) -> np.ndarray:
-        """`action_for` of the observation as this policy's network sees it (with the route's
-        previous tick for the extensions that use it, which it remembers)."""
-        vec = self._memory.extend(encode(obs, self.spec), obs, self.spec, self.obs_extension)
-        return self.action_for(vec)
+        """`action_for` of the observation as this policy's network sees it (extended with the
+        route's previous tick, which it remembers)."""
+        return self.action_for(self._memory.extend(encode(obs, self.spec), obs, self.spec))
 
     # ---- the Policy protocol -----------------------------------------------------------
     def decide(self, obs: Observation) -> Weights:
@@ -153,11 +123,9 @@ class EnsemblePolicy:
     """Several PPO policies trained alike from different seeds; writes the split of the mean
     of their actions (the logits `decode` receives).
 
-    Why: at 80-90 % load one weight point costs 10-25 % more bad requests, and each trained
-    network misses the teacher by a point or two in its own, seed-dependent places (measured:
-    the same recipe lands at 14 to 16 of issue #3's 18 claims depending on the seed). Averaging
-    independent errors shrinks them, the way bagging does, at the price of one more small
-    matrix product per member and tick.
+    Each trained network misses its teacher by a weight point or two in its own,
+    seed-dependent places; averaging independent errors shrinks them, the way bagging does,
+    at the price of one more small matrix product per member and tick.
     """
 
     name = "ppo"
@@ -173,33 +141,21 @@ class EnsemblePolicy:
         self.members = list(members)
         self.spec = members[0].spec
         self.source = members[0].source
-        self._memories = {m.obs_extension: TrendMemory() for m in members}
+        self._memory = TrendMemory()
         self.last_raw_action: list[float] = []
 
     def decide(self, obs: Observation) -> Weights:
         """The members' mean action. Encoding, the observation extension and the action prior
-        are the same for members that share them, so each is computed once per tick; only the
-        networks run per member (the same numbers as each member's `observation_action`)."""
-        encoded = encode(obs, self.spec)
-        vecs = {
-            ext: memory.extend(encoded, obs, self.spec, ext)
-            for ext, memory in self._memories.items()
-        }
-        priors: dict[tuple[str, str], tuple[np.ndarray, bool]] = {}
-        actions = []
-        for m in self.members:
-            vec = vecs[m.obs_extension]
-            key = (m.obs_extension, m.action_prior)
-            if key not in priors:
-                priors[key] = prior_action(vec, self.spec, m.action_prior)
-            actions.append(corrected_action(m.predict(vec), priors[key], m.action_gain))
-        action = np.mean(actions, axis=0)
+        are the same for every member, so each is computed once per tick; only the networks
+        run per member (the same numbers as each member's `observation_action`)."""
+        vec = self._memory.extend(encode(obs, self.spec), obs, self.spec)
+        prior = prior_action(vec, self.spec)
+        action = np.mean([corrected_action(m.predict(vec), prior) for m in self.members], axis=0)
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
     def reset(self) -> None:
         self.last_raw_action = []
-        for memory in self._memories.values():
-            memory.clear()
+        self._memory.clear()
         for m in self.members:
             m.reset()

@@ -1,82 +1,60 @@
-"""Observation extensions: inputs a PPO network sees besides `encode`'s vector.
+"""The observation extension: inputs a PPO network sees besides `encode`'s vector.
 
 Why a module of its own: training (`agents.training.wrappers.ExtendObservation`) and serving
 (`agents.network`) must build the same extended vector tick by tick, including the memory of a
-route's previous tick (`TrendMemory`); the feature layout of every extension (`extension_size`,
-the feature indices) is defined here once, with numpy only.
+route's previous tick (`TrendMemory`); its layout (`extension_size`, the feature indices) is
+defined here once, with numpy only.
+
+Layout of what `extend_observation` appends to `encode`'s vector (k = ``spec.max_subsets``):
+
+=====================  ======  ============================================================
+ block                  size    values
+=====================  ======  ============================================================
+ utilization            k + 1   per slot observed rps / capacity hint, then the route's
+ trend                  4k + 1  change since the last tick of the utilizations, then of each
+                                slot's `TREND_FEATURES` (weight, error ratio, slow ratio)
+ newest interval        2k      per slot newest-interval p99 / slo, then slow ratio
+ fast moving averages   3k + 1  utilizations and each slot's `EMA_FEATURES` (p99 / slo, slow
+                                ratio), newest tick weighted by ``EMA_ALPHAS[0]``
+ slow moving averages   3k + 1  the same with ``EMA_ALPHAS[1]``
+=====================  ======  ============================================================
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
-from meshcore.errors import ConfigError
 from meshcore.features import PER_SUBSET, FeatureSpec
 from meshcore.model import Observation
 
-OBS_EXTENSIONS = (
-    "none",
-    "utilization",
-    "utilization-trend",
-    "utilization-trend-ema",
-    "utilization-trend-ema2",
-    "utilization-trend-ema2-recent",
-)
-"""Extra inputs appended to `encode`'s vector (see `extend_observation`)."""
+OBS_EXTENSION = "utilization-trend-ema2-recent"
+"""The extension's name, as policy files record it (``obs_extension``)."""
 
 TREND_FEATURES = (2, 4, 6)
-"""`encode` per-slot entries whose change since the last tick "utilization-trend" appends:
-weight, error_ratio and slow_ratio (see `meshcore.features`). Not p99: a difference of
-two noisy p99 samples doubles their noise's variance, and slow_ratio, read from the same
-histogram, carries the latency news without it (measured: the same recipe with the p99 change
-met 15 and 14 of issue #3's claims, without it 15 and 16)."""
-
+"""`encode` per-slot entries whose change since the last tick the trend block holds: weight,
+error_ratio and slow_ratio (see `meshcore.features`)."""
 
 EMA_FEATURES = (5, 6)
-"""`encode` per-slot entries (p99/slo, slow_ratio) whose exponential moving average
-"utilization-trend-ema" appends, next to the averaged utilizations."""
+"""`encode` per-slot entries (p99/slo, slow_ratio) whose moving averages follow the averaged
+utilizations."""
 
-EMA_ALPHAS: dict[str, tuple[float, ...]] = {
-    "utilization-trend-ema": (0.2,),
-    "utilization-trend-ema2": (0.2, 0.05),
-    "utilization-trend-ema2-recent": (0.2, 0.05),
-}
-"""Weight of the newest tick in each moving average an extension appends: 0.2 is a time
-constant of ~5 ticks (25 s at the suite's 5 s step, on top of the 30 s rate window), 0.05 ~20
-ticks (100 s)."""
-
-_REMEMBERING = ("utilization-trend", *EMA_ALPHAS)
-"""Extensions that compare with the route's previous tick (`TrendMemory` keeps it)."""
-
-RECENT_EXTENSIONS = ("utilization-trend-ema2-recent",)
-"""Extensions that also append each slot's newest-interval p99/slo and slow ratio
-(`SubsetStats.recent_p99_ms`, `recent_slow_ratio`), before the moving averages."""
+EMA_ALPHAS = (0.2, 0.05)
+"""Weight of the newest tick in each moving average, one block each: 0.2 is a time constant of
+~5 ticks, 0.05 of ~20 ticks."""
 
 
-def extension_size(spec: FeatureSpec, extension: str) -> int:
-    """How many values `extend_observation` appends for `extension`."""
+def extension_size(spec: FeatureSpec) -> int:
+    """How many values `extend_observation` appends."""
     k = spec.max_subsets
-    if extension == "none":
-        return 0
-    if extension == "utilization":
-        return k + 1
-    if extension == "utilization-trend":
-        return 2 * (k + 1) + len(TREND_FEATURES) * k
-    if extension in EMA_ALPHAS:
-        averaged = (k + 1) + len(EMA_FEATURES) * k
-        recent = 2 * k if extension in RECENT_EXTENSIONS else 0
-        return (
-            2 * (k + 1) + len(TREND_FEATURES) * k + recent + len(EMA_ALPHAS[extension]) * averaged
-        )
-    raise ConfigError(f"unknown observation extension {extension!r}; known: {OBS_EXTENSIONS}")
+    averaged = (k + 1) + len(EMA_FEATURES) * k
+    return 2 * (k + 1) + len(TREND_FEATURES) * k + 2 * k + len(EMA_ALPHAS) * averaged
 
 
-def extension_low(spec: FeatureSpec, extension: str) -> float:
+def extension_low(spec: FeatureSpec) -> float:
     """Lower bound of every extended input: trends are changes, so they can be negative."""
-    return -spec.p99_clip if extension in _REMEMBERING else 0.0
+    return -spec.p99_clip
 
 
 def _utilization(obs: Observation, spec: FeatureSpec) -> np.ndarray:
@@ -151,22 +129,20 @@ def _averaged(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarra
     return values, _averaged_has_data(vec, spec)
 
 
-def _averages(
-    vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec, alphas: Sequence[float]
-) -> list[np.ndarray]:
-    """One block of moving averages per weight in `alphas` (newest tick's weight), each blended
-    into the same block of `previous` (this function's blocks end the previous vector, in
-    order). A slot without data keeps its average; one with no average yet (no previous tick,
-    or no data nor average before) starts from its value."""
+def _averages(vec: np.ndarray, previous: np.ndarray | None, spec: FeatureSpec) -> list[np.ndarray]:
+    """One block of moving averages per weight in `EMA_ALPHAS` (newest tick's weight), each
+    blended into the same block of `previous` (these blocks end the previous vector, in order).
+    A slot without data keeps its average; one with no average yet (no previous tick, or no
+    data nor average before) starts from its value."""
     now, has = _averaged(vec, spec)
     if previous is None or previous.shape[0] < vec.shape[0]:
-        return [np.where(has, now, 0.0) for _ in alphas]
+        return [np.where(has, now, 0.0) for _ in EMA_ALPHAS]
     size = now.size
     had = _averaged_has_data(previous, spec)
     had[spec.max_subsets] = False  # the route's average: started only if it is non-zero
-    first = previous.shape[0] - size * len(alphas)
+    first = previous.shape[0] - size * len(EMA_ALPHAS)
     out = []
-    for i, alpha in enumerate(alphas):
+    for i, alpha in enumerate(EMA_ALPHAS):
         before = previous[first + i * size : first + (i + 1) * size].astype(np.float64)
         started = had | (before != 0.0)
         blended = np.where(started, before + alpha * (now - before), now)
@@ -178,60 +154,42 @@ def extend_observation(
     vec: np.ndarray,
     obs: Observation,
     spec: FeatureSpec,
-    extension: str,
     previous: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`encode`'s vector plus the extension's values (float32).
+    """`encode`'s vector `vec` of `obs` plus the extension's blocks (float32; the layout in the
+    module docstring).
 
-    "utilization": per slot, observed rps / nominal capacity hint (0 without data or hint),
-    then route rps / total nominal capacity, the route rate estimated from the subsets with
-    data as if the others carried their configured weights (Prometheus drops samples); all
-    clipped to [0, p99_clip]. Why: `encode` gives capacity only as shares, so the policy
-    cannot tell 50 % from 90 % load except through noisy latencies, while the best split
-    depends on exactly that.
+    Utilization: per slot, observed rps / nominal capacity hint (0 without data or hint), then
+    route rps / total nominal capacity, the route rate estimated from the subsets with data as
+    if the others carried their configured weights (Prometheus drops samples); all clipped to
+    [0, p99_clip]. `encode` gives capacity only as shares; these say how loaded the route is.
 
-    "utilization-trend": the same, then how those utilizations and each slot's weight, error
-    ratio and slow ratio (`TREND_FEATURES`) changed since `previous` (this function's result
-    for the same route one tick earlier; None on a route's first tick gives zeros), clipped
-    to [-p99_clip, p99_clip]. Why: telemetry is a rate over a window (30 s) several ticks (5 s)
-    long, so a burst or a capacity loss moves the windowed level by only a fraction per tick;
-    the change from the last tick is (newest interval - oldest interval) / ticks per window,
-    i.e. it shows the new interval at once, where the level takes the whole window.
+    Trend: how those utilizations and each slot's weight, error ratio and slow ratio changed
+    since `previous` (this function's result for the same route one tick earlier; None on a
+    route's first tick gives zeros), clipped to [-p99_clip, p99_clip]. The windowed telemetry
+    moves by one interval per tick, so its change shows the newest interval at once.
 
-    "utilization-trend-ema": the same, then exponential moving averages (weight 0.2 per tick,
-    `EMA_ALPHAS`) of the utilizations and of each slot's p99/slo and slow ratio
-    (`EMA_FEATURES`); "utilization-trend-ema2" a second block of the same averages with weight
-    0.05. Why: during a capacity loss the split that is right depends on the degraded
-    capacity, which each tick shows only through one noisy window (p99 noise, bursts, dropped
-    samples); the averages hold the evidence of the last half minute or so, the slow one of
-    the last minutes.
+    Newest interval: each slot's `SubsetStats.recent_p99_ms` / slo (clipped to p99_clip) and
+    `recent_slow_ratio` (0 where unknown): the latency of the last interval alone, next to the
+    window's.
 
-    "utilization-trend-ema2-recent": "utilization-trend-ema2" with, between the trend inputs
-    and the averages, each slot's newest-interval p99/slo (clipped to p99_clip) and slow ratio
-    (`SubsetStats.recent_p99_ms`, `recent_slow_ratio`; 0 where unknown). Why: the queue that
-    decides the next interval's latencies is the one of the last few seconds; in the window
-    it is averaged with 25 s of the past, so a tick-to-tick wobble of the window reads like a
-    change of capacity. Measured (docs/benchmarks.md): the split held in latency-spike's
-    degraded phase spread by 0.88 instead of 1.24 points.
+    Moving averages: per weight in `EMA_ALPHAS`, exponential moving averages of the
+    utilizations and of each slot's p99/slo and slow ratio (`EMA_FEATURES`), clipped to
+    [0, p99_clip]; a slot without data this tick keeps its average.
     """
-    size = extension_size(spec, extension)
     base = np.asarray(vec, dtype=np.float32)
-    if size == 0:
-        return base
     head = np.concatenate([base, _utilization(obs, spec).astype(np.float32)])
-    if extension == "utilization":
-        return head
     prev = None if previous is None else np.asarray(previous, dtype=np.float32)
     trend = np.clip(_trend(head, prev, spec), -spec.p99_clip, spec.p99_clip)
-    averages = _averages(head, prev, spec, EMA_ALPHAS.get(extension, ()))
+    averages = _averages(head, prev, spec)
     clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
-    recent = _recent(obs, spec) if extension in RECENT_EXTENSIONS else np.zeros(0)
+    recent = _recent(obs, spec)
     return np.concatenate([head, trend.astype(np.float32), recent.astype(np.float32), *clipped])
 
 
 class TrendMemory:
-    """The last extended vector per route and subset list, for the extensions that compare
-    with the previous tick (trend, moving averages).
+    """The last extended vector per route and subset list, for the inputs that compare with
+    the previous tick (trend, moving averages).
 
     Keyed by route and subset names, so a route whose subsets change starts afresh instead of
     comparing different slots; `clear` on reset (a new episode or a policy reload).
@@ -243,12 +201,9 @@ class TrendMemory:
     def clear(self) -> None:
         self._last.clear()
 
-    def extend(
-        self, vec: np.ndarray, obs: Observation, spec: FeatureSpec, extension: str
-    ) -> np.ndarray:
+    def extend(self, vec: np.ndarray, obs: Observation, spec: FeatureSpec) -> np.ndarray:
         """`extend_observation` with this route's previous tick, remembered for the next."""
         key = (obs.route, tuple(obs.subsets))
-        out = extend_observation(vec, obs, spec, extension, self._last.get(key))
-        if extension in _REMEMBERING:
-            self._last[key] = out
+        out = extend_observation(vec, obs, spec, self._last.get(key))
+        self._last[key] = out
         return out

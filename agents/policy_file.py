@@ -15,20 +15,23 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  format_version    int, `FORMAT_VERSION`
  spec_json         `FeatureSpec.to_dict()` as JSON
  spec_hash         `FeatureSpec.hash` of that spec (checked against it on load)
- activation        hidden-layer activation: "tanh" or "relu" (SB3's ``activation_fn``)
+ activation        hidden-layer activation: `agents.network.ACTIVATION` ("tanh")
  n_layers          number of Linear layers, hidden ones plus the action head
  w{i}, b{i}        Linear layer i: weight (out, in) and bias (out,), as in torch
  obs_mean/obs_var  VecNormalize running mean / variance per observation entry
  clip_obs, eps     VecNormalize ``clip_obs`` and ``epsilon``
- action_prior      "none", "capacity", "sqrt" or "hold" (see `apply_action_prior`)
- action_gain       float in (0, 1], see `shape_correction` (optional, 1.0: linear)
- obs_extension     one of `OBS_EXTENSIONS`: inputs appended to `encode` (optional, "none";
-                   see `extend_observation`)
+ action_prior      `agents.action_prior.ACTION_PRIOR` ("sqrt", see `apply_action_prior`)
+ obs_extension     `agents.obs_extensions.OBS_EXTENSION`: the inputs appended to `encode`
+                   (see `extend_observation`)
+ action_gain       optional, 1.0 if present (files of older versions carry it)
  metadata_json     free-form JSON (training config, versions) for humans; optional
  n_members         number of networks of an `EnsemblePolicy` (optional, 1); member 0 is the
                    entries above, member j >= 1 the same per-network entries (activation to
-                   obs_extension, w{i}, b{i}) prefixed ``m{j}.``
+                   action_gain, w{i}, b{i}) prefixed ``m{j}.``
 =================  ==========================================================================
+
+The activation, prior and extension entries name what this version serves; a file that names
+anything else is refused.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.action_prior import check_action_gain
-from agents.network import EnsemblePolicy, NumpyPolicy
+from agents.action_prior import ACTION_PRIOR
+from agents.network import ACTIVATION, EnsemblePolicy, NumpyPolicy
+from agents.obs_extensions import OBS_EXTENSION
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 
@@ -63,8 +67,11 @@ _MEMBER_REQUIRED = (
     "clip_obs",
     "eps",
     "action_prior",
+    "obs_extension",
 )
 """Entries every network of a file must have (besides its ``w{i}``/``b{i}``)."""
+_SERVED = {"activation": ACTIVATION, "action_prior": ACTION_PRIOR, "obs_extension": OBS_EXTENSION}
+"""The value each of these entries must have: what `NumpyPolicy` computes."""
 _REQUIRED = (*_HEADER_KEYS, *_MEMBER_REQUIRED)
 
 
@@ -77,14 +84,10 @@ def save_npz(
     *,
     spec: FeatureSpec,
     layers: list[tuple[np.ndarray, np.ndarray]],
-    activation: str,
     obs_mean: np.ndarray,
     obs_var: np.ndarray,
     clip_obs: float,
     eps: float,
-    action_prior: str = "none",
-    obs_extension: str = "none",
-    action_gain: float = 1.0,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a policy file in the format of the module docstring (float32 weights)."""
@@ -92,15 +95,14 @@ def save_npz(
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "spec_json": np.asarray(json.dumps(spec.to_dict(), sort_keys=True)),
         "spec_hash": np.asarray(spec.hash),
-        "activation": np.asarray(activation),
+        "activation": np.asarray(ACTIVATION),
         "n_layers": np.asarray(len(layers), dtype=np.int64),
         "obs_mean": np.asarray(obs_mean, dtype=np.float64),
         "obs_var": np.asarray(obs_var, dtype=np.float64),
         "clip_obs": np.asarray(clip_obs, dtype=np.float64),
         "eps": np.asarray(eps, dtype=np.float64),
-        "action_prior": np.asarray(action_prior),
-        "obs_extension": np.asarray(obs_extension),
-        "action_gain": np.asarray(check_action_gain(action_gain), dtype=np.float64),
+        "action_prior": np.asarray(ACTION_PRIOR),
+        "obs_extension": np.asarray(OBS_EXTENSION),
         "metadata_json": np.asarray(json.dumps(dict(metadata or {}), sort_keys=True, default=str)),
     }
     for i, (w, b) in enumerate(layers):
@@ -123,7 +125,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not a readable policy .npz file ({err})") from err
 
 
-_MEMBER_KEYS = (*_MEMBER_REQUIRED, "obs_extension", "action_gain")
+_MEMBER_KEYS = (*_MEMBER_REQUIRED, "action_gain")
 """Per-network entries of a policy file; an ensemble's member j >= 1 stores them (and its
 ``w{i}``/``b{i}``) under the prefix ``m{j}.``, member 0 without a prefix."""
 
@@ -151,6 +153,12 @@ def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: 
     missing = [k for k in _MEMBER_REQUIRED if k not in arrays]
     if missing:
         raise ConfigError(f"{source}: policy file lacks {', '.join(missing)}")
+    for key, served in _SERVED.items():
+        if _text(arrays[key]) != served:
+            raise ConfigError(
+                f"{source}: the network was trained with {key} {_text(arrays[key])!r}; this "
+                f"meshpilot serves only {served!r}"
+            )
     try:
         n_layers = int(arrays["n_layers"])
     except (TypeError, ValueError) as err:
@@ -171,6 +179,8 @@ def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: 
         gain = float(arrays["action_gain"]) if "action_gain" in arrays else 1.0
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: malformed normalization or action_gain ({err})") from err
+    if gain != 1.0:
+        raise ConfigError(f"{source}: action_gain {gain}; this meshpilot serves only 1.0")
     if not (math.isfinite(clip_obs) and clip_obs > 0 and math.isfinite(eps) and eps >= 0):
         raise ConfigError(f"{source}: invalid normalization clip {clip_obs} / epsilon {eps}")
     if np.any(arrays["obs_var"] < 0):
@@ -178,14 +188,10 @@ def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: 
     return NumpyPolicy(
         spec=spec,
         layers=layers,
-        activation=_text(arrays["activation"]),
         obs_mean=arrays["obs_mean"],
         obs_var=arrays["obs_var"],
         clip_obs=clip_obs,
         eps=eps,
-        action_prior=_text(arrays["action_prior"]),
-        obs_extension=_text(arrays["obs_extension"]) if "obs_extension" in arrays else "none",
-        action_gain=gain,
         source=source,
     )
 

@@ -38,6 +38,7 @@ CELLS: list[tuple[str, str]] = [
         "code",
         "rc = meshpilot(['train', *SCENARIOS, '--total-steps', str(TOTAL_STEPS), '--n-envs', '2',\n"
         "                '--n-steps', '256', '--batch-size', '128', '--episode-steps', '60',\n"
+        "                '--members', '1', '--imitation-steps', '0', '--bc-lr', '0',\n"
         "                '--out-dir', str(work / 'runs'), '--no-progress'])\n"
         "assert rc == 0\n"
         "run_dir = sorted((work / 'runs').iterdir())[-1]\n"

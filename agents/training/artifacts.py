@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agents.network import ACTIVATION
 from agents.policy_file import save_npz
 from agents.training.config import TrainConfig
 from meshcore.errors import ConfigError
@@ -84,28 +85,26 @@ def actor_layers(model: PPO) -> list[tuple[np.ndarray, np.ndarray]]:
     return layers
 
 
-def _activation_name(model: PPO) -> str:
-    import torch
-
-    names = {torch.nn.Tanh: "tanh", torch.nn.ReLU: "relu"}
-    fn = model.policy.activation_fn
-    if fn not in names:
-        raise ConfigError(f"cannot export activation {fn}; use tanh or relu")
-    return names[fn]
-
-
 def export_npz(
     model: PPO,
     vecnormalize: VecNormalize,
     spec: FeatureSpec,
     path: str | Path,
     *,
-    action_prior: str = "none",
-    obs_extension: str = "none",
-    action_gain: float = 1.0,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Export the actor and the observation normalizer of `model` for `agents.policy_file`."""
+    """Export the actor and the observation normalizer of `model` for `agents.policy_file`.
+
+    `model` must be what `agents.network.NumpyPolicy` computes: a Gaussian MLP actor with tanh
+    hidden layers on the extended observation of `agents.obs_extensions`.
+    """
+    import torch
+
+    if model.policy.activation_fn is not torch.nn.Tanh:
+        raise ConfigError(
+            f"cannot export activation {model.policy.activation_fn}; the numpy policy runs "
+            f"{ACTIVATION}"
+        )
     if model.policy.squash_output:
         raise ConfigError("cannot export a policy with squash_output (gSDE); use a Gaussian")
     if not vecnormalize.norm_obs:
@@ -117,14 +116,10 @@ def export_npz(
         path,
         spec=spec,
         layers=actor_layers(model),
-        activation=_activation_name(model),
         obs_mean=np.asarray(rms.mean),
         obs_var=np.asarray(rms.var),
         clip_obs=float(vecnormalize.clip_obs),
         eps=float(vecnormalize.epsilon),
-        action_prior=action_prior,
-        obs_extension=obs_extension,
-        action_gain=action_gain,
         metadata=metadata,
     )
 

@@ -1,7 +1,7 @@
 """The stable-baselines3 callback of a training run.
 
 Why a module of its own: everything that happens between PPO's steps lives here (progress
-bar, episode log, periodic resumable checkpoints, and the behaviour-cloning pass after every
+bar, episode log, periodic resumable checkpoints, and the imitation pass after every
 rollout when `bc_lr` > 0), built by a function so that importing it imports neither torch nor
 stable-baselines3.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agents.training.artifacts import Episode, save_checkpoint
+from agents.training.imitation import actor_mean, imitation_loss
 
 
 def run_callback(
@@ -23,10 +24,11 @@ def run_callback(
     checkpoint_every: int,
     episodes: list[Episode],
     progress: bool,
-    bc_lr: float = 0.0,
-    batch_size: int = 256,
+    bc_lr: float,
+    batch_size: int,
 ) -> Any:
-    """Progress bar, episode log and periodic resumable checkpoints in one SB3 callback.
+    """Progress bar, episode log, periodic resumable checkpoints and (``bc_lr`` > 0) an
+    imitation pass after every rollout, in one SB3 callback.
 
     (Built by a function so that importing this module does not import stable-baselines3.)
     """
@@ -45,7 +47,9 @@ def run_callback(
             self.bc_passes = 0
 
         def _imitate_rollout(self) -> None:
-            """One pass of Adam steps fitting the actor's mean to the rollout's oracle labels."""
+            """One pass of Adam steps fitting the actor's mean to the rollout's teacher labels
+            (`imitation_loss`, every sample weighing the same), the step size annealed
+            linearly to 0 over total_steps."""
             model: Any = self.model
             buffer = model.rollout_buffer
             if bc_lr <= 0 or len(self._targets) != buffer.buffer_size:
@@ -67,9 +71,7 @@ def run_callback(
             perm = torch.randperm(obs.shape[0])
             for start in range(0, obs.shape[0], batch_size):
                 idx = perm[start : start + batch_size]
-                latent_pi = policy.mlp_extractor.forward_actor(policy.extract_features(obs[idx]))
-                mean = policy.action_net(latent_pi)
-                loss = ((mean - y[idx]) ** 2 * m[idx]).sum() / m[idx].sum().clamp(min=1.0)
+                loss = imitation_loss(actor_mean(policy, obs[idx]), y[idx], m[idx])
                 self._bc_optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(actor, 0.5)

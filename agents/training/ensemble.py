@@ -1,12 +1,11 @@
 """`meshpilot train --members N`: train N policies alike in parallel processes, export one
 ensemble policy file.
 
-Why processes: training is one torch thread by design (../shared/FACTS.md: a second thread never
-helped on 2 cores), so N members on N cores take the wall time of one. Each member is an
-ordinary run (``members/<run>/``, resumable, with its own policy.npz); the ensemble's run
-directory holds config.json (the config, each member's run directory and timings),
-policy.npz (`agents.policy_file.save_ensemble_npz`, served as an `EnsemblePolicy`) and a
-learning-curve PNG with one line per member.
+Why processes: a run trains with one torch thread, so N members on N cores take the wall time
+of one. Each member is an ordinary run (``members/<run>/``, resumable, with its own
+policy.npz); the ensemble's run directory holds config.json (the config, each member's run
+directory and timings), policy.npz (`agents.policy_file.save_ensemble_npz`, served as an
+`EnsemblePolicy`) and a learning-curve PNG with one line per member.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 from agents.policy_file import save_ensemble_npz
 from agents.training.artifacts import new_run_dir, plot_learning_curve, read_episodes, write_json
 from agents.training.config import TrainConfig
-from agents.training.ppo import train
+from agents.training.ppo import check_scenarios, train
 
 
 def member_configs(config: TrainConfig, members_dir: Path) -> list[TrainConfig]:
@@ -34,7 +32,6 @@ def member_configs(config: TrainConfig, members_dir: Path) -> list[TrainConfig]:
             seed=config.seed + j,
             exp_name=f"{config.exp_name}-m{j}",
             out_dir=str(members_dir),
-            export_to=None,
             progress=False,
         )
         for j in range(config.members)
@@ -50,6 +47,8 @@ def _train_member(config: TrainConfig) -> tuple[str, float]:
 def train_ensemble(config: TrainConfig) -> Path:
     """Train ``config.members`` members (one per core at a time) and write the ensemble run
     directory; returns it."""
+    config.validate()
+    check_scenarios(config)
     run_dir = new_run_dir(config)
     configs = member_configs(config, run_dir / "members")
     n_workers = max(1, min(len(configs), os.cpu_count() or 1))
@@ -68,7 +67,7 @@ def train_ensemble(config: TrainConfig) -> Path:
     meta["members"] = [{"run_dir": d, "seconds": sec} for d, sec in results]
     meta["seconds"] = round(time.perf_counter() - started, 1)
     member_dirs = [Path(d) for d, _ in results]
-    policy_path = save_ensemble_npz(
+    save_ensemble_npz(
         run_dir / "policy.npz",
         [d / "policy.npz" for d in member_dirs],
         metadata={"config": config.to_json()},
@@ -79,7 +78,4 @@ def train_ensemble(config: TrainConfig) -> Path:
     }
     plot_learning_curve(curves, run_dir / "learning_curve.png")
     write_json(run_dir / "config.json", meta)
-    if config.export_to is not None:
-        Path(config.export_to).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(policy_path, config.export_to)
     return run_dir

@@ -1,8 +1,9 @@
-"""`train`: one PPO run (or an ensemble of them) from a `TrainConfig` to its run directory.
+"""`train`: one PPO run from a `TrainConfig` to its run directory.
 
-Why a module of its own: it is the entry point (`meshpilot train`) that puts the pieces
-together: seeding, the vectorized training envs, the imitation warm start, `model.learn` with
-the run callback, and the artifacts; and the only place that resumes a run from a checkpoint.
+Why a module of its own: it puts the pieces of one run together: seeding, the vectorized
+training envs, the imitation warm start, `model.learn` with the run callback, and the
+artifacts; and it is the only place that resumes a run from a checkpoint. Several runs
+(``members`` > 1) are `agents.training.ensemble`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,12 @@ def _resume_files(resume: str) -> tuple[Path, Path, Path]:
     return model, vecnorm, base / "episodes.csv"
 
 
+def check_scenarios(config: TrainConfig) -> None:
+    """Load every scenario of the set once, so a bad one fails before any work, naming it."""
+    for path in config.scenario_paths():
+        load_scenario(path)
+
+
 def _learning_rate(config: TrainConfig) -> Any:
     if not config.anneal_lr:
         return config.learning_rate
@@ -68,19 +74,15 @@ def _learning_rate(config: TrainConfig) -> Any:
 def train(config: TrainConfig) -> Path:
     """Train (or resume) one run and write every artifact; returns the run directory.
 
-    With ``members`` > 1, trains an ensemble (`agents.training.ensemble.train_ensemble`).
+    One run only: ``members`` > 1 is `agents.training.ensemble.train_ensemble`.
     """
     config.validate()
-    if config.members > 1:
-        from agents.training.ensemble import train_ensemble
-
-        return train_ensemble(config)
-    names = [load_scenario(p).name for p in config.scenario_paths()]  # fail fast, naming it
-    unknown = sorted(set(config.oversample) - set(names))
-    if unknown:
+    if config.members != 1:
         raise ConfigError(
-            f"--oversample {' '.join(unknown)}: not in the scenario set ({', '.join(names)})"
+            f"train trains one policy; members {config.members} is "
+            "agents.training.ensemble.train_ensemble"
         )
+    check_scenarios(config)
     if config.tensorboard_dir is not None:
         try:
             import tensorboard  # noqa: F401
@@ -99,7 +101,7 @@ def train(config: TrainConfig) -> Path:
             f"training needs torch and stable-baselines3 (pip install 'meshpilot[train]'): {err}"
         ) from err
 
-    torch.set_num_threads(1)  # ../shared/FACTS.md: two threads never helped on 2 cores
+    torch.set_num_threads(1)  # one core per run: ensemble members run in parallel processes
     seed_everything(config.seed)
     run_dir = new_run_dir(config)
     meta: dict[str, Any] = {
@@ -140,9 +142,6 @@ def train(config: TrainConfig) -> Path:
             custom_objects={**hyper, "n_steps": config.n_steps},
         )
         episodes.extend(read_episodes(episodes_path))
-        if config.reset_log_std:
-            with torch.no_grad():
-                model.policy.log_std.fill_(config.log_std_init)
         meta["resumed_from"] = str(config.resume)
         meta["resumed_at_steps"] = int(model.num_timesteps)
         reset = False
@@ -154,14 +153,13 @@ def train(config: TrainConfig) -> Path:
             clip_obs=config.clip_obs,
             gamma=config.gamma,
         )
-        activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[config.activation]
         model = PPO(
             "MlpPolicy",
             vecnorm,
             n_steps=config.n_steps,
             policy_kwargs={
                 "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
-                "activation_fn": activation,
+                "activation_fn": torch.nn.Tanh,  # agents.network.ACTIVATION
                 "log_std_init": config.log_std_init,
             },
             tensorboard_log=config.tensorboard_dir,
@@ -205,20 +203,14 @@ def train(config: TrainConfig) -> Path:
     vecnorm.save(str(run_dir / "vecnormalize.pkl"))
     write_episodes(run_dir / "episodes.csv", episodes)
     save_checkpoint(model, run_dir, episodes)
-    policy_path = export_npz(
+    export_npz(
         model,
         vecnorm,
         config.feature_spec,
         run_dir / "policy.npz",
-        action_prior=config.action_prior,
-        obs_extension=config.obs_extension,
-        action_gain=config.action_gain,
         metadata=meta,
     )
     plot_learning_curve(episodes, run_dir / "learning_curve.png")
     write_json(run_dir / "config.json", meta)
-    if config.export_to is not None:
-        Path(config.export_to).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(policy_path, config.export_to)
     venv.close()
     return run_dir

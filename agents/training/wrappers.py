@@ -2,11 +2,12 @@
 
 Why a module of its own: the wrappers are where training must agree with serving (the same
 observation extension with the same memory, the same action prior before `decode`), and where
-the episode log and the oracle labels for imitation during PPO (`bc_lr`) come from.
+the episode log and the teacher's labels for imitation during PPO (`bc_lr`) come from.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,6 @@ from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
 from envs.registration import SIM_ENV_ID
 from envs.simulator.scenario import Scenario, load_scenario
-from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 
 if TYPE_CHECKING:
@@ -34,17 +34,9 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
     into every step's info, for the episode log.
     """
 
-    def __init__(
-        self,
-        env: gym.Env[np.ndarray, np.ndarray],
-        spec: FeatureSpec,
-        prior: str,
-        gain: float = 1.0,
-    ):
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec):
         super().__init__(env)
         self._spec = spec
-        self._prior = prior
-        self._gain = gain
         self._obs: np.ndarray | None = None
         self._scenario = ""
 
@@ -59,55 +51,11 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
-        full = apply_action_prior(action, self._obs, self._spec, self._prior, self._gain)
-        full = full.astype(np.float32)
+        full = apply_action_prior(action, self._obs, self._spec).astype(np.float32)
         obs, r, terminated, truncated, info = self.env.step(full)
         self._obs = obs
         info["scenario"] = self._scenario
         return obs, float(r), terminated, truncated, info
-
-
-class ScenarioRewardScale(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
-    """Divides rewards by a running std of the discounted return of the episode's scenario.
-
-    VecNormalize's reward scaling uses one std for all scenarios, so scenarios whose bad
-    fraction is 100x smaller contribute 100x smaller advantages and are effectively ignored.
-    Statistics live in the wrapper (one per env) and restart when training resumes.
-    """
-
-    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], gamma: float, eps: float = 1e-8):
-        super().__init__(env)
-        self._gamma = gamma
-        self._eps = eps
-        self._stats: dict[str, tuple[float, float, float]] = {}
-        self._scenario = ""
-        self._ret = 0.0
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        self._scenario = str(info.get("scenario", ""))
-        self._ret = 0.0
-        return obs, info
-
-    def _update(self, x: float) -> float:
-        """Welford update of (count, mean, M2) of discounted returns; returns the std."""
-        count, mean, m2 = self._stats.get(self._scenario, (0.0, 0.0, 0.0))
-        count += 1.0
-        delta = x - mean
-        mean += delta / count
-        m2 += delta * (x - mean)
-        self._stats[self._scenario] = (count, mean, m2)
-        return float(np.sqrt(m2 / count)) if count > 1 else 1.0
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, r, terminated, truncated, info = self.env.step(action)
-        self._ret = self._ret * self._gamma + float(r)
-        std = self._update(self._ret)
-        if terminated or truncated:
-            self._ret = 0.0
-        return obs, float(r) / (std + self._eps), terminated, truncated, info
 
 
 def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
@@ -119,11 +67,6 @@ def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
 def scenario_pool(config: TrainConfig, rank: int) -> list[Scenario]:
     """The scenarios env `rank` draws from: the set, plus `permute_subsets` reorderings each."""
     base = [load_scenario(p) for p in config.scenario_paths()]
-    names = [sc.name for sc in base]
-    for name in config.oversample:
-        if name not in names:
-            raise ConfigError(f"--oversample {name}: not in the scenario set ({', '.join(names)})")
-        base.append(base[names.index(name)])
     rng = np.random.default_rng([config.seed, rank])
     pool = list(base)
     for sc in base:
@@ -138,13 +81,12 @@ class ExtendObservation(gym.ObservationWrapper[np.ndarray, np.ndarray, np.ndarra
     """Appends `agents.obs_extensions.extend_observation`'s inputs, as serving does (with the
     same `TrendMemory`, cleared at every reset like a policy's)."""
 
-    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec, extension: str):
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec):
         super().__init__(env)
         self._spec = spec
-        self._extension = extension
         self._memory = TrendMemory()
-        size = spec.obs_size + extension_size(spec, extension)
-        low = extension_low(spec, extension)
+        size = spec.obs_size + extension_size(spec)
+        low = extension_low(spec)
         self.observation_space = gym.spaces.Box(low, spec.p99_clip, (size,), np.float32)
 
     def reset(
@@ -155,11 +97,11 @@ class ExtendObservation(gym.ObservationWrapper[np.ndarray, np.ndarray, np.ndarra
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         obs = self.env.unwrapped.observation  # type: ignore[attr-defined]
-        return self._memory.extend(observation, obs, self._spec, self._extension)
+        return self._memory.extend(observation, obs, self._spec)
 
 
 class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
-    """Puts the oracle's target for the state an action was taken in into that step's info
+    """Puts the teacher's target for the state an action was taken in into that step's info
     (``oracle_target``, ``oracle_mask``), for the imitation steps during PPO (`bc_lr`)."""
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray], config: TrainConfig):
@@ -186,7 +128,8 @@ class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
 
 
 def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarray]:
-    """One training env: MeshSim-v0 over the scenario pool, action prior, episode Monitor."""
+    """One training env: MeshSim-v0 over the scenario pool, the observation extension, the
+    action prior, the teacher's labels (when `bc_lr` > 0) and the episode Monitor."""
     from stable_baselines3.common.monitor import Monitor
 
     scenarios = scenario_pool(config, rank)
@@ -198,23 +141,18 @@ def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarr
         max_steps=config.episode_steps,
         churn_cost=config.churn_cost,
     )
-    if config.obs_extension != "none":
-        env = ExtendObservation(env, config.feature_spec, config.obs_extension)
-    env = PriorActionWrapper(env, config.feature_spec, config.action_prior, config.action_gain)
+    env = ExtendObservation(env, config.feature_spec)
+    env = PriorActionWrapper(env, config.feature_spec)
     if config.bc_lr > 0:
         env = OracleLabel(env, config)
-    env = Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
-    if config.scenario_reward_scale:
-        env = ScenarioRewardScale(env, config.gamma)
-    return env
+    return Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
 
 
 def make_vec_env(config: TrainConfig) -> DummyVecEnv:
-    """`n_envs` envs in one process; ../shared/FACTS.md: subprocess envs were slower on 2 cores."""
+    """`n_envs` envs in one process (DummyVecEnv: no subprocesses; an ensemble's members use
+    the other cores)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    vec = DummyVecEnv(
-        [lambda rank=rank: make_env(config, rank) for rank in range(config.n_envs)]  # type: ignore[misc]
-    )
+    vec = DummyVecEnv([functools.partial(make_env, config, rank) for rank in range(config.n_envs)])
     vec.seed(config.seed)
     return vec

@@ -1,7 +1,8 @@
 """`meshpilot train`: train the PPO policy against the simulator, one option per TrainConfig field.
 
 Options, defaults and help text all come from `agents.training.config.TrainConfig` (the
-docstring under each field), so the command line cannot drift from the config. The training
+docstring under each field), so the command line cannot drift from the config; its defaults
+are the shipped model's recipe, so ``meshpilot train --out-dir DIR`` retrains it. The training
 code imports torch and stable-baselines3 only when training starts, so building this parser
 stays cheap and works in an install without the ``train`` extra.
 """
@@ -15,8 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from agents.obs_extensions import OBS_EXTENSIONS
 from agents.training.config import TrainConfig, field_help
+from agents.training.ensemble import train_ensemble
 from agents.training.ppo import train
 from meshpilot.commands.arg_types import non_negative_int, positive_int
 
@@ -36,12 +37,7 @@ _AT_LEAST_ONE = frozenset(
     )
 )
 """Integer fields that count something that must happen at least once; every other integer
-field (seeds, optional steps such as total_steps 0 for imitation only, delays) must be >= 0."""
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "activation": ("tanh", "relu"),
-    "action_prior": ("capacity", "hold", "sqrt", "none"),
-    "obs_extension": OBS_EXTENSIONS,
-}
+field (seeds, optional steps such as total_steps 0 for imitation only) must be >= 0."""
 
 
 def _base_type(hint: Any) -> tuple[Any, Any, int | str | None]:
@@ -64,12 +60,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="train the PPO policy against the simulator and export it for serving",
         description=(
             "Train a PPO policy (stable-baselines3, CPU, one torch thread) on the simulated "
-            "mesh (meshpilot/MeshSim-v0) with domain randomization over a scenario set, then "
-            "export its actor and observation normalizer to policy.npz for numpy-only serving "
-            "(--policy ppo:PATH). Writes OUT_DIR/<scenario-set>__<exp>__<seed>__<timestamp>/ "
-            "with config.json, model.zip, vecnormalize.pkl, policy.npz, episodes.csv, "
-            "learning_curve.png and checkpoints/step_<N>/ (resumable with --resume). With "
-            "--members N, that directory holds N such runs under members/ (seeds S, S+1, ...) "
+            "mesh (meshpilot/MeshSim-v0) with domain randomization over a scenario set: "
+            "DAgger imitation of the teacher, then PPO fine-tuning; then export its actor and "
+            "observation normalizer to policy.npz for numpy-only serving (--policy ppo:PATH). "
+            "The defaults are the shipped model's recipe: with no other option than "
+            "--out-dir this retrains agents/models/default.npz. A run writes "
+            "OUT_DIR/<scenario-set>__<exp>__<seed>__<timestamp>/ with config.json, model.zip, "
+            "vecnormalize.pkl, policy.npz, episodes.csv, learning_curve.png and "
+            "checkpoints/step_<N>/ (resumable with --resume and --members 1). With --members "
+            "N > 1, that directory holds N such runs under members/ (seeds S, S+1, ...) "
             "trained in parallel processes, plus config.json, learning_curve.png and an "
             "ensemble policy.npz. Needs the 'train' extra (torch, stable-baselines3)."
         ),
@@ -106,11 +105,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             if kind is int:
                 kind = positive_int if f.name in _AT_LEAST_ONE else non_negative_int
             p.add_argument(
-                "--" + f.name.replace("_", "-"),
-                type=kind,
-                choices=_CHOICES.get(f.name),
-                default=default,
-                help=help_text,
+                "--" + f.name.replace("_", "-"), type=kind, default=default, help=help_text
             )
     p.set_defaults(run=run)
 
@@ -128,9 +123,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    run_dir: Path = train(config)
+    run_dir: Path = train_ensemble(config) if config.members > 1 else train(config)
     print(f"run directory  {run_dir}")
     print(f"policy         {run_dir / 'policy.npz'}")
-    if config.export_to:
-        print(f"exported to    {config.export_to}")
     return 0

@@ -3,27 +3,27 @@ agents.obs_extensions, agents.action_prior).
 
 Cases:
 - the numpy actor reproduces SB3's deterministic ``predict`` (max abs diff < 1e-5) on many
-  observations, random and real, through VecNormalize, for tanh and relu networks;
-- `decide` writes the weights the training env would have written (encode -> normalize ->
-  MLP -> action prior -> decode) and records the raw action;
+  observations, random and real, through VecNormalize;
+- `decide` writes the weights the training env would have written (encode -> extend ->
+  normalize -> MLP -> action prior -> decode) and records the raw action;
 - a file whose stored feature-spec hash disagrees with its own spec, or with the caller's, is
   refused with both hashes in the message;
+- a file that names another activation, action prior or observation extension, lacks the
+  extension's name, or carries an action gain other than 1 is refused;
 - files are loaded with allow_pickle=False: a pickled array is refused and never unpickled;
 - missing, truncated, non-zip files and missing arrays are ConfigErrors;
-- the shipped default model loads, is small, and decides valid weights on the whole suite;
-- the "utilization-trend" extension is the change of each input since the route's last tick
-  (0 without one, where a slot had no data, or after the subsets changed), the training
-  wrapper and a serving policy feed the network the same vectors, and reset forgets the past;
-- "utilization-trend-ema2-recent" is "utilization-trend-ema2" with each slot's newest-interval
-  p99/slo and slow ratio (0 where unknown) between the trend inputs and the averages;
+- the shipped default model loads (an ensemble of two), is small, and decides valid weights on
+  the whole suite;
+- the observation extension: utilization (surviving dropped samples), the trend block is the
+  change of each input since the route's last tick (0 without one, where a slot had no data,
+  or after the subsets changed), the newest-interval block, and the fast and slow moving
+  averages (held through dropped samples); the training wrapper and a serving policy feed the
+  network the same vectors, and reset forgets the past;
 - an ensemble file (`save_ensemble_npz`) loads as an `EnsemblePolicy` whose split is the
   decode of its members' mean action, flattens ensembles it is given, survives reset, and
   refuses one member, members on other feature specs and a member whose arrays are missing;
 - the "sqrt" action prior with zero correction writes exactly what the sqrt baseline writes,
-  and falls back to the capacity prior without the utilization input;
-- the action gain's correction shape maps [-1, 1] onto itself, increasing, with slope `gain`
-  at 0, and its inverse undoes it (hypothesis); the gain travels in the file (absent: 1), and
-  a gain outside (0, 1] is refused.
+  and before any telemetry the split is capacity-proportional.
 """
 
 from __future__ import annotations
@@ -38,19 +38,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import envs  # noqa: F401
-from agents.action_prior import (
-    apply_action_prior,
-    corrected_action,
-    hold_prior,
-    shape_correction,
-    unshape_correction,
-)
+from agents.action_prior import apply_action_prior, corrected_action, sqrt_prior
 from agents.network import EnsemblePolicy
 from agents.obs_extensions import (
     EMA_ALPHAS,
@@ -70,19 +62,25 @@ from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
 torch.set_num_threads(1)
 
+SPEC = FeatureSpec()
+K = SPEC.max_subsets
+N_IN = SPEC.obs_size + extension_size(SPEC)
+UTIL = slice(SPEC.obs_size, SPEC.obs_size + K + 1)
+TREND = slice(UTIL.stop, UTIL.stop + 4 * K + 1)
+RECENT = slice(TREND.stop, TREND.stop + 2 * K)
+FAST = slice(RECENT.stop, RECENT.stop + 3 * K + 1)
+SLOW = slice(FAST.stop, FAST.stop + 3 * K + 1)
+"""The blocks of an extended vector (see `agents.obs_extensions`)."""
 
-def _tiny_model(
-    activation: str, arch: list[int], seed: int, extension: str = "none"
-) -> tuple[PPO, VecNormalize]:
+
+def _tiny_model(arch: list[int], seed: int) -> tuple[PPO, VecNormalize]:
     """An untrained PPO whose actor weights and normalizer statistics are made non-trivial."""
 
     def make() -> gym.Env:
-        env = gym.make("meshpilot/MeshSim-v0", scenario="steady-80")
-        return ExtendObservation(env, FeatureSpec(), extension) if extension != "none" else env
+        return ExtendObservation(gym.make("meshpilot/MeshSim-v0", scenario="steady-80"), SPEC)
 
     venv = DummyVecEnv([make])
     vecnorm = VecNormalize(venv, norm_obs=True, norm_reward=True, clip_obs=5.0)
-    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[activation]
     model = PPO(
         "MlpPolicy",
         vecnorm,
@@ -90,39 +88,44 @@ def _tiny_model(
         batch_size=16,
         seed=seed,
         device="cpu",
-        policy_kwargs={"net_arch": {"pi": arch, "vf": [8]}, "activation_fn": act},
+        policy_kwargs={"net_arch": {"pi": arch, "vf": [8]}, "activation_fn": torch.nn.Tanh},
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.policy.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     rng = np.random.default_rng(seed)
-    size = FeatureSpec().obs_size + extension_size(FeatureSpec(), extension)
     rms = vecnorm.obs_rms
     assert not isinstance(rms, dict)
-    rms.mean = rng.uniform(0.0, 1.0, size)
-    rms.var = rng.uniform(0.01, 2.0, size)
+    rms.mean = rng.uniform(0.0, 1.0, N_IN)
+    rms.var = rng.uniform(0.01, 2.0, N_IN)
     return model, vecnorm
 
 
+def test_the_blocks_fill_the_extension():
+    assert SLOW.stop == N_IN
+    assert extension_low(SPEC) == -SPEC.p99_clip
+
+
 def _observations(n_random: int, seed: int) -> np.ndarray:
-    """Random points of the observation box plus encoded observations of real episodes."""
-    spec = FeatureSpec()
+    """Random points of the observation box plus extended observations of real episodes."""
     rng = np.random.default_rng(seed)
-    rand = rng.uniform(0.0, 2.0, (n_random, spec.obs_size)).astype(np.float32)
+    rand = rng.uniform(-1.0, 2.0, (n_random, N_IN)).astype(np.float32)
     real = []
     for path in suite_paths():
         sim = MeshSimulator(load_scenario(path), seed=seed)
+        memory = TrendMemory()
         for _ in range(5):
             sim.step(sim.weights)
-            real.append(encode(sim.observe(), spec))
+            obs = sim.observe()
+            real.append(memory.extend(encode(obs, SPEC), obs, SPEC))
     return np.concatenate([rand, np.asarray(real, dtype=np.float32)])
 
 
-@pytest.mark.parametrize(("activation", "arch"), [("tanh", [64, 64]), ("relu", [32])])
-def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arch):
-    model, vecnorm = _tiny_model(activation, arch, seed=3)
-    path = export_npz(model, vecnorm, FeatureSpec(), tmp_path / "p.npz")
+@pytest.mark.parametrize("arch", [[64, 64], [32]])
+def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, arch):
+    model, vecnorm = _tiny_model(arch, seed=3)
+    path = export_npz(model, vecnorm, SPEC, tmp_path / "p.npz")
     policy = load_numpy_policy(path)
     obs = _observations(500, seed=4)
 
@@ -136,44 +139,23 @@ def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, activation, arc
     assert np.any(np.abs(expected) >= 1.0)
 
 
-@pytest.mark.parametrize(
-    ("prior", "extension", "gain"),
-    [
-        ("capacity", "none", 1.0),
-        ("hold", "utilization", 1.0),
-        ("none", "none", 1.0),
-        ("sqrt", "utilization", 1.0),
-        ("sqrt", "utilization", 0.25),
-        ("sqrt", "utilization-trend", 1.0),
-    ],
-)
-def test_decide_writes_the_weights_the_training_env_would(tmp_path, prior, extension, gain):
-    model, vecnorm = _tiny_model("tanh", [16, 16], seed=5, extension=extension)
-    spec = FeatureSpec()
-    path = export_npz(
-        model,
-        vecnorm,
-        spec,
-        tmp_path / "p.npz",
-        action_prior=prior,
-        obs_extension=extension,
-        action_gain=gain,
-    )
-    policy = load_numpy_policy(path)
+def test_decide_writes_the_weights_the_training_env_would(tmp_path):
+    model, vecnorm = _tiny_model([16, 16], seed=5)
+    policy = load_numpy_policy(export_npz(model, vecnorm, SPEC, tmp_path / "p.npz"))
     assert policy.name == "ppo"
-    assert policy.action_gain == gain
-    memory = TrendMemory()
     for scenario_path in suite_paths():
+        memory = TrendMemory()
+        policy.reset()
         sim = MeshSimulator(load_scenario(scenario_path), seed=1)
         for _ in range(3):
             obs = sim.observe()
-            vec = memory.extend(encode(obs, spec), obs, spec, extension)
+            vec = memory.extend(encode(obs, SPEC), obs, SPEC)
             sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
-            full = apply_action_prior(sb3_action[0], vec, spec, prior, gain)
-            expected = decode(full, spec.mask(len(obs.subsets)), obs.subsets)
+            full = apply_action_prior(sb3_action[0], vec, SPEC)
+            expected = decode(full, SPEC.mask(len(obs.subsets)), obs.subsets)
             weights = policy.decide(obs)
             assert weights == expected
-            assert len(policy.last_raw_action) == spec.max_subsets
+            assert len(policy.last_raw_action) == SPEC.max_subsets
             assert np.allclose(policy.last_raw_action, full, atol=1e-5)
             sim.step(weights)
     policy.reset()
@@ -195,8 +177,8 @@ def _rewrite(src: Path, dst: Path, **changes: object) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    model, vecnorm = _tiny_model("tanh", [8], seed=6)
-    return export_npz(model, vecnorm, FeatureSpec(), tmp_path_factory.mktemp("m") / "p.npz")
+    model, vecnorm = _tiny_model([8], seed=6)
+    return export_npz(model, vecnorm, SPEC, tmp_path_factory.mktemp("m") / "p.npz")
 
 
 def test_file_whose_hash_does_not_match_its_spec_is_refused(exported, tmp_path):
@@ -221,36 +203,46 @@ def test_model_for_another_feature_spec_is_refused_naming_both_hashes(exported):
     assert load_ppo_policy(str(exported)).spec == FeatureSpec()
 
 
-def _exported_member(tmp_path: Path, seed: int, extension: str = "utilization") -> Path:
-    model, vecnorm = _tiny_model("tanh", [16], seed=seed, extension=extension)
-    return export_npz(
-        model,
-        vecnorm,
-        FeatureSpec(),
-        tmp_path / f"m{seed}.npz",
-        action_prior="sqrt",
-        obs_extension=extension,
-    )
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("activation", "relu"),
+        ("action_prior", "capacity"),
+        ("action_prior", "none"),
+        ("obs_extension", "utilization"),
+        ("obs_extension", "none"),
+    ],
+)
+def test_a_file_naming_what_this_version_does_not_serve_is_refused(exported, tmp_path, key, value):
+    path = _rewrite(exported, tmp_path / "other.npz", **{key: np.asarray(value)})
+    with pytest.raises(ConfigError, match=f"{key} '{value}'.*serves only"):
+        load_numpy_policy(path)
+
+
+def test_action_gain_may_only_be_one(exported, tmp_path):
+    assert "action_gain" not in np.load(exported).files
+    linear = _rewrite(exported, tmp_path / "g1.npz", action_gain=np.asarray(1.0))
+    assert isinstance(load_numpy_policy(linear).spec, FeatureSpec)
+    for bad in (0.25, np.nan):
+        path = _rewrite(exported, tmp_path / "bad.npz", action_gain=np.asarray(bad))
+        with pytest.raises(ConfigError, match="action_gain"):
+            load_numpy_policy(path)
+
+
+def _exported_member(tmp_path: Path, seed: int) -> Path:
+    model, vecnorm = _tiny_model([16], seed=seed)
+    return export_npz(model, vecnorm, SPEC, tmp_path / f"m{seed}.npz")
 
 
 def test_ensemble_writes_the_split_of_its_members_mean_action(tmp_path):
-    paths = [
-        _exported_member(tmp_path, 11),
-        _exported_member(tmp_path, 12, "utilization-trend"),
-    ]
+    paths = [_exported_member(tmp_path, 11), _exported_member(tmp_path, 12)]
     pair = save_ensemble_npz(tmp_path / "pair.npz", paths)
     triple = save_ensemble_npz(tmp_path / "triple.npz", [pair, _exported_member(tmp_path, 13)])
     ensemble = load_numpy_policy(triple)
     assert isinstance(ensemble, EnsemblePolicy)
     assert ensemble.name == "ppo"
     assert len(ensemble.members) == 3
-    assert [m.obs_extension for m in ensemble.members] == [
-        "utilization",
-        "utilization-trend",
-        "utilization",
-    ]
     singles = [load_numpy_policy(tmp_path / f"m{s}.npz") for s in (11, 12, 13)]
-    spec = FeatureSpec()
     differs = 0
     for rnd in range(2):  # the second round after reset: no trend memory left over
         ensemble.reset()
@@ -260,11 +252,11 @@ def test_ensemble_writes_the_split_of_its_members_mean_action(tmp_path):
         for _ in range(12):
             obs = sim.observe()
             actions = [m.observation_action(obs) for m in singles]
-            expected = decode(np.mean(actions, axis=0), spec.mask(3), obs.subsets)
+            expected = decode(np.mean(actions, axis=0), SPEC.mask(3), obs.subsets)
             weights = ensemble.decide(obs)
             assert weights == expected
             assert np.allclose(ensemble.last_raw_action, np.mean(actions, axis=0))
-            differs += any(weights != decode(a, spec.mask(3), obs.subsets) for a in actions)
+            differs += any(weights != decode(a, SPEC.mask(3), obs.subsets) for a in actions)
             sim.step(weights)
     assert differs > 0  # the mean is not just one member's split
 
@@ -330,7 +322,7 @@ def test_missing_truncated_and_non_zip_files_are_config_errors(exported, tmp_pat
         load_numpy_policy(garbage)
 
 
-@pytest.mark.parametrize("key", ["spec_hash", "obs_var", "w1", "activation"])
+@pytest.mark.parametrize("key", ["spec_hash", "obs_var", "w1", "activation", "obs_extension"])
 def test_missing_arrays_are_named(exported, tmp_path, key):
     path = _rewrite(exported, tmp_path / "missing.npz", **{key: None})
     with pytest.raises(ConfigError, match=key):
@@ -353,6 +345,7 @@ def test_shipped_default_model_is_small_and_decides_valid_weights():
         pytest.fail(f"the shipped model {DEFAULT_MODEL} is missing")
     assert DEFAULT_MODEL.stat().st_size < 1_000_000
     policy = load_ppo_policy(None)
+    assert isinstance(policy, EnsemblePolicy) and len(policy.members) == 2
     assert policy.spec.hash == "8d261afdbdab1223"  # the FeatureSpec() it was trained on
     for path in suite_paths():
         sim = MeshSimulator(load_scenario(path), seed=0)
@@ -363,25 +356,22 @@ def test_shipped_default_model_is_small_and_decides_valid_weights():
             sim.step(weights)
 
 
-def test_utilization_extension_is_what_the_training_env_feeds():
-    spec = FeatureSpec()
-    env = ExtendObservation(
-        gym.make("meshpilot/MeshSim-v0", scenario="steady-80"), spec, "utilization"
-    )
+def test_utilization_is_observed_rps_over_capacity_hints():
+    env = ExtendObservation(gym.make("meshpilot/MeshSim-v0", scenario="steady-80"), SPEC)
     vec, _ = env.reset(seed=0)
     for _ in range(4):
-        vec, *_ = env.step(np.zeros(spec.max_subsets, dtype=np.float32))
+        vec, *_ = env.step(np.zeros(SPEC.max_subsets, dtype=np.float32))
     obs = env.unwrapped.observation  # type: ignore[attr-defined]
-    assert vec.shape == (spec.obs_size + spec.max_subsets + 1,)
-    assert np.array_equal(vec, extend_observation(encode(obs, spec), obs, spec, "utilization"))
+    assert vec.shape == (N_IN,)
+    assert np.array_equal(vec[: SPEC.obs_size], encode(obs, SPEC))
     caps = obs.capacity_hint_rps
     route_util = obs.total_rps / sum(caps)
     assert 0.7 < route_util < 0.9  # steady-80
-    assert vec[-1] == pytest.approx(route_util, rel=1e-5)
-    per_slot = vec[spec.obs_size : spec.obs_size + spec.max_subsets]
+    util = vec[UTIL]
+    assert util[-1] == pytest.approx(route_util, rel=1e-5)
     expected = [s.rps / c for s, c in zip(obs.stats, caps, strict=True)]
-    assert per_slot[: len(caps)] == pytest.approx(expected, rel=1e-5)
-    assert not per_slot[len(caps) :].any()
+    assert util[: len(caps)] == pytest.approx(expected, rel=1e-5)
+    assert not util[len(caps) : K].any()
 
 
 def _two_subsets(
@@ -399,161 +389,105 @@ def _two_subsets(
     )
 
 
+def _extend(memory: TrendMemory, obs: Observation) -> np.ndarray:
+    return memory.extend(encode(obs, SPEC), obs, SPEC)
+
+
 def test_trend_is_the_change_since_the_last_tick():
-    spec = FeatureSpec()
-    k = spec.max_subsets
     memory = TrendMemory()
     first = _two_subsets(20.0, 0.0, 200.0, 60)
-    vec0 = memory.extend(encode(first, spec), first, spec, "utilization-trend")
-    assert vec0.shape == (spec.obs_size + extension_size(spec, "utilization-trend"),)
-    assert not vec0[spec.obs_size + k + 1 :].any()  # no previous tick: no trend
+    vec0 = _extend(memory, first)
+    assert vec0.shape == (N_IN,)
+    assert not vec0[TREND].any()  # no previous tick: no trend
     second = _two_subsets(40.0, 0.1, 500.0, 50, slow_b=0.25)
-    vec1 = memory.extend(encode(second, spec), second, spec, "utilization-trend")
-    trend = vec1[spec.obs_size + k + 1 :]
-    assert vec1[: spec.obs_size + k + 1] == pytest.approx(
-        extend_observation(encode(second, spec), second, spec, "utilization")
-    )
+    vec1 = _extend(memory, second)
+    trend = vec1[TREND]
+    assert vec1[UTIL] == pytest.approx(extend_observation(encode(second, SPEC), second, SPEC)[UTIL])
     assert trend[:2] == pytest.approx([0.0, 0.4])  # per-slot utilization: b 0.4 -> 0.8
-    assert trend[k] == pytest.approx(20.0 / 200.0)  # route utilization 0.4 -> 0.5
-    weight, error, slow = (trend[k + 1 + j * k : k + 1 + (j + 1) * k] for j in range(3))
+    assert trend[K] == pytest.approx(20.0 / 200.0)  # route utilization 0.4 -> 0.5
+    weight, error, slow = (trend[K + 1 + j * K : K + 1 + (j + 1) * K] for j in range(3))
     assert weight[:2] == pytest.approx([-0.1, 0.1])
     assert error[:2] == pytest.approx([0.0, 0.1])
     assert slow[:2] == pytest.approx([0.0, 0.05])
-    assert not trend[2:k].any()
-    assert len(trend) == k + 1 + 3 * k  # p99 is not among them: its noise would double
+    assert not trend[2:K].any()
+    assert len(trend) == K + 1 + 3 * K  # weight, error and slow ratio: not the p99
     dropped = _two_subsets(math.nan, math.nan, math.nan, 50)
-    vec2 = memory.extend(encode(dropped, spec), dropped, spec, "utilization-trend")
-    trend2 = vec2[spec.obs_size + k + 1 :]
-    assert trend2[1] == 0.0 and trend2[k + 1 + 2 * k + 1] == 0.0  # b has no data now
-    assert trend2[k + 1] == 0.0  # the weight did not change
-    assert extension_low(spec, "utilization-trend") < 0 <= extension_low(spec, "utilization")
+    trend2 = _extend(memory, dropped)[TREND]
+    assert trend2[1] == 0.0 and trend2[K + 1 + 2 * K + 1] == 0.0  # b has no data now
+    assert trend2[K + 1] == 0.0  # the weight did not change
 
 
-def test_ema_averages_each_input_and_holds_it_through_dropped_samples():
-    spec = FeatureSpec()
-    k = spec.max_subsets
-    ext = "utilization-trend-ema"
+def test_moving_averages_follow_each_input_and_hold_through_dropped_samples():
     memory = TrendMemory()
-    trend_size = extension_size(spec, "utilization-trend")
     first = _two_subsets(20.0, 0.0, 200.0, 60, slow_b=0.2)
-    vec0 = memory.extend(encode(first, spec), first, spec, ext)
-    assert vec0.shape == (spec.obs_size + extension_size(spec, ext),)
-    assert vec0[: spec.obs_size + trend_size] == pytest.approx(
-        extend_observation(encode(first, spec), first, spec, "utilization-trend")
-    )
-    ema0 = vec0[spec.obs_size + trend_size :]
-    assert len(ema0) == 3 * k + 1
-    util, route, p99, slow = ema0[:k], ema0[k], ema0[k + 1 : 2 * k + 1], ema0[2 * k + 1 :]
-    assert util[:2] == pytest.approx([60.0 / 150.0, 20.0 / 50.0])  # first tick: the values
-    assert route == pytest.approx(80.0 / 200.0)
-    assert p99[:2] == pytest.approx([100.0 / 250.0, 200.0 / 250.0])
-    assert slow[:2] == pytest.approx([0.0, 0.2])
-    assert not util[2:].any() and not p99[2:].any() and not slow[2:].any()
+    vec0 = _extend(memory, first)
+    for block in (FAST, SLOW):  # first tick: the values themselves
+        ema0 = vec0[block]
+        util, route, p99, slow = ema0[:K], ema0[K], ema0[K + 1 : 2 * K + 1], ema0[2 * K + 1 :]
+        assert util[:2] == pytest.approx([60.0 / 150.0, 20.0 / 50.0])
+        assert route == pytest.approx(80.0 / 200.0)
+        assert p99[:2] == pytest.approx([100.0 / 250.0, 200.0 / 250.0])
+        assert slow[:2] == pytest.approx([0.0, 0.2])
+        assert not util[2:].any() and not p99[2:].any() and not slow[2:].any()
     second = _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)
-    ema1 = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
-    (alpha,) = EMA_ALPHAS[ext]
-    assert ema1[1] == pytest.approx(0.4 + alpha * (0.8 - 0.4))
-    assert ema1[k + 1 + 1] == pytest.approx(0.8 + alpha * (2.8 - 0.8))
-    assert ema1[2 * k + 1 + 1] == pytest.approx(0.2 + alpha * 0.5)
-    assert ema1[0] == pytest.approx(0.4)  # a unchanged: its average stays
+    vec1 = _extend(memory, second)
+    for block, alpha in zip((FAST, SLOW), EMA_ALPHAS, strict=True):
+        ema1 = vec1[block]
+        assert ema1[1] == pytest.approx(0.4 + alpha * (0.8 - 0.4))  # b's utilization
+        assert ema1[K + 1 + 1] == pytest.approx(0.8 + alpha * (2.8 - 0.8))  # b's p99 / slo
+        assert ema1[2 * K + 1 + 1] == pytest.approx(0.2 + alpha * 0.5)  # b's slow ratio
+        assert ema1[0] == pytest.approx(0.4)  # a unchanged: its average stays
     dropped = _two_subsets(math.nan, math.nan, math.nan, 60)
-    ema2 = memory.extend(encode(dropped, spec), dropped, spec, ext)[spec.obs_size + trend_size :]
-    assert ema2[1] == pytest.approx(ema1[1])  # b has no data now: its averages hold
-    assert ema2[2 * k + 2] == pytest.approx(ema1[2 * k + 2])
+    vec2 = _extend(memory, dropped)
+    for block in (FAST, SLOW):
+        assert vec2[block][1] == pytest.approx(vec1[block][1])  # b has no data: averages hold
+        assert vec2[block][2 * K + 2] == pytest.approx(vec1[block][2 * K + 2])
     memory.clear()
-    again = memory.extend(encode(second, spec), second, spec, ext)[spec.obs_size + trend_size :]
-    assert again[1] == pytest.approx(0.8)  # cleared: starts from the value again
-
-
-def test_ema2_appends_a_slow_average_after_the_fast_one():
-    spec = FeatureSpec()
-    block = 3 * spec.max_subsets + 1
-    one, two = TrendMemory(), TrendMemory()
-    fast_alpha, slow_alpha = EMA_ALPHAS["utilization-trend-ema2"]
-    ticks = [_two_subsets(20.0, 0.0, 200.0, 60), _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)]
-    for obs in ticks:
-        single = one.extend(encode(obs, spec), obs, spec, "utilization-trend-ema")
-        double = two.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2")
-    assert double.shape == (spec.obs_size + extension_size(spec, "utilization-trend-ema2"),)
-    assert np.array_equal(double[:-block], single)  # the fast average is the same block
-    slow = double[-block:]
-    assert slow[1] == pytest.approx(0.4 + slow_alpha * (0.8 - 0.4))  # b's utilization
-    assert single[-block + 1] == pytest.approx(0.4 + fast_alpha * (0.8 - 0.4))
-    assert slow[2 * spec.max_subsets + 2] == pytest.approx(0.2 + slow_alpha * 0.5)  # b's slow
+    again = _extend(memory, second)
+    assert again[FAST][1] == pytest.approx(0.8)  # cleared: starts from the value again
 
 
 def test_trend_starts_afresh_when_the_subsets_change():
-    spec = FeatureSpec()
     memory = TrendMemory()
-    first = _two_subsets(20.0, 0.0, 200.0, 60)
-    memory.extend(encode(first, spec), first, spec, "utilization-trend")
+    _extend(memory, _two_subsets(20.0, 0.0, 200.0, 60))
     renamed = dataclasses.replace(_two_subsets(40.0, 0.1, 500.0, 50), subsets=("a", "c"))
-    vec = memory.extend(encode(renamed, spec), renamed, spec, "utilization-trend")
-    assert not vec[spec.obs_size + spec.max_subsets + 1 :].any()
+    assert not _extend(memory, renamed)[TREND].any()
 
 
-def test_recent_extension_inserts_the_newest_interval_before_the_averages():
-    spec = FeatureSpec()
-    k = spec.max_subsets
-    block = 3 * k + 1
-    plain, recent = TrendMemory(), TrendMemory()
-    ticks = [_two_subsets(20.0, 0.0, 200.0, 60), _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)]
-    ticks[1] = dataclasses.replace(
-        ticks[1],
+def test_newest_interval_block_is_each_slots_recent_p99_and_slow_ratio():
+    obs = _two_subsets(40.0, 0.0, 700.0, 60, slow_b=0.7)
+    obs = dataclasses.replace(
+        obs,
         stats=(
-            ticks[1].stats[0],
-            dataclasses.replace(ticks[1].stats[1], recent_p99_ms=3000.0, recent_slow_ratio=0.9),
+            obs.stats[0],
+            dataclasses.replace(obs.stats[1], recent_p99_ms=3000.0, recent_slow_ratio=0.9),
         ),
     )
-    for obs in ticks:
-        without = plain.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2")
-        vec = recent.extend(encode(obs, spec), obs, spec, "utilization-trend-ema2-recent")
-    ext = "utilization-trend-ema2-recent"
-    assert extension_size(spec, ext) == extension_size(spec, "utilization-trend-ema2") + 2 * k
-    assert vec.shape == (spec.obs_size + extension_size(spec, ext),)
-    head = len(without) - 2 * block
-    assert np.array_equal(vec[:head], without[:head])  # encode, utilizations, trends
-    assert np.array_equal(vec[-2 * block :], without[-2 * block :])  # both averages
-    newest = vec[head : head + 2 * k]
-    assert newest[1] == spec.p99_clip  # 3000 ms is 12x the SLO: clipped like the p99 input
-    assert newest[k + 1] == pytest.approx(0.9)
-    assert not newest[[0, k]].any()  # a: NaN (unknown) reads 0
-    assert not newest[2:k].any() and not newest[k + 2 :].any()  # empty slots
-    assert extension_low(spec, ext) < 0
+    newest = _extend(TrendMemory(), obs)[RECENT]
+    assert newest[1] == SPEC.p99_clip  # 3000 ms is 12x the SLO: clipped like the p99 input
+    assert newest[K + 1] == pytest.approx(0.9)
+    assert not newest[[0, K]].any()  # a: NaN (unknown) reads 0
+    assert not newest[2:K].any() and not newest[K + 2 :].any()  # empty slots
 
 
-@pytest.mark.parametrize(
-    "extension",
-    [
-        "utilization-trend",
-        "utilization-trend-ema",
-        "utilization-trend-ema2",
-        "utilization-trend-ema2-recent",
-    ],
-)
-def test_trend_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets(extension: str):
-    spec = FeatureSpec()
-    env = ExtendObservation(
-        gym.make("meshpilot/MeshSim-v0", scenario="diurnal-bursts"), spec, extension
-    )
+def test_training_wrapper_feeds_what_a_serving_policy_sees_and_reset_forgets():
+    env = ExtendObservation(gym.make("meshpilot/MeshSim-v0", scenario="diurnal-bursts"), SPEC)
     memory = TrendMemory()
     vec, _ = env.reset(seed=0)
     assert env.observation_space.contains(vec)
     moved = 0
-    trend_end = spec.obs_size + extension_size(spec, "utilization-trend")
     for _ in range(40):
         obs = env.unwrapped.observation  # type: ignore[attr-defined]
-        assert np.array_equal(vec, memory.extend(encode(obs, spec), obs, spec, extension))
+        assert np.array_equal(vec, memory.extend(encode(obs, SPEC), obs, SPEC))
         assert env.observation_space.contains(vec)
-        moved += bool(np.any(vec[spec.obs_size + spec.max_subsets + 1 : trend_end] != 0))
-        vec, *_ = env.step(np.zeros(spec.max_subsets, dtype=np.float32))
+        moved += bool(np.any(vec[TREND] != 0))
+        vec, *_ = env.step(np.zeros(SPEC.max_subsets, dtype=np.float32))
     assert moved > 30  # load and latencies change from tick to tick
     vec, _ = env.reset(seed=1)
-    assert not vec[spec.obs_size + spec.max_subsets + 1 : trend_end].any()
+    assert not vec[TREND].any()
 
 
 def test_route_utilization_survives_dropped_samples():
-    spec = FeatureSpec()
     route = RouteRef("ns", "vs", "r", "h")
     full = Observation(
         route,
@@ -569,33 +503,33 @@ def test_route_utilization_survives_dropped_samples():
         timestamp_s=5.0,
         capacity_hint_rps=(150.0, 50.0),
     )
-    ext_full = extend_observation(encode(full, spec), full, spec, "utilization")[spec.obs_size :]
-    ext_drop = extend_observation(encode(dropped, spec), dropped, spec, "utilization")
-    ext_drop = ext_drop[spec.obs_size :]
+    ext_full = extend_observation(encode(full, SPEC), full, SPEC)[UTIL]
+    ext_drop = extend_observation(encode(dropped, SPEC), dropped, SPEC)[UTIL]
     assert ext_full[:2] == pytest.approx([0.4, 0.8])
     assert ext_full[-1] == pytest.approx(0.5)
     assert ext_drop[:2] == pytest.approx([0.4, 0.0])
     assert ext_drop[-1] == pytest.approx(0.5)  # 60 rps at weight 60 -> 100 rps on the route
 
 
-def test_before_any_telemetry_the_split_is_capacity_proportional(tmp_path):
+def test_before_any_telemetry_the_split_is_capacity_proportional(exported):
     """The network is not consulted on an all-NaN observation (first tick of a route)."""
-    model, vecnorm = _tiny_model("tanh", [8], seed=9)
-    path = export_npz(model, vecnorm, FeatureSpec(), tmp_path / "p.npz", action_prior="hold")
-    policy = load_numpy_policy(path)
+    policy = load_numpy_policy(exported)
     for scenario_path in suite_paths():
+        policy.reset()
+        memory = TrendMemory()
         sim = MeshSimulator(load_scenario(scenario_path), seed=0)
         first = sim.observe()
         assert not any(s.has_data for s in first.stats)
         weights = policy.decide(first)
+        _extend(memory, first)
         caps = first.capacity_hint_rps
         expected = [100 * c / sum(caps) for c in caps]
         assert np.allclose([weights[s] for s in first.subsets], expected, atol=1.0)
         sim.step(weights)
         later = sim.observe()
         policy.decide(later)  # with data the network decides again
-        vec = encode(later, policy.spec)
-        consulted = corrected_action(policy.predict(vec), (hold_prior(vec, policy.spec), True))
+        vec = _extend(memory, later)
+        consulted = corrected_action(policy.predict(vec), (sqrt_prior(vec, SPEC), True))
         assert policy.last_raw_action == pytest.approx(consulted.tolist())
 
 
@@ -604,55 +538,14 @@ def test_sqrt_prior_decodes_to_the_sqrt_baseline(scenario):
     """Zero correction on the "sqrt" prior writes what `SqrtPolicy` writes, step by step."""
     from agents.baselines import SqrtPolicy
 
-    spec = FeatureSpec()
     baseline = SqrtPolicy()
     sim = MeshSimulator(load_scenario(scenario), seed=2)
     for _ in range(30):
         obs = sim.observe()
-        vec = extend_observation(encode(obs, spec), obs, spec, "utilization")
-        action = apply_action_prior(np.zeros(spec.max_subsets), vec, spec, "sqrt")
-        weights = decode(action, spec.mask(len(obs.subsets)), obs.subsets)
+        vec = extend_observation(encode(obs, SPEC), obs, SPEC)
+        action = apply_action_prior(np.zeros(SPEC.max_subsets), vec, SPEC)
+        weights = decode(action, SPEC.mask(len(obs.subsets)), obs.subsets)
         expected = baseline.decide(obs)
         if any(s.has_data for s in obs.stats):
             assert weights == expected
         sim.step(weights)
-
-
-def test_sqrt_prior_without_utilization_input_falls_back_to_capacity():
-    from agents.action_prior import capacity_prior, sqrt_prior
-
-    spec = FeatureSpec()
-    sim = MeshSimulator(load_scenario("steady-90"), seed=0)
-    sim.step(sim.weights)
-    vec = encode(sim.observe(), spec)
-    assert np.array_equal(sqrt_prior(vec, spec), capacity_prior(vec, spec))
-
-
-_UNIT = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
-_GAIN = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
-
-
-@given(a=_UNIT, b=_UNIT, gain=_GAIN)
-def test_correction_shape_is_an_increasing_map_of_the_unit_interval_with_an_inverse(a, b, gain):
-    lo, hi = sorted((a, b))
-    y_lo, y_hi = shape_correction(np.array([lo, hi]), gain)
-    assert -1.0 <= y_lo <= y_hi <= 1.0
-    assert abs(float(unshape_correction(np.array([y_lo]), gain)[0]) - lo) < 1e-9
-    assert np.allclose(shape_correction(np.array([-1.0, 0.0, 1.0]), gain), [-1.0, 0.0, 1.0])
-
-
-def test_small_corrections_are_scaled_by_the_gain():
-    assert np.allclose(shape_correction(np.array([1e-3]), 0.25), [2.5e-4], rtol=1e-5)
-    assert np.allclose(shape_correction(np.array([1e-3, 0.5]), 1.0), [1e-3, 0.5])
-
-
-def test_action_gain_travels_in_the_file_and_defaults_to_linear(exported, tmp_path):
-    assert load_numpy_policy(exported).action_gain == 1.0
-    older = _rewrite(exported, tmp_path / "old.npz", action_gain=None)
-    assert load_numpy_policy(older).action_gain == 1.0
-    gained = _rewrite(exported, tmp_path / "g.npz", action_gain=np.asarray(0.3))
-    assert load_numpy_policy(gained).action_gain == 0.3
-    for bad in (0.0, 1.5, np.nan):
-        path = _rewrite(exported, tmp_path / "bad.npz", action_gain=np.asarray(bad))
-        with pytest.raises(ConfigError, match="action gain"):
-            load_numpy_policy(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.obs_extensions import extension_size
 from agents.policy_file import save_npz
 from meshcore.features import FeatureSpec
 
@@ -34,21 +35,20 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 
 def _random_policy_file(path: Path) -> Path:
     spec = FeatureSpec()
+    n_in = spec.obs_size + extension_size(spec)
     rng = np.random.default_rng(0)
     layers = [
-        (rng.normal(size=(16, spec.obs_size)), rng.normal(size=16)),
+        (rng.normal(size=(16, n_in)), rng.normal(size=16)),
         (rng.normal(size=(spec.max_subsets, 16)), rng.normal(size=spec.max_subsets)),
     ]
     return save_npz(
         path,
         spec=spec,
         layers=layers,
-        activation="tanh",
-        obs_mean=np.zeros(spec.obs_size),
-        obs_var=np.ones(spec.obs_size),
+        obs_mean=np.zeros(n_in),
+        obs_var=np.ones(n_in),
         clip_obs=10.0,
         eps=1e-8,
-        action_prior="capacity",
     )
 
 

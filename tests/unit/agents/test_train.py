@@ -1,16 +1,20 @@
 """`meshpilot train` end to end on a tiny job (agents.training + meshpilot.commands.train).
 
 Cases:
+- the defaults are the shipped model's recipe, field by field, and `meshpilot train --out-dir
+  DIR` alone (or the recipe's command line) gives exactly that config, which is the one the
+  shipped model's file records;
 - a few hundred steps through the CLI's main() write every artifact of the run directory
   (config, model, normalizer, numpy export, episode log, learning curve, checkpoints), named
   <scenario-set>__<exp>__<seed>__<ts>, and the export serves as a `Policy`;
 - resuming from a checkpoint continues the step count and the episode log;
 - the same seed gives the same trained weights;
-- the sqrt action prior, the drain-aware teacher, cost-weighted and annealed imitation and
-  scenario oversampling train and export (the drain-aware state itself: test_oracle.py);
-- the teacher's imitation target (oracle, or hedged with a pull), put through the action
-  prior and gain, decodes to the teacher's weights (within one point of rounding);
-- every TrainConfig field has a documented option, and bad values exit with one clear line.
+- the recipe's phases on a tiny scale: the imitation warm start fits the teacher, and PPO
+  with imitation after every rollout (bc_lr) trains and exports;
+- the teacher's imitation target, put through the action prior, decodes to the teacher's
+  weights (within one point of rounding);
+- every TrainConfig field has a documented option, and bad values (retired options included)
+  exit with one clear line before any work.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.action_prior import ACTION_PRIOR
+from agents.network import ACTIVATION
+from agents.obs_extensions import OBS_EXTENSION
 from agents.policy_file import load_ppo_policy
 from agents.training.artifacts import read_episodes
 from agents.training.config import TrainConfig, field_help
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario
+from meshcore.features import FeatureSpec
 from meshcore.model import Weights
 from meshpilot.cli import build_parser, main
+from meshpilot.commands.train import config_from_args
 from tests.unit.agents.tiny_training import TINY_PPO
 
 TINY = [
@@ -49,9 +58,126 @@ def _train(out: Path, *extra: str) -> Path:
     return run_dir
 
 
+SHIPPED_RECIPE: dict[str, Any] = {
+    "scenarios": (),
+    "exp_name": "shipped",
+    "seed": 1,
+    "total_steps": 49152,
+    "n_envs": 8,
+    "episode_steps": None,
+    "randomize": True,
+    "load_scale": (0.7, 1.1),
+    "service_scale": (0.95, 1.05),
+    "event_shift": (0.5, 1.5),
+    "noise_add": (0.0, 0.1),
+    "drop_add": (0.0, 0.02),
+    "permute_subsets": 4,
+    "churn_cost": 0.02,
+    "learning_rate": 3e-6,
+    "anneal_lr": True,
+    "n_steps": 1024,
+    "batch_size": 1024,
+    "n_epochs": 2,
+    "gamma": 0.9,
+    "gae_lambda": 0.95,
+    "clip_range": 0.2,
+    "ent_coef": 0.0,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+    "net_arch": (128, 128),
+    "log_std_init": -3.0,
+    "imitation_steps": 500000,
+    "imitation_rounds": 6,
+    "imitation_epochs": 30,
+    "imitation_lr": 1e-3,
+    "imitation_bad_weight": 20.0,
+    "teacher_drain_s": 10.0,
+    "teacher_pull": 0.05,
+    "bc_lr": 1e-5,
+    "norm_reward": True,
+    "clip_obs": 10.0,
+    "out_dir": "runs",
+    "tensorboard_dir": None,
+    "checkpoint_every": 49152,
+    "resume": None,
+    "progress": True,
+    "members": 2,
+    "spec": FeatureSpec().to_dict(),
+}
+"""Every TrainConfig field at the value the shipped model was trained with (docs/benchmarks.md,
+"How the shipped policy was trained")."""
+
+RECIPE_COMMAND = """
+    --members 2 --seed 1 --imitation-steps 500000 --imitation-rounds 6
+    --imitation-epochs 30 --net-arch 128 128 --total-steps 49152 --log-std-init -3
+    --learning-rate 3e-6 --n-epochs 2 --n-steps 1024 --batch-size 1024 --bc-lr 1e-5
+    --permute-subsets 4 --service-scale 0.95 1.05 --checkpoint-every 49152
+    --teacher-drain-s 10 --imitation-bad-weight 20 --teacher-pull 0.05 --exp-name shipped
+    --out-dir runs
+"""
+"""The shipped model's command without the options it no longer needs (--obs-extension,
+--action-prior and --imitation-anneal name what training now always does)."""
+
+RETIRED_AT_THE_SHIPPED_VALUE: dict[str, Any] = {
+    "activation": ACTIVATION,
+    "action_prior": ACTION_PRIOR,
+    "obs_extension": OBS_EXTENSION,
+    "action_gain": 1.0,
+    "imitation_anneal": True,
+    "imitation_miss_weight": 0.0,
+    "imitation_miss_relative": False,
+    "imitation_smooth": 0.0,
+    "teacher_delay_steps": 0,
+    "oversample": [],
+    "scenario_reward_scale": False,
+    "reset_log_std": False,
+    "export_to": None,
+}
+"""Options the shipped model's config records that are gone: each at the value whose code
+path training and serving keep."""
+
+
+def _config_from_cli(*argv: str) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_the_defaults_are_the_shipped_recipe_field_by_field():
+    config = TrainConfig()
+    assert [f.name for f in dataclasses.fields(TrainConfig)] == list(SHIPPED_RECIPE)
+    for name, value in SHIPPED_RECIPE.items():
+        assert getattr(config, name) == value, name
+    config.validate()
+
+
+def test_train_with_only_an_out_dir_runs_the_shipped_recipe():
+    assert _config_from_cli("--out-dir", "elsewhere") == TrainConfig(out_dir="elsewhere")
+    assert _config_from_cli(*RECIPE_COMMAND.split()) == TrainConfig()
+
+
+def test_the_shipped_model_records_the_default_config():
+    from agents.policy_file import DEFAULT_MODEL
+
+    with np.load(DEFAULT_MODEL, allow_pickle=False) as data:
+        recorded = json.loads(str(data["metadata_json"]))["config"]
+    expected = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # tuples -> lists
+    for name, value in expected.items():
+        if name != "out_dir":
+            assert recorded[name] == value, name
+    for name, value in RETIRED_AT_THE_SHIPPED_VALUE.items():
+        assert recorded[name] == value, name
+    assert set(recorded) == set(expected) | set(RETIRED_AT_THE_SHIPPED_VALUE)
+
+
+def test_train_itself_trains_one_policy_only():
+    from agents.training.ppo import train
+    from meshcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_ensemble"):
+        train(TrainConfig())
+
+
 def test_tiny_train_writes_every_artifact(tmp_path, capsys):
-    exported = tmp_path / "exported" / "p.npz"
-    run_dir = _train(tmp_path / "runs", "--total-steps", "256", "--export-to", str(exported))
+    run_dir = _train(tmp_path / "runs", "--total-steps", "256")
 
     assert run_dir.name.startswith("steady-50__tiny__7__")
     for name in (
@@ -80,8 +206,7 @@ def test_tiny_train_writes_every_artifact(tmp_path, capsys):
     assert len(episodes) == 6
     assert all(e[2] == 40 and e[3] == "steady-50" and e[1] <= 0 for e in episodes)
 
-    assert exported.read_bytes() == (run_dir / "policy.npz").read_bytes()
-    policy = load_ppo_policy(str(exported))
+    policy = load_ppo_policy(str(run_dir / "policy.npz"))
     sim = MeshSimulator(load_scenario("steady-50"), seed=0)
     for _ in range(5):
         weights = policy.decide(sim.observe())
@@ -126,70 +251,37 @@ def test_oracle_imitation_warm_start_fits_the_teacher(tmp_path):
     assert meta["imitation_env_steps"] == 480
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
     assert meta["env_steps"] == 0
-    policy = load_ppo_policy(str(run_dir / "policy.npz"))
-    assert policy.action_prior == "capacity"
+    assert load_ppo_policy(str(run_dir / "policy.npz")).name == "ppo"
 
 
-def test_sqrt_prior_drain_teacher_weighted_annealed_imitation_and_oversampling(tmp_path):
+def test_imitation_then_ppo_with_imitation_after_every_rollout(tmp_path):
     run_dir = _train(
         tmp_path / "runs",
-        "--total-steps", "128",
+        "--total-steps", "256",
         "--imitation-steps", "480",
         "--imitation-rounds", "2",
         "--imitation-epochs", "5",
-        "--imitation-anneal",
         "--imitation-lr", "3e-3",
-        "--teacher-drain-s", "10",
-        "--teacher-pull", "0.05",
-        "--imitation-bad-weight", "20",
-        "--imitation-miss-weight", "10",
-        "--imitation-miss-relative",
         "--bc-lr", "1e-4",
-        "--obs-extension", "utilization",
-        "--action-prior", "sqrt",
-        "--action-gain", "0.25",
-        "--oversample", "steady-50",
     )  # fmt: skip
     meta = json.loads((run_dir / "config.json").read_text())
-    assert meta["config"]["action_prior"] == "sqrt"
-    assert meta["config"]["action_gain"] == 0.25
-    assert meta["config"]["teacher_pull"] == 0.05
-    assert meta["config"]["oversample"] == ["steady-50"]
-    assert meta["config"]["imitation_miss_weight"] == 10
-    assert meta["config"]["imitation_miss_relative"] is True
+    assert meta["config"]["bc_lr"] == 1e-4
     assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
-    policy = load_ppo_policy(str(run_dir / "policy.npz"))
-    assert policy.action_prior == "sqrt"
-    assert policy.obs_extension == "utilization"
-    assert policy.action_gain == 0.25
+    assert meta["bc_passes"] == 2  # one per rollout of 2 envs x 64 steps
+    assert meta["env_steps"] == 256
+    assert load_ppo_policy(str(run_dir / "policy.npz")).name == "ppo"
 
 
-def test_oversampled_scenarios_get_extra_pool_entries():
-    from agents.training.wrappers import scenario_pool
-
-    config = TrainConfig(scenarios=("steady-50", "steady-90"), oversample=("steady-90",) * 2)
-    assert [sc.name for sc in scenario_pool(config, 0)] == ["steady-50", "steady-90"] + [
-        "steady-90"
-    ] * 2
-
-
-@pytest.mark.parametrize(
-    ("prior", "gain", "pull"), [("capacity", 1.0, 0.0), ("sqrt", 0.25, 0.05), ("sqrt", 0.1, 0.0)]
-)
-def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain, pull):
+@pytest.mark.parametrize("pull", [0.0, 0.05])
+def test_oracle_target_through_the_prior_writes_the_teachers_weights(pull):
     from agents.action_prior import apply_action_prior
-    from agents.oracle import hedged_weights
+    from agents.oracle import drain_aware_weights
     from agents.training.teacher import oracle_target
     from agents.training.wrappers import make_env
     from meshcore.features import decode
 
     config = TrainConfig(
-        scenarios=("steady-90", "many-subsets"),
-        randomize=False,
-        obs_extension="utilization",
-        action_prior=prior,
-        action_gain=gain,
-        teacher_pull=pull,
+        scenarios=("steady-90", "many-subsets"), randomize=False, teacher_pull=pull
     )
     spec = config.feature_spec
     env = make_env(config)
@@ -200,120 +292,13 @@ def test_oracle_target_through_the_prior_writes_the_teachers_weights(prior, gain
             target, mask = oracle_target(env, obs, config)
             sim = env.unwrapped.sim
             if mask.any():
-                full = apply_action_prior(target, obs, spec, prior, gain)
+                full = apply_action_prior(target, obs, spec)
                 written = decode(full, spec.mask(len(sim.subsets)), sim.subsets)
-                teacher = hedged_weights(sim.true_state(), pull)
+                teacher, _ = drain_aware_weights(sim, sim.true_state(), 10.0, pull)
                 assert max(abs(a - b) for a, b in zip(written.values(), teacher, strict=True)) <= 1
                 checked += 1
             obs, *_ = env.step(target)
     assert checked >= 8
-
-
-def _latency_spike_env(**overrides: Any) -> tuple[TrainConfig, Any, np.ndarray]:
-    """A training env on latency-spike without randomization, reset with seed 0, and its config
-    (hedged teacher, pull 0.05, plain utilization inputs, no action prior)."""
-    from agents.training.wrappers import make_env
-
-    config = TrainConfig(
-        scenarios=("latency-spike",), randomize=False, obs_extension="utilization",
-        action_prior="none", teacher_pull=0.05, **overrides,
-    )  # fmt: skip
-    env = make_env(config)
-    obs, _ = env.reset(seed=0)
-    return config, env, obs
-
-
-def test_late_teacher_labels_what_the_served_intervals_can_show():
-    from agents.oracle import hedged_weights
-    from agents.training.teacher import oracle_target, teacher_state
-    from meshcore.features import decode
-
-    sim = MeshSimulator(load_scenario("latency-spike"), seed=0)  # v1 at 0.4 from 600 s to 900 s
-    factors = {}
-    for t in (0.0, 600.0, 605.0, 900.0, 905.0):
-        sim.t_s = t
-        factors[t] = [teacher_state(sim, d).subsets[0].capacity_factor for d in (0, 1, 2)]
-    assert factors[0.0] == [1.0, 1.0, 1.0]  # nothing before the first interval: its own
-    assert factors[600.0] == [0.4, 1.0, 1.0]  # the loss starts now: not in the telemetry yet
-    assert factors[605.0] == [0.4, 0.4, 1.0]
-    assert factors[900.0] == [1.0, 0.4, 0.4]  # recovered now: the last interval was degraded
-    assert factors[905.0] == [1.0, 1.0, 0.4]
-    config, env, obs = _latency_spike_env(teacher_delay_steps=1)
-    base = env.unwrapped
-    base.sim.t_s = 600.0
-    target, _ = oracle_target(env, obs, config)
-    late = hedged_weights(teacher_state(base.sim, 1), 0.05)
-    assert late != hedged_weights(base.sim.true_state(), 0.05)  # the loss moves the oracle
-    written = decode(target, config.feature_spec.mask(2), base.sim.subsets)
-    assert max(abs(a - b) for a, b in zip(written.values(), late, strict=True)) <= 1
-
-
-def test_teacher_label_carries_the_cost_of_a_miss_only_when_asked():
-    from agents.oracle import hedged_weights, miss_cost
-    from agents.training.teacher import MISS_COST_CAP, teacher_label
-
-    config, env, obs = _latency_spike_env(imitation_miss_weight=1000.0)
-    sim = env.unwrapped.sim
-    sim.t_s = 700.0  # v1 at 40 percent of its capacity: a knife edge
-    label = teacher_label(env, obs, config, with_miss_cost=True)
-    state = sim.true_state()
-    expected = min(miss_cost(state, hedged_weights(state, 0.05)), MISS_COST_CAP)
-    assert label.miss_cost == pytest.approx(expected)
-    assert label.miss_cost > 1e-3
-    assert teacher_label(env, obs, config).miss_cost == 0.0
-    sim.t_s = 300.0
-    assert teacher_label(env, obs, config, with_miss_cost=True).miss_cost < label.miss_cost / 10
-
-
-def test_episode_means_average_each_episode_apart():
-    from agents.training.imitation import episode_means
-
-    values = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
-    done = np.array([[0, 0], [1, 0], [0, 1], [0, 0]], dtype=bool)
-    assert episode_means(values, done).tolist() == [
-        [1.5, 20.0],
-        [1.5, 20.0],
-        [3.5, 20.0],
-        [3.5, 40.0],
-    ]
-
-
-def test_quiet_pairs_skip_the_teachers_moves_the_ticks_after_them_and_episode_ends():
-    from agents.training.imitation import QUIET_TICKS, quiet_pairs
-
-    steps = QUIET_TICKS + 12
-    full = np.zeros((steps, 2, 3))
-    mask = np.zeros((steps, 2, 3), dtype=bool)
-    mask[:, :, :2] = True
-    done = np.zeros((steps, 2), dtype=bool)
-    full[4:, 0, 0] = 0.5  # env 0: the teacher moves between ticks 3 and 4
-    full[:, 0, 2] = np.arange(steps)  # an absent slot changes: ignored
-    done[10, 1] = True  # env 1: an episode ends at tick 10
-    pairs = quiet_pairs(full, mask, done)
-    by_env = {i: [(a // 2, b // 2) for a, b in pairs if a % 2 == i] for i in (0, 1)}
-    assert all(b == a + 2 for a, b in pairs)  # the same env, one tick later (2 envs)
-    assert by_env[0] == [(t, t + 1) for t in range(3 + QUIET_TICKS, steps - 1)]
-    first_after_end = 10 + QUIET_TICKS
-    assert by_env[1] == [(t, t + 1) for t in range(QUIET_TICKS - 1, 10)] + [
-        (t, t + 1) for t in range(first_after_end, steps - 1)
-    ]
-
-
-def test_smooth_imitation_trains_and_counts_its_pairs(tmp_path):
-    run = _train(
-        tmp_path,
-        "--imitation-steps", "960",
-        "--imitation-rounds", "2",
-        "--imitation-epochs", "3",
-        "--total-steps", "128",
-        "--imitation-smooth", "1.0",
-        "--obs-extension", "utilization-trend-ema2",
-        "--action-prior", "sqrt",
-    )  # fmt: skip
-    meta = json.loads((run / "config.json").read_text())
-    assert meta["config"]["imitation_smooth"] == 1.0
-    assert meta["imitation_quiet_pairs"] > 0
-    assert meta["imitation_final_actor_loss"] < meta["imitation_first_actor_loss"]
 
 
 def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
@@ -349,22 +334,23 @@ def test_every_config_field_has_a_documented_option():
     [
         (["--gamma", "1.5"], "gamma"),
         (["--n-envs", "0"], "argument --n-envs"),
+        (["--members", "0"], "argument --members"),
         (["nonexistent-scenario"], "nonexistent-scenario"),
-        (["steady-50", "--oversample", "steady-90"], "steady-90"),
-        (["--action-prior", "sqrt"], "utilization"),
+        (["--members", "1", "nonexistent-scenario"], "nonexistent-scenario"),
         (["--imitation-lr", "0"], "imitation_lr"),
         (["--imitation-bad-weight", "-1"], "imitation_bad_weight"),
-        (["--imitation-miss-weight", "-1"], "imitation_miss_weight"),
-        (["--imitation-smooth", "1", "--action-gain", "0.5"], "imitation_smooth needs action_gain"),
-        (["--action-gain", "0"], "action_gain"),
         (["--teacher-pull", "-0.1"], "teacher_pull"),
-        (["--teacher-delay-steps", "-1"], "argument --teacher-delay-steps"),
-        (["--action-gain", "1.5"], "action_gain"),
+        (["--teacher-drain-s", "0"], "teacher_drain_s"),
+        (["--obs-extension", "utilization"], "unrecognized arguments: --obs-extension"),
+        (["--action-prior", "capacity"], "unrecognized arguments: --action-prior"),
+        (["--activation", "relu"], "unrecognized arguments: --activation"),
+        (["--imitation-anneal"], "unrecognized arguments: --imitation-anneal"),
     ],
 )
 def test_bad_values_exit_with_one_clear_line(tmp_path, capsys, args, message):
-    """Argparse refuses some values (SystemExit 2), TrainConfig.validate the others (main
-    returns 2): the same one line either way."""
+    """Argparse refuses some values and the retired options (SystemExit 2), TrainConfig.validate
+    and the scenario loader the others (main returns 2): the same one line either way, and
+    nothing written (with the default two members too)."""
     try:
         code = main(["train", "--out-dir", str(tmp_path), "--no-progress", *args])
     except SystemExit as stop:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.obs_extensions import extension_size
 from agents.policy_file import save_npz
 from meshcore.features import FeatureSpec
 from meshpilot.cli import main
@@ -24,7 +25,7 @@ def _policy_file(path: Path, seed: int, spec: FeatureSpec | None = None) -> Path
     """A random small network in the shipped file format (numpy only)."""
     spec = spec or FeatureSpec()
     rng = np.random.default_rng(seed)
-    n_in = spec.obs_size + spec.max_subsets + 1
+    n_in = spec.obs_size + extension_size(spec)
     return save_npz(
         path,
         spec=spec,
@@ -32,13 +33,10 @@ def _policy_file(path: Path, seed: int, spec: FeatureSpec | None = None) -> Path
             (rng.normal(size=(16, n_in)) * 0.3, rng.normal(size=16) * 0.3),
             (rng.normal(size=(spec.max_subsets, 16)) * 0.3, rng.normal(size=spec.max_subsets)),
         ],
-        activation="tanh",
         obs_mean=np.zeros(n_in),
         obs_var=np.ones(n_in),
         clip_obs=10.0,
         eps=1e-8,
-        action_prior="sqrt",
-        obs_extension="utilization",
     )
 
 
