@@ -5,29 +5,33 @@ controller only sees Prometheus. The planner estimates, per version and every ti
 numbers the oracle's queueing model (`agents.queueing`) needs and then picks the integer split
 that minimizes the modelled bad-request fraction, exactly as the oracle does. It is a peer
 baseline (``--policy planner``) and the fallback of the serving supervisor
-(`controller.supervisor`), so it needs numpy only.
+(`agents.supervisor`), so it needs numpy only.
 
 Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 
 * **healthy service time** m (ms): the m at which the model of a healthy version of capacity C
-  has the observed p99 at the observed rate, averaged (geometrically) over the version's first
-  `SERVICE_FITS` observations; replicas r = round(C m / 1000) >= 1, and m is then set so that
-  r / m = C exactly. It fixes the shape of the tail (few fast or many slow servers).
+  has the observed p99 at the observed rate, from observations that look healthy (slow ratio
+  at most `HEALTHY_SLOW`, p99 within the SLO), averaged geometrically over the first
+  `SERVICE_FITS` of them and then followed slowly (a new build under an old name); at most a
+  third of the SLO; before any fit, a tenth of the SLO. Replicas r = round(C m / 1000) >= 1,
+  and m is then set so that r / m = C exactly. It fixes the shape of the tail (few fast or
+  many slow servers).
 * **health** h (the capacity factor, 1 = nominal): the h at which the model's
   P(latency > SLO) at the version's observed rate equals its observed slow ratio (bisection in
   log h; the model is monotone in h). A drop below `FAULT_DROP` of the current estimate is
   taken at once (overload compounds); smaller moves are smoothed.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
-A version without traffic gives no evidence: its h and e relax toward the healthy prior with
-time constant `recovery_s`, so traffic returns to it after a fault ends and is cut again if the
-fault is still there. Without capacity hints the model has no scale: the planner then writes
-the square-root rule's split (`agents.baselines.SqrtPolicy`). To keep a settled route still,
-the current split is kept unless the new one lowers the modelled bad fraction by more than
-`min_gain` (relative) and `min_gain_abs` (absolute). The model is only as good as its estimates,
-so the objective also pulls each share toward the square-root split of the estimated
-capacities (`pull` x squared share distance): a hedge that the model overrides only for a
-clear gain (a failing or overloaded version).
+Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
+then move with the evidence; a version without traffic gives none, so traffic returns to it
+after a fault ends and is cut again if the fault is still there. Without capacity hints the
+model has no scale: the planner then writes the square-root rule's split
+(`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
+unless the new one lowers the modelled bad fraction by more than `min_gain` (relative) and
+`min_gain_abs` (absolute). The model is only as good as its estimates, so the objective also
+pulls each share toward the square-root split of the estimated capacities (`pull` x squared
+share distance): a hedge that the model overrides only for a clear gain (a failing or
+overloaded version).
 """
 
 from __future__ import annotations
@@ -46,7 +50,11 @@ HEALTH_RANGE = (0.02, 1.5)
 MIN_RPS = 0.5
 """Below this rate (rps) a version's ratios are too noisy to update its estimates."""
 SERVICE_FITS = 12
-"""Observations whose p99 fixes a version's healthy service time (its first ones with data)."""
+"""Healthy observations averaged into a version's first service-time estimate; later ones move
+it with weight 1 / SERVICE_FITS."""
+HEALTHY_SLOW = 0.05
+"""Largest slow ratio of an observation the service-time fit trusts (a faulty or overloaded
+version's p99 would make its healthy service time look slow, and keep it out for good)."""
 FAULT_DROP = 0.7
 """A health estimate below this fraction of the current one is a fault, believed at once;
 smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split."""
@@ -90,7 +98,6 @@ class VersionEstimate:
     health: float = 1.0
     error: float = 0.0
     fits: int = 0
-    log_service_sum: float = 0.0
 
 
 @dataclass
@@ -129,7 +136,7 @@ def model_p99_ms(capacity_rps: float, service_ms: float, rate_rps: float) -> flo
 
 def fit_service_ms(capacity_rps: float, rate_rps: float, p99_ms: float) -> float | None:
     """Mean service time (ms) at which a healthy version of nominal capacity `capacity_rps`
-    fed `rate_rps` has p99 `p99_ms` in the model; None at or over capacity, where the p99
+    fed `rate_rps` has p99 `p99_ms` in the model; None from 95 % of capacity on, where the p99
     says nothing about it. Searched from one replica up to 64 (bisection in log space)."""
     if rate_rps >= 0.95 * capacity_rps:
         return None
@@ -242,7 +249,9 @@ class PlannerPolicy:
         current = self._current(obs)
         if not (_finite(rate) and rate > 0):
             return current or self._fallback.decide(obs)
-        models = [self.model(st.versions[n], c) for n, c in zip(obs.subsets, caps, strict=True)]
+        models = [
+            self.model(st.versions[n], c, slo_ms) for n, c in zip(obs.subsets, caps, strict=True)
+        ]
         cost = cost_table(models, rate, slo_ms=slo_ms, balancer=self.balancer)
         st.subsets, st.bad_table = obs.subsets, cost
         if self.pull > 0:
@@ -265,17 +274,27 @@ class PlannerPolicy:
         rows = np.arange(len(st.subsets))
         return float(st.bad_table[rows, list(weights.values_tuple)].sum())
 
-    def model(self, est: VersionEstimate, capacity_rps: float) -> VersionModel:
-        """The queueing model of a version with estimates `est` and nominal capacity (rps)."""
-        svc = est.service_ms if _finite(est.service_ms) else 1000.0 / capacity_rps
+    @staticmethod
+    def service_ms(est: VersionEstimate, slo_ms: float) -> float:
+        """The healthy service time the model uses (ms): the fit, at most a third of the SLO;
+        a tenth of the SLO before any fit."""
+        return min(est.service_ms, slo_ms / 3.0) if _finite(est.service_ms) else slo_ms / 10.0
+
+    def model(self, est: VersionEstimate, capacity_rps: float, slo_ms: float) -> VersionModel:
+        """The queueing model of a version with estimates `est`, nominal capacity (rps) and
+        the route's SLO (ms)."""
+        svc = max(self.service_ms(est, slo_ms), 1000.0 / capacity_rps)
         replicas, svc = shape(capacity_rps, svc)
         return VersionModel(replicas, svc, min(max(est.error, 0.0), 1.0), est.health)
 
     @staticmethod
     def _current(obs: Observation) -> Weights | None:
         values = [s.weight for s in obs.stats]
-        if all(isinstance(v, int) and 0 <= v <= WEIGHT_TOTAL for v in values) and (
-            sum(values) == WEIGHT_TOTAL
+        valid = (isinstance(v, int) and not isinstance(v, bool) for v in values)
+        if (
+            all(valid)
+            and all(0 <= v <= WEIGHT_TOTAL for v in values)
+            and (sum(values) == WEIGHT_TOTAL)
         ):
             return Weights(obs.subsets, values)
         return None
@@ -287,16 +306,23 @@ class PlannerPolicy:
             return
         if _finite(stats.error_ratio):
             est.error = 0.5 * est.error + 0.5 * min(max(stats.error_ratio, 0.0), 1.0)
-        if est.fits < SERVICE_FITS and _finite(stats.p99_ms) and stats.p99_ms > 0:
-            fit = fit_service_ms(cap, rps, stats.p99_ms)
-            if fit is not None:
-                est.log_service_sum += math.log(fit)
-                est.fits += 1
-                est.service_ms = math.exp(est.log_service_sum / est.fits)
-        if not (_finite(stats.slow_ratio) and _finite(est.service_ms)):
+        healthy = (
+            _finite(stats.slow_ratio)
+            and stats.slow_ratio <= HEALTHY_SLOW
+            and _finite(stats.p99_ms)
+            and 0 < stats.p99_ms <= slo_ms
+        )
+        fit = fit_service_ms(cap, rps, stats.p99_ms) if healthy else None
+        if fit is not None:
+            est.fits += 1
+            gain = 1.0 / min(est.fits, SERVICE_FITS)
+            previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
+            est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
+        if not _finite(stats.slow_ratio):
             return
         slow = min(stats.slow_ratio, SLOW_SATURATED)
-        observed = infer_health(cap, est.service_ms, rps, slow, slo_ms)
+        svc = max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
+        observed = infer_health(cap, svc, rps, slow, slo_ms)
         if observed is None:
             return
         if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:

@@ -4,7 +4,8 @@ Why a module of its own: the oracle (`agents.oracle`, true parameters from the s
 the planner (`agents.planner`, parameters estimated from telemetry) minimize the same
 objective, and the planner runs in the serving path, which must import neither the simulator
 (numba) nor torch: this module needs numpy only. A version is described by `QueueParams`
-(replicas, service time, its distribution, error rate, capacity factor).
+(replicas, per-replica service rate after the capacity factor, service-time distribution and
+cv, error rate).
 
 * Pooled FCFS M/M/c (Erlang C): ``P(W > 0) = C(c, a)``, and given a wait, W ~ Exp(c mu - x);
   T = W + S. Exact for exponential service and a shared queue.

@@ -15,7 +15,13 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
 * after `harm_ticks` harmful ticks in a row the route falls back: the fallback's split is
   written, and `last_note` says why (the live loop appends it to the decision's reason);
 * the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
-  proposal has been harmless for `clear_ticks` ticks in a row (hysteresis: no flapping).
+  proposal has shown no harm in telemetry for `clear_ticks` ticks in a row (hysteresis: no
+  flapping; the model's view alone never keeps a route in fallback).
+
+Overload and slowness count only while some other version has room (below 80 % of its
+estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
+needs other versions to compare with. If the fallback itself fails, the primary is served
+and the note says so.
 
 `modes` tells which routes are in fallback. All state is per route; `reset()` forgets it.
 """
@@ -94,17 +100,35 @@ class SupervisedPolicy:
         """Why `proposal` does visible harm on `obs`, or None (see the module docstring)."""
         estimates = self.fallback.estimates(obs.route)
         caps = obs.capacity_hint_rps
+
+        def capacity(i: int) -> float:
+            est = estimates.get(obs.subsets[i])
+            if est is None or not caps or not (_finite(caps[i]) and caps[i] > 0):
+                return math.nan
+            return caps[i] * est.health
+
+        def room_elsewhere(i: int) -> bool:
+            """Whether another version could take load: below 80 % of its estimated capacity
+            (or unknown); when every version is in trouble no split is to blame."""
+            for j, s in enumerate(obs.stats):
+                if j == i:
+                    continue
+                cap_j = capacity(j)
+                if not _finite(cap_j) or not _finite(s.rps) or s.rps < 0.8 * cap_j:
+                    return True
+            return False
+
         for i, (name, stats) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
             if not (_finite(stats.rps) and stats.rps > 0) or proposal[name] < stats.weight:
                 continue
-            est = estimates.get(name)
-            if est is not None and caps and _finite(caps[i]) and caps[i] > 0:
-                capacity = caps[i] * est.health
-                if stats.rps > capacity:
-                    return (
-                        f"{name} is overloaded ({stats.rps:.0f} rps over an estimated "
-                        f"{capacity:.0f}) and keeps {proposal[name]} points"
-                    )
+            if not room_elsewhere(i):
+                continue
+            cap_i = capacity(i)
+            if _finite(cap_i) and stats.rps > cap_i:
+                return (
+                    f"{name} is overloaded ({stats.rps:.0f} rps over an estimated "
+                    f"{cap_i:.0f}) and keeps {proposal[name]} points"
+                )
             if _finite(stats.slow_ratio) and stats.slow_ratio >= self.overload_slow:
                 return (
                     f"{name} misses the SLO on {stats.slow_ratio:.0%} of requests and keeps "
@@ -116,7 +140,9 @@ class SupervisedPolicy:
                     for j, s in enumerate(obs.stats)
                     if j != i and _finite(s.error_ratio) and _finite(s.rps) and s.rps > 0
                 ]
-                baseline = statistics.median(others) if others else 0.0
+                if not others:
+                    continue
+                baseline = statistics.median(others)
                 if stats.error_ratio >= 3.0 * baseline + 1e-3:
                     return (
                         f"{name} answers {stats.error_ratio:.0%} 5xx (others "
@@ -140,10 +166,15 @@ class SupervisedPolicy:
 
     def decide(self, obs: Observation) -> Weights:
         watch = self._routes.setdefault(obs.route, _RouteWatch())
-        safe = self.fallback.decide(obs)
-        proposal = self.primary.decide(obs)
-        why = self.harm(obs, proposal) or self.modelled_harm(obs.route, proposal, safe)
         self.last_note = None
+        proposal = self.primary.decide(obs)
+        try:
+            safe = self.fallback.decide(obs)
+        except Exception as exc:  # a broken fallback must not stop the route: serve the policy
+            self.last_note = f"supervisor: {self.fallback.name} failed ({exc}); policy unchecked"
+            return proposal
+        seen = self.harm(obs, proposal)
+        why = seen or self.modelled_harm(obs.route, proposal, safe)
         if watch.mode == MODE_POLICY:
             watch.harmful = watch.harmful + 1 if why else 0
             if watch.harmful < self.harm_ticks:
@@ -152,7 +183,9 @@ class SupervisedPolicy:
             self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
             return safe
         watch.in_fallback += 1
-        watch.clear = 0 if why else watch.clear + 1
+        # Only harm seen in telemetry blocks the return: the model's estimates can be wrong
+        # for as long as the fallback keeps a version without traffic.
+        watch.clear = 0 if seen else watch.clear + 1
         if watch.in_fallback >= self.hold_ticks and watch.clear >= self.clear_ticks:
             watch.mode, watch.harmful = MODE_POLICY, 0
             self.last_note = f"supervisor: back to {self.primary.name}: harmless for a while"

@@ -5,8 +5,8 @@ call to a port means when it fails is a separate, stateless question answered he
 
 * `observe_routes` — one batched `Observer.observe`; a `TemporaryError` holds every route, a
   `PermanentError` is narrowed to the culprit routes by observing each alone once;
-* `with_hints` and `decide` — the policy's input (capacity hints filled in) and its proposal;
-  a policy that raises proposes nothing and says why in the tick's notes;
+* `with_hints` and `decide` — the policy's input (capacity hints and SLO filled in) and its
+  proposal; a policy that raises proposes nothing and says why in the tick's notes;
 * `apply_write` — one `Actuator.apply`, never raising (it may run on a write thread), telling a
   write the actuator had to retry after a conflict;
 * `Plan` and `act_outcome` — a route after read, decide and guard, and what its verdict and

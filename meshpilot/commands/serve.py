@@ -155,6 +155,10 @@ def resolve_policy(requested: str | None, *, supervised: bool = True) -> tuple[P
             policy = make_policy("proportional")
     if not supervised:
         return policy, why + "; supervisor off"
+    from agents.registry import SUPERVISED_PREFIX
+
+    if requested is not None and requested.startswith(SUPERVISED_PREFIX):
+        return policy, why  # already behind the supervisor
     from agents.supervisor import SupervisedPolicy
 
     return SupervisedPolicy(policy), why + "; behind the supervisor (planner fallback)"

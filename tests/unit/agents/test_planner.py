@@ -54,7 +54,9 @@ def test_healthy_equal_versions_share_evenly() -> None:
         PlannerPolicy(), 8, weights=[80, 10, 10], rps=[160.0, 20.0, 20.0], p99=[90.0] * 3,
         caps=(100.0, 100.0, 100.0),
     )  # fmt: skip
-    assert max(split.values()) - min(split.values()) <= 1
+    # v1's telemetry (160 rps on a 100 rps version) gives no service-time fit, the others do:
+    # the models differ a little, the split is even within a few points
+    assert max(split.values()) - min(split.values()) <= 5
 
 
 def test_a_version_with_30_percent_5xx_loses_traffic() -> None:
@@ -132,3 +134,28 @@ def test_planner_sheds_a_failing_canary_in_the_simulator() -> None:
     assert trace is not None
     assert trace.weights[-1]["canary"] <= 10
     assert summary.error_rate < 0.3 * 0.5
+
+
+def test_a_version_slow_in_its_first_minutes_is_not_shut_out_for_good() -> None:
+    from agents.rollout import run_episode
+
+    sc = parse_scenario(
+        {
+            "name": "cold-start",
+            "duration_s": 900,
+            "load": {"rps": 150},
+            "subsets": [
+                {"name": "v1", "replicas": 4, "service_ms": 40},
+                {"name": "v2", "replicas": 4, "service_ms": 40},
+                {"name": "v3", "replicas": 4, "service_ms": 40},
+            ],
+            "events": [
+                {"at_s": 0, "subset": "v1", "set": {"capacity_factor": 0.3}, "duration_s": 120}
+            ],
+        }
+    )
+    planner = PlannerPolicy()
+    _, trace = run_episode(sc, planner, seed=1, trace=True)
+    assert trace is not None
+    assert trace.weights[-1]["v1"] >= 15, trace.weights[-1]
+    assert planner.estimates(ROUTE).get("v1") is None  # estimates are per route

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from agents.planner import PlannerPolicy
 from agents.registry import make_policy
 from agents.rollout import run_episode
 from agents.supervisor import MODE_FALLBACK, MODE_POLICY, SupervisedPolicy
@@ -101,3 +104,40 @@ def test_supervised_policies_by_name_and_in_the_simulator() -> None:
     assert supervised.name == "equal+supervisor"
     guarded, _ = run_episode(sc, supervised, seed=3)
     assert guarded.error_rate < 0.6 * plain.error_rate
+
+
+def test_no_split_is_blamed_when_every_version_is_in_trouble() -> None:
+    """Two versions both over capacity: whatever the proposal, one keeps its weight."""
+    sup = SupervisedPolicy(Stubborn([50, 50]))
+    obs = Observation(
+        route=ROUTE,
+        subsets=("v1", "v2"),
+        stats=tuple(SubsetStats(120.0, 0.0, 900.0, 50, slow_ratio=0.9) for _ in range(2)),
+        timestamp_s=0.0,
+        capacity_hint_rps=(100.0, 100.0),
+        slo_ms=250.0,
+    )
+    for k in range(6):
+        sup.decide(replace(obs, timestamp_s=5.0 * k))
+    assert sup.modes()[ROUTE] == MODE_POLICY
+
+
+def test_a_failing_fallback_serves_the_policy_with_a_note() -> None:
+    class Broken(PlannerPolicy):
+        def decide(self, obs: Observation) -> Weights:
+            raise RuntimeError("boom")
+
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]), Broken())
+    assert sup.decide(observe(0.0, (60, 20, 20), [0.3, 0.0, 0.0])).values_tuple == (60, 20, 20)
+    assert sup.last_note is not None and "boom" in sup.last_note
+
+
+def test_serve_does_not_wrap_a_supervised_policy_twice() -> None:
+    from meshpilot.commands.serve import resolve_policy
+
+    policy, _ = resolve_policy("supervised:proportional")
+    assert policy.name == "proportional+supervisor"
+    policy, _ = resolve_policy("proportional")
+    assert policy.name == "proportional+supervisor"
+    policy, _ = resolve_policy("proportional", supervised=False)
+    assert policy.name == "proportional"
