@@ -12,10 +12,10 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 * **healthy service time** m (ms): the m at which the model of a healthy version of capacity C
   has the observed p99 at the observed rate, from observations that look healthy (slow ratio
   at most `HEALTHY_SLOW`, p99 within the SLO), averaged geometrically over the first
-  `SERVICE_FITS` of them and then followed slowly (a new build under an old name); at most a
-  third of the SLO; before any fit, a tenth of the SLO. Replicas r = round(C m / 1000) >= 1,
-  and m is then set so that r / m = C exactly. It fixes the shape of the tail (few fast or
-  many slow servers).
+  `SERVICE_FITS` of them and then followed slowly, from every `SERVICE_FITS`-th (a new build
+  under an old name); at most a third of the SLO; before any fit, a tenth of the SLO.
+  Replicas r = round(C m / 1000) >= 1, and m is then set so that r / m = C exactly. It fixes
+  the shape of the tail (few fast or many slow servers).
 * **health** h (the capacity factor, 1 = nominal): the h at which the model's
   P(latency > SLO) at the version's observed rate equals its observed slow ratio (bisection in
   log h; the model is monotone in h). A drop below `FAULT_DROP` of the current estimate is
@@ -98,6 +98,7 @@ class VersionEstimate:
     health: float = 1.0
     error: float = 0.0
     fits: int = 0
+    healthy_seen: int = 0
 
 
 @dataclass
@@ -312,7 +313,12 @@ class PlannerPolicy:
             and _finite(stats.p99_ms)
             and 0 < stats.p99_ms <= slo_ms
         )
-        fit = fit_service_ms(cap, rps, stats.p99_ms) if healthy else None
+        if healthy:
+            est.healthy_seen += 1
+        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th (a fit costs
+        # about a hundred tail evaluations).
+        due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
+        fit = fit_service_ms(cap, rps, stats.p99_ms) if healthy and due else None
         if fit is not None:
             est.fits += 1
             gain = 1.0 / min(est.fits, SERVICE_FITS)
