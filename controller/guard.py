@@ -15,7 +15,10 @@ Precedence of one review, first match wins:
 3. ``overridden`` — an unexpired pin: write the pinned weights at once, exactly as pinned.
 4. ``holding`` — data missing or stale: keep the current weights for ``hold_s``, then move
    toward the baseline by ``decay_step`` points per tick.
-5. ``active`` — lift the proposal to the floors, then step toward it by at most ``max_step``.
+5. ``active`` — lift the proposal to the floors, then step toward it by at most ``max_step``,
+   except that weight leaving a subset in visible distress for a healthy one moves at once
+   (``relief_ratio``, see `controller.relief`); a move that undoes the last write within
+   ``settle_s`` is written only when it is larger than that write (``settle_s``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from controller.relief import distressed, healthy, relieve
 from meshcore import (
     WEIGHT_TOTAL,
     ConfigError,
@@ -107,12 +111,30 @@ class GuardConfig:
     the split at most one point per subset from the proposal. Guard-initiated moves (pins,
     decay, floor repair) ignore it. 1..200."""
 
+    relief_ratio: float = 0.2
+    """A subset whose observed slow ratio (requests over the SLO) or 5xx ratio is at least
+    this (0..1, default 0.2) is in visible distress: weight the policy takes off it moves at
+    once, without ``max_step``, to subsets observed healthy (both ratios below half of this),
+    up to what the proposal gives them. Stepping away from an overloaded version only lets its
+    backlog grow. 1 means only a version failing every request is relieved at once."""
+
+    settle_s: float = 60.0
+    """For this long after a write (s, default 60), a proposal that moves the split back
+    toward where that write came from is written only if it moves more points (L1) than that
+    write plus ``min_change``; relief is exempt. A policy reading noisy telemetry otherwise
+    swings between two splits tick after tick, each swing a config push to every proxy, while
+    a real change keeps pushing one way. 0 turns it off."""
+
     def __post_init__(self) -> None:
         owner = "GuardConfig"
         _check_points(owner, "max_step", self.max_step, 1, WEIGHT_TOTAL)
+        ratio = self.relief_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ConfigError(f"{owner}: relief_ratio must be a number in (0, 1], got {ratio!r}")
         _check_points(owner, "decay_step", self.decay_step, 1, WEIGHT_TOTAL)
         _check_points(owner, "min_change", self.min_change, 1, 2 * WEIGHT_TOTAL)
         _check_seconds(owner, "hold_s", self.hold_s)
+        _check_seconds(owner, "settle_s", self.settle_s)
         _check_seconds(owner, "stale_after_s", self.stale_after_s)
         floors = _frozen_points(owner, "floors", self.floors)
         if sum(floors.values()) > WEIGHT_TOTAL:
@@ -163,6 +185,8 @@ class _RouteState:
     first_seen_s: float | None = None
     initial: Weights | None = None
     last_fresh_s: float | None = None
+    last_write: tuple[float, Weights, Weights] | None = None
+    """(time s, weights before, weights after) of the last active write, for ``settle_s``."""
 
 
 def _same_subsets(a: Weights, b: Weights) -> bool:
@@ -343,7 +367,7 @@ class Guard:
                 state.pin, state.pin_until_s = None, math.inf
             if state.paused:
                 return Verdict(current, False, "paused", f"{note}paused by operator: not written")
-            verdict = self._decide(state, current, proposed, stale, now_s)
+            verdict = self._decide(state, current, proposed, observation, stale, now_s)
             if phase_hint == "shadow" or state.shadow:
                 would = "would write" if verdict.write else "would not write"
                 reason = f"{note}shadow, {would} ({verdict.phase}): {verdict.reason}"
@@ -377,6 +401,7 @@ class Guard:
         state: _RouteState,
         current: Weights,
         proposed: Weights | None,
+        observation: Observation | None,
         stale: str | None,
         now_s: float,
     ) -> Verdict:
@@ -389,7 +414,10 @@ class Guard:
         if not _same_subsets(proposed, current):
             reason = f"proposal {proposed} does not match the route's subsets; not written"
             return Verdict(current, False, "holding", reason)
-        return self._active(current, proposed)
+        verdict = self._active(current, proposed, observation, state.last_write, now_s)
+        if verdict.write and verdict.phase == "active":
+            state.last_write = (now_s, current, verdict.weights)
+        return verdict
 
     def _pinned(self, pin: Weights, until_s: float, current: Weights) -> Verdict:
         if not _same_subsets(pin, current):
@@ -430,7 +458,14 @@ class Guard:
             base = _ordered_like(initial, current)
         return lift_to_floors(base, self._floors(current))
 
-    def _active(self, current: Weights, proposed: Weights) -> Verdict:
+    def _active(
+        self,
+        current: Weights,
+        proposed: Weights,
+        observation: Observation | None,
+        last_write: tuple[float, Weights, Weights] | None,
+        now_s: float,
+    ) -> Verdict:
         floors = self._floors(current)
         target = _ordered_like(lift_to_floors(proposed, floors), current)
         moved = step_toward(current, target, self.config.max_step)
@@ -439,6 +474,14 @@ class Guard:
             for s in current.subsets
             if target[s] != proposed[s]
         ]
+        relieved = 0
+        if observation is not None and moved != target:
+            ratio = self.config.relief_ratio
+            sick = distressed(observation, ratio)
+            moved, relieved = relieve(moved, target, sick, healthy(observation, ratio))
+            if relieved:
+                names = ", ".join(sorted(sick))
+                notes.append(f"relief: {relieved} points off {names} (in distress) at once")
         notes += _describe_move(current, target, moved)
         if moved == current:
             return Verdict(current, False, "active", "proposal equals current weights: not written")
@@ -449,5 +492,34 @@ class Guard:
         if change < self.config.min_change and not below_floor:
             reason = f"change of {change} points < min_change {self.config.min_change}: not written"
             return Verdict(current, False, "active", reason)
+        undone = self._undoes(last_write, current, moved, now_s)
+        if undone is not None and not relieved and not below_floor:
+            return Verdict(current, False, "active", undone)
         notes.append(f"{current} -> {moved}")
         return Verdict(moved, True, "active", "; ".join(notes))
+
+    def _undoes(
+        self,
+        last_write: tuple[float, Weights, Weights] | None,
+        current: Weights,
+        moved: Weights,
+        now_s: float,
+    ) -> str | None:
+        """Why writing `moved` now would be a swing back (`GuardConfig.settle_s`), or None."""
+        if last_write is None:
+            return None
+        at_s, before, after = last_write
+        age_s = now_s - at_s
+        if not 0 <= age_s < self.config.settle_s or after != current:
+            return None
+        if not _same_subsets(before, current):
+            return None
+        back = sum((moved[s] - current[s]) * (after[s] - before[s]) for s in current.subsets)
+        size = moved.l1_distance(current)
+        written = after.l1_distance(before)
+        if back >= 0 or size >= written + self.config.min_change:
+            return None
+        return (
+            f"would swing back {size} points toward the split written over {age_s:.0f} s ago "
+            f"(settling for {self.config.settle_s:.0f} s): not written"
+        )

@@ -119,6 +119,12 @@ class GuardSettings(_Group):
     min_change: int = Field(default=3, ge=1, le=200)
     """Smallest total change worth writing (L1 points, default 3: a one-point move between two
     subsets is jitter, not worth a VirtualService write; 1 writes every change)."""
+    relief_ratio: float = Field(default=0.2, gt=0, le=1)
+    """Slow or 5xx ratio (0..1, default 0.2) at which a subset is in distress: weight taken off
+    it moves to healthy subsets at once, without max_step."""
+    settle_s: float = Field(default=60.0, ge=0)
+    """After a write, a smaller move back toward where it came from is not written for this
+    long (s, default 60; 0: off): stops swings between two splits on noisy telemetry."""
 
     @model_validator(mode="after")
     def _valid(self) -> GuardSettings:
@@ -137,15 +143,32 @@ class GuardSettings(_Group):
             decay_step=self.decay_step,
             baseline=None if self.baseline is None else dict(self.baseline),
             min_change=self.min_change,
+            relief_ratio=self.relief_ratio,
+            settle_s=self.settle_s,
         )
+
+
+def user_data_dir() -> Path:
+    """Per-user data directory (XDG base directories): ``$XDG_DATA_HOME/meshpilot``, else
+    ``~/.local/share/meshpilot``; a relative XDG_DATA_HOME is ignored, as the spec says."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "meshpilot"
+
+
+def default_store_path() -> str:
+    """The audit log's default file, ``decisions.db`` in `user_data_dir`."""
+    return str(user_data_dir() / "decisions.db")
 
 
 class StoreSettings(_Group):
     """Where decisions are recorded and for how long."""
 
-    path: str = "meshpilot-decisions.db"
-    """SQLite file of the audit log (default ``meshpilot-decisions.db`` in the working
-    directory; ``:memory:`` keeps nothing across restarts)."""
+    path: str = Field(default_factory=default_store_path)
+    """SQLite file of the audit log (default ``decisions.db`` in the per-user data directory,
+    ``$XDG_DATA_HOME/meshpilot`` or ``~/.local/share/meshpilot``, created when missing; the
+    image sets ``/var/lib/meshpilot/decisions.db``, its volume; ``:memory:`` keeps nothing
+    across restarts)."""
     max_rows: int | None = Field(default=100_000, ge=0)
     """Keep at most this many decisions (default 100 000, ~100 MB); null: unbounded."""
     max_age_s: float | None = Field(default=7 * 24 * 3600.0, ge=0)

@@ -2,7 +2,8 @@
 
 Why: a raw policy writes every proposal at once, but in production its split passes the
 supervisor (fallback to the planner when it does visible harm) and the guard (at most
-``max_step`` points per subset per tick, ``min_change``, floors, hold on stale data) before
+``max_step`` points per subset per tick except relief from a version in distress,
+``min_change``, floors, hold on stale data) before
 anything is written. A number measured raw is not the number an operator gets. `served_setup`
 builds, per episode, what `serve` builds with its default settings:
 

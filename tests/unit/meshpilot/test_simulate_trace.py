@@ -110,8 +110,11 @@ def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_as_served_reasons_are_in_the_trace_where_the_guard_limits_a_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Started far from the capacity split that `proportional` asks for (~58/29/13).
-    scenario = _scenario(tmp_path, initial_weights={"v1": 10, "v2": 10, "v3": 80})
+    # Far from the capacity split that `proportional` asks for (~58/23/19) at 30 % load, so no
+    # version is in distress (that weight would move at once: the next test).
+    scenario = _scenario(
+        tmp_path, initial_weights={"v1": 20, "v2": 60, "v3": 20}, load={"rps": 100}
+    )
     raw_csv, served_csv = tmp_path / "raw.csv", tmp_path / "served.csv"
     _run(capsys, str(scenario), "--policy", "proportional", "--trace", str(raw_csv))
     summary = _run(
@@ -126,13 +129,29 @@ def test_as_served_reasons_are_in_the_trace_where_the_guard_limits_a_step(
     assert clamped, [r["reason"] for r in served]
     for r in clamped:
         assert r["wrote"] == "1" and r["intervened"] == "1"
-        assert int(r["w_v3"]) != int(r["proposed_v3"])
-    prev = {"v1": 10, "v2": 10, "v3": 80}
+        assert int(r["w_v2"]) != int(r["proposed_v2"])
+    prev = {"v1": 20, "v2": 60, "v3": 20}
     for r in served:
         now = {v: int(r[f"w_{v}"]) for v in VERSIONS}
         assert max(abs(now[v] - prev[v]) for v in VERSIONS) <= 10
         prev = now
-    assert int(raw[0]["w_v3"]) == int(raw[0]["proposed_v3"]) < 20  # raw jumps at once
+    assert int(raw[0]["w_v2"]) == int(raw[0]["proposed_v2"]) < 40  # raw jumps at once
+
+
+def test_as_served_weight_leaves_an_overloaded_version_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # v3 (a fifth of the capacity) starts with 80 % of a 80 % load: in distress from the start.
+    scenario = _scenario(tmp_path, initial_weights={"v1": 10, "v2": 10, "v3": 80})
+    served_csv = tmp_path / "served.csv"
+    _run(
+        capsys, str(scenario), "--policy", "proportional", "--as-served", "--trace", str(served_csv)
+    )
+    _, served = _rows(served_csv)
+    relieved = [i for i, r in enumerate(served) if "relief:" in r["reason"]]
+    assert relieved, [r["reason"] for r in served]
+    first = served[relieved[0]]
+    assert first["wrote"] == "1" and 80 - int(first["w_v3"]) > 10  # more than max_step at once
 
 
 def test_an_unwritable_trace_is_one_error_line(

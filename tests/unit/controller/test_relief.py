@@ -1,0 +1,189 @@
+"""Relief: weight leaving a subset in visible distress for a healthy one moves at once."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.guard import Guard, GuardConfig, step_toward
+from controller.relief import distressed, healthy, relieve
+from meshcore import ConfigError, Observation, RouteRef, SubsetStats, Weights
+
+ROUTE = RouteRef("lirmm-services", "checkout", "primary", "checkout")
+
+
+def stats(weight: int, *, slow: float = 0.0, errors: float = 0.0, rps: float = 50.0) -> SubsetStats:
+    return SubsetStats(rps=rps, error_ratio=errors, p99_ms=40.0, weight=weight, slow_ratio=slow)
+
+
+def observation(current: Weights, **by_subset: SubsetStats) -> Observation:
+    row = tuple(by_subset.get(s, stats(current[s])) for s in current.subsets)
+    return Observation(ROUTE, current.subsets, row, timestamp_s=0.0, slo_ms=250.0)
+
+
+def w(**points: int) -> Weights:
+    return Weights.from_dict(points)
+
+
+def test_an_overloaded_subset_is_relieved_at_once_onto_a_healthy_one() -> None:
+    current = w(v1=96, v2=4)
+    obs = observation(current, v1=stats(96, slow=0.7))
+    verdict = Guard(GuardConfig(max_step=10)).review(
+        route=ROUTE, current=current, proposed=w(v1=25, v2=75), observation=obs, now_s=0.0
+    )
+    assert verdict.write and verdict.weights == w(v1=25, v2=75)
+    assert "relief: 61 points off v1" in verdict.reason
+
+
+def test_a_5xx_outlier_is_relieved_too() -> None:
+    current = w(v1=50, v2=50)
+    obs = observation(current, v2=stats(50, errors=0.3))
+    verdict = Guard(GuardConfig(max_step=10)).review(
+        route=ROUTE, current=current, proposed=w(v1=100, v2=0), observation=obs, now_s=0.0
+    )
+    assert verdict.weights == w(v1=100, v2=0)
+
+
+def test_without_distress_the_step_limit_holds() -> None:
+    current = w(v1=90, v2=10)
+    obs = observation(current, v1=stats(90, slow=0.15))  # below relief_ratio 0.2
+    verdict = Guard(GuardConfig(max_step=10)).review(
+        route=ROUTE, current=current, proposed=w(v1=50, v2=50), observation=obs, now_s=0.0
+    )
+    assert verdict.weights == w(v1=80, v2=20)
+    assert "relief" not in verdict.reason
+
+
+def test_weight_goes_fast_only_to_subsets_seen_healthy() -> None:
+    # v2 is itself half slow and v3 has no data: only v4 may take v1's weight at once.
+    current = w(v1=70, v2=10, v3=0, v4=20)
+    nan = math.nan
+    obs = observation(
+        current,
+        v1=stats(70, slow=0.9),
+        v2=stats(10, slow=0.15),
+        v3=SubsetStats(rps=nan, error_ratio=nan, p99_ms=nan, weight=0),
+    )
+    proposed = w(v1=0, v2=30, v3=30, v4=40)
+    verdict = Guard(GuardConfig(max_step=10)).review(
+        route=ROUTE, current=current, proposed=proposed, observation=obs, now_s=0.0
+    )
+    stepped = step_toward(current, proposed, 10)
+    assert verdict.weights["v4"] == 40  # the healthy subset gets all the proposal gives it
+    assert verdict.weights["v2"] == stepped["v2"] and verdict.weights["v3"] == stepped["v3"]
+    assert verdict.weights["v1"] == stepped["v1"] - (40 - stepped["v4"])
+
+
+def test_relief_ratio_is_a_setting_and_is_checked() -> None:
+    current = w(v1=90, v2=10)
+    obs = observation(current, v1=stats(90, slow=0.3))
+    strict = Guard(GuardConfig(max_step=10, relief_ratio=0.5))
+    verdict = strict.review(
+        route=ROUTE, current=current, proposed=w(v1=50, v2=50), observation=obs, now_s=0.0
+    )
+    assert verdict.weights == w(v1=80, v2=20)
+    for bad in (0.0, 1.5, math.nan, True):
+        try:
+            GuardConfig(relief_ratio=bad)
+        except ConfigError:
+            continue
+        raise AssertionError(f"relief_ratio {bad!r} was accepted")
+
+
+def test_distress_and_health_read_both_ratios_and_unknowns_are_neither() -> None:
+    current = w(a=25, b=25, c=25, d=25)
+    nan = math.nan
+    obs = observation(
+        current,
+        a=stats(25, slow=0.25),
+        b=stats(25, errors=0.2),
+        c=SubsetStats(rps=10.0, error_ratio=0.0, p99_ms=400.0, weight=25),  # slow unknown
+        d=SubsetStats(rps=10.0, error_ratio=0.0, p99_ms=100.0, weight=25),  # slow unknown
+    )
+    assert distressed(obs, 0.2) == {"a", "b"}
+    assert healthy(obs, 0.2) == {"d"}  # c's p99 is over the 250 ms SLO
+    nothing = observation(current, a=SubsetStats(rps=nan, error_ratio=nan, p99_ms=nan, weight=25))
+    assert "a" not in distressed(nothing, 0.2) | healthy(nothing, 0.2)
+
+
+@st.composite
+def relief_cases(draw: st.DrawFn) -> tuple[Weights, Weights, int, set[str], set[str]]:
+    n = draw(st.integers(2, 6))
+    names = tuple(f"v{i}" for i in range(n))
+
+    def split() -> Weights:
+        cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=n - 1, max_size=n - 1)))
+        edges = [0, *cuts, 100]
+        return Weights(names, [b - a for a, b in itertools.pairwise(edges)])
+
+    sick = set(draw(st.lists(st.sampled_from(names), unique=True)))
+    well = set(draw(st.lists(st.sampled_from(names), unique=True))) - sick
+    return split(), split(), draw(st.integers(1, 30)), sick, well
+
+
+@given(relief_cases())
+def test_relief_keeps_every_subset_between_its_step_and_its_target(case) -> None:
+    current, target, max_step, sick, well = case
+    stepped = step_toward(current, target, max_step)
+    got, moved = relieve(stepped, target, sick, well)
+    assert sum(got.values_tuple) == 100 and all(0 <= v <= 100 for v in got.values_tuple)
+    for s in current.subsets:
+        lo, hi = sorted((stepped[s], target[s]))
+        assert lo <= got[s] <= hi
+        if s not in sick:
+            assert got[s] >= stepped[s]
+        if s not in well:
+            assert got[s] <= stepped[s]
+    assert moved == sum(max(got[s] - stepped[s], 0) for s in current.subsets)
+
+
+# -- settling: no swings back and forth ---------------------------------------------------------
+
+
+def test_a_swing_back_within_settle_s_is_not_written_and_the_split_settles() -> None:
+    guard = Guard(GuardConfig(max_step=10, settle_s=60.0))
+    a, b = w(v1=21, v2=62, v3=17), w(v1=22, v2=59, v3=19)
+
+    def step(current: Weights, proposed: Weights, now_s: float) -> Weights:
+        verdict = guard.review(
+            route=ROUTE,
+            current=current,
+            proposed=proposed,
+            observation=observation(current),
+            now_s=now_s,
+        )
+        return verdict.weights if verdict.write else current
+
+    current = step(a, b, 0.0)
+    assert current == b
+    writes = 0
+    for tick in range(1, 12):  # the policy keeps proposing a, b, a, b ... for 55 s
+        after = step(current, a if tick % 2 else b, 5.0 * tick)
+        writes += after != current
+        current = after
+    assert writes == 0 and current == b
+
+
+def test_a_larger_move_back_or_one_after_settle_s_is_written() -> None:
+    a, b = w(v1=50, v2=50), w(v1=40, v2=60)
+    for proposal, now_s in ((w(v1=65, v2=35), 5.0), (a, 61.0)):
+        guard = Guard(GuardConfig(max_step=100, settle_s=60.0))
+        first = guard.review(
+            route=ROUTE, current=a, proposed=b, observation=observation(a), now_s=0.0
+        )
+        assert first.write and first.weights == b
+        back = guard.review(
+            route=ROUTE, current=b, proposed=proposal, observation=observation(b), now_s=now_s
+        )
+        assert back.write and back.weights == proposal, back.reason
+
+
+def test_settle_s_zero_writes_every_swing() -> None:
+    guard = Guard(GuardConfig(max_step=100, settle_s=0.0))
+    a, b = w(v1=50, v2=50), w(v1=45, v2=55)
+    guard.review(route=ROUTE, current=a, proposed=b, observation=observation(a), now_s=0.0)
+    back = guard.review(route=ROUTE, current=b, proposed=a, observation=observation(b), now_s=5.0)
+    assert back.write
