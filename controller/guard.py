@@ -474,10 +474,9 @@ class Guard:
             for s in current.subsets
             if target[s] != proposed[s]
         ]
-        relieved = 0
-        if observation is not None and moved != target:
-            ratio = self.config.relief_ratio
-            sick = distressed(observation, ratio)
+        ratio = self.config.relief_ratio
+        sick = distressed(observation, ratio) if observation is not None else set()
+        if observation is not None and sick and moved != target:
             moved, relieved = relieve(moved, target, sick, healthy(observation, ratio))
             if relieved:
                 names = ", ".join(sorted(sick))
@@ -492,8 +491,10 @@ class Guard:
         if change < self.config.min_change and not below_floor:
             reason = f"change of {change} points < min_change {self.config.min_change}: not written"
             return Verdict(current, False, "active", reason)
+        # Shedding a version in distress is never a swing to hold back.
+        sheds = any(moved[s] < current[s] for s in sick)
         undone = self._undoes(last_write, current, moved, now_s)
-        if undone is not None and not relieved and not below_floor:
+        if undone is not None and not sheds and not below_floor:
             return Verdict(current, False, "active", undone)
         notes.append(f"{current} -> {moved}")
         return Verdict(moved, True, "active", "; ".join(notes))

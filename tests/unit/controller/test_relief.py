@@ -187,3 +187,15 @@ def test_settle_s_zero_writes_every_swing() -> None:
     guard.review(route=ROUTE, current=a, proposed=b, observation=observation(a), now_s=0.0)
     back = guard.review(route=ROUTE, current=b, proposed=a, observation=observation(b), now_s=5.0)
     assert back.write
+
+
+def test_shedding_a_version_in_distress_is_never_held_back_as_a_swing() -> None:
+    # The last write gave v2 five points; v2 is now overloaded: taking them back is relief.
+    guard = Guard(GuardConfig(max_step=10, settle_s=60.0))
+    before, after = w(v1=99, v2=1), w(v1=94, v2=6)
+    guard.review(
+        route=ROUTE, current=before, proposed=after, observation=observation(before), now_s=0.0
+    )
+    sick = observation(after, v2=stats(6, slow=0.8))
+    back = guard.review(route=ROUTE, current=after, proposed=before, observation=sick, now_s=5.0)
+    assert back.write and back.weights == before, back.reason

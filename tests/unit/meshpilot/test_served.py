@@ -178,3 +178,14 @@ def test_served_setup_wraps_what_serve_wraps() -> None:
         assert none is None and yardstick.name == name
     with pytest.raises(ConfigError, match="bogus"):
         served_setup("bogus")
+
+
+def test_the_served_shipped_policy_settles_on_a_stationary_mesh() -> None:
+    # steady-80: constant load, no events. After two minutes the served controller holds
+    # its split while the telemetry only shows noise (a write is a config push to every proxy).
+    sc = load_scenario("steady-80")
+    policy, gate = as_served(make_policy("ppo"))
+    _, trace = run_episode(sc, policy, seed=0, trace=True, gate=gate)
+    assert trace is not None
+    late = [t for t, wrote in zip(trace.t_s, trace.wrote, strict=True) if wrote and t > 120.0]
+    assert len(late) <= 3, late  # in 28 minutes
