@@ -250,10 +250,10 @@ def _oracle_ratio(entry: Mapping[str, Any], oracle: Mapping[str, Any]) -> float 
 
 
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the report atomically (temp file + rename) as strict JSON (no NaN)."""
+    """Write the report atomically (temp file + rename) as strict JSON (no NaN); the
+    directory must exist (none is created)."""
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, out)
@@ -305,7 +305,7 @@ def write_plots(
 
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--plots {out_dir}: cannot create ({err.strerror or err})") from err
     written: list[Path] = []

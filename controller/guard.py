@@ -17,8 +17,10 @@ Precedence of one review, first match wins:
    toward the baseline by ``decay_step`` points per tick.
 5. ``active`` — lift the proposal to the floors, then step toward it by at most ``max_step``,
    except that weight leaving a subset in visible distress for a healthy one moves at once
-   (``relief_ratio``, see `controller.relief`); a move that undoes the last write within
-   ``settle_s`` is written only when it is larger than that write (``settle_s``).
+   (``relief_ratio``, see `controller.relief`).
+
+A route whose weights cannot be read as a split (someone set them to sum to 110) gets no
+review; `Guard.repair` says whether an unexpired pin may be written over them.
 """
 
 from __future__ import annotations
@@ -118,13 +120,6 @@ class GuardConfig:
     up to what the proposal gives them. Stepping away from an overloaded version only lets its
     backlog grow. 1 means only a version failing every request is relieved at once."""
 
-    settle_s: float = 60.0
-    """For this long after a write (s, default 60), a proposal that moves the split back
-    toward where that write came from is written only if it moves more points (L1) than that
-    write plus ``min_change``; relief is exempt. A policy reading noisy telemetry otherwise
-    swings between two splits tick after tick, each swing a config push to every proxy, while
-    a real change keeps pushing one way. 0 turns it off."""
-
     def __post_init__(self) -> None:
         owner = "GuardConfig"
         _check_points(owner, "max_step", self.max_step, 1, WEIGHT_TOTAL)
@@ -134,7 +129,6 @@ class GuardConfig:
         _check_points(owner, "decay_step", self.decay_step, 1, WEIGHT_TOTAL)
         _check_points(owner, "min_change", self.min_change, 1, 2 * WEIGHT_TOTAL)
         _check_seconds(owner, "hold_s", self.hold_s)
-        _check_seconds(owner, "settle_s", self.settle_s)
         _check_seconds(owner, "stale_after_s", self.stale_after_s)
         floors = _frozen_points(owner, "floors", self.floors)
         if sum(floors.values()) > WEIGHT_TOTAL:
@@ -185,8 +179,6 @@ class _RouteState:
     first_seen_s: float | None = None
     initial: Weights | None = None
     last_fresh_s: float | None = None
-    last_write: tuple[float, Weights, Weights] | None = None
-    """(time s, weights before, weights after) of the last active write, for ``settle_s``."""
 
 
 def _same_subsets(a: Weights, b: Weights) -> bool:
@@ -374,6 +366,26 @@ class Guard:
                 return Verdict(verdict.weights, False, "shadow", reason)
             return Verdict(verdict.weights, verdict.write, verdict.phase, note + verdict.reason)
 
+    def repair(
+        self, *, route: RouteRef | str, now_s: float, phase_hint: Mode = "active"
+    ) -> Verdict | None:
+        """The pin to write over weights that are not a valid split, or None (no pin, the
+        route is paused or in shadow): only an operator's split may replace weights nobody
+        can step from. now_s: the loop's clock (s); an expired pin is dropped here too."""
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be a finite time in s, got {now_s}")
+        with self._lock:
+            state = self._state(route)
+            if state.pin is not None and now_s >= state.pin_until_s:
+                state.pin, state.pin_until_s = None, math.inf
+            if state.pin is None or state.paused or state.shadow or phase_hint == "shadow":
+                return None
+            reason = (
+                f"pinned until {state.pin_until_s:.1f} s: {state.pin} written whole over "
+                "weights that are not a valid split"
+            )
+            return Verdict(state.pin, True, "overridden", reason)
+
     def _state(self, route: RouteRef | str) -> _RouteState:
         key = route.key if isinstance(route, RouteRef) else route
         return self._routes.setdefault(key, _RouteState())
@@ -414,10 +426,7 @@ class Guard:
         if not _same_subsets(proposed, current):
             reason = f"proposal {proposed} does not match the route's subsets; not written"
             return Verdict(current, False, "holding", reason)
-        verdict = self._active(current, proposed, observation, state.last_write, now_s)
-        if verdict.write and verdict.phase == "active":
-            state.last_write = (now_s, current, verdict.weights)
-        return verdict
+        return self._active(current, proposed, observation)
 
     def _pinned(self, pin: Weights, until_s: float, current: Weights) -> Verdict:
         if not _same_subsets(pin, current):
@@ -463,8 +472,6 @@ class Guard:
         current: Weights,
         proposed: Weights,
         observation: Observation | None,
-        last_write: tuple[float, Weights, Weights] | None,
-        now_s: float,
     ) -> Verdict:
         floors = self._floors(current)
         target = _ordered_like(lift_to_floors(proposed, floors), current)
@@ -491,36 +498,5 @@ class Guard:
         if change < self.config.min_change and not below_floor:
             reason = f"change of {change} points < min_change {self.config.min_change}: not written"
             return Verdict(current, False, "active", reason)
-        # Shedding a version in distress is never a swing to hold back.
-        sheds = any(moved[s] < current[s] for s in sick)
-        undone = self._undoes(last_write, current, moved, now_s)
-        if undone is not None and not sheds and not below_floor:
-            return Verdict(current, False, "active", undone)
         notes.append(f"{current} -> {moved}")
         return Verdict(moved, True, "active", "; ".join(notes))
-
-    def _undoes(
-        self,
-        last_write: tuple[float, Weights, Weights] | None,
-        current: Weights,
-        moved: Weights,
-        now_s: float,
-    ) -> str | None:
-        """Why writing `moved` now would be a swing back (`GuardConfig.settle_s`), or None."""
-        if last_write is None:
-            return None
-        at_s, before, after = last_write
-        age_s = now_s - at_s
-        if not 0 <= age_s < self.config.settle_s or after != current:
-            return None
-        if not _same_subsets(before, current):
-            return None
-        back = sum((moved[s] - current[s]) * (after[s] - before[s]) for s in current.subsets)
-        size = moved.l1_distance(current)
-        written = after.l1_distance(before)
-        if back >= 0 or size >= written + self.config.min_change:
-            return None
-        return (
-            f"would swing back {size} points toward the split written over {age_s:.0f} s ago "
-            f"(settling for {self.config.settle_s:.0f} s): not written"
-        )

@@ -22,7 +22,9 @@ recorded as ``"error: ..."`` and retried next tick (the guard proposes again); a
 `PermanentError` for one route marks that route ``failed`` (visible in the API and metrics) and
 the loop keeps managing the others, re-checking failed routes every ``recheck_failed_every``
 ticks. A `PermanentError` from a batched observe is narrowed to the culprit routes by observing
-each route alone once.
+each route alone once. A route whose weights were set outside meshpilot to an invalid split
+(`InvalidWeightsError`) fails too, but an operator's pin is written over them at the next tick:
+the only split that needs no current one to step from.
 
 What is not sequencing lives next door: `controller.steps` (what each port call means when it
 fails), `controller.verify` (did the observed split follow the writes), `controller.recording`
@@ -54,6 +56,8 @@ from controller.steps import (
     apply_write,
     decide,
     observe_routes,
+    pin_waits,
+    repair_plan,
     with_hints,
 )
 from controller.store import DecisionRecord, DecisionStore
@@ -61,6 +65,7 @@ from controller.verify import VerifyResult, remember_write, verify_writes
 from meshcore import (
     Actuator,
     Clock,
+    InvalidWeightsError,
     Observation,
     Observer,
     PermanentError,
@@ -265,6 +270,7 @@ class ControlLoop:
         due = [r for r in self.routes if self._due(r)]
         observations, obs_error, broken = observe_routes(self.observer, due, self.metrics)
         self._observing = obs_error is None
+        self.metrics.observing.set(1.0 if obs_error is None else 0.0)
         staged: list[TickResult | Plan] = []
         writing: dict[RouteRef, Future[Applied]] = {}
         for route in due:
@@ -297,6 +303,9 @@ class ControlLoop:
         rt = self._book.runtime(route)
         if rt.status.failed is None:
             return True
+        waits = pin_waits(self.guard, route, self.clock.now(), self.mode)
+        if rt.status.invalid_weights is not None and waits:
+            return True  # an operator's pin repairs it: at the next tick, not the next re-check
         return recheck_due(self._tick_no, rt.failed_tick, self.recheck_failed_every)
 
     def _prepare(
@@ -313,7 +322,14 @@ class ControlLoop:
             current = self.actuator.current(route)
         except TemporaryError as exc:
             reason = f"cannot read the route's weights: {exc}; nothing written"
-            return self._finish(route, now, Entry("holding", f"error: {exc}", reason, obs))
+            entry = Entry("holding", f"error: {exc}", reason, obs, degraded=obs_error)
+            return self._finish(route, now, entry)
+        except InvalidWeightsError as exc:  # only a pin may be written (`repair_plan`)
+            hint: Mode = self.mode if leader else "shadow"
+            repair = repair_plan(self.guard, route, exc, obs, obs_error, now, hint, leader)
+            if repair is not None:
+                return repair
+            return self._fail(route, str(exc), now, invalid_weights=exc.weights)
         except PermanentError as exc:
             return self._fail(route, str(exc), now)
         if rt.status.failed is not None:
@@ -337,7 +353,7 @@ class ControlLoop:
             now_s=now,
             phase_hint=self.mode if leader else "shadow",
         )
-        return Plan(route, obs, current, proposed, raw_action, verdict, notes, leader)
+        return Plan(route, obs, current, proposed, raw_action, verdict, notes, leader, obs_error)
 
     def _start_write(self, plan: Plan) -> Future[Applied]:
         """Call the actuator for `plan` on the write pool (at most `max_parallel_writes` at
@@ -357,7 +373,7 @@ class ControlLoop:
         if landed:
             self.metrics.writes.labels(route=route.key).inc()
         verify = self._verify(route, obs, now)  # before this write joins the pending ones
-        if landed:
+        if landed and weights_after is not None:
             remember_write(rt.pending, now, weights_after)
             rt.last_written = weights_after
         reason = "; ".join(
@@ -375,6 +391,8 @@ class ControlLoop:
             wrote=wrote,
             weights_after=weights_after,
             verify=verify,
+            invalid_weights=None if landed else plan.invalid_weights,
+            degraded=plan.degraded,
         )
         return self._finish(route, now, entry)
 
@@ -399,7 +417,14 @@ class ControlLoop:
 
     # -- recording -------------------------------------------------------------------------
 
-    def _fail(self, route: RouteRef, message: str, now: float) -> TickResult:
+    def _fail(
+        self,
+        route: RouteRef,
+        message: str,
+        now: float,
+        *,
+        invalid_weights: Mapping[str, int] | None = None,
+    ) -> TickResult:
         rt = self._book.runtime(route)
         if rt.status.failed is None:
             _log.error(
@@ -414,7 +439,12 @@ class ControlLoop:
         rt.failed_tick = self._tick_no
         rt.pending.clear()
         entry = Entry(
-            "failed", f"failed: {message}", f"not managed: {message}", None, failed=message
+            "failed",
+            f"failed: {message}",
+            f"not managed: {message}",
+            None,
+            failed=message,
+            invalid_weights=invalid_weights,
         )
         result = self._finish(route, now, entry)
         self._book.failed_since(route, since)

@@ -117,6 +117,12 @@ class ControllerMetrics:
         self.leader = Gauge(
             "meshpilot_leader", "1 while this replica is the leader (may write)", registry=r
         )
+        self.observing = Gauge(
+            "meshpilot_observing",
+            "1 when the last tick's observation succeeded, 0 while the observer fails "
+            "(e.g. Prometheus down: routes hold, controls still act)",
+            registry=r,
+        )
         self._conflicts = _ConflictCollector()
         r.register(self._conflicts)
         self._phases: dict[str, str] = {}
@@ -140,6 +146,11 @@ class ControllerMetrics:
         for subset, points in points_by_subset.items():
             self.route_weight.labels(route=route, subset=subset).set(points)
         self._weights[route] = points_by_subset
+
+    def clear_weights(self, route: str) -> None:
+        """Drop the route's weight series: what a failed route holds is unknown or invalid."""
+        for subset in self._weights.pop(route, {}):
+            self.route_weight.remove(route, subset)
 
     def declare_routes(self, routes: Sequence[str]) -> None:
         """Create every route's phase series up front, so a scrape before the first tick

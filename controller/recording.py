@@ -12,7 +12,7 @@ still to verify, the last split written).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from controller.metrics import ControllerMetrics, outcome_class
@@ -54,14 +54,19 @@ class RouteStatus:
     """A managed route as the API shows it: where it stands after the last tick.
 
     phase: ``pending`` before its first tick, else the last phase (``failed`` included);
-    weights: configured split last read or written; failed: the permanent error, None when
-    managed; last_*: the last decision (loop clock, s); verify: the last concluded verification.
+    weights: configured split last read or written (None while failed: unknown or invalid);
+    invalid_weights: what the route holds when it is not a valid split (points, set outside
+    meshpilot); failed: the permanent error, None when managed; degraded: why the last tick had
+    no telemetry (the route holds; controls still act); last_*: the last decision (loop clock,
+    s); verify: the last concluded verification.
     """
 
     route: RouteRef
     phase: str = "pending"
     weights: Weights | None = None
+    invalid_weights: Mapping[str, int] | None = None
     failed: str | None = None
+    degraded: str | None = None
     failed_since_s: float | None = None
     last_outcome: str | None = None
     last_reason: str | None = None
@@ -90,7 +95,8 @@ class Entry:
     none); current: the split read before acting; proposed/raw_action: the policy's proposal;
     written/wrote: as in `TickResult`; weights_after: the split configured after the tick
     (None: unknown, the status keeps the last one); verify: a concluded verification; failed:
-    the permanent error that makes the route unmanaged.
+    the permanent error that makes the route unmanaged; invalid_weights: what a failed route
+    holds when it is not a valid split; degraded: why there was no telemetry this tick.
     """
 
     phase: str
@@ -105,6 +111,8 @@ class Entry:
     weights_after: Weights | None = None
     verify: VerifyResult | None = None
     failed: str | None = None
+    invalid_weights: Mapping[str, int] | None = None
+    degraded: str | None = None
 
 
 def previous_reward(rt: RouteRuntime, obs: Observation | None, slo_ms: float) -> float | None:
@@ -180,12 +188,16 @@ class RouteBook:
         )
         decision_id = store(record)
         weights = weights_after if weights_after is not None else rt.status.weights
+        if entry.failed is not None:  # what the route holds is unknown or not a split
+            weights = None
         with self._lock:
             rt.status = replace(
                 rt.status,
                 phase=entry.phase,
                 weights=weights,
+                invalid_weights=entry.invalid_weights,
                 failed=entry.failed,
+                degraded=entry.degraded,
                 failed_since_s=None if entry.failed is None else rt.status.failed_since_s,
                 last_outcome=entry.outcome,
                 last_reason=entry.reason,
@@ -196,6 +208,8 @@ class RouteBook:
         metrics.set_phase(route.key, entry.phase)
         if weights is not None:
             metrics.set_weights(route.key, weights)
+        else:
+            metrics.clear_weights(route.key)
         metrics.decisions.labels(route=route.key, outcome=outcome_class(entry.outcome)).inc()
         return TickResult(
             route=route,

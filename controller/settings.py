@@ -37,7 +37,9 @@ __all__ = [
     "SimSettings",
     "StoreSettings",
     "VerifySettings",
+    "default_store_path",
     "load_settings",
+    "user_data_dir",
 ]
 
 ENV_PREFIX = "MESHPILOT_"
@@ -122,9 +124,6 @@ class GuardSettings(_Group):
     relief_ratio: float = Field(default=0.2, gt=0, le=1)
     """Slow or 5xx ratio (0..1, default 0.2) at which a subset is in distress: weight taken off
     it moves to healthy subsets at once, without max_step."""
-    settle_s: float = Field(default=60.0, ge=0)
-    """After a write, a smaller move back toward where it came from is not written for this
-    long (s, default 60; 0: off): stops swings between two splits on noisy telemetry."""
 
     @model_validator(mode="after")
     def _valid(self) -> GuardSettings:
@@ -144,7 +143,6 @@ class GuardSettings(_Group):
             baseline=None if self.baseline is None else dict(self.baseline),
             min_change=self.min_change,
             relief_ratio=self.relief_ratio,
-            settle_s=self.settle_s,
         )
 
 
@@ -239,10 +237,20 @@ class ApiSettings(_Group):
     max_override_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     """Longest override an operator may pin (s, default 1 day): a forgotten pin expires."""
     token_file: str = Field(default="meshpilot-api-token", min_length=1)
-    """File holding the bearer token every control (override, pause, resume, shadow) must
-    carry as ``Authorization: Bearer <token>``; reads need none (default
-    ``meshpilot-api-token`` in the working directory). `meshpilot serve` creates it with a
-    random token, readable by its owner only, when it does not exist."""
+    """With ``auth: token``: the file holding the bearer token every control (override,
+    pause, resume, shadow) must carry as ``Authorization: Bearer <token>``; reads need none
+    (default ``meshpilot-api-token`` in the working directory). `meshpilot serve` creates it
+    with a random token, readable by its owner only, when it does not exist."""
+    auth: Literal["token", "kubernetes"] | None = None
+    """How the bearer of a control is checked (default None: ``kubernetes`` with ``mesh:
+    k8s``, else ``token``). ``token``: the one token in ``token_file``; the audit log records
+    the caller as ``token``. ``kubernetes``: a TokenReview says who the bearer is (recorded by
+    username) and a SubjectAccessReview whether they may ``patch``
+    ``managedroutes.meshpilot.io`` in the route's namespace (manifests/base/operator-rbac.yaml
+    grants it); the controller needs ``create`` on tokenreviews and subjectaccessreviews."""
+    auth_cache_s: float = Field(default=10.0, ge=0, le=300)
+    """How long a Kubernetes review's answer is reused (s, default 10): a burst of controls
+    costs one review, and a revoked permission takes effect within this long."""
 
 
 class SimSettings(_Group):
@@ -342,6 +350,12 @@ class Settings(BaseSettings):
         if self.mesh == "k8s" and not self.routes:
             raise ValueError("mesh 'k8s' needs at least one entry in routes")
         return self
+
+    def auth_mode(self) -> Literal["token", "kubernetes"]:
+        """``api.auth``, or its default for the mesh (``kubernetes`` with ``k8s``)."""
+        if self.api.auth is not None:
+            return self.api.auth
+        return "kubernetes" if self.mesh == "k8s" else "token"
 
     @classmethod
     def settings_customise_sources(

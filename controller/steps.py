@@ -10,7 +10,9 @@ call to a port means when it fails is a separate, stateless question answered he
 * `apply_write` — one `Actuator.apply`, never raising (it may run on a write thread), telling a
   write the actuator had to retry after a conflict;
 * `Plan` and `act_outcome` — a route after read, decide and guard, and what its verdict and
-  its write come to: the outcome recorded, what was written, the split in force after.
+  its write come to: the outcome recorded, what was written, the split in force after;
+* `repair_plan` and `pin_waits` — a route whose weights are not a valid split
+  (`InvalidWeightsError`) gets no policy, only an operator's pin, written at the next tick.
 
 They log as ``controller.loop``: to an operator they are the tick.
 """
@@ -22,10 +24,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from controller.guard import Verdict
+from controller.guard import Guard, Mode, Verdict
 from controller.metrics import ControllerMetrics
 from meshcore import (
     Actuator,
+    InvalidWeightsError,
     Observation,
     Observer,
     PermanentError,
@@ -44,6 +47,8 @@ __all__ = [
     "conflicts_seen",
     "decide",
     "observe_routes",
+    "pin_waits",
+    "repair_plan",
     "with_hints",
 ]
 
@@ -129,17 +134,48 @@ class Plan:
 
     route: RouteRef
     obs: Observation | None
-    current: Weights
+    current: Weights | None  # None: the route holds no valid split (a pin repairs it)
     proposed: Weights | None
     raw_action: list[float] | None
     verdict: Verdict
     notes: list[str]
     leader: bool
+    degraded: str | None = None  # why this tick had no telemetry (the observer failed)
+    invalid_weights: Mapping[str, int] | None = None  # what a route with no valid split holds
 
     @property
     def writes(self) -> bool:
         """Whether the actuator must be called (the guard says write, and this replica leads)."""
         return self.verdict.write and self.leader
+
+
+def repair_plan(
+    guard: Guard,
+    route: RouteRef,
+    exc: InvalidWeightsError,
+    obs: Observation | None,
+    obs_error: str | None,
+    now_s: float,
+    hint: Mode,
+    leader: bool,
+) -> Plan | None:
+    """A `Plan` writing the operator's pin over weights that are not a valid split
+    (`Guard.repair`; the actuator's patch tests the resourceVersion it read), or None when
+    nothing may be written (the route fails, showing what it holds)."""
+    verdict = guard.repair(route=route, now_s=now_s, phase_hint=hint)
+    if verdict is None:
+        return None
+    notes = [] if obs_error is None else [obs_error]
+    notes.append(f"the route holds {exc.weights}, not a valid split")
+    return Plan(route, obs, None, None, None, verdict, notes, leader, obs_error, exc.weights)
+
+
+def pin_waits(guard: Guard, route: RouteRef, now_s: float, mode: Mode) -> bool:
+    """Whether the guard holds an unexpired pin for `route` it would write (not paused, not
+    in shadow, the loop active): a failed route with invalid weights is then due at once."""
+    c = guard.controls(route)
+    live = c.pin_until_s is not None and c.pin_until_s > now_s
+    return live and not c.paused and not c.shadow and mode == "active"
 
 
 @dataclass(frozen=True)
@@ -170,7 +206,9 @@ def conflicts_seen(actuator: Actuator, route: RouteRef) -> int:
     return int(getattr(actuator, "conflicts", 0))
 
 
-def act_outcome(plan: Plan, applied: Applied | None) -> tuple[str, Weights | None, bool, Weights]:
+def act_outcome(
+    plan: Plan, applied: Applied | None
+) -> tuple[str, Weights | None, bool, Weights | None]:
     """(outcome, written, wrote, weights configured after) for one plan and its write.
 
     Raises the `PermanentError` of a failed write (the route fails) and any unexpected

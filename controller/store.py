@@ -1,8 +1,11 @@
-"""Audit log of every decision the controller makes, kept in SQLite.
+"""Audit log of every decision the controller makes and every operator action, in SQLite.
 
 Each tick of each route leaves one row: what was observed, what the policy asked for, what the
 guard allowed, what was written, by whom and why — so an operator can answer "why did v2 get
 40 points at 03:12?" after the fact, and a test can prove that only the leader ever wrote.
+Each operator action (pin, release, pause, resume, shadow) leaves a row too, naming the caller,
+and the operator controls in force are kept in the ``controls`` table (`SavedControls`), so a
+restart with the same file restores them.
 SQLite from the standard library in WAL mode: one file that the API reads while the loop
 writes, nothing to operate, and it survives restarts. Retention is bounded by rows and age.
 
@@ -23,7 +26,7 @@ from typing import Any
 
 from meshcore import ConfigError, Observation, RouteRef, SubsetStats, TemporaryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``; bump it and add a step to `_MIGRATIONS` on any change."""
 
 _MIGRATIONS: dict[int, str] = {
@@ -48,11 +51,26 @@ _MIGRATIONS: dict[int, str] = {
         CREATE INDEX decisions_by_route ON decisions (route, id);
         CREATE INDEX decisions_by_time ON decisions (ts_s);
     """,
+    2: """
+        ALTER TABLE decisions ADD COLUMN caller TEXT;   -- an operator action's caller, else NULL
+        ALTER TABLE decisions ADD COLUMN action TEXT;   -- pin, release, pause, resume, shadow
+        ALTER TABLE decisions ADD COLUMN detail TEXT;   -- JSON object: arguments, before, after
+        CREATE INDEX decisions_by_operators ON decisions (id) WHERE caller IS NOT NULL;
+        CREATE TABLE controls (
+            route          TEXT PRIMARY KEY,
+            paused         INTEGER NOT NULL,
+            shadow         INTEGER NOT NULL,
+            pin            TEXT,                         -- JSON object {subset: points}
+            pin_expires_at REAL,                         -- Unix time (s)
+            caller         TEXT    NOT NULL,
+            updated_at     REAL    NOT NULL              -- Unix time (s)
+        );
+    """,
 }
 
 _COLUMNS = (
     "id, ts_s, route, phase, reason, outcome, observation, raw_action, proposed, written, "
-    "wrote, reward, policy, writer"
+    "wrote, reward, policy, writer, caller, action, detail"
 )
 
 
@@ -105,7 +123,12 @@ class DecisionRecord:
     raw_action: the policy's raw action vector; proposed: the policy's split in points;
     written: the guarded split that was (or, in shadow, would have been) written; wrote: whether
     the actuator was called; reward: the reward of the previous action, None if unknown;
-    policy: policy name; writer: identity of the writing replica (pod name), for leader checks.
+    policy: policy name; writer: identity of the writing replica (pod name), for leader checks;
+    caller: who took an operator action (``token``, a Kubernetes user, ``meshpilot`` for
+    controls restored at start), None for the controller's own decisions; action: the
+    operator action (``pin``, ``release``, ``pause``, ``resume``, ``shadow``, ``restore``);
+    detail: its arguments and the controls before and after. An operator action's reason is
+    the one the operator gave ("" when none) and its outcome ``operator: <action>``.
 
     Non-finite floats are stored as null: the observation reads back with None there, the
     raw action with NaN, and a NaN reward reads back as None (it is normalized on creation so
@@ -126,6 +149,9 @@ class DecisionRecord:
     reward: float | None = None
     policy: str = ""
     writer: str = ""
+    caller: str | None = None
+    action: str | None = None
+    detail: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.ts_s):
@@ -138,6 +164,7 @@ class DecisionRecord:
             "raw_action": None if self.raw_action is None else [float(x) for x in self.raw_action],
             "proposed": None if self.proposed is None else dict(self.proposed),
             "written": None if self.written is None else dict(self.written),
+            "detail": None if self.detail is None else _json_safe(self.detail),
             "reward": (
                 float(self.reward)
                 if self.reward is not None and math.isfinite(self.reward)
@@ -165,7 +192,7 @@ def _load(text: str | None) -> Any:
 
 def _from_row(row: Sequence[Any]) -> DecisionRecord:
     id_, ts_s, route, phase, reason, outcome, obs, raw, proposed, written, *rest = row
-    wrote, reward, policy, writer = rest
+    wrote, reward, policy, writer, caller, action, detail = rest
     raw_action = _load(raw)
     if raw_action is not None:
         raw_action = [math.nan if x is None else x for x in raw_action]
@@ -184,7 +211,25 @@ def _from_row(row: Sequence[Any]) -> DecisionRecord:
         reward=reward,
         policy=policy,
         writer=writer,
+        caller=caller,
+        action=action,
+        detail=_load(detail),
     )
+
+
+@dataclass(frozen=True)
+class SavedControls:
+    """The operator controls of one route as kept across restarts: paused, shadow, and the
+    pin (points by subset) with when it expires (Unix time, s: a simulated loop clock starts
+    again at 0); caller and updated_at (Unix time, s) say who set them last and when."""
+
+    route: str
+    paused: bool = False
+    shadow: bool = False
+    pin: dict[str, int] | None = None
+    pin_expires_at: float | None = None
+    caller: str = ""
+    updated_at: float = 0.0
 
 
 def _route_key(route: RouteRef | str) -> str:
@@ -290,8 +335,10 @@ class DecisionStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def record(self, rec: DecisionRecord) -> int:
-        """Append `rec` and return its new id; may prune old rows (see the class docstring)."""
+    def record(self, rec: DecisionRecord, *, controls: SavedControls | None = None) -> int:
+        """Append `rec` and return its new id; may prune old rows (see the class docstring).
+        With `controls`, also keep them as the route's saved controls, in one transaction:
+        an operator action is either recorded and kept, or neither."""
         if rec.id is not None:
             raise ValueError(f"decision already has id {rec.id}; the store assigns ids")
         row = (
@@ -308,12 +355,13 @@ class DecisionStore:
             rec.reward,
             rec.policy,
             rec.writer,
+            rec.caller,
+            rec.action,
+            _dump(rec.detail),
         )
         with self._lock:
             try:
-                cursor = self._conn.execute(
-                    f"INSERT INTO decisions ({_COLUMNS}) VALUES (NULL{', ?' * len(row)})", row
-                )
+                cursor = self._insert(row, controls)
                 self._since_prune += 1
                 if self.prune_every and self._since_prune >= self.prune_every:
                     self._prune(max_rows=self.max_rows, max_age_s=self.max_age_s, now_s=rec.ts_s)
@@ -322,6 +370,33 @@ class DecisionStore:
         new_id = cursor.lastrowid
         assert new_id is not None  # an INSERT always sets it
         return new_id
+
+    def _insert(self, row: tuple[Any, ...], controls: SavedControls | None) -> sqlite3.Cursor:
+        insert = f"INSERT INTO decisions ({_COLUMNS}) VALUES (NULL{', ?' * len(row)})"
+        if controls is None:
+            return self._conn.execute(insert, row)
+        c = controls
+        saved = (c.route, int(c.paused), int(c.shadow), _dump(c.pin), c.pin_expires_at)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._conn.execute(insert, row)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO controls VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*saved, c.caller, c.updated_at),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return cursor
+
+    def saved_controls(self) -> list[SavedControls]:
+        """The operator controls kept for each route (by `record`), in route order."""
+        rows = self._query("SELECT * FROM controls ORDER BY route", ())
+        return [
+            SavedControls(r, bool(paused), bool(shadow), _load(pin), *rest)
+            for r, paused, shadow, pin, *rest in rows
+        ]
 
     def prune(
         self, *, max_rows: int | None = None, max_age_s: float | None = None, now_s: float
@@ -347,8 +422,8 @@ class DecisionStore:
                 )
                 deleted += cursor.rowcount
             if max_rows is not None:
-                cursor = self._conn.execute(
-                    "DELETE FROM decisions WHERE id <= "
+                cursor = self._conn.execute(  # operators' actions only age out
+                    "DELETE FROM decisions WHERE caller IS NULL AND id <= "
                     "(SELECT id FROM decisions ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (max_rows,),
                 )
@@ -363,19 +438,28 @@ class DecisionStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def latest(self, route: RouteRef | str | None = None, limit: int = 50) -> list[DecisionRecord]:
-        """The newest `limit` decisions, newest first, of one route or of all routes."""
+    def latest(
+        self,
+        route: RouteRef | str | None = None,
+        limit: int = 50,
+        *,
+        operators: bool | None = None,
+    ) -> list[DecisionRecord]:
+        """The newest `limit` decisions, newest first, of one route or of all routes;
+        operators: True only operators' actions, False only the controller's decisions."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        if route is None:
-            rows = self._query(
-                f"SELECT {_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (limit,)
-            )
-        else:
-            rows = self._query(
-                f"SELECT {_COLUMNS} FROM decisions WHERE route = ? ORDER BY id DESC LIMIT ?",
-                (_route_key(route), limit),
-            )
+        where: list[str] = []
+        params: list[Any] = []
+        if route is not None:
+            where.append("route = ?")
+            params.append(_route_key(route))
+        if operators is not None:
+            where.append("caller IS NOT NULL" if operators else "caller IS NULL")
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM decisions {clause}ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
         return [_from_row(r) for r in rows]
 
     def get(self, decision_id: int) -> DecisionRecord | None:

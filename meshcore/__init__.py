@@ -3,7 +3,13 @@
 Pure Python + numpy + gymnasium.spaces: nothing here performs I/O or imports an adapter.
 """
 
-from meshcore.errors import ConfigError, MeshpilotError, PermanentError, TemporaryError
+from meshcore.errors import (
+    ConfigError,
+    InvalidWeightsError,
+    MeshpilotError,
+    PermanentError,
+    TemporaryError,
+)
 from meshcore.features import FeatureSpec, decode, encode, encode_weights
 from meshcore.model import (
     WEIGHT_TOTAL,
@@ -22,6 +28,7 @@ __all__ = [
     "Clock",
     "ConfigError",
     "FeatureSpec",
+    "InvalidWeightsError",
     "MeshpilotError",
     "Observation",
     "Observer",

@@ -21,6 +21,18 @@ class PermanentError(MeshpilotError):
     """A failure that retrying will not fix (missing route, RBAC denied, bad config)."""
 
 
+class InvalidWeightsError(PermanentError):
+    """The route is there but its weights, set outside meshpilot, are not a valid split.
+
+    `weights` is what the route holds (points by subset, e.g. summing to 110): the route is not
+    managed by the policy, but a pin may repair it, since writing needs only its structure.
+    """
+
+    def __init__(self, message: str, weights: dict[str, int]) -> None:
+        super().__init__(message)
+        self.weights = dict(weights)
+
+
 class ConfigError(PermanentError):
     """A configuration, scenario or model file is malformed; the message names file and field."""
 

@@ -136,7 +136,7 @@ done
 # -- 2. the image -------------------------------------------------------------------------
 if ((SKIP_BUILD == 0)); then
   log "building $IMAGE"
-  docker build -t "$IMAGE" "$ROOT"
+  docker build --target serve -t "$IMAGE" "$ROOT"
 fi
 docker image inspect "$IMAGE" >/dev/null 2>&1 ||
   die "no image $IMAGE in the local Docker engine (drop --skip-build to build it)"

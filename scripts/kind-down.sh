@@ -102,10 +102,21 @@ if [[ "$(state_get GRAFANA_DASHBOARD_IMPORTED)" == 1 ]]; then
   fi
 fi
 
+is_cluster_scoped() {  # is_cluster_scoped KIND.GROUP/NAME: not deleted with a namespace
+  [[ "$1" == clusterrole.* || "$1" == clusterrolebinding.* ]]
+}
+
+while read -r object; do
+  if [[ -z "$object" ]] || ! is_cluster_scoped "$object"; then continue; fi
+  log "deleting $object"
+  kc delete "$object" --ignore-not-found >/dev/null
+done < <(state_all OBJECT)
+
 namespace_created="$(state_get NAMESPACE_CREATED)"
 if [[ "$namespace_created" != 1 ]]; then  # a deleted namespace takes its objects along
   while read -r object; do
     [[ -n "$object" ]] || continue
+    is_cluster_scoped "$object" && continue
     log "deleting $object"
     kc -n "$NAMESPACE" delete "$object" --ignore-not-found >/dev/null
   done < <(state_all OBJECT)

@@ -130,7 +130,7 @@ class TrainConfig:
     clip_obs: float = 10.0
     """Clip of normalized observations (std units)."""
     out_dir: str = "runs"
-    """Parent directory of run directories."""
+    """Parent directory of run directories (created if missing; its own parent must exist)."""
     tensorboard_dir: str | None = None
     """Write TensorBoard logs here (needs the tensorboard package); None: off."""
     checkpoint_every: int = 49_152

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.access import Authenticator
 from controller.api import decisions, docs, health, metrics, overrides, routes
-from controller.api.auth import MIN_TOKEN_CHARS
+from controller.api.auth import StaticTokenAuth
 from controller.api.dashboard.router import router as dashboard_router
 from controller.api.errors import (
     error_responses,
@@ -25,6 +26,7 @@ from controller.api.limits import BodySizeLimit
 from controller.api.openapi import install_openapi
 from controller.guard import Guard
 from controller.loop import ControlLoop
+from controller.operators import Operators
 from controller.settings import Settings
 from controller.store import DecisionStore
 from meshcore import TemporaryError
@@ -38,12 +40,31 @@ DESCRIPTION = (
 
 
 def create_app(
-    *, settings: Settings, loop: ControlLoop, store: DecisionStore, guard: Guard, api_token: str
+    *,
+    settings: Settings,
+    loop: ControlLoop,
+    store: DecisionStore,
+    guard: Guard,
+    api_token: str | None = None,
+    auth: Authenticator | None = None,
+    operators: Operators | None = None,
 ) -> FastAPI:
     """The API over `loop` (status, clock, metrics), `store` (audit log) and `guard` (controls);
-    controls need `api_token` as a bearer token (`controller.api.auth`)."""
-    if len(api_token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"api_token must have at least {MIN_TOKEN_CHARS} characters")
+    controls need a bearer that `auth` accepts, by default `api_token` (`controller.api.auth`),
+    and act through `operators` (default: recorded in `store`, on the loop's clock)."""
+    if auth is None:
+        if api_token is None:
+            raise ValueError("create_app needs api_token or auth")
+        auth = StaticTokenAuth(api_token)
+    if operators is None:
+        operators = Operators(
+            guard,
+            store,
+            now=loop.now,
+            writer_id=loop.writer_id,
+            phase_of=lambda route: loop.route_status(route).phase,
+            rate=overrides.clock_rate(settings),
+        )
     app = FastAPI(
         title="meshpilot",
         version="0.1.0",
@@ -52,7 +73,8 @@ def create_app(
         redoc_url=None,
         responses=error_responses(413),  # BodySizeLimit answers it before any route
     )
-    app.state.api_token = api_token
+    app.state.auth = auth
+    app.state.operators = operators
     app.state.settings = settings
     app.state.loop = loop
     app.state.store = store

@@ -1,4 +1,8 @@
-"""``GET /decisions``: the audit log — why did v2 get 40 points at 03:12?"""
+"""``GET /decisions``: the audit log — why did v2 get 40 points at 03:12, and who paused it?
+
+The controller's decisions and operators' actions (caller, reason, before and after) are one
+timeline; ``operators=true`` lists only the actions, ``false`` only the decisions.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ MAX_LIMIT = 1000
 
 @router.get(
     "/decisions",
-    summary="Newest decisions first, of one route or of all",
+    summary="Newest decisions and operator actions first, of one route or of all",
     responses=error_responses(422, 503),
 )
 def list_decisions(
@@ -37,13 +41,21 @@ def list_decisions(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="how many")] = 50,
+    operators: Annotated[
+        bool | None,
+        Query(
+            description="true: only operators' actions (pin, release, pause, resume, shadow, "
+            "restore; with caller and reason); false: only the controller's decisions; "
+            "both if omitted"
+        ),
+    ] = None,
 ) -> list[DecisionView]:
     if route is not None:
         try:
             RouteRef.parse(route)
         except ValueError as err:
             unprocessable(("query", "route"), str(err), route)
-    return [DecisionView.of(r) for r in store.latest(route, limit)]
+    return [DecisionView.of(r) for r in store.latest(route, limit, operators=operators)]
 
 
 @router.get(

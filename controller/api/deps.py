@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request, status
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.metrics import ControllerMetrics
+from controller.operators import Operators
 from controller.settings import Settings
 from controller.store import DecisionStore
 from meshcore import RouteRef
@@ -39,10 +40,16 @@ def get_guard(request: Request) -> Guard:
     return guard
 
 
+def get_operators(request: Request) -> Operators:
+    operators: Operators = request.app.state.operators
+    return operators
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LoopDep = Annotated[ControlLoop, Depends(get_loop)]
 StoreDep = Annotated[DecisionStore, Depends(get_store)]
 GuardDep = Annotated[Guard, Depends(get_guard)]
+OperatorsDep = Annotated[Operators, Depends(get_operators)]
 
 
 def get_metrics(loop: LoopDep) -> ControllerMetrics:

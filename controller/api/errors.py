@@ -27,6 +27,8 @@ from meshcore import TemporaryError
 _MEANING = {
     400: "the body could not be parsed (not UTF-8, or JSON nested too deep)",
     401: "no or a wrong bearer token: controls need 'Authorization: Bearer <token>'",
+    403: "the caller may not act on this route (api.auth kubernetes: no RBAC permission to "
+    "patch managedroutes.meshpilot.io in its namespace); nothing changed",
     404: "not found",
     409: "conflict",
     413: f"the request body is larger than {MAX_BODY_BYTES} bytes (refused before parsing)",

@@ -6,10 +6,12 @@ names every subset of the route (or says ``others_zero``), lasts at least one co
 interval (a shorter one could expire before any tick writes it), and the answer says when
 the next tick comes and what it will do with the pin (`PinPlan`).
 
-Every control needs the operator's bearer token (`controller.api.auth`), checked first.
-Controls live in the memory of the replica that received them, and only the leader writes:
-a follower refuses them with a 409 naming the leader, instead of accepting a pin that would
-never be applied. They do not survive a restart or a change of leader.
+Every control needs a bearer allowed to act on the route (`controller.api.auth`), checked
+first; it goes through `controller.operators.Operators`, which records the caller, the
+optional ``reason`` and the controls before and after in the audit log, and keeps the
+controls in the store so a restart with the same store file restores them. Only the leader
+writes: a follower refuses controls with a 409 naming the leader, instead of accepting a pin
+that would never be applied. A new leader (another replica, another store) does not see them.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
-from controller.api.auth import OperatorRoute, require_operator
-from controller.api.deps import GuardDep, LoopDep, RouteDep, SettingsDep, StoreDep
+from controller.api.auth import CallerDep, OperatorRoute, require_operator
+from controller.api.deps import GuardDep, LoopDep, OperatorsDep, RouteDep, SettingsDep, StoreDep
 from controller.api.errors import error_responses
-from controller.api.schemas import OverrideRequest, OverrideView, PinPlan, RouteView, ShadowRequest
+from controller.api.schemas import (
+    ControlRequest,
+    OverrideRequest,
+    OverrideView,
+    PinPlan,
+    RouteView,
+    ShadowRequest,
+)
 from controller.guard import Guard
 from controller.loop import ControlLoop
 from controller.settings import Settings
@@ -49,6 +58,7 @@ router = APIRouter(
     dependencies=[Depends(require_operator), Depends(require_leader)],
     responses=error_responses(
         401,
+        403,
         404,
         409,
         422,
@@ -56,6 +66,8 @@ router = APIRouter(
         why={
             404: "the route is not managed",
             409: "this replica is a follower, or the route's subsets are not known yet",
+            503: "the decision store is busy, or the caller could not be checked (the "
+            "Kubernetes API unreachable): nothing changed, retrying later works",
         },
     ),
 )
@@ -64,9 +76,11 @@ _BODY_ERRORS = error_responses(400)
 
 
 def _subsets(route: RouteRef, loop: ControlLoop, settings: Settings) -> tuple[str, ...]:
-    weights = loop.route_status(route).weights
-    if weights is not None:
-        return weights.subsets
+    state = loop.route_status(route)
+    if state.weights is not None:
+        return state.weights.subsets
+    if state.invalid_weights is not None:  # a pin repairs those
+        return tuple(state.invalid_weights)
     for configured in settings.routes:
         if configured.ref().key == route.key and configured.subsets:
             return tuple(configured.subsets)
@@ -89,11 +103,15 @@ def _problem(field: str, msg: str) -> dict[str, object]:
     return {"loc": ("body", field), "msg": msg, "type": "value_error", "input": None}
 
 
+def clock_rate(settings: Settings) -> float:
+    """Loop-clock seconds per wall second: with ``mesh: sim`` the loop's clock is simulated
+    time, `sim.speed` times faster; else 1."""
+    return settings.sim.speed if settings.mesh == "sim" else 1.0
+
+
 def min_ttl_s(loop: ControlLoop, settings: Settings) -> float:
-    """The shortest pin (s, on the loop's clock): one control interval. `tick_s` is wall
-    time; with ``mesh: sim`` the loop's clock is simulated time, `sim.speed` times faster."""
-    speed = settings.sim.speed if settings.mesh == "sim" else 1.0
-    return loop.tick_s * speed
+    """The shortest pin (s, on the loop's clock): one control interval (`tick_s`, wall s)."""
+    return loop.tick_s * clock_rate(settings)
 
 
 def _ttl_problems(ttl_s: float, loop: ControlLoop, settings: Settings) -> list[dict[str, object]]:
@@ -172,7 +190,16 @@ def _plan(
     controls = guard.controls(route)
     at, in_s = next_tick(loop)
     when = f"at the next tick, in {in_s:.1f} s" if in_s is not None else "at the next tick"
-    if state.failed is not None:
+    repairs = state.invalid_weights is not None and not (
+        controls.paused or controls.shadow or loop.mode == "shadow"
+    )
+    if state.failed is not None and repairs:
+        phase, writes = "overridden", True
+        detail = (
+            f"the route holds {dict(state.invalid_weights or {})}, not a valid split: the pin "
+            f"is written over it {when}"
+        )
+    elif state.failed is not None:
         phase, writes, at, in_s = "failed", False, None, None
         detail = (
             f"the route failed ({state.failed}); the pin is written if the route recovers "
@@ -215,6 +242,8 @@ def override(
     guard: GuardDep,
     store: StoreDep,
     settings: SettingsDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
 ) -> OverrideView:
     problems = _ttl_problems(body.ttl_s, loop, settings)
     try:
@@ -227,28 +256,66 @@ def override(
     if problems:
         raise RequestValidationError(problems)
     weights = Weights(subsets, [body.weights.get(s, 0) for s in subsets])
-    until_s = loop.now() + body.ttl_s
-    guard.pin(route, weights, until_s)
+    until_s = operators.pin(
+        route,
+        weights,
+        body.ttl_s,
+        caller=caller,
+        reason=body.reason,
+        others_zero=body.others_zero,
+    )
     view = RouteView.build(route, loop=loop, guard=guard, store=store)
     plan = _plan(route, weights, until_s, loop, guard)
     return OverrideView(**view.model_dump(), pin_plan=plan)
 
 
-@router.delete("/override", summary="Drop the pin; the policy resumes, step-limited")
-def clear_override(route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep) -> RouteView:
-    guard.unpin(route)
+@router.delete(
+    "/override",
+    summary="Drop the pin; the policy resumes, step-limited",
+    responses=_BODY_ERRORS,
+)
+def clear_override(
+    route: RouteDep,
+    loop: LoopDep,
+    guard: GuardDep,
+    store: StoreDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
+    body: ControlRequest | None = None,
+) -> RouteView:
+    operators.release(route, caller=caller, reason=body.reason if body else None)
     return RouteView.build(route, loop=loop, guard=guard, store=store)
 
 
-@router.post("/pause", summary="Stop writing this route (pins included) until resumed")
-def pause(route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep) -> RouteView:
-    guard.pause(route)
+@router.post(
+    "/pause",
+    summary="Stop writing this route (pins included) until resumed",
+    responses=_BODY_ERRORS,
+)
+def pause(
+    route: RouteDep,
+    loop: LoopDep,
+    guard: GuardDep,
+    store: StoreDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
+    body: ControlRequest | None = None,
+) -> RouteView:
+    operators.pause(route, caller=caller, reason=body.reason if body else None)
     return RouteView.build(route, loop=loop, guard=guard, store=store)
 
 
-@router.post("/resume", summary="Resume writing this route")
-def resume(route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep) -> RouteView:
-    guard.resume(route)
+@router.post("/resume", summary="Resume writing this route", responses=_BODY_ERRORS)
+def resume(
+    route: RouteDep,
+    loop: LoopDep,
+    guard: GuardDep,
+    store: StoreDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
+    body: ControlRequest | None = None,
+) -> RouteView:
+    operators.resume(route, caller=caller, reason=body.reason if body else None)
     return RouteView.build(route, loop=loop, guard=guard, store=store)
 
 
@@ -258,7 +325,13 @@ def resume(route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep) -> 
     responses=_BODY_ERRORS,
 )
 def shadow(
-    body: ShadowRequest, route: RouteDep, loop: LoopDep, guard: GuardDep, store: StoreDep
+    body: ShadowRequest,
+    route: RouteDep,
+    loop: LoopDep,
+    guard: GuardDep,
+    store: StoreDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
 ) -> RouteView:
-    guard.set_shadow(route, body.enabled)
+    operators.shadow(route, body.enabled, caller=caller, reason=body.reason)
     return RouteView.build(route, loop=loop, guard=guard, store=store)

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from controller.guard import Guard
 from controller.loop import ControlLoop
+from controller.operators import MAX_REASON_CHARS
 from controller.store import DecisionRecord, DecisionStore
 from controller.verify import VerifyResult
 from meshcore import WEIGHT_TOTAL, RouteRef
@@ -24,6 +25,25 @@ Points = Annotated[int, Field(strict=True, ge=0, le=WEIGHT_TOTAL)]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Reason = Annotated[
+    str | None,
+    Field(
+        strict=True,
+        max_length=MAX_REASON_CHARS,
+        examples=["canary v2 returns 5xx since 14:02, INC-4711"],
+        description=f"why (at most {MAX_REASON_CHARS} characters): recorded with the caller "
+        "in the audit log (GET /decisions?operators=true)",
+    ),
+]
+"""The optional why of every control."""
+
+
+class ControlRequest(_Body):
+    """The optional body of pause, resume and release: why."""
+
+    reason: Reason = None
 
 
 class OverrideRequest(_Body):
@@ -55,6 +75,7 @@ class OverrideRequest(_Body):
         description="true: subsets not named in weights get 0 points; false (default): "
         "weights must name every subset of the route",
     )
+    reason: Reason = None
 
     @field_validator("weights")
     @classmethod
@@ -73,6 +94,7 @@ class ShadowRequest(_Body):
     """Put one route in shadow (decide and record, never write) or take it out."""
 
     enabled: bool = Field(strict=True)
+    reason: Reason = None
 
 
 class VerifyView(BaseModel):
@@ -97,7 +119,8 @@ class ControlsView(BaseModel):
 
 
 class DecisionView(BaseModel):
-    """One recorded decision (see `controller.store.DecisionRecord`)."""
+    """One recorded decision of the controller, or one operator action (``caller`` set; see
+    `controller.store.DecisionRecord`)."""
 
     id: int | None
     ts_s: float
@@ -113,6 +136,19 @@ class DecisionView(BaseModel):
     reward: float | None
     policy: str
     writer: str
+    caller: str | None = Field(
+        description="who took this operator action: 'token' (the shared static token), a "
+        "Kubernetes user (api.auth kubernetes), or 'meshpilot' for controls restored at start; "
+        "null for the controller's own decisions"
+    )
+    action: str | None = Field(
+        description="the operator action: pin, release, pause, resume, shadow or restore "
+        "(its reason is the operator's, its outcome 'operator: <action>'); null for decisions"
+    )
+    detail: dict[str, Any] | None = Field(
+        description="an operator action's arguments (weights, ttl_s, enabled) and the route's "
+        "controls before and after it; null for decisions"
+    )
 
     @classmethod
     def of(cls, record: DecisionRecord) -> DecisionView:
@@ -128,9 +164,20 @@ class RouteView(BaseModel):
     route: str | int
     host: str
     phase: str
-    weights: dict[str, int] | None
+    weights: dict[str, int] | None = Field(
+        description="the split the route is configured with (points); null when not known, "
+        "or while the route failed (its weights unreadable or not a valid split)"
+    )
+    invalid_weights: dict[str, int] | None = Field(
+        description="what a failed route holds when it is not a valid split (points, set "
+        "outside meshpilot, e.g. summing to 110): a pin repairs it at the next tick"
+    )
     failed: str | None
     failed_since_s: float | None
+    degraded: str | None = Field(
+        description="why the last tick had no telemetry (e.g. Prometheus unreachable): the "
+        "route holds its weights, pins and other controls still act; null when observing"
+    )
     controls: ControlsView
     verify: VerifyView | None
     last_decision: DecisionView | None
@@ -150,8 +197,12 @@ class RouteView(BaseModel):
             host=route.host,
             phase=status.phase,
             weights=status.weights.as_dict() if status.weights is not None else None,
+            invalid_weights=(
+                dict(status.invalid_weights) if status.invalid_weights is not None else None
+            ),
             failed=status.failed,
             failed_since_s=status.failed_since_s,
+            degraded=status.degraded,
             controls=ControlsView(
                 paused=controls.paused,
                 shadow=controls.shadow,
@@ -174,7 +225,8 @@ class PinPlan(BaseModel):
     until_s: float = Field(description="the pin expires at this time (s, the loop's clock)")
     applies_at: datetime | None = Field(
         description="UTC wall time (ISO 8601) of the next tick, which reviews the pin at the "
-        "latest; null when the route failed (its next check is not scheduled by the clock)"
+        "latest; null when the route failed for another reason than weights a pin repairs "
+        "(its next check is not scheduled by the clock)"
     )
     applies_in_s: float | None = Field(
         description="seconds from this answer to applies_at (>= 0); null with applies_at"
@@ -185,7 +237,7 @@ class PinPlan(BaseModel):
     )
     writes: bool = Field(
         description="whether that tick writes the pinned weights (false when paused, in "
-        "shadow, failed, or already in place)"
+        "shadow, already in place, or failed for another reason than invalid weights)"
     )
     detail: str = Field(description="the same in words")
 

@@ -2,14 +2,23 @@
 
 Each returns the parsed value or raises `argparse.ArgumentTypeError`, which the command line
 turns into one line on stderr and exit status 2 (never a traceback): a seed of -1 or a seed
-count of 0 is a usage error, caught before any work starts.
+count of 0 is a usage error, caught before any work starts. Output paths are checked the
+same way: a typo in a path must fail at once, not create folders somewhere after the work.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-__all__ = ["non_negative_int", "port_number", "positive_float", "positive_int"]
+__all__ = [
+    "non_negative_int",
+    "output_dir",
+    "output_file",
+    "port_number",
+    "positive_float",
+    "positive_int",
+]
 
 
 def _int_at_least(text: str, least: int) -> int:
@@ -49,3 +58,33 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (0..65535), got {value}")
     return value
+
+
+def output_file(text: str) -> str:
+    """A file to write: its folder must already exist (none is created for it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    _check_parent(path)
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: created when missing, but only itself (its parent must exist)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    if not path.exists():
+        _check_parent(path)
+    return text
+
+
+def _check_parent(path: Path) -> None:
+    if path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is not a directory")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {path.parent} does not exist")

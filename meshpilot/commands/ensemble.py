@@ -7,6 +7,7 @@ import json
 
 from agents.network import EnsemblePolicy
 from agents.policy_file import load_numpy_policy, save_ensemble_npz
+from meshpilot.commands.arg_types import output_file
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +24,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     p.add_argument("policies", nargs="+", metavar="POLICY_NPZ", help="policy files (>= 2)")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the ensemble")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=output_file,
+        metavar="FILE",
+        help="where to write the ensemble (its directory must exist)",
+    )
     p.set_defaults(run=run)
 
 

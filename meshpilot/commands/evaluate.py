@@ -17,7 +17,13 @@ from agents.evaluate import (
 from agents.registry import policy_names
 from agents.rollout import Setup
 from envs.simulator.scenario import SUITE_DIR
-from meshpilot.commands.arg_types import non_negative_int, positive_float, positive_int
+from meshpilot.commands.arg_types import (
+    non_negative_int,
+    output_dir,
+    output_file,
+    positive_float,
+    positive_int,
+)
 from meshpilot.served import is_yardstick, served_setup
 
 AS_SERVED_NOTE = (
@@ -70,11 +76,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "was tuned on check that it holds on traces it has not seen"
         ),
     )
-    p.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
+    p.add_argument(
+        "--out",
+        type=output_file,
+        metavar="FILE.json",
+        help="write the JSON report here (its directory must exist)",
+    )
     p.add_argument(
         "--plots",
+        type=output_dir,
         metavar="DIR",
-        help="write weights_<scenario>.png (first seed) and bad_fraction.png into DIR",
+        help="write weights_<scenario>.png (first seed) and bad_fraction.png into DIR "
+        "(created if missing; its parent must exist)",
     )
     p.add_argument(
         "--duration-s",

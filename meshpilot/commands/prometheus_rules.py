@@ -11,6 +11,7 @@ import yaml
 from controller.adapters.promql import RECORDED_METRIC, get_profile
 from controller.settings import load_settings
 from meshcore.errors import ConfigError
+from meshpilot.commands.arg_types import output_file
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="rule evaluation interval in s (default: Prometheus's global evaluation_interval)",
     )
-    p.add_argument("--out", metavar="FILE", help="write the rules to FILE instead of stdout")
+    p.add_argument(
+        "--out",
+        type=output_file,
+        metavar="FILE",
+        help="write the rules to FILE instead of stdout (its directory must exist)",
+    )
     p.set_defaults(run=run)
 
 

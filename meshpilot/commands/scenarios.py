@@ -31,7 +31,7 @@ from envs.simulator.generator import (
     write_scenario,
 )
 from envs.simulator.scenario import Scenario, load_scenario
-from meshpilot.commands.arg_types import positive_int
+from meshpilot.commands.arg_types import output_dir, output_file, positive_int
 
 _PLOT_POINTS = 1801
 """Samples of the timeline for `--plot` (about one per second of a 1800 s episode)."""
@@ -77,7 +77,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--count", type=positive_int, default=1, metavar="M", help="how many files (default 1)"
     )
     s.add_argument(
-        "--out", required=True, metavar="DIR", help="directory to write into (created if missing)"
+        "--out",
+        required=True,
+        type=output_dir,
+        metavar="DIR",
+        help="directory to write into (created if missing; its parent must exist)",
     )
     s.add_argument(
         "--family",
@@ -103,6 +107,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     w.add_argument(
         "--plot",
+        type=output_file,
         metavar="FILE.png",
         help="also draw load and each version's effective capacity over time, with the events",
     )
@@ -119,7 +124,7 @@ def run_sample(args: argparse.Namespace) -> int:
         raise GeneratorError(f"seeds {args.seed}..{last} go past 2^63-1")
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as err:
         raise GeneratorError(f"{out}: cannot create directory ({err.strerror or err})") from err
     files = []

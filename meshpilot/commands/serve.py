@@ -21,10 +21,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from controller.access import Authenticator
 from controller.adapters.nop import ShadowActuator
 from controller.guard import Guard
 from controller.loop import AlwaysLeader, ControlLoop, Leadership
-from controller.settings import Settings, load_settings
+from controller.operators import Operators
+from controller.settings import Settings, default_store_path, load_settings
 from controller.store import DecisionStore
 from meshcore import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
 from meshpilot.commands.arg_types import port_number, positive_float
@@ -88,13 +90,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(default: degraded-canary, latency-spike, steady-80)",
     )
     p.add_argument(
-        "--db", metavar="PATH", help="SQLite decision log (default: meshpilot-decisions.db)"
+        "--db",
+        metavar="PATH",
+        help="SQLite decision log (default: decisions.db in the per-user data directory, "
+        "$XDG_DATA_HOME/meshpilot or ~/.local/share/meshpilot, created when missing)",
     )
     p.add_argument(
         "--token-file",
         metavar="PATH",
-        help="file with the bearer token every control (override, pause, resume, shadow) must "
-        "carry; created with a random token when missing (default: meshpilot-api-token)",
+        help="--auth token: file with the bearer token every control (override, pause, "
+        "resume, shadow) must carry; created with a random token when missing (default: "
+        "meshpilot-api-token)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=("token", "kubernetes"),
+        help="how a control's bearer is checked: token (the token file) or kubernetes "
+        "(TokenReview + SubjectAccessReview: may the caller patch managedroutes.meshpilot.io "
+        "in the route's namespace) (default: kubernetes with --mesh k8s, else token)",
     )
     p.add_argument(
         "--shadow", action="store_true", help="decide and record, never write (shadow mode)"
@@ -119,6 +132,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         api["port"] = args.port
     if args.token_file is not None:
         api["token_file"] = args.token_file
+    if args.auth is not None:
+        api["auth"] = args.auth
     if api:
         out["api"] = api
     if args.policy is not None:
@@ -271,9 +286,19 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
     policy, why = resolve_policy(settings.policy, supervised=settings.supervisor)
     _log.info("%s", why)
     mesh = _sim_mesh(settings, stack) if settings.mesh == "sim" else _k8s_mesh(settings, stack)
+    store_path = settings.store.path
+    if store_path == default_store_path():
+        try:
+            Path(store_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"decision store {store_path}: cannot create its directory "
+                f"({err.strerror or err}); name another with --db"
+            ) from err
     store = DecisionStore(
-        settings.store.path, max_rows=settings.store.max_rows, max_age_s=settings.store.max_age_s
+        store_path, max_rows=settings.store.max_rows, max_age_s=settings.store.max_age_s
     )
+    _log.info("decisions recorded in %s", store_path)
     stack.callback(store.close)
     actuator: Actuator = mesh.actuator
     if settings.mode == "shadow":  # belt and braces: the loop also never asks to write
@@ -331,26 +356,77 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, handler)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def _authenticator(settings: Settings, stack: contextlib.ExitStack) -> Authenticator:
+    """How the API checks the bearer of a control (``api.auth``, `Settings.auth_mode`)."""
+    if settings.auth_mode() == "kubernetes":
+        from controller.adapters.kube.access import KubernetesAccess
 
-    from controller.api.app import create_app
-    from controller.api.auth import ensure_token_file
+        access = KubernetesAccess(
+            kubeconfig=settings.kube.kubeconfig,
+            context=settings.kube.context,
+            cache_s=settings.api.auth_cache_s,
+        )
+        stack.callback(access.close)
+        _log.info(
+            "controls need 'Authorization: Bearer <token>' with a Kubernetes token of a user "
+            "allowed to patch managedroutes.meshpilot.io in the route's namespace"
+        )
+        return access
+    from controller.api.auth import StaticTokenAuth, ensure_token_file
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = load_settings(args.config, **settings_overrides(args))
     token, created = ensure_token_file(settings.api.token_file)
     _log.info(
         "controls need 'Authorization: Bearer <token>' with the token in %s%s",
         Path(settings.api.token_file).resolve(),
         " (created)" if created else "",
     )
+    return StaticTokenAuth(token)
+
+
+def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators:
+    """The audited controls, with those kept in the store from a previous run restored."""
+    from controller.api.overrides import clock_rate
+
+    operators = Operators(
+        guard,
+        loop.store,
+        now=loop.now,
+        writer_id=loop.writer_id,
+        phase_of=lambda route: loop.route_status(route).phase,
+        rate=clock_rate(settings),
+    )
+    for route in operators.restore(loop.routes):
+        c = guard.controls(route)
+        _log.info(
+            "route %s: controls restored from %s (paused %s, shadow %s, pin %s)",
+            route.key,
+            settings.store.path,
+            c.paused,
+            c.shadow,
+            c.pin,
+        )
+    return operators
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controller.api.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(args.config, **settings_overrides(args))
     with contextlib.ExitStack() as stack, _stop_on_signals() as stop:
+        auth = _authenticator(settings, stack)
         loop, guard = build_loop(settings, stack)
         app = create_app(
-            settings=settings, loop=loop, store=loop.store, guard=guard, api_token=token
+            settings=settings,
+            loop=loop,
+            store=loop.store,
+            guard=guard,
+            auth=auth,
+            operators=_operators(settings, loop, guard),
         )
         sock = _listen(settings.api.host, settings.api.port)
         stack.callback(sock.close)

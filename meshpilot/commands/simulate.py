@@ -20,7 +20,7 @@ from agents.registry import make_policy, policy_names
 from agents.rollout import EpisodeTrace, run_episode
 from envs.simulator.scenario import load_scenario
 from meshcore.errors import ConfigError
-from meshpilot.commands.arg_types import non_negative_int
+from meshpilot.commands.arg_types import non_negative_int, output_file
 from meshpilot.served import served_setup
 
 
@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--trace",
+        type=output_file,
         metavar="FILE.csv",
         help=(
             "write one CSV row per control step: t_s (end of step, s), w_<v> (weights in "
@@ -71,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--plot",
+        type=output_file,
         metavar="FILE.png",
         help=(
             "draw weights, p99 and 5xx per version and the bad fraction over time as a PNG, "
@@ -149,7 +151,6 @@ def write_trace_csv(trace: EpisodeTrace, path: str | Path) -> Path:
     """Write the per-step trace as CSV (header `trace_columns`), atomically (temp + rename)."""
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -199,7 +200,6 @@ def write_trace_plot(trace: EpisodeTrace, path: str | Path, *, title: str, slo_m
     fig.suptitle(title, fontsize=10)
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100, format="png")
     except OSError as err:
         raise ConfigError(f"--plot {path}: cannot write ({err.strerror or err})") from err

@@ -19,7 +19,7 @@ from typing import Any
 from agents.training.config import TrainConfig, field_help
 from agents.training.ensemble import train_ensemble
 from agents.training.ppo import train
-from meshpilot.commands.arg_types import non_negative_int, positive_int
+from meshpilot.commands.arg_types import non_negative_int, output_dir, positive_int
 
 _POSITIONAL = "scenarios"
 _SKIP = frozenset({"spec"})
@@ -38,6 +38,8 @@ _AT_LEAST_ONE = frozenset(
 )
 """Integer fields that count something that must happen at least once; every other integer
 field (seeds, optional steps such as total_steps 0 for imitation only) must be >= 0."""
+_OUTPUT_DIRS = frozenset(("out_dir", "tensorboard_dir"))
+"""Directories the run writes into: created if missing, but never their parents."""
 
 
 def _base_type(hint: Any) -> tuple[Any, Any, int | str | None]:
@@ -104,6 +106,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         else:
             if kind is int:
                 kind = positive_int if f.name in _AT_LEAST_ONE else non_negative_int
+            elif f.name in _OUTPUT_DIRS:
+                kind = output_dir
             p.add_argument(
                 "--" + f.name.replace("_", "-"), type=kind, default=default, help=help_text
             )

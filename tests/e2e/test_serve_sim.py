@@ -4,8 +4,11 @@ Cases: the process becomes ready; decisions are recorded and the policy moves th
 degraded-canary route off its 90/10 start; an override without the bearer token is a 401;
 with the token serve created in its token file, the override is written and shown as
 ``overridden`` with the pinned weights; SIGTERM stops it gracefully with exit code 0, and the
-audit log it leaves shows this replica as the only writer. Also: every `serve` option has help
-text, and the serving path never imports torch.
+audit log it leaves shows this replica as the only writer. Restarted with the same store file,
+a pin and a pause made before (with their reasons) are still in effect — the pin written again
+to the fresh simulated mesh, the paused route paused — and the audit history of the first run
+is intact, with who did what and why, plus one ``restore`` record per route. Also: every
+`serve` option has help text, and the serving path never imports torch.
 
 Waits poll with generous deadlines (numba may compile the simulator kernel on a cold cache);
 nothing asserts how long anything took.
@@ -57,11 +60,8 @@ def wait_for(what: str, probe: Callable[[], Any], proc: subprocess.Popen[str]) -
     pytest.fail(f"gave up waiting for {what}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client, Path]]:
-    port = free_port()
-    db = tmp_path / "decisions.db"
-    token_file = tmp_path / "api-token"  # created by serve: it must exist before any control
+def launch(tmp_path: Path, port: int, log_name: str = "serve.log") -> subprocess.Popen[str]:
+    """`meshpilot serve --mesh sim` on `port`, with its store and token file in `tmp_path`."""
     cmd = [
         sys.executable,
         "-m",
@@ -76,16 +76,23 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client
         "--speed",
         "10",
         "--db",
-        str(db),
+        str(tmp_path / "decisions.db"),
         "--policy",
         "proportional",
         "--token-file",
-        str(token_file),
+        str(tmp_path / "api-token"),  # created by serve: it must exist before any control
     ]
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True
-    )
+    with (tmp_path / log_name).open("w") as log:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client, Path]]:
+    port = free_port()
+    db = tmp_path / "decisions.db"
+    proc = launch(tmp_path, port)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
     try:
         yield proc, client, db
@@ -94,7 +101,6 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], httpx.Client
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 def route(client: httpx.Client, key: str) -> dict[str, Any]:
@@ -140,6 +146,66 @@ def test_serve_sim_decides_accepts_an_override_and_stops_on_sigterm(
     with DecisionStore(db) as store:
         assert set(store.writers()) == {"e2e-pod"}
         assert any(r.written == pinned for r in store.latest(STEADY, limit=1000) if r.wrote)
+
+
+def test_pins_pauses_and_the_audit_log_survive_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+    pinned = {"v1": 10, "v2": 10, "v3": 80}
+    procs = [launch(tmp_path, port, "first.log")]
+    try:
+        first = procs[0]
+        wait_for("/readyz", lambda: client.get("/readyz").status_code == 200, first)
+        token = (tmp_path / "api-token").read_text().strip()
+        client.headers["Authorization"] = f"Bearer {token}"
+        body = {"weights": pinned, "ttl_s": 3600, "reason": "canary v3 only, INC-9"}
+        assert client.post(f"/routes/{STEADY}/override", json=body).status_code == 200
+        paused = client.post(f"/routes/{CANARY}/pause", json={"reason": "freeze"})
+        assert paused.status_code == 200, paused.text
+        wait_for(
+            "the pin to be written",
+            lambda: (
+                (r := route(client, STEADY))["phase"] == "overridden" and r["weights"] == pinned
+            ),
+            first,
+        )
+        before = client.get("/decisions", params={"limit": 1000}).json()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+
+        procs.append(launch(tmp_path, port, "second.log"))
+        second = procs[1]
+        wait_for("/readyz again", lambda: client.get("/readyz").status_code == 200, second)
+        steady = wait_for(
+            "the restored pin to be written to the new mesh",
+            lambda: (
+                (r := route(client, STEADY))["phase"] == "overridden"
+                and r["weights"] == pinned
+                and r
+            ),
+            second,
+        )
+        assert steady["controls"]["pin"] == pinned
+        canary = route(client, CANARY)
+        assert canary["controls"]["paused"] and canary["phase"] == "paused"
+        actions = client.get("/decisions", params={"operators": "true"}).json()
+        kept = {(a["action"], a["route"], a["caller"], a["reason"]) for a in actions}
+        assert ("pin", STEADY, "token", "canary v3 only, INC-9") in kept
+        assert ("pause", CANARY, "token", "freeze") in kept
+        assert {(a["route"], a["caller"]) for a in actions if a["action"] == "restore"} == {
+            (STEADY, "meshpilot"),
+            (CANARY, "meshpilot"),
+        }
+        oldest = min(before, key=lambda d: d["id"])
+        assert client.get(f"/decisions/{oldest['id']}").json() == oldest
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    finally:
+        client.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_every_serve_option_has_help_text() -> None:

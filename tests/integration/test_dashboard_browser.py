@@ -4,9 +4,11 @@ against `meshpilot serve --mesh sim` as a real process on 127.0.0.1.
 Cases: the page at ``/`` loads with no console error and no page error, and every request it
 makes stays on the API's own origin; every managed route gets a card with its phase, the
 weights the API reports, a chart and the last decisions; the operator enters the token (kept
-in sessionStorage) and pins weights from the page; the HTTP API then shows the pin active and
-written, and the audit log records the pinned split as written by this replica in phase
-``overridden``; the page shows the new phase; a control with a wrong token shows the API's
+in sessionStorage) and pins weights from the page with a reason; the HTTP API then shows the
+pin active and written, and the audit log records the pinned split as written by this replica
+in phase ``overridden``, and the operator's action with its reason and caller (``token``), which
+the page lists as ``operator: pin by token``; the page shows the new phase; then a pause from
+the page sends the reason typed there; a control with a wrong token shows the API's
 401 on the page. A full-page screenshot is saved under ``runs/test-artifacts/`` and its path
 printed.
 
@@ -207,8 +209,8 @@ def test_the_dashboard_shows_routes_and_pins_weights_from_the_page(
         steady.get_by_label(f"{subset} (points)").fill(str(points))
     steady.get_by_label("TTL (s)").fill("600")
     reason = steady.get_by_label("Reason")
-    if reason.is_enabled():
-        reason.fill("dashboard browser test")
+    expect(reason).to_be_enabled()
+    reason.fill("dashboard browser test")
     steady.get_by_role("button", name="Pin weights").click()
     expect(steady.locator("p.result")).to_contain_text("pinned v1 62 / v2 23 / v3 15")
 
@@ -232,6 +234,11 @@ def test_the_dashboard_shows_routes_and_pins_weights_from_the_page(
     )
     assert audit[-1]["writer"] == "dashboard-pod"
     assert "pinned until" in audit[-1]["reason"]
+    operators = server.http.get("/decisions", params={"route": STEADY, "operators": "true"}).json()
+    (action,) = [a for a in operators if a["action"] == "pin"]
+    assert (action["caller"], action["reason"]) == ("token", "dashboard browser test")
+    assert action["written"] == PINNED
+    expect(steady.locator("table.decisions")).to_contain_text("operator: pin by token")
     expect(steady.locator(".phase")).to_have_text("overridden")
     expect(steady.locator("table.decisions")).to_contain_text("pinned until")
     assert console == [], console
@@ -241,6 +248,14 @@ def test_the_dashboard_shows_routes_and_pins_weights_from_the_page(
     page.screenshot(path=str(shot), full_page=True)
     with capsys.disabled():
         print(f"\ndashboard screenshot: {shot}")
+
+    reason.fill("freeze from the dashboard")
+    steady.get_by_role("button", name="Pause").click()
+    expect(steady.locator(".phase")).to_have_text("paused")
+    paused = server.http.get("/decisions", params={"route": STEADY, "operators": "true"}).json()
+    assert paused[0]["action"] == "pause" and paused[0]["reason"] == "freeze from the dashboard"
+    steady.get_by_role("button", name="Resume").click()
+    expect(steady.locator(".phase")).not_to_have_text("paused")
 
     page.evaluate("sessionStorage.setItem('meshpilot.token', 'a-wrong-token-of-enough-length')")
     steady.get_by_role("button", name="Pause").click()

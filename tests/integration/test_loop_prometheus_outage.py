@@ -4,7 +4,10 @@ A simulated route runs in real time and is published as Istio series; a real Pro
 scrapes it; the `ControlLoop` observes it with `PrometheusObserver` and writes through the
 simulated mesh's actuator. Cases: the loop converges to the policy's split; with Prometheus
 killed it keeps ticking (never raises), holds for ``hold_s``, then decays step by step to the
-baseline; once Prometheus is back it resumes active control and moves toward the policy again.
+baseline; meanwhile the API stays ready (``/readyz`` 200, ``observing`` false), shows the
+outage as a degraded condition of the route and as ``meshpilot_observing 0``, and a pin made
+through it is written at the next tick; once Prometheus is back it resumes active control and
+moves toward the policy again.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
 from controller.adapters.prometheus import PrometheusObserver
+from controller.api.app import create_app
 from controller.clock import WallClock
 from controller.guard import Guard, GuardConfig
 from controller.loop import ControlLoop
 from controller.recording import TickResult
+from controller.settings import load_settings
 from controller.store import DecisionStore
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.exporter import IstioSeriesExporter, publish_step
@@ -159,6 +165,31 @@ def test_loop_holds_decays_and_resumes_across_a_prometheus_outage(world) -> None
     written = [r.weights["v1"] for r in during if r.wrote and r.weights is not None]
     assert written == sorted(set(written), reverse=True), "never the same weights twice"
     assert sim.pending["v1"] == 50
+
+    token = "outage-operator-token"
+    app = create_app(
+        settings=load_settings(),
+        loop=loop,
+        store=loop.store,
+        guard=loop.guard,
+        api_token=token,
+    )
+    path = f"/routes/{ROUTE.namespace}/{ROUTE.virtual_service}/{ROUTE.route}"
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["ready"] and not ready.json()["observing"]
+        route = api.get(path).json()
+        assert route["phase"] == "holding" and "observe failed" in route["degraded"]
+        assert "meshpilot_observing 0.0" in api.get("/metrics").text
+        pin = {"v1": 20, "v2": 80}
+        answer = api.post(f"{path}/override", json={"weights": pin, "ttl_s": 600})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["pin_plan"]["writes"]
+        (pinned,) = loop.tick()
+        assert pinned.phase == "overridden" and pinned.wrote and sim.pending.as_dict() == pin
+        assert api.get("/readyz").status_code == 200
+        assert api.delete(f"{path}/override").status_code == 200
 
     prometheus.restart()
     after = _tick_until(

@@ -14,7 +14,10 @@ Cases:
 * end to end through the ServiceAccount: base + examples created for real, a token for
   ServiceAccount ``meshpilot`` (TokenRequest) drives `VirtualServiceActuator` on the route of
   the ConfigMap and `LeaseElector` on the Lease of the settings — the manifests' RoleBinding
-  and Role are enough — and cannot delete the VirtualService;
+  and Role are enough;
+* and that is all it can do: as that ServiceAccount, patching a DestinationRule, deleting a
+  VirtualService or DestinationRule, reading or listing Secrets, and getting, listing or
+  patching a VirtualService in another namespace each get 403 from the real apiserver;
 * the ConfigMap's settings load with the Deployment's environment, and agree with the
   Deployment (port, probes), the Role (Lease name) and the example VirtualService (route,
   host, subsets);
@@ -108,9 +111,14 @@ def test_kustomization_lists_every_base_file() -> None:
         "Deployment",
         "Service",
         "NetworkPolicy",
+        "ClusterRole",
+        "ClusterRoleBinding",
     }
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
     assert all(
-        d["metadata"].get("namespace") == NS for d in render_base() if d["kind"] != "Namespace"
+        d["metadata"].get("namespace") == NS
+        for d in render_base()
+        if d["kind"] not in cluster_scoped
     )
 
 
@@ -412,15 +420,92 @@ def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
     assert elector.try_acquire_or_renew() and elector.is_leader(), elector.last_error
     assert elector.try_acquire_or_renew(), elector.last_error  # renew = update
     elector.release()
+
+
+OTHER_NS = "lirmm-elsewhere"
+"""A namespace the manifests grant nothing in."""
+
+
+def ensure_exists(lab: KubeLab, doc: dict[str, Any]) -> None:
+    status, body = lab.request("POST", resource_path(lab, doc), doc)
+    assert status in (201, 409), (key(doc), body)
+
+
+def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: KubeLab) -> None:
+    """The negative half, each a 403 from the real apiserver's RBAC authorizer: no patch of a
+    DestinationRule, no delete of a VirtualService (or a DestinationRule), no Secret read or
+    list, and no VirtualService in another namespace (get, list, patch). The same account is
+    first seen reading what the Role grants, so no 403 here comes from a binding the
+    authorizer has not loaded yet."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    for plural in ("virtualservices", "destinationrules"):
-        with pytest.raises(ApiException) as ei:
-            client.CustomObjectsApi(api).delete_namespaced_custom_object(
-                "networking.istio.io", "v1", NS, plural, "reviews"
-            )
-        assert ei.value.status == 403
+    for doc in render_base() + example_docs():
+        if doc["kind"] != "Deployment":
+            ensure_exists(lab, doc)
+    ensure_exists(
+        lab,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "meshpilot-api-token", "namespace": NS},
+            "stringData": {"token": "0123456789abcdef0123456789abcdef"},
+        },
+    )
+    ensure_exists(lab, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER_NS}})
+    elsewhere = copy.deepcopy(by_kind(example_docs(), "VirtualService")[0])
+    elsewhere["metadata"]["namespace"] = OTHER_NS
+    ensure_exists(lab, elsewhere)
+
+    custom = client.CustomObjectsApi(service_account_client(lab, NS, "meshpilot"))
+    core = client.CoreV1Api(custom.api_client)
+    istio = ("networking.istio.io", "v1")
+    deadline = time.monotonic() + 10
+    while True:  # the RBAC authorizer reads from an informer cache
+        try:
+            custom.get_namespaced_custom_object(*istio, NS, "virtualservices", "reviews")
+            custom.get_namespaced_custom_object(*istio, NS, "destinationrules", "reviews")
+            break
+        except ApiException as err:
+            if err.status != 403 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+    label = {"metadata": {"labels": {"meshpilot-test": "x"}}}
+    refused = {
+        "patch a DestinationRule": lambda: custom.patch_namespaced_custom_object(
+            *istio, NS, "destinationrules", "reviews", label
+        ),
+        "delete a VirtualService": lambda: custom.delete_namespaced_custom_object(
+            *istio, NS, "virtualservices", "reviews"
+        ),
+        "delete a DestinationRule": lambda: custom.delete_namespaced_custom_object(
+            *istio, NS, "destinationrules", "reviews"
+        ),
+        "read a Secret": lambda: core.read_namespaced_secret("meshpilot-api-token", NS),
+        "list Secrets": lambda: core.list_namespaced_secret(NS),
+        "get a VirtualService elsewhere": lambda: custom.get_namespaced_custom_object(
+            *istio, OTHER_NS, "virtualservices", "reviews"
+        ),
+        "list VirtualServices elsewhere": lambda: custom.list_namespaced_custom_object(
+            *istio, OTHER_NS, "virtualservices"
+        ),
+        "patch a VirtualService elsewhere": lambda: custom.patch_namespaced_custom_object(
+            *istio, OTHER_NS, "virtualservices", "reviews", label
+        ),
+    }
+    statuses = {}
+    for what, call in refused.items():
+        try:
+            call()
+            statuses[what] = 200
+        except ApiException as err:
+            statuses[what] = err.status
+    assert statuses == dict.fromkeys(refused, 403)
+    for doc in (by_kind(example_docs(), "DestinationRule")[0], elsewhere):
+        path = f"{resource_path(lab, doc)}/{doc['metadata']['name']}"
+        status, body = lab.request("GET", path)
+        assert status == 200 and "meshpilot-test" not in body["metadata"].get("labels", {})
 
 
 # -- kubectl kustomize of base and overlays, server-side dry run ------------------------------

@@ -432,7 +432,7 @@ def test_deploy_on_the_platform_cluster_then_down_restores_it_exactly(
     assert result.returncode == 0, result.stderr
     after = platform.state["clusters"][CLUSTER]
     assert not platform.called("kind", "create") and not platform.calls("istioctl")
-    assert platform.called("docker", "build", "meshpilot:latest", str(ROOT))
+    assert platform.called("docker", "build", "--target", "serve", "meshpilot:latest", str(ROOT))
     assert platform.called("kind", "load", "docker-image", "meshpilot:latest", "--name", CLUSTER)
     assert "meshpilot:latest" in after["images"]
     kubectl = platform.calls("kubectl")
@@ -542,7 +542,7 @@ def test_jenkinsfile_is_the_platform_pipeline() -> None:
     assert stages == ["Build image", "Load into Kind", "Deploy", "Rollout"]
     steps = jenkins_sh_steps(text)
     order = [
-        'docker build -t "$IMAGE" .',
+        'docker build --target serve -t "$IMAGE" .',
         'kind load docker-image "$IMAGE" --name "$KIND_CLUSTER"',
         "apply -k manifests/overlays/kind",
         "rollout status deployment/ai-controller",

@@ -16,7 +16,7 @@ fields stay exactly as they are. The weights written always come from a `Weights
 0..100, summing to 100: the CRD itself accepts 160 and -60).
 
 Reading is strict (`strict_weights`): a managed route whose weights someone else set to a sum
-other than 100 (or to values outside 0..100) raises `PermanentError` naming the weights —
+other than 100 (or to values outside 0..100) raises `InvalidWeightsError` naming the weights —
 meshpilot will not silently renormalize or overwrite a human's intent. Writing only needs the
 route's structure to be sound (`locate_route`), so an operator can repair such a route by
 pinning weights through meshpilot.
@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.adapters.promql import destination_service
-from meshcore import WEIGHT_TOTAL, PermanentError, RouteRef, TemporaryError, Weights
+from meshcore import (
+    WEIGHT_TOTAL,
+    InvalidWeightsError,
+    PermanentError,
+    RouteRef,
+    TemporaryError,
+    Weights,
+)
 
 __all__ = [
     "GROUP",
@@ -206,17 +213,19 @@ def locate_route(
 
 
 def strict_weights(route: RouteRef, loc: LocatedRoute) -> Weights:
-    """The route's weights, or `PermanentError` when they are not a valid split (0..100 each,
-    summing to 100): meshpilot does not manage weights someone else broke."""
+    """The route's weights, or `InvalidWeightsError` (a `PermanentError` carrying them) when
+    they are not a valid split (0..100 each, summing to 100): meshpilot does not manage
+    weights someone else broke, but a pin may repair them."""
     raw = loc.raw_weights()
     try:
         return Weights(tuple(raw), tuple(raw.values()))
     except ValueError as err:
-        raise PermanentError(
+        raise InvalidWeightsError(
             f"VirtualService {route.namespace}/{route.virtual_service}, "
             f"{route_label(route)} has weights {raw} set outside meshpilot that are not a "
             f"valid split ({err}); meshpilot will not manage it until its weights are "
-            "0..100 and sum to 100 (fix the VirtualService or pin weights)"
+            "0..100 and sum to 100 (fix the VirtualService or pin weights)",
+            raw,
         ) from err
 
 

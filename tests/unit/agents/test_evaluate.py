@@ -42,6 +42,7 @@ SHORT = "30"
 
 
 def _run_cli(tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    tmp_path.mkdir(exist_ok=True)  # --out never creates the directory of its file
     out = tmp_path / "report.json"
     code = main(
         [

@@ -14,13 +14,18 @@ Cases:
 - the teacher's imitation target, put through the action prior, decodes to the teacher's
   weights (within one point of rounding);
 - every TrainConfig field has a documented option, and bad values (retired options included)
-  exit with one clear line before any work.
+  exit with one clear line before any work;
+- training leaves nothing in the temp directory (no SB3-<time> folders): in process, and as
+  a `meshpilot train` process with TMPDIR set and two spawned members.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,8 @@ from meshcore.model import Weights
 from meshpilot.cli import build_parser, main
 from meshpilot.commands.train import config_from_args
 from tests.unit.agents.tiny_training import TINY_PPO
+
+REPO = Path(__file__).resolve().parents[3]
 
 TINY = [
     "steady-50",
@@ -378,3 +385,20 @@ def test_training_leaves_nothing_in_the_temp_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     _train(tmp_path / "runs", "--total-steps", "256")
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")]
+
+
+def test_a_training_process_with_two_members_leaves_its_tmpdir_empty(tmp_path):
+    """As a user runs it: TMPDIR names an empty directory and `meshpilot train` runs two
+    members in spawned processes (the default recipe's layout); nothing is left there, in
+    particular no empty SB3-<time> folder per member."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHPILOT_")}
+    env["TMPDIR"] = str(scratch)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "meshpilot.cli", "train", *TINY, "--members", "2"]
+    cmd += ["--total-steps", "128", "--out-dir", str(tmp_path / "runs")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "runs").glob("*/members/*/policy.npz"))
+    assert sorted(p.name for p in scratch.iterdir()) == []

@@ -46,7 +46,7 @@ def _summary(capsys: pytest.CaptureFixture[str]) -> dict:
 
 def test_combined_file_serves_the_members_mean_action(tmp_path, capsys):
     files = [_policy_file(tmp_path / f"p{s}.npz", s) for s in (1, 2)]
-    out = tmp_path / "out" / "pair.npz"
+    out = tmp_path / "pair.npz"
     assert main(["ensemble", *map(str, files), "--out", str(out)]) == 0
     assert _summary(capsys) == {"out": str(out), "members": 2, "feature_spec": FeatureSpec().hash}
     assert_decides_members_mean(out, files, scenario="diurnal-bursts", seed=0, ticks=8)

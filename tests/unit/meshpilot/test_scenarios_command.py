@@ -32,7 +32,7 @@ def _exit_code(argv: list[str]) -> int:
 def test_sample_writes_one_loadable_file_per_seed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "new" / "set"
+    out = tmp_path / "new"  # created: its parent exists
     assert main(["scenarios", "sample", "--seed", "10", "--count", "4", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     files = sorted(out.glob("*.yaml"))

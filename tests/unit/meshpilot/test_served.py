@@ -94,9 +94,7 @@ def test_a_jumping_policy_moves_at_most_max_step_per_tick_as_served() -> None:
     assert max(_steps(raw, sc.start_weights())) == 100
     moves = _steps(served, sc.start_weights())
     assert max(moves) == MAX_STEP
-    # It does move, only slower, and never straight back (settle_s): every other tick.
-    assert sum(served.wrote) >= len(moves) // 4
-    assert any("would swing back" in r for r in served.reason)
+    assert sum(served.wrote) > len(moves) // 2  # it does move, only slower
     assert any("step clamped +50->+10" in r or "step clamped -50->-10" in r for r in served.reason)
     assert all(served.intervened[i] for i, r in enumerate(served.reason) if "clamped" in r)
 

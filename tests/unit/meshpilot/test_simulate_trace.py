@@ -51,7 +51,7 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def test_trace_has_the_columns_and_one_row_per_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    trace = tmp_path / "out" / "trace.csv"
+    trace = tmp_path / "trace.csv"
     _run(capsys, str(_scenario(tmp_path)), "--policy", "ewma", "--trace", str(trace))
     header, rows = _rows(trace)
     per_version = [f"{k}_{v}" for k in ("w", "proposed", "rps", "p99_ms", "err") for v in VERSIONS]
@@ -98,7 +98,7 @@ def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     scenario = str(_scenario(tmp_path))
     alone = tmp_path / "alone.png"
     _run(capsys, scenario, "--policy", "sqrt", "--plot", str(alone))
-    both, trace = tmp_path / "plots" / "both.png", tmp_path / "both.csv"
+    both, trace = tmp_path / "both.png", tmp_path / "both.csv"
     argv = [scenario, "--policy", "ewma", "--as-served", "--plot", str(both)]
     _run(capsys, *argv, "--trace", str(trace))
     for png in (alone, both):
@@ -160,7 +160,9 @@ def test_an_unwritable_trace_is_one_error_line(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory\n")
     scenario = str(_scenario(tmp_path))
-    assert main(["simulate", scenario, "--trace", str(blocker / "trace.csv")]) == 2
+    with pytest.raises(SystemExit) as stop:  # refused when parsed, before the episode
+        main(["simulate", scenario, "--trace", str(blocker / "trace.csv")])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("meshpilot simulate: error: --trace ")
+    assert err.startswith(f"meshpilot simulate: error: argument --trace: {blocker} is not a ")

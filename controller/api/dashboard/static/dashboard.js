@@ -247,11 +247,11 @@
     const reason = el("input", {
       id: reasonId, type: "text", maxlength: 200, autocomplete: "off",
       disabled: !api.reason, "aria-describedby": reasonHelpId,
-      placeholder: api.reason ? "why (recorded with the pin)" : "",
+      placeholder: api.reason ? "why (recorded with every control)" : "",
     });
     const reasonHelp = el("span", {
       id: reasonHelpId, class: "help",
-      text: api.reason ? "" : "this API version does not record a reason for a pin",
+      text: api.reason ? "" : "this API version does not record a reason",
     });
     card.ttl = ttl;
     card.reason = reason;
@@ -362,6 +362,8 @@
       show(card.result, "Enter the operator token above first: controls need it.", "error");
       return;
     }
+    const reason = card.reason.value.trim();
+    if (api.reason && reason && !(body && "reason" in body)) body = { ...(body || {}), reason };
     try {
       const answer = await call(method, routePath(card.route, action), body);
       const plan = answer && answer.pin_plan && typeof answer.pin_plan.detail === "string"
@@ -423,7 +425,7 @@
       el("tr", {},
         el("td", { text: card.nowS !== null ? fmtAge(card.nowS - d.ts_s) : fmtNumber(d.ts_s, 1) }),
         el("td", { text: d.phase }),
-        el("td", { text: d.outcome }),
+        el("td", { text: d.caller ? `${d.outcome} by ${d.caller}` : d.outcome }),
         el("td", { text: d.wrote ? fmtWeights(d.written) : "–" }),
         el("td", { class: "reason", text: d.reason })));
     if (rows.length === 0) {

@@ -115,7 +115,9 @@ def test_handlers_read_the_store_they_are_given(ctl: Controller) -> None:
     assert ctl.client.get("/decisions").json() == []
 
     class Busy(DecisionStore):
-        def latest(self, route: object = None, limit: int = 50) -> list[DecisionRecord]:
+        def latest(
+            self, route: object = None, limit: int = 50, *, operators: bool | None = None
+        ) -> list[DecisionRecord]:
             raise TemporaryError("decision store: database is locked")
 
     ctl.app.dependency_overrides[get_store] = lambda: Busy(":memory:")

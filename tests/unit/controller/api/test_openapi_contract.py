@@ -5,8 +5,8 @@ Cases: walking the whole schema, every operation documents the 413 of the body c
 health views for their 503s); each operation of the API declares exactly the statuses it can
 answer (table below); controls declare the bearer scheme and the 401's ``WWW-Authenticate``;
 the override TTL's bounds and the managed route as path example are in the schema. Then every
-error status of the override operation is provoked for real — 400, 401, 404, 409 (follower,
-subsets unknown), 413, 422, 503 — and each answer's body is its documented model.
+error status of the override operation is provoked for real — 400, 401, 403, 404, 409
+(follower, subsets unknown), 413, 422, 503 — and each answer's body is its documented model.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from controller.access import Caller
 from controller.api.deps import get_loop, get_store
 from controller.api.limits import MAX_BODY_BYTES
 from controller.api.schemas import ErrorBody, ValidationErrorBody
@@ -30,22 +31,23 @@ from tests.unit.controller.api.support import (
 )
 
 ROUTE = "/routes/{ns}/{vs}/{route}"
-CONTROL = {"200", "401", "404", "409", "413", "422", "503"}
+CONTROL = {"200", "400", "401", "403", "404", "409", "413", "422", "503"}
 EXPECTED = {
     ("get", "/routes"): {"200", "413", "503"},
     ("get", ROUTE): {"200", "404", "413", "422", "503"},
-    ("post", f"{ROUTE}/override"): CONTROL | {"400"},
+    ("post", f"{ROUTE}/override"): CONTROL,
     ("delete", f"{ROUTE}/override"): CONTROL,
     ("post", f"{ROUTE}/pause"): CONTROL,
     ("post", f"{ROUTE}/resume"): CONTROL,
-    ("post", f"{ROUTE}/shadow"): CONTROL | {"400"},
+    ("post", f"{ROUTE}/shadow"): CONTROL,
     ("get", "/decisions"): {"200", "413", "422", "503"},
     ("get", "/decisions/{decision_id}"): {"200", "404", "413", "422", "503"},
     ("get", "/healthz"): {"200", "413", "503"},
     ("get", "/readyz"): {"200", "413", "503"},
     ("get", "/metrics"): {"200", "413"},
 }
-"""What each operation can answer: 400 only with a body to parse, 401/409 only on controls,
+"""What each operation can answer: 400 only with a body to parse (every control takes one:
+at least its reason), 401/403/409 only on controls,
 404 where a path names something, 422 where there are parameters, 503 where the store is read
 (and where health says so); 413 everywhere, the body cap comes before routing."""
 
@@ -118,6 +120,18 @@ class FollowerOf:
         return False
 
 
+class Denier:
+    """Knows every bearer, allows nobody: a 403."""
+
+    mode = "kubernetes"
+
+    def authenticate(self, token: str) -> Caller | None:
+        return Caller("someone")
+
+    def authorize(self, caller: Caller, namespace: str) -> str | None:
+        return f"{caller.name} may not act in {namespace}"
+
+
 class BusyStore(DecisionStore):
     def get(self, decision_id: int) -> Any:
         raise TemporaryError("decision store: database is locked")
@@ -153,7 +167,12 @@ def test_every_documented_error_of_an_override_happens_with_its_body(ctl: Contro
         assert response.status_code == 409 and "follower" in response.json()["detail"]
     finally:
         app.dependency_overrides.pop(get_loop)
-    assert set(seen) == {400, 401, 404, 409, 413, 422, 503}
+    app.state.auth, auth = Denier(), app.state.auth
+    try:
+        post(ctl.client, json=good)
+    finally:
+        app.state.auth = auth
+    assert set(seen) == {400, 401, 403, 404, 409, 413, 422, 503}
     for code, body in seen.items():
         assert str(code) in documented["responses"], code
         model: type[BaseModel] = ValidationErrorBody if code == 422 else ErrorBody
