@@ -74,7 +74,7 @@ from meshcore import (
     TemporaryError,
 )
 
-__all__ = ["AlwaysLeader", "ControlLoop", "Leadership"]
+__all__ = ["AlwaysLeader", "ControlLoop", "Leadership", "TickHook"]
 
 _log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ class Leadership(Protocol):
     """
 
     def is_leader(self) -> bool: ...
+
+
+class TickHook(Protocol):
+    """Runs inside each tick: before it (may `set_routes`) and after it (with leadership)."""
+
+    def before_tick(self, loop: ControlLoop) -> None: ...
+    def after_tick(self, loop: ControlLoop, leader: bool) -> None: ...
 
 
 class AlwaysLeader:
@@ -117,6 +124,7 @@ class ControlLoop:
     (rps), filled into observations that carry none; recheck_failed_every: ticks between
     re-checks of a failed route; max_parallel_writes: how many routes are written at once
     (threads; 1 writes one after the other). The actuator must be thread-safe when > 1.
+    hooks: run before and after every tick (`TickHook`); with hooks `routes` may be empty.
     """
 
     def __init__(
@@ -140,8 +148,9 @@ class ControlLoop:
         capacity_hints: Mapping[RouteRef, Mapping[str, float]] | None = None,
         recheck_failed_every: int = 12,
         max_parallel_writes: int = 8,
+        hooks: Sequence[TickHook] = (),
     ) -> None:
-        if not routes:
+        if not routes and not hooks:
             raise ValueError("ControlLoop: at least one route must be managed")
         keys = [r.key for r in routes]
         if len(set(keys)) != len(keys):
@@ -177,6 +186,7 @@ class ControlLoop:
         self.tick_s = _check_positive("tick_s", tick_s)
         self.recheck_failed_every = recheck_failed_every
         self.max_parallel_writes = max_parallel_writes
+        self.hooks = tuple(hooks)
         self._hints = {r: dict(h) for r, h in (capacity_hints or {}).items()}
         self._book = RouteBook(self.routes)
         self._by_key = {r.key: r for r in self.routes}
@@ -238,6 +248,13 @@ class ControlLoop:
         """The managed route with this ``namespace/virtual_service/route`` key, if any."""
         return self._by_key.get(key)
 
+    def set_routes(self, routes: Sequence[RouteRef]) -> None:
+        """Manage exactly `routes` from now on (a route left out is never written again)."""
+        self._book.add(routes)
+        self.metrics.declare_routes([r.key for r in routes if r not in self._by_key.values()])
+        self.routes = tuple(routes)
+        self._by_key = {r.key: r for r in self.routes}
+
     def status(self) -> list[RouteStatus]:
         return self._book.statuses(self.routes)
 
@@ -267,6 +284,7 @@ class ControlLoop:
         now = self.clock.now()
         leader = self.is_leader()
         self.metrics.leader.set(1.0 if leader else 0.0)
+        self._run_hooks(None)
         due = [r for r in self.routes if self._due(r)]
         observations, obs_error, broken = observe_routes(self.observer, due, self.metrics)
         self._observing = obs_error is None
@@ -297,7 +315,19 @@ class ControlLoop:
             except Exception as exc:
                 _log.exception("route %s: unexpected error in tick", item.route.key)
                 results.append(self._unexpected(item.route, exc, now))
+        self._run_hooks(leader)
         return results
+
+    def _run_hooks(self, leader: bool | None) -> None:
+        """`before_tick` (leader None) or `after_tick` of every hook; a failing hook is logged."""
+        for hook in self.hooks:
+            try:
+                if leader is None:
+                    hook.before_tick(self)
+                else:
+                    hook.after_tick(self, leader)
+            except Exception:
+                _log.exception("tick hook %s failed", type(hook).__name__)
 
     def _due(self, route: RouteRef) -> bool:
         rt = self._book.runtime(route)

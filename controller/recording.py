@@ -133,6 +133,12 @@ class RouteBook:
         self._rt = {r: RouteRuntime(RouteStatus(r)) for r in routes}
         self._lock = threading.Lock()
 
+    def add(self, routes: Sequence[RouteRef]) -> None:
+        """Start keeping state for the routes not kept yet (a removed route keeps its own)."""
+        with self._lock:
+            for r in routes:
+                self._rt.setdefault(r, RouteRuntime(RouteStatus(r)))
+
     def runtime(self, route: RouteRef) -> RouteRuntime:
         """The mutable state of `route` (for the tick's thread only)."""
         return self._rt[route]

@@ -205,6 +205,13 @@ class KubeSettings(_Group):
     watch_cache: bool = True
     """Keep the VirtualServices in memory through one list + a watch per namespace, instead of
     a GET per route per tick (default true; needs ``list`` and ``watch``, else reads GET)."""
+    managed_routes: bool = False
+    """``mesh: k8s``: also manage every route a ``ManagedRoute`` (managedroutes.meshpilot.io)
+    in ``managed_routes_namespace`` names, from the tick after it is created until it is
+    deleted, with the controls of its spec; the leader writes its status (default false;
+    needs the CRD and get/list/watch managedroutes, patch managedroutes/status)."""
+    managed_routes_namespace: str = Field(default="lirmm-services", pattern=_NAME)
+    """Namespace whose ManagedRoutes are watched (default ``lirmm-services``)."""
 
 
 class LeaderSettings(_Group):
@@ -347,8 +354,8 @@ class Settings(BaseSettings):
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ValueError(f"routes are listed twice: {duplicates}")
-        if self.mesh == "k8s" and not self.routes:
-            raise ValueError("mesh 'k8s' needs at least one entry in routes")
+        if self.mesh == "k8s" and not self.routes and not self.kube.managed_routes:
+            raise ValueError("mesh 'k8s' needs at least one entry in routes (or managed_routes)")
         return self
 
     def auth_mode(self) -> Literal["token", "kubernetes"]:

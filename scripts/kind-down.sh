@@ -103,7 +103,7 @@ if [[ "$(state_get GRAFANA_DASHBOARD_IMPORTED)" == 1 ]]; then
 fi
 
 is_cluster_scoped() {  # is_cluster_scoped KIND.GROUP/NAME: not deleted with a namespace
-  [[ "$1" == clusterrole.* || "$1" == clusterrolebinding.* ]]
+  [[ "$1" == clusterrole.* || "$1" == clusterrolebinding.* || "$1" == customresourcedefinition.* ]]
 }
 
 while read -r object; do

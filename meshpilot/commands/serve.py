@@ -24,7 +24,7 @@ from typing import Any
 from controller.access import Authenticator
 from controller.adapters.nop import ShadowActuator
 from controller.guard import Guard
-from controller.loop import AlwaysLeader, ControlLoop, Leadership
+from controller.loop import AlwaysLeader, ControlLoop, Leadership, TickHook
 from controller.operators import Operators
 from controller.settings import Settings, default_store_path, load_settings
 from controller.store import DecisionStore
@@ -304,6 +304,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
     if settings.mode == "shadow":  # belt and braces: the loop also never asks to write
         actuator = ShadowActuator(reader=mesh.actuator)
     guard = Guard(settings.guard.to_config())
+    hooks = _managed_routes(settings, stack, guard, mesh.routes)
     loop = ControlLoop(
         observer=mesh.observer,
         actuator=actuator,
@@ -322,8 +323,29 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
         capacity_hints={r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
         recheck_failed_every=settings.recheck_failed_every,
         max_parallel_writes=settings.max_parallel_writes,
+        hooks=hooks,
     )
     return loop, guard
+
+
+def _managed_routes(
+    settings: Settings, stack: contextlib.ExitStack, guard: Guard, static: list[RouteRef]
+) -> list[TickHook]:
+    """The ManagedRoute watch as a tick hook (``kube.managed_routes`` with ``mesh: k8s``)."""
+    if settings.mesh != "k8s" or not settings.kube.managed_routes:
+        return []
+    from controller.adapters.kube.managed_routes import ManagedRouteWatch
+    from controller.managed import ManagedRoutes
+
+    source = ManagedRouteWatch(
+        settings.kube.managed_routes_namespace,
+        kubeconfig=settings.kube.kubeconfig,
+        context=settings.kube.context,
+    )
+    source.start()
+    stack.callback(source.stop)
+    _log.info("managing the ManagedRoutes of %s too", source.namespace)
+    return [ManagedRoutes(source, guard, static=static)]
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -10,21 +10,25 @@ Cases:
   silently drop a typo like ``wieght``) — and the check does catch such mistakes;
 * every object (base and examples) is accepted by a server-side dry-run create as admin on a
   real kube-apiserver with Istio's CRDs, comes back with every field it was sent (nothing
-  pruned), and is not persisted;
+  pruned), and is not persisted (the ManagedRoute CRD is created for real, so the example
+  ManagedRoute can be dry-run, and checked the same way);
 * end to end through the ServiceAccount: base + examples created for real, a token for
   ServiceAccount ``meshpilot`` (TokenRequest) drives `VirtualServiceActuator` on the route of
-  the ConfigMap and `LeaseElector` on the Lease of the settings — the manifests' RoleBinding
-  and Role are enough;
-* and that is all it can do: as that ServiceAccount, patching a DestinationRule, deleting a
-  VirtualService or DestinationRule, reading or listing Secrets, and getting, listing or
-  patching a VirtualService in another namespace each get 403 from the real apiserver;
+  the ConfigMap, `LeaseElector` on the Lease of the settings and `ManagedRouteWatch` (list +
+  watch, status write) on the example ManagedRoute — the manifests' RoleBinding and Role are
+  enough;
+* and that is all it can do: as that ServiceAccount, patching a ManagedRoute's spec or
+  deleting it, patching a DestinationRule, deleting a VirtualService or DestinationRule,
+  reading or listing Secrets, and getting, listing or patching a VirtualService in another
+  namespace each get 403 from the real apiserver;
 * the ConfigMap's settings load with the Deployment's environment, and agree with the
   Deployment (port, probes), the Role (Lease name) and the example VirtualService (route,
   host, subsets);
 * ``kubectl kustomize`` of the base and of each overlay (manifests/overlays/kind, prod) is
   accepted by ``kubectl apply --dry-run=server`` on the real API server (kubectl validates core
   kinds against the server's OpenAPI schema first, and that check does catch an unknown field),
-  nothing is persisted; the examples' Istio kinds pass the same dry run against Istio's CRDs.
+  nothing is persisted; the examples pass the same dry run against Istio's CRDs and ours (our
+  CRD is created for real first: a dry-run CRD serves nothing).
   The lab's API server is v1.20, which serves PodDisruptionBudget only as policy/v1beta1: the
   prod overlay's policy/v1 PDB is sent as v1beta1 (same fields for what it uses).
 """
@@ -113,8 +117,9 @@ def test_kustomization_lists_every_base_file() -> None:
         "NetworkPolicy",
         "ClusterRole",
         "ClusterRoleBinding",
+        "CustomResourceDefinition",
     }
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     assert all(
         d["metadata"].get("namespace") == NS
         for d in render_base()
@@ -211,6 +216,15 @@ def test_istio_objects_validate_against_the_crd_schemas(istio_crds: Path) -> Non
         assert schema_problems(doc, schemas) == [], key(doc)
 
 
+def test_managedroute_example_validates_against_our_crd() -> None:
+    schemas = crd_schemas(BASE / "managedroute-crd.yaml")
+    (example,) = by_kind(example_docs(), "ManagedRoute")
+    assert schema_problems(example, schemas) == []
+    typo = copy.deepcopy(example)
+    typo["spec"]["controls"]["pasued"] = True
+    assert schema_problems(typo, schemas) == ["spec.controls.pasued: unknown field"]
+
+
 def test_schema_check_catches_typos_and_wrong_types(istio_crds: Path) -> None:
     schemas = crd_schemas(istio_crds)
     vs = next(d for d in istio_docs() if d["kind"] == "VirtualService")
@@ -270,8 +284,11 @@ def test_every_manifest_passes_a_server_side_dry_run_create(istio_crds: Path, la
     namespace = next(d for d in docs if d["kind"] == "Namespace")
     status, body = lab.request("POST", resource_path(lab, namespace), namespace)  # for real:
     assert status == 201, body  # a dry-run namespace cannot hold the dry-run objects
+    for crd in ensure_own_crds(lab):  # nor can a dry-run CRD serve its kind: created for real
+        status, body = lab.request("GET", f"{resource_path(lab, crd)}/{crd['metadata']['name']}")
+        assert missing_in(crd, body) == [], key(crd)
     for doc in docs:
-        if doc["kind"] == "Namespace":
+        if doc["kind"] in ("Namespace", "CustomResourceDefinition"):
             continue
         path = resource_path(lab, doc)
         status, body = lab.request("POST", f"{path}?dryRun=All&fieldManager=test", doc)
@@ -383,8 +400,9 @@ def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
     if lab.request("GET", f"/api/v1/namespaces/{NS}")[0] != 200:
         namespace = by_kind(render_base(), "Namespace")[0]
         assert lab.request("POST", "/api/v1/namespaces", namespace)[0] == 201
+    ensure_own_crds(lab)
     for doc in render_base() + example_docs():
-        if doc["kind"] in ("Namespace", "Deployment"):
+        if doc["kind"] in ("Namespace", "Deployment", "CustomResourceDefinition"):
             continue
         status, body = lab.request("POST", resource_path(lab, doc), doc)
         assert status == 201, (key(doc), body)
@@ -420,6 +438,18 @@ def test_service_account_with_manifest_rbac_drives_actuator_and_lease(
     assert elector.try_acquire_or_renew() and elector.is_leader(), elector.last_error
     assert elector.try_acquire_or_renew(), elector.last_error  # renew = update
     elector.release()
+    # the example ManagedRoute: watched, names the ConfigMap's route, its status written
+    from controller.adapters.kube.managed_routes import ManagedRouteWatch
+
+    watcher = ManagedRouteWatch(NS, api_client=api)
+    watcher.start()
+    try:
+        assert watcher.synced.wait(10), "the ServiceAccount cannot list+watch managedroutes"
+        (managed,) = watcher.snapshot() or []
+        assert managed.route == route and managed.error is None
+        assert watcher.write_status(managed.name, {"phase": "pending"})
+    finally:
+        watcher.stop()
 
 
 OTHER_NS = "lirmm-elsewhere"
@@ -431,6 +461,19 @@ def ensure_exists(lab: KubeLab, doc: dict[str, Any]) -> None:
     assert status in (201, 409), (key(doc), body)
 
 
+def ensure_own_crds(lab: KubeLab) -> list[dict[str, Any]]:
+    """The base's CRDs (ManagedRoute), created for real if missing and served; returned."""
+    crds = by_kind(render_base(), "CustomResourceDefinition")
+    for crd in crds:
+        ensure_exists(lab, crd)
+        served = f"/apis/{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}"
+        deadline = time.monotonic() + 30
+        while lab.request("GET", served)[0] != 200:
+            assert time.monotonic() < deadline, f"{served} not served"
+            time.sleep(0.2)
+    return crds
+
+
 def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: KubeLab) -> None:
     """The negative half, each a 403 from the real apiserver's RBAC authorizer: no patch of a
     DestinationRule, no delete of a VirtualService (or a DestinationRule), no Secret read or
@@ -440,6 +483,7 @@ def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: Kube
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
+    ensure_own_crds(lab)
     for doc in render_base() + example_docs():
         if doc["kind"] != "Deployment":
             ensure_exists(lab, doc)
@@ -472,7 +516,12 @@ def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: Kube
             time.sleep(0.1)
 
     label = {"metadata": {"labels": {"meshpilot-test": "x"}}}
+    mr = ("meshpilot.io", "v1alpha1", NS, "managedroutes", "reviews")
     refused = {
+        "patch a ManagedRoute's spec": lambda: custom.patch_namespaced_custom_object(
+            *mr, {"spec": {"controls": {"paused": True}}}
+        ),
+        "delete a ManagedRoute": lambda: custom.delete_namespaced_custom_object(*mr),
         "patch a DestinationRule": lambda: custom.patch_namespaced_custom_object(
             *istio, NS, "destinationrules", "reviews", label
         ),
@@ -604,8 +653,9 @@ def test_examples_pass_a_server_side_dry_run_against_istio_crds(
 ) -> None:
     assert lab.crds_file == istio_crds
     ensure_namespace(lab)
+    ensure_own_crds(lab)
     docs = example_docs()
-    assert {d["kind"] for d in docs} == {"VirtualService", "DestinationRule"}
+    assert {d["kind"] for d in docs} == {"VirtualService", "DestinationRule", "ManagedRoute"}
     result = server_dry_run(kubectl_bin, lab, docs, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("(server dry run)") == len(docs), result.stdout

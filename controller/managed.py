@@ -1,0 +1,273 @@
+"""Routes managed because a `ManagedRoute` resource names them, and the controls in its spec.
+
+Why: in a cluster the set of routes and the operators' controls must not live in one
+replica's memory. A `ManagedRouteSource` (the Kubernetes adapter,
+`controller.adapters.kube.managed_routes`) keeps the resources in memory; `ManagedRoutes` is a
+tick hook of the loop: before each tick it makes the loop manage the settings' routes plus
+every resource's route (a new one from this tick, a deleted one released: never written
+again, its VirtualService left as it is) and applies each resource's spec controls to the
+guard when first seen and whenever they change, so every replica and a new leader see the
+same controls; after the tick the leader writes each resource's status when it changed, and
+Events on writes and on entering a phase (Warning for holding and failed).
+Each control a spec changes is an operator action in the audit log (caller
+``managedroute:<name>``; detail: ``source: ManagedRoute``, the pin's ``by``, before, after).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from controller.guard import Guard, RouteControls
+from controller.store import DecisionRecord, DecisionStore
+from meshcore import RouteRef, Weights
+
+__all__ = ["ManagedRoute", "ManagedRouteSource", "ManagedRoutes", "SpecControls", "SpecPin"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpecPin:
+    """``spec.controls.pin``: weights until ``expires_at_s`` (Unix time, s)."""
+
+    weights: Weights
+    expires_at_s: float
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class SpecControls:
+    """``spec.controls`` of a ManagedRoute."""
+
+    paused: bool = False
+    shadow: bool = False
+    pin: SpecPin | None = None
+
+
+@dataclass(frozen=True)
+class ManagedRoute:
+    """One ManagedRoute: `route` is None when the spec is invalid (`error` says why)."""
+
+    name: str
+    generation: int
+    route: RouteRef | None
+    controls: SpecControls = field(default_factory=SpecControls)
+    error: str | None = None
+    uid: str = ""
+
+
+class ManagedRouteSource(Protocol):
+    """The ManagedRoutes of a namespace, kept current in memory (list + watch)."""
+
+    def snapshot(self) -> Sequence[ManagedRoute] | None:
+        """Every ManagedRoute now, or None while not in sync (then nothing changes)."""
+
+    def write_status(self, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge `status` into the resource's status subresource; False when that failed
+        (logged, never raised)."""
+
+    def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
+        """A Kubernetes Event about `item` (``kubectl describe`` shows it); never raises."""
+
+
+class _Loop(Protocol):
+    routes: tuple[RouteRef, ...]
+    store: DecisionStore
+    writer_id: str
+
+    def set_routes(self, routes: Sequence[RouteRef]) -> None: ...
+    def now(self) -> float: ...
+    def is_leader(self) -> bool: ...
+    def route_status(self, route: RouteRef) -> Any: ...
+
+
+def _rfc3339(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ManagedRoutes:
+    """The tick hook that manages the routes of `source` beside the `static` ones (settings).
+
+    guard: where spec controls go; wall: Unix time (s) to place a pin's ``expiresAt`` on the
+    loop's clock (default `time.time`).
+    """
+
+    def __init__(
+        self,
+        source: ManagedRouteSource,
+        guard: Guard,
+        *,
+        static: Sequence[RouteRef] = (),
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.source, self.guard, self.static = source, guard, tuple(static)
+        self._wall = wall
+        self._items: dict[str, ManagedRoute] = {}
+        self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
+        self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
+        self._seen: dict[str, tuple[str, int | None]] = {}  # by name: phase, decision id
+
+    def before_tick(self, loop: _Loop) -> None:
+        items = self.source.snapshot()
+        if items is None:
+            return  # not in sync: keep managing what we manage
+        static_keys = {r.key for r in self.static}
+        self._items = {}
+        routes = list(self.static)
+        named: set[str] = set()
+        for item in items:
+            if item.route is not None and item.route.key in named:
+                error = f"{item.route.key} is named by another ManagedRoute"
+                item = ManagedRoute(item.name, item.generation, None, error=error, uid=item.uid)
+            self._items[item.name] = item
+            if item.route is None:
+                continue
+            named.add(item.route.key)
+            if item.route.key not in static_keys:  # a settings route stays whatever happens
+                routes.append(item.route)
+        for gone in [k for k in self._applied if k not in named]:
+            del self._applied[gone]
+            kept = "stays managed (settings)" if gone in static_keys else "released"
+            _log.info("route %s %s: its ManagedRoute was deleted", gone, kept)
+        self._written = {n: w for n, w in self._written.items() if n in self._items}
+        self._seen = {n: w for n, w in self._seen.items() if n in self._items}
+        if [r.key for r in routes] != [r.key for r in loop.routes]:
+            loop.set_routes(routes)
+        for item in self._items.values():  # after set_routes: the loop knows every route
+            if item.route is not None:
+                self._apply(loop, item.name, item.route, item.controls)
+
+    def after_tick(self, loop: _Loop, leader: bool) -> None:
+        if not leader:
+            self._seen.clear()  # a new leader reports from where it starts
+            return
+        for item in self._items.values():
+            status = self._status(loop, item)
+            summary = (status["phase"], str(status.get("weights")), status["observedGeneration"])
+            if self._written.get(item.name) != summary:
+                if not self.source.write_status(item.name, status):
+                    return  # API server unreachable or refusing: do not slow the tick further
+                self._written[item.name] = summary
+            self._event(loop, item)
+
+    def _event(self, loop: _Loop, item: ManagedRoute) -> None:
+        """Events on writes and on entering a phase (Warning: holding, failed)."""
+        if item.route is None:
+            return
+        st = loop.route_status(item.route)
+        seen = self._seen.get(item.name)
+        self._seen[item.name] = (st.phase, st.last_decision_id)
+        if seen == (st.phase, st.last_decision_id) or st.last_outcome is None:
+            return
+        reason = (st.last_reason or "")[:900]
+        if st.last_outcome in ("written", "conflict-retried") and st.weights is not None:
+            self.source.emit_event(item, False, "Written", f"weights {st.weights}: {reason}")
+        if seen is None or seen[0] != st.phase:
+            warning = st.phase in ("holding", "failed")
+            self.source.emit_event(item, warning, st.phase.capitalize(), reason or st.phase)
+
+    def _apply(self, loop: _Loop, name: str, route: RouteRef, spec: SpecControls) -> None:
+        """Spec controls onto the guard: all when first seen, then each field that changed."""
+        before = self._applied.get(route.key)
+        if before == spec:
+            return
+        was = self.guard.controls(route)
+        if before is None or before.paused != spec.paused:
+            (self.guard.pause if spec.paused else self.guard.resume)(route)
+        if before is None or before.shadow != spec.shadow:
+            self.guard.set_shadow(route, spec.shadow)
+        if before is None or before.pin != spec.pin:
+            pin = spec.pin
+            if pin is None:
+                self.guard.unpin(route)
+            else:
+                until = loop.now() + (pin.expires_at_s - self._wall())
+                self.guard.pin(route, pin.weights, until)
+        self._applied[route.key] = spec
+        _log.info("route %s: controls from its ManagedRoute: %s", route.key, spec)
+        self._audit(loop, name, route, spec, (was, self.guard.controls(route)))
+
+    def _audit(
+        self,
+        loop: _Loop,
+        name: str,
+        route: RouteRef,
+        spec: SpecControls,
+        change: tuple[RouteControls, RouteControls],
+    ) -> None:
+        """One operator record per control the spec changed (like the API's actions)."""
+        was, now = change
+        actions = []
+        if was.paused != now.paused:
+            actions.append("pause" if now.paused else "resume")
+        if was.shadow != now.shadow:
+            actions.append("shadow")
+        if (was.pin, was.pin_until_s) != (now.pin, now.pin_until_s):
+            actions.append("pin" if now.pin is not None else "release")
+        pin = spec.pin
+        for action in actions:
+            by = pin.by if pin is not None and action == "pin" else ""
+            record = DecisionRecord(
+                ts_s=loop.now(),
+                route=route.key,
+                phase=loop.route_status(route).phase,
+                reason=pin.reason if pin is not None and action == "pin" else "",
+                outcome=f"operator: {action}",
+                written=now.pin.as_dict() if action == "pin" and now.pin is not None else None,
+                writer=loop.writer_id,
+                caller=f"managedroute:{name}",
+                action=action,
+                detail={
+                    "source": "ManagedRoute",
+                    "name": name,
+                    "by": by,  # what the spec says, not checked: RBAC decided who may patch
+                    "before": _controls(was),
+                    "after": _controls(now),
+                },
+            )
+            try:
+                loop.store.record(record)
+            except Exception:
+                _log.exception(
+                    "route %s: could not record the %s from its ManagedRoute", route.key, action
+                )
+
+    def _status(self, loop: _Loop, item: ManagedRoute) -> dict[str, Any]:
+        status: dict[str, Any] = {"observedGeneration": item.generation}
+        if item.route is None or item.error is not None:
+            message = item.error or "invalid spec"
+            status.update(phase="invalid", conditions=[_condition("False", "Invalid", message)])
+            return status
+        st = loop.route_status(item.route)
+        status["phase"] = st.phase
+        status["weights"] = st.weights.as_dict() if st.weights is not None else None
+        if st.last_tick_s is not None:
+            when = self._wall() - (loop.now() - st.last_tick_s)
+            status["lastDecision"] = {  # None deletes a field in a merge patch
+                "time": _rfc3339(when),
+                "reason": (st.last_reason or "")[:1000] or None,
+                "outcome": st.last_outcome or None,
+            }
+        ok = st.failed is None
+        status["conditions"] = [
+            _condition("True" if ok else "False", "Managed" if ok else "Failed", st.failed or "")
+        ]
+        return status
+
+
+def _controls(c: RouteControls) -> dict[str, Any]:
+    pin = c.pin.as_dict() if c.pin is not None else None
+    return {"paused": c.paused, "shadow": c.shadow, "pin": pin, "pin_until_s": c.pin_until_s}
+
+
+def _condition(status: str, reason: str, message: str) -> dict[str, str]:
+    out = {"type": "Ready", "status": status, "reason": reason}
+    if message:  # left out when empty: the API server refused an empty one as null
+        out["message"] = message[:1000]
+    return out | {"lastTransitionTime": _rfc3339(time.time())}

@@ -1,0 +1,208 @@
+"""`ManagedRoutes` (routes and controls from ManagedRoute resources) and the spec parser.
+
+Over the fake mesh of test_loop and a fake source: a route is managed from the tick its
+resource appears and released (never written again) when it is gone; nothing changes while
+the source is not in sync; spec controls reach the guard when first seen and when they
+change (an API control in between stays), each change an operator action in the audit log;
+a pin's ``expiresAt`` (Unix time) lands on the loop's clock; only the leader writes status,
+only when it changed, again after a failure, and Events on writes and on entering a phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from controller.adapters.kube.managed_routes import parse_managed_route
+from controller.clock import FakeClock
+from controller.guard import Guard, GuardConfig
+from controller.loop import ControlLoop
+from controller.managed import ManagedRoute, ManagedRoutes, SpecControls, SpecPin
+from controller.store import DecisionStore
+from meshcore import RouteRef, TemporaryError, Weights
+from tests.unit.controller.test_loop import A, B, FakeMesh, FixedPolicy, Switch, split
+
+WALL = 1_700_000_000.0  # the fake wall clock (Unix s) while the loop's clock reads 0
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.items: list[ManagedRoute] | None = []
+        self.statuses: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[str, bool, str]] = []
+        self.fail = False
+
+    def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
+        self.events.append((item.name, warning, reason))
+
+    def snapshot(self) -> Sequence[ManagedRoute] | None:
+        return None if self.items is None else list(self.items)
+
+    def write_status(self, name: str, status: Mapping[str, Any]) -> bool:
+        if self.fail:
+            return False
+        self.statuses.append((name, dict(status)))
+        return True
+
+
+def mr(route: RouteRef, controls: SpecControls | None = None, generation: int = 1) -> ManagedRoute:
+    return ManagedRoute(route.virtual_service, generation, route, controls or SpecControls())
+
+
+def setup(
+    static: Sequence[RouteRef] = (), leading: bool = True
+) -> tuple[ControlLoop, FakeMesh, FakeSource, Switch]:
+    clock = FakeClock()
+    mesh = FakeMesh({A: split(90, 10), B: split(90, 10)}, clock=clock)
+    source, leader, guard = FakeSource(), Switch(leading), Guard(GuardConfig(max_step=10))
+    hook = ManagedRoutes(source, guard, static=static, wall=lambda: WALL + clock.now())
+    loop = ControlLoop(
+        observer=mesh,
+        actuator=mesh,
+        policy=FixedPolicy({"v1": 50, "v2": 50}),
+        guard=guard,
+        store=DecisionStore(":memory:"),
+        routes=static,
+        clock=clock,
+        leader=leader,
+        slo_ms=250.0,
+        writer_id="pod-a",
+        verify_after_s=30.0,
+        verify_tolerance=10.0,
+        hooks=[hook],
+    )
+    return loop, mesh, source, leader
+
+
+def test_a_route_is_managed_from_its_first_tick_and_released_when_deleted() -> None:
+    loop, mesh, source, _ = setup()
+    assert loop.tick() == [] and mesh.applied == []
+    source.items = [mr(A)]
+    (result,) = loop.tick()
+    assert loop.routes == (A,) and result.outcome == "written"
+    assert loop.find(A.key) == A
+    source.items = None  # not in sync: keep managing
+    assert [r.route for r in loop.tick()] == [A]
+    source.items = []
+    writes = len(mesh.applied)
+    assert loop.tick() == [] and loop.tick() == []
+    assert loop.routes == () and len(mesh.applied) == writes
+    assert loop.find(A.key) is None
+
+
+def test_settings_routes_stay_beside_managed_ones() -> None:
+    """A ManagedRoute naming a settings route brings its controls and status, and its
+    deletion leaves the route managed; a second resource naming a route is invalid."""
+    loop, _, source, _ = setup(static=(A,))
+    twice = ManagedRoute("again", 1, B)
+    source.items = [mr(B), mr(A, SpecControls(paused=True)), twice]
+    assert [(r.route, r.phase) for r in loop.tick()] == [(A, "paused"), (B, "active")]
+    assert {n: s["phase"] for n, s in source.statuses} == {
+        "checkout": "paused",
+        "cart": "active",
+        "again": "invalid",
+    }
+    source.items = []
+    assert [r.route for r in loop.tick()] == [A]
+
+
+def test_spec_controls_reach_the_guard_when_seen_and_when_changed() -> None:
+    loop, mesh, source, _ = setup()
+    source.items = [mr(A, SpecControls(paused=True))]
+    (result,) = loop.tick()
+    assert result.phase == "paused" and mesh.applied == []
+    loop.guard.resume(A)  # an API control: stays until the spec changes
+    (result,) = loop.tick()
+    assert result.outcome == "written"
+    pin = SpecPin(split(20, 80), WALL + loop.now() + 60, "drain", "alice")
+    source.items = [mr(A, SpecControls(pin=pin), 2)]
+    (result,) = loop.tick()
+    assert result.phase == "overridden" and mesh.configured[A] == split(20, 80)
+    controls = loop.guard.controls(A)
+    assert controls.pin_until_s == pytest.approx(loop.now() + 60)
+    source.items = [mr(A, SpecControls(shadow=True), 3)]  # pin removed, shadow on
+    loop.tick()
+    assert loop.guard.controls(A).pin is None and loop.guard.controls(A).shadow
+    actions = [
+        (r.action, r.caller, r.reason, (r.detail or {}).get("source"))
+        for r in reversed(loop.store.latest(operators=True))
+    ]
+    assert [(r.detail or {})["by"] for r in loop.store.latest(operators=True)][2] == "alice"
+    assert actions == [
+        ("pause", "managedroute:checkout", "", "ManagedRoute"),
+        ("pin", "managedroute:checkout", "drain", "ManagedRoute"),
+        ("shadow", "managedroute:checkout", "", "ManagedRoute"),
+        ("release", "managedroute:checkout", "", "ManagedRoute"),
+    ]
+
+
+def test_only_the_leader_writes_status_and_only_changes() -> None:
+    loop, _, source, leader = setup(leading=False)
+    source.items = [mr(A, generation=4)]
+    loop.tick()
+    assert source.statuses == []
+    leader.leading = True
+    source.fail = True
+    loop.tick()
+    source.fail = False
+    loop.tick()  # written now: the failed write is retried
+    ((name, status),) = source.statuses
+    assert name == A.virtual_service
+    assert status["observedGeneration"] == 4 and status["phase"] == "active"
+    assert sum(status["weights"].values()) == 100
+    assert status["conditions"][0]["status"] == "True"
+    assert status["lastDecision"]["outcome"]
+    source.items = [mr(A, SpecControls(paused=True), 5)]
+    loop.tick()
+    loop.tick()
+    assert [s["phase"] for _, s in source.statuses] == ["active", "paused"]
+
+
+def test_an_invalid_spec_is_not_managed_and_says_why_in_status() -> None:
+    loop, _, source, _ = setup()
+    source.items = [ManagedRoute("broken", 1, None, error="spec.virtualService is required")]
+    assert loop.tick() == []
+    ((_, status),) = source.statuses
+    assert status["phase"] == "invalid"
+    assert status["conditions"][0]["message"] == "spec.virtualService is required"
+
+
+def obj(spec: dict[str, Any]) -> dict[str, Any]:
+    meta = {"name": "reviews", "namespace": "shop", "generation": 3}
+    return {"metadata": meta, "spec": spec}
+
+
+def test_parse_managed_route() -> None:
+    pin = {"weights": {"v1": 30, "v2": 70}, "expiresAt": "2026-01-01T00:00:00Z", "by": "bob"}
+    got = parse_managed_route(
+        obj({"virtualService": "reviews", "route": "2", "controls": {"paused": True, "pin": pin}})
+    )
+    assert got.route == RouteRef("shop", "reviews", 2, "reviews.shop.svc.cluster.local")
+    assert got.generation == 3 and got.error is None
+    assert got.controls.paused and not got.controls.shadow
+    assert got.controls.pin == SpecPin(Weights.from_dict(pin["weights"]), 1767225600.0, "", "bob")
+    bad = [
+        {},
+        {"virtualService": "reviews", "route": -1},
+        {"virtualService": "r", "controls": {"pin": dict(pin, weights={"v1": 90})}},
+        {"virtualService": "r", "controls": {"pin": dict(pin, expiresAt="2026-01-01T00:00:00")}},
+        {"virtualService": "r", "controls": {"pin": dict(pin, expiresAt="soon")}},
+    ]
+    for spec in bad:
+        parsed = parse_managed_route(obj(spec))
+        assert parsed.route is None and parsed.error, spec
+
+
+def test_events_on_writes_and_on_entering_a_phase_by_the_leader_only() -> None:
+    loop, mesh, source, leader = setup()
+    source.items = [mr(A)]
+    loop.tick()
+    assert source.events == [("checkout", False, "Written"), ("checkout", False, "Active")]
+    mesh.observe_errors.append(TemporaryError("prometheus down"))
+    loop.tick()
+    assert source.events[2:] == [("checkout", True, "Holding")]
+    leader.leading = False
+    loop.tick()
+    assert len(source.events) == 3
