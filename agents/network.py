@@ -10,15 +10,22 @@ the `.npz` files they come from is `agents.policy_file`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from agents.action_prior import apply_action_prior, corrected_action, prior_action
+from agents.action_prior import (
+    apply_action_prior,
+    corrected_action,
+    corrected_actions,
+    prior_action,
+    prior_actions,
+)
 from agents.obs_extensions import TrendMemory, extension_size
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
-from meshcore.model import Observation, Weights
+from meshcore.model import WEIGHT_TOTAL, Observation, Weights
 
 ACTIVATION = "tanh"
 """The hidden layers' activation (SB3's ``activation_fn`` torch.nn.Tanh), as policy files
@@ -29,7 +36,8 @@ class NumpyPolicy:
     """The exported PPO actor as a `Policy`: deterministic (the Gaussian mean), numpy only.
 
     `last_raw_action` is the action handed to `decode` at the last decision (Box[-1, 1]^K,
-    after the action prior), kept for the audit log.
+    after the action prior), kept for the audit log; `last_raw_actions` those of the last
+    `decide_many`, one per observation.
     """
 
     name = "ppo"
@@ -73,6 +81,7 @@ class NumpyPolicy:
         self._clip = float(clip_obs)
         self._memory = TrendMemory()
         self.last_raw_action: list[float] = []
+        self.last_raw_actions: list[list[float]] = []
 
     # ---- the network -------------------------------------------------------------------
     def normalize(self, obs_vec: np.ndarray) -> np.ndarray:
@@ -109,14 +118,64 @@ class NumpyPolicy:
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
+    def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
+        """`decide` of each observation in order (the same weights and memory), with one
+        forward pass for all of them; `last_raw_actions` holds their raw actions."""
+        vecs = self._memory.extend_many(observations, self.spec)
+        actions = corrected_actions(self.predict(vecs), prior_actions(vecs, self.spec))
+        return _decided(self, actions, observations)
+
     def reset(self) -> None:
         self.last_raw_action = []
+        self.last_raw_actions = []
         self._memory.clear()
 
 
 def _decode_for(action: np.ndarray, obs: Observation, spec: FeatureSpec) -> Weights:
     mask = spec.mask(len(obs.subsets))
     return decode(action, mask, obs.subsets, temperature=spec.action_temperature)
+
+
+def _decided(
+    policy: NumpyPolicy | EnsemblePolicy, actions: np.ndarray, observations: Sequence[Observation]
+) -> list[Weights]:
+    """Record the raw actions of a `decide_many` and decode them."""
+    policy.last_raw_actions = actions.tolist()
+    if policy.last_raw_actions:
+        policy.last_raw_action = policy.last_raw_actions[-1]
+    return decode_many(actions, observations, policy.spec)
+
+
+def decode_many(
+    actions: np.ndarray, observations: Sequence[Observation], spec: FeatureSpec
+) -> list[Weights]:
+    """`decode` of each row of `actions` for its observation's subsets, as arrays (the same
+    softmax and largest-remainder rounding, the same weights)."""
+    k = spec.max_subsets
+    n = np.array([len(obs.subsets) for obs in observations], dtype=np.int64)
+    mask = np.arange(k)[None, :] < n[:, None]
+    a = np.asarray(actions, dtype=np.float64).reshape(len(n), k)
+    logits = np.clip(np.where(np.isfinite(a), a, 0.0), -1.0, 1.0) * spec.action_temperature
+    logits = np.where(mask, logits, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.where(mask, np.exp(logits), 0.0)
+    shares = exp / exp.sum(axis=1, keepdims=True)
+    # largest_remainder of each row's first n shares
+    cleaned = np.where((shares > 0) & np.isfinite(shares) & mask, shares, 0.0)
+    mass = np.array([math.fsum(row) for row in cleaned.tolist()])
+    if np.any(mass <= 0):
+        raise ValueError("largest_remainder needs at least one positive share")
+    exact = cleaned * WEIGHT_TOTAL / mass[:, None]
+    floors = np.floor(exact)
+    missing = WEIGHT_TOTAL - floors.sum(axis=1)
+    order = np.argsort(np.where(mask, -(exact - floors), np.inf), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(k)[None, :].repeat(len(n), axis=0), axis=1)
+    values = (floors + (rank < missing[:, None])).astype(np.int64).tolist()
+    return [
+        Weights(obs.subsets, row[: len(obs.subsets)])
+        for obs, row in zip(observations, values, strict=True)
+    ]
 
 
 class EnsemblePolicy:
@@ -143,6 +202,7 @@ class EnsemblePolicy:
         self.source = members[0].source
         self._memory = TrendMemory()
         self.last_raw_action: list[float] = []
+        self.last_raw_actions: list[list[float]] = []
 
     def decide(self, obs: Observation) -> Weights:
         """The members' mean action. Encoding, the observation extension and the action prior
@@ -154,8 +214,17 @@ class EnsemblePolicy:
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
+    def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
+        """`decide` of each observation in order (the same weights and memory): one forward
+        pass per member for all of them; `last_raw_actions` holds their raw actions."""
+        vecs = self._memory.extend_many(observations, self.spec)
+        prior = prior_actions(vecs, self.spec)
+        actions = np.mean([corrected_actions(m.predict(vecs), prior) for m in self.members], axis=0)
+        return _decided(self, actions, observations)
+
     def reset(self) -> None:
         self.last_raw_action = []
+        self.last_raw_actions = []
         self._memory.clear()
         for m in self.members:
             m.reset()

@@ -22,7 +22,10 @@ Layout of what `extend_observation` appends to `encode`'s vector (k = ``spec.max
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -207,3 +210,228 @@ class TrendMemory:
         out = extend_observation(vec, obs, spec, self._last.get(key))
         self._last[key] = out
         return out
+
+    def extend_many(self, observations: Sequence[Observation], spec: FeatureSpec) -> np.ndarray:
+        """`extend(encode(obs, spec), obs, spec)` of each observation in order, one row each,
+        computed as arrays (`encode_many`, `extend_many`): the same float32 values. A route
+        seen twice sees its first row as the previous tick of its second. Every observation
+        is checked first, so a bad one raises before anything is remembered."""
+        for obs in observations:
+            if not 1 <= len(obs.subsets) <= spec.max_subsets:
+                spec.mask(len(obs.subsets))  # raises, naming the limits
+        keys = [(obs.route, tuple(obs.subsets)) for obs in observations]
+        width = spec.obs_size + extension_size(spec)
+        out = np.empty((len(observations), width), dtype=np.float32)
+        start = 0
+        while start < len(keys):
+            stop, seen = start, set()
+            while stop < len(keys) and keys[stop] not in seen:
+                seen.add(keys[stop])
+                stop += 1
+            slots = _Slots(observations[start:stop], spec)
+            previous = [self._last.get(key) for key in keys[start:stop]]
+            out[start:stop] = _extend_slots(_encode_slots(slots, spec), slots, spec, previous)
+            kept = out[start:stop].copy()  # rows the caller cannot modify
+            self._last.update(zip(keys[start:stop], kept, strict=True))
+            start = stop
+        return out
+
+
+# ---- many routes at once: the functions above, as arrays with one row per route -------------
+
+
+_STATS = operator.attrgetter(
+    "rps", "error_ratio", "p99_ms", "weight", "slow_ratio", "recent_p99_ms", "recent_slow_ratio"
+)
+"""The `SubsetStats` fields the features read, in the order of `_Slots`' columns."""
+
+
+class _Slots:
+    """What `encode` and the extension read from each observation, as (routes, slots) arrays
+    (NaN in empty slots), and per-route values computed as the scalar code computes them."""
+
+    def __init__(self, observations: Sequence[Observation], spec: FeatureSpec) -> None:
+        k = spec.max_subsets
+        fields = 7
+        rows: list[tuple[float, ...]] = []
+        caps: list[float] = []
+        meta: list[tuple[float, float, float, float]] = []
+        for obs in observations:
+            stats, hint = obs.stats, obs.capacity_hint_rps
+            rows.extend(map(_STATS, stats))
+            caps.extend(hint or (math.nan,) * len(stats))
+            if len(stats) < k:
+                rows.extend([(math.nan,) * fields] * (k - len(stats)))
+                caps.extend([math.nan] * (k - len(stats)))
+            meta.append((len(stats), obs.staleness_s, math.fsum(hint), 1.0 if hint else 0.0))
+        count = len(observations)
+        table = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * fields)
+        table = table.reshape(count, k, fields)
+        columns = table.transpose(2, 0, 1)  # one (routes, slots) array per field of _STATS
+        self.rps, self.error, self.p99, self.weight = columns[:4]
+        self.slow, self.recent_p99, self.recent_slow = columns[4:]
+        n, staleness, self.cap_total, hinted = np.array(meta, dtype=np.float64).reshape(-1, 4).T
+        self.n = n.astype(np.int64)
+        self.present = np.arange(k)[None, :] < self.n[:, None]
+        self.caps = np.fromiter(caps, np.float64, count * k).reshape(count, k)
+        usable = np.isfinite(self.caps) & (self.caps > 0)
+        self.caps_ok = (hinted > 0) & np.where(self.present, usable, True).all(axis=1)
+        self.staleness = np.minimum(np.maximum(staleness, 0.0) / spec.staleness_scale_s, 1.0)
+        known = ~np.isnan(self.rps)
+        sums = [math.fsum(row) for row in np.where(known, self.rps, 0.0).tolist()]
+        self.total = np.where(known.any(axis=1), sums, math.nan)  # `Observation.total_rps`
+        scale = math.log1p(spec.rps_scale)
+        self.route_load = np.array(
+            [math.log1p(max(t if math.isfinite(t) else 0.0, 0.0)) / scale for t in sums]
+        )
+
+
+def _unit(x: np.ndarray, top: float) -> np.ndarray:
+    """min(max(x, 0), top) with non-finite x read as 0, as `encode` clamps its inputs."""
+    return np.minimum(np.maximum(np.where(np.isfinite(x), x, 0.0), 0.0), top)
+
+
+def encode_many(observations: Sequence[Observation], spec: FeatureSpec) -> np.ndarray:
+    """`meshcore.features.encode` of each observation, one float32 row each (the same values,
+    computed as arrays)."""
+    return _encode_slots(_Slots(observations, spec), spec)
+
+
+def _encode_slots(d: _Slots, spec: FeatureSpec) -> np.ndarray:
+    k = spec.max_subsets
+    per = np.zeros((len(d.n), k, PER_SUBSET), dtype=np.float64)
+    has = d.present & ~np.isnan(d.rps)
+    shared = has & (np.isfinite(d.total) & (d.total > 0))[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per[:, :, 0] = d.present
+        per[:, :, 1] = has
+        per[:, :, 2] = np.where(d.present, d.weight / 100.0, 0.0)
+        per[:, :, 3] = np.where(shared, np.maximum(d.rps, 0.0) / d.total[:, None], 0.0)
+        per[:, :, 4] = np.where(d.present, _unit(d.error, 1.0), 0.0)
+        p99 = np.minimum(_unit(d.p99, np.inf) / spec.slo_ms, spec.p99_clip)
+        per[:, :, 5] = np.where(d.present, p99, 0.0)
+        per[:, :, 6] = np.where(d.present, _unit(d.slow, 1.0), 0.0)
+        by_caps = d.caps / d.cap_total[:, None]
+        even = (1.0 / d.n)[:, None]
+        per[:, :, 7] = np.where(d.present, np.where((d.cap_total > 0)[:, None], by_caps, even), 0.0)
+    vec = np.zeros((len(d.n), spec.obs_size), dtype=np.float32)
+    vec[:, : k * PER_SUBSET] = per.reshape(len(d.n), k * PER_SUBSET)
+    vec[:, k * PER_SUBSET] = d.route_load
+    vec[:, k * PER_SUBSET + 1] = d.staleness
+    return np.clip(vec, 0.0, spec.p99_clip)
+
+
+def extend_many(
+    vecs: np.ndarray,
+    observations: Sequence[Observation],
+    spec: FeatureSpec,
+    previous: Sequence[np.ndarray | None],
+) -> np.ndarray:
+    """`extend_observation(vecs[i], observations[i], spec, previous[i])` for every row, as
+    arrays (the same float32 values); a previous vector of another length counts as none."""
+    base = np.asarray(vecs, dtype=np.float32)
+    return _extend_slots(base, _Slots(observations, spec), spec, previous)
+
+
+def _extend_slots(
+    base: np.ndarray, d: _Slots, spec: FeatureSpec, previous: Sequence[np.ndarray | None]
+) -> np.ndarray:
+    k = spec.max_subsets
+    head = np.concatenate([base, _utilization_many(d, spec).astype(np.float32)], axis=1)
+    width = head.shape[1] + extension_size(spec) - (k + 1)
+    before = np.zeros((len(d.n), width), dtype=np.float32)
+    known = np.zeros(len(d.n), dtype=bool)
+    for i, p in enumerate(previous):
+        if p is not None and p.shape[0] == width:
+            before[i], known[i] = p, True
+    trend = np.clip(_trend_many(head, before, known, spec), -spec.p99_clip, spec.p99_clip)
+    averages = _averages_many(head, before, known, spec)
+    clipped = [np.clip(a, 0.0, spec.p99_clip).astype(np.float32) for a in averages]
+    recent = _recent_many(d, spec).astype(np.float32)
+    return np.concatenate([head, trend.astype(np.float32), recent, *clipped], axis=1)
+
+
+def _utilization_many(d: _Slots, spec: FeatureSpec) -> np.ndarray:
+    """`_utilization` of every row."""
+    k = spec.max_subsets
+    extra = np.zeros((len(d.n), k + 1), dtype=np.float64)
+    seen = d.caps_ok[:, None] & d.present & np.isfinite(d.rps)
+    rps = np.where(seen, np.maximum(d.rps, 0.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        extra[:, :k] = np.where(seen, rps / d.caps, 0.0)
+        known_rps = np.zeros(len(d.n))
+        for j in range(k):  # left to right, as the scalar loop adds
+            known_rps = known_rps + rps[:, j]
+        known_weight = np.where(seen, d.weight, 0.0).sum(axis=1)
+        route = known_rps * 100.0 / known_weight / d.cap_total
+        extra[:, k] = np.where(d.caps_ok & (known_weight > 0), route, 0.0)
+    return np.clip(extra, 0.0, spec.p99_clip)
+
+
+def _recent_many(d: _Slots, spec: FeatureSpec) -> np.ndarray:
+    """`_recent` of every row."""
+    p99 = np.minimum(np.maximum(d.recent_p99, 0.0) / spec.slo_ms, spec.p99_clip)
+    slow = np.minimum(np.maximum(d.recent_slow, 0.0), 1.0)
+    return np.concatenate(
+        [
+            np.where(d.present & np.isfinite(d.recent_p99), p99, 0.0),
+            np.where(d.present & np.isfinite(d.recent_slow), slow, 0.0),
+        ],
+        axis=1,
+    )
+
+
+def _trend_many(
+    head: np.ndarray, before: np.ndarray, known: np.ndarray, spec: FeatureSpec
+) -> np.ndarray:
+    """`_trend` of every row (`known`: whether a row has a previous vector)."""
+    k = spec.max_subsets
+    n = k * PER_SUBSET
+    rows = len(head)
+    now_per = head[:, :n].reshape(rows, k, PER_SUBSET).astype(np.float64)
+    before_per = before[:, :n].reshape(rows, k, PER_SUBSET).astype(np.float64)
+    both = (now_per[:, :, 1] > 0.5) & (before_per[:, :, 1] > 0.5)
+    now_util = head[:, spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    before_util = before[:, spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    present = (now_per[:, :, 0] > 0.5) & (before_per[:, :, 0] > 0.5)
+    route = (now_util[:, k] > 0) & (before_util[:, k] > 0)
+    blocks = [
+        np.where(both, now_util[:, :k] - before_util[:, :k], 0.0),
+        np.where(route, now_util[:, k] - before_util[:, k], 0.0)[:, None],
+    ]
+    for feature in TREND_FEATURES:
+        keep = present if feature == 2 else both
+        blocks.append(np.where(keep, now_per[:, :, feature] - before_per[:, :, feature], 0.0))
+    return np.where(known[:, None], np.concatenate(blocks, axis=1), 0.0)
+
+
+def _averaged_many(vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """`_averaged` of every row of `vec` (extended vectors, or their heads)."""
+    k = spec.max_subsets
+    rows = len(vec)
+    per = vec[:, : k * PER_SUBSET].reshape(rows, k, PER_SUBSET).astype(np.float64)
+    util = vec[:, spec.obs_size : spec.obs_size + k + 1].astype(np.float64)
+    values = np.concatenate([util, *(per[:, :, f] for f in EMA_FEATURES)], axis=1)
+    slot = vec[:, 1 : k * PER_SUBSET : PER_SUBSET] > 0.5
+    route = vec[:, spec.obs_size + k] > 0
+    has = np.concatenate([slot, route[:, None], *([slot] * len(EMA_FEATURES))], axis=1)
+    return values, has
+
+
+def _averages_many(
+    head: np.ndarray, before: np.ndarray, known: np.ndarray, spec: FeatureSpec
+) -> list[np.ndarray]:
+    """`_averages` of every row (`known`: whether a row has a previous vector)."""
+    now, has = _averaged_many(head, spec)
+    _, had = _averaged_many(before, spec)
+    had[:, spec.max_subsets] = False  # the route's average: started only if it is non-zero
+    size = now.shape[1]
+    first = before.shape[1] - size * len(EMA_ALPHAS)
+    fresh = np.where(has, now, 0.0)
+    out = []
+    for i, alpha in enumerate(EMA_ALPHAS):
+        last = before[:, first + i * size : first + (i + 1) * size].astype(np.float64)
+        started = had | (last != 0.0)
+        blended = np.where(started, last + alpha * (now - last), now)
+        out.append(np.where(known[:, None], np.where(has, blended, last), fresh))
+    return out

@@ -5,7 +5,8 @@ controller only sees Prometheus. The planner estimates, per version and every ti
 numbers the oracle's queueing model (`agents.queueing`) needs and then picks the integer split
 that minimizes the modelled bad-request fraction, exactly as the oracle does. It is a peer
 baseline (``--policy planner``) and the fallback of the serving supervisor
-(`agents.supervisor`), so it needs numpy only.
+(`agents.supervisor`), so it needs numpy only. `decide_many` decides a tick's routes at once:
+the estimates and cost tables of all of them are computed as arrays.
 
 Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 
@@ -37,12 +38,14 @@ overloaded version).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from agents.baselines import SqrtPolicy, route_rps, sqrt_shares
-from agents.queueing import cost_table, min_plus_split, slow_probability
+from agents.queueing import LeastRequestQueues, least_request_cost_tables, min_plus_splits
 from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, SubsetStats, Weights
 
 HEALTH_RANGE = (0.02, 1.5)
@@ -120,37 +123,111 @@ def shape(capacity_rps: float, service_ms: float) -> tuple[int, float]:
     return replicas, replicas * 1000.0 / capacity_rps
 
 
+def _shape_each(capacity_rps: np.ndarray, service_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`shape` elementwise."""
+    replicas = np.maximum(1, np.round(capacity_rps * service_ms / 1000.0)).astype(np.int64)
+    return replicas, replicas * 1000.0 / capacity_rps
+
+
+def _arrays(*values: npt.ArrayLike) -> list[np.ndarray]:
+    return [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in values]
+
+
+def _exp_each(x: np.ndarray) -> np.ndarray:
+    """`math.exp` elementwise: numpy's exp may differ in the last bit, and these are results
+    the planner compares and keeps."""
+    return np.array([math.exp(v) for v in x.tolist()], dtype=np.float64)
+
+
+def _log_each(x: np.ndarray) -> np.ndarray:
+    """`math.log` elementwise (the bounds of a search, as the scalar code had them)."""
+    return np.array([math.log(v) for v in x.tolist()], dtype=np.float64)
+
+
+_TREE_POINTS = 256
+"""Most points a bisection evaluates in one call (`_bisect`): few small calls cost numpy's
+per-call overhead, few big ones its arithmetic."""
+
+
+def _bisect(
+    lo: np.ndarray, hi: np.ndarray, steps: int, above: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` steps of the bisection ``mid = (lo + hi) / 2; lo, hi = (mid, hi) if above(mid)
+    else (lo, mid)`` on arrays (n,), with the same floats. `above` gets an (n, m) array:
+    a few levels of the tree of midpoints at once, as many as `_TREE_POINTS` allows."""
+    n = lo.shape[0]
+    rows = np.arange(n)
+    depth = 1
+    while depth < steps and n * (2 ** (depth + 1) - 1) <= _TREE_POINTS:
+        depth += 1
+    while steps > 0:
+        levels = min(depth, steps)
+        los, his, mids = lo[:, None], hi[:, None], []
+        for _ in range(levels):
+            mid = (los + his) / 2.0
+            mids.append(mid)
+            lows, highs = np.empty((n, 2 * mid.shape[1])), np.empty((n, 2 * mid.shape[1]))
+            lows[:, 0::2], lows[:, 1::2] = los, mid  # children (lo, mid) and (mid, hi)
+            highs[:, 0::2], highs[:, 1::2] = mid, his
+            los, his = lows, highs
+        verdict = above(np.concatenate(mids, axis=1))
+        node, first = np.zeros(n, dtype=np.int64), 0
+        for level in range(levels):
+            node = 2 * node + verdict[rows, first + node]
+            first += 2**level
+        lo, hi = los[rows, node], his[rows, node]
+        steps -= levels
+    return lo, hi
+
+
+def model_p99_ms_each(
+    capacity_rps: npt.ArrayLike, service_ms: npt.ArrayLike, rate_rps: npt.ArrayLike
+) -> np.ndarray:
+    """The model's p99 latency (ms) of healthy versions fed `rate_rps` (arrays that broadcast
+    together; bisection on the tail, to 1.3 % of its 1e6 range: p99 only needs to be near)."""
+    cap, service, rate = np.broadcast_arrays(*_arrays(capacity_rps, service_ms, rate_rps))
+    replicas, svc = _shape_each(cap.ravel(), service.ravel())
+    queues = LeastRequestQueues(replicas[:, None], (1000.0 / svc)[:, None], rate.reshape(-1, 1))
+    _, hi = _bisect(
+        _log_each(svc * 0.01), _log_each(svc * 1e4), 10, lambda mid: queues.slow(np.exp(mid)) > 0.01
+    )
+    return _exp_each(hi).reshape(cap.shape)
+
+
 def model_p99_ms(capacity_rps: float, service_ms: float, rate_rps: float) -> float:
-    """The model's p99 latency (ms) of a healthy version fed `rate_rps` (bisection on the tail)."""
-    replicas, svc = shape(capacity_rps, service_ms)
-    model = VersionModel(replicas, svc, 0.0, 1.0)
-    lo, hi = math.log(svc * 0.01), math.log(svc * 1e4)
-    for _ in range(10):  # 1.3 % of the 1e6 range: p99 only needs to be near
-        mid = (lo + hi) / 2.0
-        tail = slow_probability(model, rate_rps, slo_ms=math.exp(mid), balancer="least_request")
-        if float(tail[0]) > 0.01:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp(hi)
+    """`model_p99_ms_each` of one version (ms)."""
+    return float(model_p99_ms_each(capacity_rps, service_ms, rate_rps)[0])
+
+
+def fit_service_ms_each(
+    capacity_rps: npt.ArrayLike, rate_rps: npt.ArrayLike, p99_ms: npt.ArrayLike
+) -> np.ndarray:
+    """Mean service times (ms) at which healthy versions of nominal capacity `capacity_rps`
+    fed `rate_rps` have p99 `p99_ms` in the model; NaN from 95 % of capacity on, where the
+    p99 says nothing about it. Searched from one replica up to 64 (bisection in log space to
+    1.6 %)."""
+    cap, rate, p99 = _arrays(capacity_rps, rate_rps, p99_ms)
+    out = np.full(cap.shape, np.nan)
+    todo = np.flatnonzero(~(rate >= 0.95 * cap))
+    if not todo.size:
+        return out
+    cap, rate, p99 = cap[todo], rate[todo], p99[todo]
+    floor = _log_each(1000.0 / cap)
+    at_floor = model_p99_ms_each(cap, np.exp(floor), rate) >= p99
+    lo, _ = _bisect(
+        floor,
+        _log_each(64 * 1000.0 / cap),
+        8,
+        lambda mid: model_p99_ms_each(cap[:, None], np.exp(mid), rate[:, None]) < p99[:, None],
+    )
+    out[todo] = _exp_each(np.where(at_floor, floor, lo))
+    return out
 
 
 def fit_service_ms(capacity_rps: float, rate_rps: float, p99_ms: float) -> float | None:
-    """Mean service time (ms) at which a healthy version of nominal capacity `capacity_rps`
-    fed `rate_rps` has p99 `p99_ms` in the model; None from 95 % of capacity on, where the p99
-    says nothing about it. Searched from one replica up to 64 (bisection in log space)."""
-    if rate_rps >= 0.95 * capacity_rps:
-        return None
-    lo, hi = math.log(1000.0 / capacity_rps), math.log(64 * 1000.0 / capacity_rps)
-    if model_p99_ms(capacity_rps, math.exp(lo), rate_rps) >= p99_ms:
-        return math.exp(lo)
-    for _ in range(8):  # 1.6 % in service time
-        mid = (lo + hi) / 2.0
-        if model_p99_ms(capacity_rps, math.exp(mid), rate_rps) < p99_ms:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp(lo)
+    """`fit_service_ms_each` of one observation; None where it is NaN."""
+    fit = float(fit_service_ms_each(capacity_rps, rate_rps, p99_ms)[0])
+    return None if math.isnan(fit) else fit
 
 
 def anchor_penalty(capacity_rps: list[float], load_rps: float) -> np.ndarray:
@@ -163,32 +240,47 @@ def anchor_penalty(capacity_rps: list[float], load_rps: float) -> np.ndarray:
     return np.asarray((frac[None, :] - np.asarray(shares)[:, None]) ** 2)
 
 
+_HEALTH_LOG = (math.log(HEALTH_RANGE[0]), math.log(HEALTH_RANGE[1]))
+_HEALTH_FLOOR = math.exp(_HEALTH_LOG[0])
+
+
+def infer_health_each(
+    capacity_rps: npt.ArrayLike,
+    service_ms: npt.ArrayLike,
+    rate_rps: npt.ArrayLike,
+    slow_ratio: npt.ArrayLike,
+    slo_ms: npt.ArrayLike,
+) -> np.ndarray:
+    """Capacity factors at which the model's P(latency > slo_ms) at `rate_rps` is
+    `slow_ratio` (arrays of one shape).
+
+    Clipped below to `HEALTH_RANGE`; NaN where even the best health in range predicts as many
+    slow requests (a lightly loaded version: the ratio says nothing). The modelled slow
+    probability falls as the factor rises, so a bisection in log space finds it (to 0.4 %)."""
+    cap, service, rate, ratio, slo = _arrays(capacity_rps, service_ms, rate_rps, slow_ratio, slo_ms)
+    replicas, svc = _shape_each(cap, service)
+    base_mu = 1000.0 / svc
+
+    def slow(log_h: np.ndarray) -> np.ndarray:
+        mu = base_mu[:, None] * np.exp(log_h)
+        return LeastRequestQueues(replicas[:, None], mu, rate[:, None]).slow(slo[:, None])
+
+    lo = np.full(cap.shape, _HEALTH_LOG[0])
+    hi = np.full(cap.shape, _HEALTH_LOG[1])
+    ends = slow(np.stack([hi, lo], axis=1))
+    no_evidence = ends[:, 0] >= ratio  # no slower than the model at its best health
+    at_floor = ends[:, 1] <= ratio
+    _, hi = _bisect(lo, hi, 10, lambda mid: slow(mid) > ratio[:, None])
+    found = np.where(at_floor, _HEALTH_FLOOR, _exp_each(hi))
+    return np.where(no_evidence, np.nan, found)
+
+
 def infer_health(
     capacity_rps: float, service_ms: float, rate_rps: float, slow_ratio: float, slo_ms: float
 ) -> float | None:
-    """Capacity factor at which the model's P(latency > slo_ms) at `rate_rps` is `slow_ratio`.
-
-    Clipped below to `HEALTH_RANGE`; None when even the best health in range predicts as many
-    slow requests (a lightly loaded version: the ratio says nothing). The modelled slow
-    probability falls as the factor rises, so a bisection in log space finds it."""
-    replicas, svc = shape(capacity_rps, service_ms)
-    lo, hi = math.log(HEALTH_RANGE[0]), math.log(HEALTH_RANGE[1])
-
-    def slow(log_h: float) -> float:
-        model = VersionModel(replicas, svc, 0.0, math.exp(log_h))
-        return float(slow_probability(model, rate_rps, slo_ms=slo_ms, balancer="least_request")[0])
-
-    if slow(hi) >= slow_ratio:  # no slower than the model at its best health: no evidence
-        return None
-    if slow(lo) <= slow_ratio:
-        return math.exp(lo)
-    for _ in range(10):  # 0.4 % in health
-        mid = (lo + hi) / 2.0
-        if slow(mid) > slow_ratio:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp(hi)
+    """`infer_health_each` of one observation; None where it is NaN."""
+    health = float(infer_health_each(capacity_rps, service_ms, rate_rps, slow_ratio, slo_ms)[0])
+    return None if math.isnan(health) else health
 
 
 class PlannerPolicy:
@@ -210,13 +302,11 @@ class PlannerPolicy:
         min_gain: float = 0.1,
         min_gain_abs: float = 5e-5,
         pull: float = 0.03,
-        balancer: str = "least_request",
     ) -> None:
         self.recovery_s = recovery_s
         self.min_gain = min_gain
         self.min_gain_abs = min_gain_abs
         self.pull = pull
-        self.balancer = balancer
         self._routes: dict[RouteRef, _RouteState] = {}
         self._fallback = SqrtPolicy()
 
@@ -230,36 +320,69 @@ class PlannerPolicy:
         return dict(st.versions) if st else {}
 
     def decide(self, obs: Observation) -> Weights:
-        caps = list(obs.capacity_hint_rps)
-        if len(caps) != len(obs.subsets) or not all(_finite(c) and c > 0 for c in caps):
-            return self._fallback.decide(obs)
-        st = self._routes.setdefault(obs.route, _RouteState())
-        slo_ms = obs.slo_ms if _finite(obs.slo_ms) and obs.slo_ms > 0 else DEFAULT_SLO_MS
-        dt = obs.timestamp_s - st.last_t_s if _finite(st.last_t_s) else 0.0
-        st.last_t_s = obs.timestamp_s
-        relax = math.exp(-max(dt, 0.0) / self.recovery_s)
-        for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
-            est = st.versions.setdefault(name, VersionEstimate())
-            est.health = math.exp(math.log(est.health) * relax)
-            est.error *= relax
-            self._update(est, stats, cap, slo_ms)
-        rate = route_rps(obs)
-        if _finite(rate) and rate > 0:
-            st.last_rps = rate
-        rate = st.last_rps
+        return self.decide_many([obs])[0]
+
+    def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
+        """`decide` for many routes: the same splits as one call per route in this order, the
+        model's numbers for all routes computed as arrays at once."""
+        out: list[Weights] = []
+        for run in route_runs(observations):
+            out.extend(self._decide_run(run))
+        return out
+
+    def _decide_run(self, run: list[Observation]) -> list[Weights]:
+        """`decide_many` of routes that are all distinct: estimates first (fits, then
+        health, each as one array), then one cost table per route and the splits."""
+        decided: list[Weights | None] = [None] * len(run)
+        planned: list[tuple[int, _RouteState, float, float]] = []
+        work = _Updates()
+        for i, obs in enumerate(run):
+            caps = obs.capacity_hint_rps
+            if len(caps) != len(obs.subsets) or not all(_finite(c) and c > 0 for c in caps):
+                decided[i] = self._fallback.decide(obs)
+                continue
+            st = self._routes.setdefault(obs.route, _RouteState())
+            slo_ms = obs.slo_ms if _finite(obs.slo_ms) and obs.slo_ms > 0 else DEFAULT_SLO_MS
+            dt = obs.timestamp_s - st.last_t_s if _finite(st.last_t_s) else 0.0
+            st.last_t_s = obs.timestamp_s
+            relax = math.exp(-max(dt, 0.0) / self.recovery_s)
+            for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
+                est = st.versions.setdefault(name, VersionEstimate())
+                est.health = math.exp(math.log(est.health) * relax)
+                est.error *= relax
+                work.observe(est, stats, cap, slo_ms)
+            rate = route_rps(obs)
+            if _finite(rate) and rate > 0:
+                st.last_rps = rate
+            if _finite(st.last_rps) and st.last_rps > 0:
+                planned.append((i, st, slo_ms, st.last_rps))
+            else:
+                decided[i] = self._current(obs) or self._fallback.decide(obs)
+        work.apply()
+        tables = []
+        for i, st, slo_ms, rate in planned:
+            obs = run[i]
+            models = [
+                self.model(st.versions[n], c, slo_ms)
+                for n, c in zip(obs.subsets, obs.capacity_hint_rps, strict=True)
+            ]
+            tables.append((models, rate, slo_ms))
+        costs = least_request_cost_tables(tables)
+        pulled = []
+        for (i, st, _, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
+            st.subsets, st.bad_table = run[i].subsets, cost
+            if self.pull > 0:
+                cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
+            pulled.append(cost)
+        for (i, _, _, _), cost, best in zip(planned, pulled, min_plus_splits(pulled), strict=True):
+            decided[i] = self._keep_or_move(run[i], cost, best)
+        return [d for d in decided if d is not None]
+
+    def _keep_or_move(self, obs: Observation, cost: np.ndarray, best: tuple[int, ...]) -> Weights:
+        """The current split unless `best` lowers its cost by more than the margins."""
         current = self._current(obs)
-        if not (_finite(rate) and rate > 0):
-            return current or self._fallback.decide(obs)
-        models = [
-            self.model(st.versions[n], c, slo_ms) for n, c in zip(obs.subsets, caps, strict=True)
-        ]
-        cost = cost_table(models, rate, slo_ms=slo_ms, balancer=self.balancer)
-        st.subsets, st.bad_table = obs.subsets, cost
-        if self.pull > 0:
-            cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
-        best = min_plus_split(cost)
         if current is not None:
-            rows = np.arange(len(models))
+            rows = np.arange(len(best))
             now = float(cost[rows, list(current.values_tuple)].sum())
             new = float(cost[rows, list(best)].sum())
             if now - new <= max(self.min_gain * now, self.min_gain_abs):
@@ -300,8 +423,30 @@ class PlannerPolicy:
             return Weights(obs.subsets, values)
         return None
 
-    @staticmethod
-    def _update(est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
+
+def route_runs(observations: Sequence[Observation]) -> list[list[Observation]]:
+    """`observations` cut, in order, into runs in which no route repeats: a route's second
+    observation in one batch must see the state its first one left."""
+    runs: list[list[Observation]] = [[]]
+    seen: set[RouteRef] = set()
+    for obs in observations:
+        if obs.route in seen:
+            runs.append([])
+            seen = set()
+        runs[-1].append(obs)
+        seen.add(obs.route)
+    return [run for run in runs if run]
+
+
+class _Updates:
+    """One tick's evidence for many versions: the error ratio is taken at once, the fits and
+    then the health inversions are computed as arrays (`apply`)."""
+
+    def __init__(self) -> None:
+        self.fits: list[tuple[VersionEstimate, float, float, float]] = []
+        self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
+
+    def observe(self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
         rps = stats.rps
         if not (_finite(rps) and rps >= MIN_RPS):
             return
@@ -315,27 +460,39 @@ class PlannerPolicy:
         )
         if healthy:
             est.healthy_seen += 1
-        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th (a fit costs
-        # about a hundred tail evaluations).
+        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
-        fit = fit_service_ms(cap, rps, stats.p99_ms) if healthy and due else None
-        if fit is not None:
-            est.fits += 1
-            gain = 1.0 / min(est.fits, SERVICE_FITS)
-            previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
-            est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
-        if not _finite(stats.slow_ratio):
+        if healthy and due:
+            self.fits.append((est, cap, rps, stats.p99_ms))
+        if _finite(stats.slow_ratio):
+            self.slow.append((est, cap, rps, min(stats.slow_ratio, SLOW_SATURATED), slo_ms))
+
+    def apply(self) -> None:
+        if self.fits:
+            _, caps, rates, p99s = zip(*self.fits, strict=True)
+            fits = fit_service_ms_each(caps, rates, p99s).tolist()
+            for (est, *_), fit in zip(self.fits, fits, strict=True):
+                if not math.isnan(fit):
+                    est.fits += 1
+                    gain = 1.0 / min(est.fits, SERVICE_FITS)
+                    previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
+                    est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
+        if not self.slow:
             return
-        slow = min(stats.slow_ratio, SLOW_SATURATED)
-        svc = max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
-        observed = infer_health(cap, svc, rps, slow, slo_ms)
-        if observed is None:
-            return
-        if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:
-            observed = 1.0
-        if observed < FAULT_DROP * est.health:  # a fault: believe it at once
-            est.health = observed
-        else:
-            est.health = math.exp(
-                (1 - HEALTH_GAIN) * math.log(est.health) + HEALTH_GAIN * math.log(observed)
-            )
+        svcs = [
+            max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
+            for est, cap, _, _, slo_ms in self.slow
+        ]
+        _, caps, rates, slows, slos = zip(*self.slow, strict=True)
+        inferred = infer_health_each(caps, svcs, rates, slows, slos).tolist()
+        for (est, *_), observed in zip(self.slow, inferred, strict=True):
+            if math.isnan(observed):
+                continue
+            if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:
+                observed = 1.0
+            if observed < FAULT_DROP * est.health:  # a fault: believe it at once
+                est.health = observed
+            else:
+                est.health = math.exp(
+                    (1 - HEALTH_GAIN) * math.log(est.health) + HEALTH_GAIN * math.log(observed)
+                )

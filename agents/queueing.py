@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -195,6 +196,14 @@ def cost_table(
     return np.vstack(rows)
 
 
+@lru_cache(maxsize=4)
+def _dp_grid(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights 0..width-1, and per [W, w] the index W - w (clipped) and whether w <= W."""
+    idx_w = np.arange(width)
+    grid = idx_w[:, None] - idx_w[None, :]
+    return idx_w, np.clip(grid, 0, width - 1), grid >= 0
+
+
 def min_plus_split(cost: np.ndarray) -> tuple[int, ...]:
     """Integer weights (sum 100) minimizing sum_i cost[i, w_i]: exact DP over subsets."""
     n, width = cost.shape
@@ -202,11 +211,9 @@ def min_plus_split(cost: np.ndarray) -> tuple[int, ...]:
     # best[k][W]: least cost of giving W points to subsets 0..k; choice[k][W]: subset k's share.
     best = cost[0].copy()
     choices = []
-    idx_w = np.arange(width)
-    grid = idx_w[:, None] - idx_w[None, :]  # [W, w] -> W - w
-    valid = grid >= 0
+    idx_w, before, valid = _dp_grid(width)
     for k in range(1, n):
-        cand = np.where(valid, best[np.clip(grid, 0, total)] + cost[k][None, :], np.inf)
+        cand = np.where(valid, best[before] + cost[k][None, :], np.inf)
         pick = np.argmin(cand, axis=1)
         choices.append(pick)
         best = cand[idx_w, pick]
@@ -218,3 +225,175 @@ def min_plus_split(cost: np.ndarray) -> tuple[int, ...]:
         remaining -= wk
     out[0] = remaining
     return tuple(out)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """x clipped to [0, 1] (`np.clip`'s values, without its per-call overhead)."""
+    return np.minimum(np.maximum(x, 0.0), 1.0)
+
+
+def _erlang_c_each(servers: np.ndarray, offered_erlangs: np.ndarray) -> np.ndarray:
+    """`erlang_c` with its own server count per element (the same recursion and floats).
+
+    `servers` broadcasts against the offered load; where it has trailing axes of length 1
+    the count is per row of those axes. Rows are sorted by servers, so step k of the
+    recursion only touches those with at least k."""
+    c_in = np.asarray(servers)
+    a_in = np.asarray(offered_erlangs, dtype=np.float64)
+    shape = np.broadcast_shapes(c_in.shape, a_in.shape)
+    if 0 in shape:
+        return np.zeros(shape)
+    c_full = c_in.reshape((1,) * (len(shape) - c_in.ndim) + c_in.shape)
+    lead = c_full.ndim
+    while lead and c_full.shape[lead - 1] == 1:
+        lead -= 1
+    if c_full.shape[:lead] != shape[:lead]:
+        c_full = np.broadcast_to(c_full, shape[:lead] + c_full.shape[lead:])
+    per_row = c_full.ravel()
+    if a_in.shape != shape:
+        a_in = np.broadcast_to(a_in, shape)
+    order = np.argsort(per_row, kind="stable")
+    c = per_row[order]
+    a = a_in.reshape(per_row.size, -1)[order]
+    b = np.ones_like(a)
+    top = int(c[-1])
+    for k, start in enumerate(np.searchsorted(c, np.arange(1, top + 1)).tolist(), start=1):
+        a_k, b_k = a[start:], b[start:]
+        ab = a_k * b_k
+        np.divide(ab, k + ab, out=b_k)
+    rho = a / c[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait = b / (1.0 - rho * (1.0 - b))
+    out = np.empty_like(a)
+    out[order] = _unit(np.where(np.isnan(wait), 1.0, wait))
+    return out.reshape(shape)
+
+
+class _ExpQueue:
+    """FCFS queues of exponential servers at fixed arrival rates: what `queue_tail` computes
+    before it looks at the latency bound (elementwise arrays)."""
+
+    def __init__(self, servers: np.ndarray, mu: np.ndarray, rate: np.ndarray) -> None:
+        capacity = servers * mu
+        self.stable = rate < capacity * (1.0 - 1e-9)
+        x = np.where(self.stable, rate, 0.0)
+        self.wait = _erlang_c_each(servers, x / mu)
+        self.theta = capacity - x
+        self.mu = mu
+
+    def tail(self, t: np.ndarray | float) -> np.ndarray:
+        """`queue_tail` (exponential service) at latency bound t (s)."""
+        mu, theta = self.mu, self.theta
+        svc_tail = np.exp(-mu * t)
+        d = theta - mu
+        small = np.abs(d * t) < 1e-7
+        safe_d = np.where(small, 1.0, d)
+        conv = np.where(small, mu * t * svc_tail, mu * (svc_tail - np.exp(-theta * t)) / safe_d)
+        return np.where(self.stable, _unit(svc_tail + self.wait * conv), 1.0)
+
+
+class LeastRequestQueues:
+    """Versions with exponential service behind Envoy's least-request balancer, each fed a
+    fixed rate: `slow_probability` (``balancer="least_request"``) elementwise over arrays of
+    replicas, per-replica service rate (rps) and arrival rate (rps) that broadcast together,
+    the parts that do not depend on the latency bound computed once (a search over the bound
+    reuses them). The per-replica and the pooled queue are one stacked array."""
+
+    def __init__(self, replicas: np.ndarray, mu_rps: np.ndarray, rate_rps: np.ndarray) -> None:
+        c = np.asarray(replicas)
+        mu = np.asarray(mu_rps, dtype=np.float64)
+        rate = np.asarray(rate_rps, dtype=np.float64)
+        ndim = len(np.broadcast_shapes(c.shape, mu.shape, rate.shape))
+
+        def pair(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+            if first.shape != second.shape:
+                first, second = np.broadcast_arrays(first, second)
+            both = np.concatenate([first[None], second[None]])
+            return both.reshape((2,) + (1,) * (ndim - first.ndim) + first.shape)
+
+        self._single = c == 1
+        self._queues = _ExpQueue(pair(np.ones_like(c), c), pair(mu, mu), pair(rate / c, rate))
+        bonus = np.where(c == 2, 0.05, 0.0)
+        self._alpha = np.minimum(1.0, 0.5 + 1.25 * np.maximum(rate / (c * mu) - 0.8, 0.0) + bonus)
+
+    def slow(self, slo_ms: np.ndarray | float) -> np.ndarray:
+        """Modelled P(response time > slo_ms) per element."""
+        tails = self._queues.tail(np.asarray(slo_ms, dtype=np.float64) / 1000.0)
+        logs = np.log(np.maximum(tails, 1e-300))
+        mixed = np.exp(self._alpha * logs[1] + (1.0 - self._alpha) * logs[0])
+        return np.where(self._single, tails[0], _unit(mixed))
+
+
+_CERTAIN_GAP = 1e-12
+"""Least margin (cost per weight point) by which a candidate split's Lagrange certificate
+must hold to be taken without the DP; a float DP over costs of order 1 errs by ~1e-15."""
+
+
+def _certified(costs: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """Per table: whether `splits` is the unique minimum by more than `_CERTAIN_GAP`.
+
+    A multiplier l with every row's weight minimizing cost[i, w] - l w proves a split
+    optimal; row i admits the l between the steepest secant to a lower weight and the
+    flattest secant to a higher one."""
+    at = np.take_along_axis(costs, splits[:, :, None], axis=2)
+    step = np.arange(costs.shape[2])[None, None, :] - splits[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        secant = (costs - at) / step
+    lower = np.where(step < 0, secant, -np.inf).max(axis=2).max(axis=1)
+    upper = np.where(step > 0, secant, np.inf).min(axis=2).min(axis=1)
+    return np.asarray(upper - lower > _CERTAIN_GAP)
+
+
+def min_plus_splits(costs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    """`min_plus_split` of many cost tables, the same splits.
+
+    Per table, the split that takes the `total` cheapest unit steps of all rows is a
+    candidate; where a Lagrange certificate proves it the unique minimum (convex rows with
+    distinct steps: the usual case) it is the DP's answer, elsewhere the exact DP runs."""
+    out: list[tuple[int, ...] | None] = [None] * len(costs)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, table in enumerate(costs):
+        by_shape.setdefault(table.shape, []).append(i)
+    for (n, width), members in by_shape.items():
+        total = width - 1
+        if total < 1:  # nothing to split
+            for i in members:
+                out[i] = min_plus_split(costs[i])
+            continue
+        stack = np.stack([costs[i] for i in members])
+        steps = np.diff(stack, axis=2).reshape(len(members), -1)
+        cut = np.partition(steps, total - 1, axis=1)[:, total - 1]
+        taken = steps.reshape(len(members), n, total) <= cut[:, None, None]
+        splits = taken.sum(axis=2)
+        sure = (splits.sum(axis=1) == total) & _certified(stack, splits)
+        for j, i in enumerate(members):
+            out[i] = tuple(int(v) for v in splits[j]) if sure[j] else min_plus_split(costs[i])
+    return [s for s in out if s is not None]
+
+
+def least_request_cost_tables(
+    tables: Sequence[tuple[Sequence[QueueParams], float, float]],
+) -> list[np.ndarray]:
+    """`cost_table(subsets, load_rps, slo_ms=slo_ms, balancer="least_request")` of each
+    (subsets, load_rps, slo_ms) whose subsets all have exponential service, as one array."""
+    if not tables:
+        return []
+    params = [s for subsets, _, _ in tables for s in subsets]
+    if any(s.service_dist != "exponential" for s in params):
+        raise ValueError("least_request_cost_tables models exponential service only")
+    sizes = [len(subsets) for subsets, _, _ in tables]
+    w = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64)
+    frac = w / WEIGHT_TOTAL
+    load = np.repeat([load for _, load, _ in tables], sizes)[:, None]
+    slo = np.repeat([slo for _, _, slo in tables], sizes)[:, None]
+    replicas = np.array([s.replicas for s in params], dtype=np.int64)[:, None]
+    mu = np.array([s.mu_rps for s in params], dtype=np.float64)[:, None]
+    e = np.array([s.error_rate for s in params], dtype=np.float64)[:, None]
+    refs = []
+    for subsets, _, _ in tables:
+        caps = [s.capacity_rps for s in subsets]
+        refs.extend(largest_remainder(caps) if sum(caps) > 0 else [0] * len(caps))
+    ref = np.asarray(refs, dtype=np.float64)[:, None]
+    slow = LeastRequestQueues(replicas, mu, frac * load).slow(slo)
+    rows = frac * (e + (1.0 - e) * slow) + _TIE_BREAK * ((w - ref) / WEIGHT_TOTAL) ** 2
+    return np.split(rows, np.cumsum(sizes)[:-1])

@@ -24,15 +24,18 @@ needs other versions to compare with. If the fallback itself fails, the primary 
 and the note says so.
 
 `modes` tells which routes are in fallback. All state is per route; `reset()` forgets it.
+`decide_many` decides a tick's routes with one batch call to the primary and one to the
+planner, each with its notes in `last_notes`.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agents.planner import PlannerPolicy
+from agents.planner import PlannerPolicy, route_runs
 from meshcore.model import Observation, RouteRef, Weights
 from meshcore.ports import Policy
 
@@ -79,6 +82,7 @@ class SupervisedPolicy:
         self.model_ratio = model_ratio
         self.model_margin = model_margin
         self.last_note: str | None = None
+        self.last_notes: list[str | None] = []
         self._routes: dict[RouteRef, _RouteWatch] = {}
 
     @property
@@ -86,11 +90,17 @@ class SupervisedPolicy:
         """The primary's raw action (for the audit log), when it keeps one."""
         return getattr(self.primary, "last_raw_action", None)
 
+    @property
+    def last_raw_actions(self) -> object:
+        """The primary's raw actions of its last `decide_many`, when it keeps them."""
+        return getattr(self.primary, "last_raw_actions", None)
+
     def reset(self) -> None:
         self.primary.reset()
         self.fallback.reset()
         self._routes.clear()
         self.last_note = None
+        self.last_notes = []
 
     def modes(self) -> dict[RouteRef, str]:
         """Per route seen so far: "policy" or "fallback"."""
@@ -100,30 +110,27 @@ class SupervisedPolicy:
         """Why `proposal` does visible harm on `obs`, or None (see the module docstring)."""
         estimates = self.fallback.estimates(obs.route)
         caps = obs.capacity_hint_rps
-
-        def capacity(i: int) -> float:
-            est = estimates.get(obs.subsets[i])
+        capacity = []  # estimated capacity per version (rps), NaN where unknown
+        for i, name in enumerate(obs.subsets):
+            est = estimates.get(name)
             if est is None or not caps or not (_finite(caps[i]) and caps[i] > 0):
-                return math.nan
-            return caps[i] * est.health
-
-        def room_elsewhere(i: int) -> bool:
-            """Whether another version could take load: below 80 % of its estimated capacity
-            (or unknown); when every version is in trouble no split is to blame."""
-            for j, s in enumerate(obs.stats):
-                if j == i:
-                    continue
-                cap_j = capacity(j)
-                if not _finite(cap_j) or not _finite(s.rps) or s.rps < 0.8 * cap_j:
-                    return True
-            return False
+                capacity.append(math.nan)
+            else:
+                capacity.append(caps[i] * est.health)
+        # Whether a version could take load: below 80 % of its estimated capacity (or
+        # unknown); when no other version could, no split is to blame.
+        room = [
+            not _finite(cap) or not _finite(s.rps) or s.rps < 0.8 * cap
+            for cap, s in zip(capacity, obs.stats, strict=True)
+        ]
+        rooms = sum(room)
 
         for i, (name, stats) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
             if not (_finite(stats.rps) and stats.rps > 0) or proposal[name] < stats.weight:
                 continue
-            if not room_elsewhere(i):
+            if rooms - room[i] <= 0:
                 continue
-            cap_i = capacity(i)
+            cap_i = capacity[i]
             if _finite(cap_i) and stats.rps > cap_i:
                 return (
                     f"{name} is overloaded ({stats.rps:.0f} rps over an estimated "
@@ -165,13 +172,45 @@ class SupervisedPolicy:
         return None
 
     def decide(self, obs: Observation) -> Weights:
-        watch = self._routes.setdefault(obs.route, _RouteWatch())
+        self._routes.setdefault(obs.route, _RouteWatch())
         self.last_note = None
         proposal = self.primary.decide(obs)
         try:
-            safe = self.fallback.decide(obs)
-        except Exception as exc:  # a broken fallback must not stop the route: serve the policy
-            self.last_note = f"supervisor: {self.fallback.name} failed ({exc}); policy unchecked"
+            safe: Weights | Exception = self.fallback.decide(obs)
+        except Exception as exc:  # a broken fallback must not stop the route
+            safe = exc
+        return self._supervise(obs, proposal, safe)
+
+    def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
+        """`decide` of each observation in order (the same splits and notes, in
+        `last_notes`): the primary and the planner each decide a batch's routes at once
+        (`decide_many`, where the primary has it). If the planner fails, every route of the
+        batch is served the primary's split, unchecked, with a note."""
+        out: list[Weights] = []
+        notes: list[str | None] = []
+        for run in route_runs(observations):
+            for obs in run:
+                self._routes.setdefault(obs.route, _RouteWatch())
+            many = getattr(self.primary, "decide_many", None)
+            proposals = many(run) if many else [self.primary.decide(obs) for obs in run]
+            try:
+                safes: list[Weights] | Exception = self.fallback.decide_many(run)
+            except Exception as exc:  # a broken fallback must not stop the routes
+                safes = exc
+            for i, obs in enumerate(run):
+                safe = safes if isinstance(safes, Exception) else safes[i]
+                out.append(self._supervise(obs, proposals[i], safe))
+                notes.append(self.last_note)
+        self.last_notes = notes
+        return out
+
+    def _supervise(self, obs: Observation, proposal: Weights, safe: Weights | Exception) -> Weights:
+        """The split to write for `obs` given the primary's and the fallback's (see the module
+        docstring); sets `last_note`."""
+        watch = self._routes[obs.route]
+        self.last_note = None
+        if isinstance(safe, Exception):
+            self.last_note = f"supervisor: {self.fallback.name} failed ({safe}); policy unchecked"
             return proposal
         seen = self.harm(obs, proposal)
         why = seen or self.modelled_harm(obs.route, proposal, safe)
