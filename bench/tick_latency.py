@@ -34,9 +34,9 @@ Per tick it reports as median and p90 over the measured ticks: observe + decide 
 issue's tick latency: the wall time of `ControlLoop.tick()` minus the audit-log inserts), the
 whole tick, and the parts: observe (one call for all routes; of which the PromQL requests,
 sent at once, and the observer's per-route weight reads through the actuator), decide (policy,
-all routes), act = reads (the loop's `Actuator.current`, one per route) + writes (wall time
-from the first `apply` starting to the last one ending; writes start while later routes are
-still decided), the rest (guard, metrics) and the audit record (SQLite inserts). Also per
+all routes in one batched call), act = reads (the loop's `Actuator.current`, one per route,
+all before the decision) + writes (wall time from the first `apply` starting to the last one
+ending), the rest (guard, metrics) and the audit record (SQLite inserts). Also per
 tick: PromQL queries and Kubernetes requests (VirtualService GETs, PATCHes, LISTs;
 DestinationRule LISTs), conflicts, routes written, and whether the target (median observe +
 decide + act <= 100 ms with <= 3 PromQL queries) is met.

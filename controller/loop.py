@@ -7,14 +7,17 @@ place that can guarantee it is the code that sequences the ports. `tick()` never
 controller that dies on a bad tick leaves the mesh with whatever split it had, unwatched.
 
 Per tick: ONE `Observer.observe` call for all managed routes (the Prometheus observer answers
-every route from a fixed number of queries), then per route: `Policy.decide` -> `Guard.review`
--> `Actuator.apply` (only when the guard says write *and* this replica leads) -> a check that
+every route from a fixed number of queries); every route's current weights read; ONE
+`decide_many` call for every route read with an observation (route by route with `decide` when
+the policy has no `decide_many` or it raises); then per route `Guard.review` ->
+`Actuator.apply` (only when the guard says write *and* this replica leads) -> a check that
 earlier writes show up in the observed traffic split -> one `DecisionRecord` in the store.
 
 Writes run last and together: every route is read, decided and guarded first, then the
 routes whose verdict is a write are applied concurrently on up to ``max_parallel_writes``
-threads (one write per route per tick, so each route's writes stay in order), and finally
-each route is verified and recorded in route order, exactly as if its write had run alone.
+threads (one write per route per tick, so each route's writes stay in order, and they start
+in route order), and finally each route is verified and recorded in route order, exactly as
+if its write had run alone.
 
 Errors: a `TemporaryError` from the observer holds every route (the guard sees no observation,
 then decays toward the baseline after ``hold_s``); a `TemporaryError` from the actuator is
@@ -27,8 +30,10 @@ each route alone once. A route whose weights were set outside meshpilot to an in
 the only split that needs no current one to step from.
 
 What is not sequencing lives next door: `controller.steps` (what each port call means when it
-fails), `controller.verify` (did the observed split follow the writes), `controller.recording`
-(the record step, the per-route state, `TickResult` and `RouteStatus`) and
+fails), `controller.decisions` (read, decide in one batch, guard), `controller.completion`
+(a route's outcome after its write, verified), `controller.verify` (did the observed split
+follow the writes), `controller.recording` (the record step, the per-route state, `TickResult`
+and `RouteStatus`), `controller.hooks` (leadership and tick hooks, re-exported here) and
 `controller.scheduling` (the apscheduler job of `start`, the write threads).
 """
 
@@ -39,69 +44,25 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Protocol, runtime_checkable
 
 from apscheduler.job import Job
 
+from controller.completion import complete_plan
+from controller.decisions import Decision, Read, Unreadable, decide_reads, read_route, review
 from controller.guard import Guard, Mode
+from controller.hooks import AlwaysLeader, Leadership, TickHook, run_hooks
 from controller.metrics import ControllerMetrics
 from controller.recording import Entry, RouteBook, RouteStatus, TickResult
 from controller.scheduling import TickScheduler, WritePool, recheck_due
-from controller.steps import (
-    Applied,
-    Plan,
-    act_outcome,
-    apply_write,
-    decide,
-    observe_routes,
-    pin_waits,
-    repair_plan,
-    with_hints,
-)
+from controller.steps import Applied, Plan, apply_write, observe_routes, pin_waits
 from controller.store import DecisionRecord, DecisionStore
-from controller.verify import VerifyResult, remember_write, verify_writes
-from meshcore import (
-    Actuator,
-    Clock,
-    InvalidWeightsError,
-    Observation,
-    Observer,
-    PermanentError,
-    Policy,
-    RouteRef,
-    TemporaryError,
-)
+from meshcore import Actuator, Clock, Observation, Observer, PermanentError, Policy, RouteRef
 
 __all__ = ["AlwaysLeader", "ControlLoop", "Leadership", "TickHook"]
 
 _log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Leadership(Protocol):
-    """Whether this replica may write. Only the leader writes; followers observe and record.
-
-    ``is_leader`` is called once per tick and by ``/readyz``, so it must be cheap (a Lease
-    elector answers from its cached state, not from the API server).
-    """
-
-    def is_leader(self) -> bool: ...
-
-
-class TickHook(Protocol):
-    """Runs inside each tick: before it (may `set_routes`) and after it (with leadership)."""
-
-    def before_tick(self, loop: ControlLoop) -> None: ...
-    def after_tick(self, loop: ControlLoop, leader: bool) -> None: ...
-
-
-class AlwaysLeader:
-    """A single replica: always the leader (leader election disabled)."""
-
-    def is_leader(self) -> bool:
-        return True
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -284,30 +245,31 @@ class ControlLoop:
         now = self.clock.now()
         leader = self.is_leader()
         self.metrics.leader.set(1.0 if leader else 0.0)
-        self._run_hooks(None)
+        run_hooks(self.hooks, self, None)
         due = [r for r in self.routes if self._due(r)]
         observations, obs_error, broken = observe_routes(self.observer, due, self.metrics)
         self._observing = obs_error is None
         self.metrics.observing.set(1.0 if obs_error is None else 0.0)
-        staged: list[TickResult | Plan] = []
-        writing: dict[RouteRef, Future[Applied]] = {}
+        staged: list[TickResult | Plan | Read] = []
         for route in due:
             try:
                 if route in broken:
                     staged.append(self._fail(route, broken[route], now))
                     continue
-                item = self._prepare(route, observations.get(route), obs_error, now, leader)
+                staged.append(self._read(route, observations.get(route), obs_error, now, leader))
             except Exception as exc:  # a bug for one route must not stop the others
                 _log.exception("route %s: unexpected error in tick", route.key)
                 staged.append(self._unexpected(route, exc, now))
-                continue
-            staged.append(item)
-            if isinstance(item, Plan) and item.writes:  # written while the others are decided
-                writing[route] = self._start_write(item)
+        reads = [item for item in staged if isinstance(item, Read)]
+        decisions = iter(decide_reads(self.policy, reads))  # one batch for every read route
+        planned = [self._review(item, decisions, now) for item in staged]
+        writing: dict[RouteRef, Future[Applied]] = {
+            p.route: self._start_write(p) for p in planned if isinstance(p, Plan) and p.writes
+        }  # started in route order
         applied = {route: future.result() for route, future in writing.items()}
         results = []
-        for item in staged:
-            if isinstance(item, TickResult):
+        for item in planned:
+            if not isinstance(item, Plan):
                 results.append(item)
                 continue
             try:
@@ -315,19 +277,23 @@ class ControlLoop:
             except Exception as exc:
                 _log.exception("route %s: unexpected error in tick", item.route.key)
                 results.append(self._unexpected(item.route, exc, now))
-        self._run_hooks(leader)
+        run_hooks(self.hooks, self, leader)
         return results
 
-    def _run_hooks(self, leader: bool | None) -> None:
-        """`before_tick` (leader None) or `after_tick` of every hook; a failing hook is logged."""
-        for hook in self.hooks:
-            try:
-                if leader is None:
-                    hook.before_tick(self)
-                else:
-                    hook.after_tick(self, leader)
-            except Exception:
-                _log.exception("tick hook %s failed", type(hook).__name__)
+    def _review(
+        self, item: TickResult | Plan | Read, decisions: Iterator[Decision], now: float
+    ) -> TickResult | Plan:
+        """The guard's `Plan` for a read route and its decision (the next of `decisions`);
+        a result or a repair plan as it is."""
+        if not isinstance(item, Read):
+            return item
+        decision = next(decisions)
+        try:
+            hint: Mode = self.mode if item.leader else "shadow"
+            return review(self.guard, item, decision, now_s=now, hint=hint)
+        except Exception as exc:  # a bug for one route must not stop the others
+            _log.exception("route %s: unexpected error in tick", item.route.key)
+            return self._unexpected(item.route, exc, now)
 
     def _due(self, route: RouteRef) -> bool:
         rt = self._book.runtime(route)
@@ -338,52 +304,34 @@ class ControlLoop:
             return True  # an operator's pin repairs it: at the next tick, not the next re-check
         return recheck_due(self._tick_no, rt.failed_tick, self.recheck_failed_every)
 
-    def _prepare(
+    def _read(
         self,
         route: RouteRef,
         obs: Observation | None,
         obs_error: str | None,
         now: float,
         leader: bool,
-    ) -> TickResult | Plan:
-        """Read, decide and guard one route: a `Plan`, or the result when the read failed."""
-        rt = self._book.runtime(route)
-        try:
-            current = self.actuator.current(route)
-        except TemporaryError as exc:
-            reason = f"cannot read the route's weights: {exc}; nothing written"
-            entry = Entry("holding", f"error: {exc}", reason, obs, degraded=obs_error)
-            return self._finish(route, now, entry)
-        except InvalidWeightsError as exc:  # only a pin may be written (`repair_plan`)
-            hint: Mode = self.mode if leader else "shadow"
-            repair = repair_plan(self.guard, route, exc, obs, obs_error, now, hint, leader)
-            if repair is not None:
-                return repair
-            return self._fail(route, str(exc), now, invalid_weights=exc.weights)
-        except PermanentError as exc:
-            return self._fail(route, str(exc), now)
-        if rt.status.failed is not None:
-            _log.info("route %s recovered from: %s", route.key, rt.status.failed)
-        obs = with_hints(obs, self._hints.get(route), slo_ms=self.slo_ms)
-        notes: list[str] = []
-        if obs_error is not None:
-            notes.append(obs_error)
-        if rt.last_written is not None and current != rt.last_written:
-            notes.append(
-                f"route changed outside meshpilot: wrote {rt.last_written}, reads {current}"
-            )
-            rt.pending.clear()
-            rt.last_written = None
-        proposed, raw_action = decide(self.policy, obs, notes)
-        verdict = self.guard.review(
-            route=route,
-            current=current,
-            proposed=proposed,
-            observation=obs,
+    ) -> TickResult | Plan | Read:
+        """Read one route for its decision (`read_route`): a `Read`, a `Plan` repairing its
+        weights with a pin, or the result when the read failed (recorded)."""
+        item = read_route(
+            self.actuator,
+            self.guard,
+            route,
+            self._book.runtime(route),
+            obs,
+            obs_error=obs_error,
             now_s=now,
-            phase_hint=self.mode if leader else "shadow",
+            hint=self.mode if leader else "shadow",
+            leader=leader,
+            hints=self._hints.get(route),
+            slo_ms=self.slo_ms,
         )
-        return Plan(route, obs, current, proposed, raw_action, verdict, notes, leader, obs_error)
+        if not isinstance(item, Unreadable):
+            return item
+        if item.held is not None:
+            return self._finish(route, now, item.held)
+        return self._fail(route, item.failed, now, invalid_weights=item.invalid_weights)
 
     def _start_write(self, plan: Plan) -> Future[Applied]:
         """Call the actuator for `plan` on the write pool (at most `max_parallel_writes` at
@@ -392,58 +340,20 @@ class ControlLoop:
         return self._writes.submit(write)
 
     def _complete(self, plan: Plan, applied: Applied | None, now: float) -> TickResult:
-        """Verify and record one route after its write (if any)."""
-        route, verdict, current, obs = plan.route, plan.verdict, plan.current, plan.obs
-        rt = self._book.runtime(route)
+        """Verify and record one route after its write (if any): `complete_plan`."""
         try:
-            outcome, written, wrote, weights_after = act_outcome(plan, applied)
-        except PermanentError as exc:  # RBAC revoked, route deleted between read and write
-            return self._fail(route, str(exc), now)
-        landed = outcome in ("written", "conflict-retried")  # the actuator took the weights
-        if landed:
-            self.metrics.writes.labels(route=route.key).inc()
-        verify = self._verify(route, obs, now)  # before this write joins the pending ones
-        if landed and weights_after is not None:
-            remember_write(rt.pending, now, weights_after)
-            rt.last_written = weights_after
-        reason = "; ".join(
-            [*plan.notes, verdict.reason] + ([f"verify: {verify.detail}"] if verify else [])
-        )
-        entry = Entry(
-            phase=verdict.phase,
-            outcome=outcome,
-            reason=reason,
-            obs=obs,
-            current=current,
-            proposed=plan.proposed,
-            raw_action=plan.raw_action,
-            written=written,
-            wrote=wrote,
-            weights_after=weights_after,
-            verify=verify,
-            invalid_weights=None if landed else plan.invalid_weights,
-            degraded=plan.degraded,
-        )
-        return self._finish(route, now, entry)
-
-    # -- verification ----------------------------------------------------------------------
-
-    def _verify(self, route: RouteRef, obs: Observation | None, now: float) -> VerifyResult | None:
-        """Check the route's newest write older than ``verify_after_s`` (`verify_writes`):
-        settled writes are dropped, a failure is counted and logged."""
-        rt = self._book.runtime(route)
-        check = verify_writes(
-            rt.pending, obs, now, delay_s=self.verify_after_s, tolerance=self.verify_tolerance
-        )
-        del rt.pending[: check.settled]
-        result = check.result
-        if result is not None and result.ok is False:
-            self.metrics.verify_failures.labels(route=route.key).inc()
-            text = result.detail
-            _log.warning(
-                "route %s: traffic does not follow the written weights: %s", route.key, text
+            entry = complete_plan(
+                plan,
+                applied,
+                self._book.runtime(plan.route),
+                now,
+                metrics=self.metrics,
+                verify_after_s=self.verify_after_s,
+                verify_tolerance=self.verify_tolerance,
             )
-        return result
+        except PermanentError as exc:  # RBAC revoked, route deleted between read and write
+            return self._fail(plan.route, str(exc), now)
+        return self._finish(plan.route, now, entry)
 
     # -- recording -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from controller.store import DecisionStore
 from meshcore import (
     Observation,
     PermanentError,
+    Policy,
     RouteRef,
     SubsetStats,
     TemporaryError,
@@ -64,6 +65,7 @@ class FakeMesh:
         self.observe_calls = 0
         self.observe_errors: list[Exception] = []
         self.apply_errors: dict[RouteRef, list[Exception]] = {}
+        self.read_errors: dict[RouteRef, list[Exception]] = {}
         self.missing: set[RouteRef] = set()
         self.applied: list[tuple[RouteRef, Weights]] = []
 
@@ -86,6 +88,9 @@ class FakeMesh:
         return Observation(route, weights.subsets, stats, self.clock.now())
 
     def current(self, route: RouteRef) -> Weights:
+        queue = self.read_errors.get(route)
+        if queue:
+            raise queue.pop(0)
         if route in self.missing:
             raise PermanentError(f"virtualservice {route.virtual_service} not found")
         return self.configured[route]
@@ -130,7 +135,7 @@ class Switch:
 
 def make_loop(
     mesh: FakeMesh,
-    policy: FixedPolicy,
+    policy: Policy,
     *,
     routes: Sequence[RouteRef] = (A,),
     guard: GuardConfig | None = None,
