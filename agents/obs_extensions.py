@@ -276,7 +276,8 @@ class _Slots:
         self.caps = np.fromiter(caps, np.float64, count * k).reshape(count, k)
         usable = np.isfinite(self.caps) & (self.caps > 0)
         self.caps_ok = (hinted > 0) & np.where(self.present, usable, True).all(axis=1)
-        self.staleness = np.minimum(np.maximum(staleness, 0.0) / spec.staleness_scale_s, 1.0)
+        stale_s = np.where(np.isnan(staleness), np.inf, staleness)  # unknown age: stale
+        self.staleness = np.minimum(np.maximum(stale_s, 0.0) / spec.staleness_scale_s, 1.0)
         known = ~np.isnan(self.rps)
         sums = [math.fsum(row) for row in np.where(known, self.rps, 0.0).tolist()]
         self.total = np.where(known.any(axis=1), sums, math.nan)  # `Observation.total_rps`

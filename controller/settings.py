@@ -274,6 +274,17 @@ class SimSettings(_Group):
     """Random seed of the first scenario; the next ones use seed+1, ... (default 0)."""
 
 
+class LabSettings(_Group):
+    """The live lab on this machine (``mesh: lab``): started by ``meshpilot lab up``."""
+
+    state_dir: str | None = None
+    """Where ``meshpilot lab up`` recorded the running lab (default None: its default,
+    ``$XDG_STATE_HOME/meshpilot/lab`` or ``~/.local/state/meshpilot/lab``)."""
+    window_s: float = Field(default=10.0, gt=0)
+    """PromQL rate window (s, default 10): the lab's Prometheus scrapes Envoy every second,
+    so a write shows in a 10 s window after about 10 s (judged one window later)."""
+
+
 class VerifySettings(_Group):
     """Checking that traffic follows what was written."""
 
@@ -310,8 +321,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    mesh: Literal["sim", "k8s"] = "sim"
-    """What to control: the embedded simulator or Istio on Kubernetes (default ``sim``)."""
+    mesh: Literal["sim", "k8s", "lab"] = "sim"
+    """What to control: the embedded simulator, Istio on Kubernetes, or the live lab of
+    ``meshpilot lab up`` (default ``sim``)."""
     mode: Literal["active", "shadow"] = "active"
     """``shadow`` decides and records but never writes (default ``active``)."""
     tick_s: float = Field(default=5.0, gt=0, le=3600)
@@ -345,6 +357,8 @@ class Settings(BaseSettings):
     """HTTP API (defaults: `ApiSettings`, 127.0.0.1:8080)."""
     sim: SimSettings = Field(default_factory=SimSettings)
     """Embedded simulated mesh for ``mesh: sim`` (defaults: `SimSettings`)."""
+    lab: LabSettings = Field(default_factory=LabSettings)
+    """The live lab for ``mesh: lab`` (defaults: `LabSettings`)."""
     verify: VerifySettings = Field(default_factory=VerifySettings)
     """Checking that traffic follows the writes (defaults: `VerifySettings`)."""
 

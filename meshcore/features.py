@@ -125,7 +125,8 @@ def encode(obs: Observation, spec: FeatureSpec) -> np.ndarray:
         vec[base + 7] = (caps[i] / cap_total) if cap_total > 0 else 1.0 / n
     g = spec.max_subsets * PER_SUBSET
     vec[g] = math.log1p(max(_finite_or(total, 0.0), 0.0)) / math.log1p(spec.rps_scale)
-    vec[g + 1] = min(max(obs.staleness_s, 0.0) / spec.staleness_scale_s, 1.0)
+    stale_s = math.inf if math.isnan(obs.staleness_s) else obs.staleness_s  # unknown: stale
+    vec[g + 1] = min(max(stale_s, 0.0) / spec.staleness_scale_s, 1.0)
     return np.clip(vec, 0.0, spec.p99_clip)
 
 

@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "serve",
     "prometheus-rules",
     "scenarios",
+    "lab",
 )
 
 

@@ -12,8 +12,12 @@ that need them, so `config.TrainConfig` (and `meshpilot train --help`) work with
 Modules: `config` (TrainConfig, the option help), `wrappers` (the training envs), `teacher`
 (the teacher's labels), `imitation` (the DAgger warm start and the imitation loss),
 `callbacks` (progress, episode log, checkpoints, imitation during PPO), `artifacts` (run
-directory, checkpoints, export), `ppo` (`train`: one run) and `ensemble` (`train_ensemble`:
-``--members N`` runs and their ensemble).
+directory, checkpoints, export), `init_from` (``--init``: a policy file back into a fresh
+model), `ppo` (`train`: one run) and `ensemble` (`train_ensemble`: ``--members N`` runs and
+their ensemble).
+
+Fine-tuning on a live mesh (``--mesh lab``) trains MeshLive-v0, one env per route, on ports
+the command line hands in (`wrappers.LiveMesh`), starting from a policy file (``--init``).
 
 How a run trains (`config.TrainConfig`'s defaults are the shipped model's recipe):
 

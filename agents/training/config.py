@@ -23,6 +23,13 @@ from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 from meshcore.reward import CHURN_COST
 
+MESHES = ("sim", "lab")
+"""What `TrainConfig.mesh` can name."""
+
+LAB_N_STEPS = 32
+"""Longest rollout per env on a live mesh (steps): 32 control intervals of 5 s are under three
+minutes of wall time between PPO updates."""
+
 
 @dataclass
 class TrainConfig:
@@ -147,6 +154,18 @@ class TrainConfig:
     spec: dict[str, float | int] = field(default_factory=lambda: FeatureSpec().to_dict())
     """FeatureSpec fields (the observation/action layout); the default is what the controller
     serves."""
+    init: str | None = None
+    """Start from this exported policy file (policy.npz, e.g. agents/models/default.npz): its
+    actor and observation normalizer replace the fresh network's, and no imitation warm start
+    runs (the critic starts fresh). A file of another feature spec or other hidden layers than
+    net_arch is refused; an ensemble file starts from its first member."""
+    mesh: str = "sim"
+    """What to train on: 'sim' (MeshSim-v0 over the scenario set) or 'lab' (MeshLive-v0, one
+    env per route of the running local lab, in real time). With 'lab': one member, n_envs =
+    the lab's routes, no imitation (warm start or during PPO), no randomization or subset
+    permutations, and rollouts of at most 32 steps per env (LAB_N_STEPS; fewer when
+    total_steps is smaller), under 3 minutes of wall time at the default 5 s step; use it with
+    --init."""
 
     def validate(self) -> None:
         """Raise ConfigError for values that would fail later, deep inside SB3."""
@@ -200,6 +219,11 @@ class TrainConfig:
                 self.episode_steps is None or self.episode_steps >= 1,
                 "episode_steps must be >= 1",
             ),
+            (self.mesh in MESHES, f"mesh must be one of {', '.join(MESHES)}, got {self.mesh!r}"),
+            (
+                self.init is None or self.resume is None,
+                "init starts a new run from a policy file, resume continues a run: pass one",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -208,6 +232,25 @@ class TrainConfig:
             FeatureSpec.from_dict(dict(self.spec))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"train config: invalid feature spec ({err})") from err
+
+    def for_live_mesh(self, n_routes: int) -> TrainConfig:
+        """The config a run on a live mesh with `n_routes` routes actually uses (see `mesh`):
+        the simulator-only phases off, one env per route, short rollouts."""
+        n_envs = max(1, n_routes)
+        n_steps = max(2, min(self.n_steps, LAB_N_STEPS, -(-self.total_steps // n_envs)))
+        rollout = n_steps * n_envs
+        batch = max(2, min(self.batch_size, rollout))
+        return dataclasses.replace(
+            self,
+            members=1,
+            n_envs=n_envs,
+            imitation_steps=0,
+            bc_lr=0.0,
+            randomize=False,
+            permute_subsets=0,
+            n_steps=n_steps,
+            batch_size=batch if rollout % batch == 0 else rollout,
+        )
 
     def randomization(self) -> Randomization | bool:
         """The env's `Randomization` from the range fields (False when randomize is off)."""
@@ -231,6 +274,8 @@ class TrainConfig:
     @property
     def scenario_set(self) -> str:
         """Short name of the scenario set for the run directory."""
+        if self.mesh != "sim":
+            return self.mesh
         if not self.scenarios:
             return "suite"
         names = [Path(s).stem for s in self.scenarios]

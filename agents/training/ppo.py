@@ -1,7 +1,8 @@
 """`train`: one PPO run from a `TrainConfig` to its run directory.
 
 Why a module of its own: it puts the pieces of one run together: seeding, the vectorized
-training envs, the imitation warm start, `model.learn` with the run callback, and the
+training envs (simulated, or a live mesh's ports handed in by the caller), the warm start
+(imitation, or a policy file with ``init``), `model.learn` with the run callback, and the
 artifacts; and it is the only place that resumes a run from a checkpoint. Several runs
 (``members`` > 1) are `agents.training.ensemble`.
 """
@@ -13,7 +14,7 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,9 +31,14 @@ from agents.training.artifacts import (
 from agents.training.callbacks import run_callback
 from agents.training.config import TrainConfig
 from agents.training.imitation import imitate_oracle
-from agents.training.wrappers import make_vec_env
+from agents.training.init_from import check_init, init_from_npz
+from agents.training.wrappers import LiveMesh, make_live_vec_env, make_vec_env
 from envs.simulator.scenario import load_scenario
 from meshcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 
 def seed_everything(seed: int) -> None:
@@ -71,18 +77,80 @@ def _learning_rate(config: TrainConfig) -> Any:
     return lambda progress_remaining: lr * max(progress_remaining, 0.02)
 
 
-def train(config: TrainConfig) -> Path:
+def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
+    """The PPO arguments a resumed run takes from the config as well."""
+    return {
+        "learning_rate": _learning_rate(config),
+        "batch_size": config.batch_size,
+        "n_epochs": config.n_epochs,
+        "gamma": config.gamma,
+        "gae_lambda": config.gae_lambda,
+        "clip_range": config.clip_range,
+        "ent_coef": config.ent_coef,
+        "vf_coef": config.vf_coef,
+        "max_grad_norm": config.max_grad_norm,
+    }
+
+
+def new_model(config: TrainConfig, venv: VecEnv) -> tuple[PPO, VecNormalize]:
+    """A fresh PPO model on `venv` behind a new observation/reward normalizer, as `config`
+    builds it (what `export_npz` exports and `init_from_npz` loads into)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    vecnorm = VecNormalize(
+        venv,
+        norm_obs=True,
+        norm_reward=config.norm_reward,
+        clip_obs=config.clip_obs,
+        gamma=config.gamma,
+    )
+    model = PPO(
+        "MlpPolicy",
+        vecnorm,
+        n_steps=config.n_steps,
+        policy_kwargs={
+            "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
+            "activation_fn": torch.nn.Tanh,  # agents.network.ACTIVATION
+            "log_std_init": config.log_std_init,
+        },
+        tensorboard_log=config.tensorboard_dir,
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+        **_hyperparameters(config),
+    )
+    return model, vecnorm
+
+
+def train(config: TrainConfig, *, live: LiveMesh | None = None) -> Path:
     """Train (or resume) one run and write every artifact; returns the run directory.
 
-    One run only: ``members`` > 1 is `agents.training.ensemble.train_ensemble`.
+    One run only: ``members`` > 1 is `agents.training.ensemble.train_ensemble`. With
+    ``mesh`` "lab", `live` carries the running lab's ports and the run uses
+    `TrainConfig.for_live_mesh` of `config` (recorded as the run's config).
     """
     config.validate()
+    if config.mesh == "sim":
+        if live is not None:
+            raise ConfigError("train: a live mesh was given but the config says mesh sim")
+    elif live is None:
+        raise ConfigError(
+            f"train: mesh {config.mesh} needs the mesh's ports; `meshpilot train --mesh "
+            f"{config.mesh}` builds them from the running {config.mesh}"
+        )
+    else:
+        config = config.for_live_mesh(len(live.routes))
     if config.members != 1:
         raise ConfigError(
             f"train trains one policy; members {config.members} is "
             "agents.training.ensemble.train_ensemble"
         )
-    check_scenarios(config)
+    if live is None:
+        check_scenarios(config)
+    if config.init is not None:
+        check_init(config.init, config.feature_spec, config.net_arch)
     if config.tensorboard_dir is not None:
         try:
             import tensorboard  # noqa: F401
@@ -114,21 +182,17 @@ def train(config: TrainConfig) -> Path:
         },
         "feature_spec_hash": config.feature_spec.hash,
     }
+    if live is not None:
+        meta["live"] = {
+            "routes": [r.key for r in live.routes],
+            "step_s": live.step_s,
+            "slo_ms": live.slo_ms,
+        }
     write_json(run_dir / "config.json", meta)
 
-    venv = make_vec_env(config)
+    venv = make_vec_env(config) if live is None else make_live_vec_env(config, live)
     episodes: list[Episode] = []
-    hyper: dict[str, Any] = {
-        "learning_rate": _learning_rate(config),
-        "batch_size": config.batch_size,
-        "n_epochs": config.n_epochs,
-        "gamma": config.gamma,
-        "gae_lambda": config.gae_lambda,
-        "clip_range": config.clip_range,
-        "ent_coef": config.ent_coef,
-        "vf_coef": config.vf_coef,
-        "max_grad_norm": config.max_grad_norm,
-    }
+    hyper = _hyperparameters(config)
     if config.resume is not None:
         model_path, vecnorm_path, episodes_path = _resume_files(config.resume)
         vecnorm = VecNormalize.load(str(vecnorm_path), venv)
@@ -146,30 +210,11 @@ def train(config: TrainConfig) -> Path:
         meta["resumed_at_steps"] = int(model.num_timesteps)
         reset = False
     else:
-        vecnorm = VecNormalize(
-            venv,
-            norm_obs=True,
-            norm_reward=config.norm_reward,
-            clip_obs=config.clip_obs,
-            gamma=config.gamma,
-        )
-        model = PPO(
-            "MlpPolicy",
-            vecnorm,
-            n_steps=config.n_steps,
-            policy_kwargs={
-                "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
-                "activation_fn": torch.nn.Tanh,  # agents.network.ACTIVATION
-                "log_std_init": config.log_std_init,
-            },
-            tensorboard_log=config.tensorboard_dir,
-            seed=config.seed,
-            device="cpu",
-            verbose=0,
-            **hyper,
-        )
+        model, vecnorm = new_model(config, venv)
         reset = True
-        if config.imitation_steps > 0:
+        if config.init is not None:
+            meta.update(init_from_npz(model, vecnorm, config.init, config.feature_spec))
+        elif config.imitation_steps > 0:
             started = time.perf_counter()
             meta.update(imitate_oracle(model, vecnorm, config))
             meta["imitation_seconds"] = round(time.perf_counter() - started, 1)

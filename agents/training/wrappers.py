@@ -1,14 +1,21 @@
-"""The training envs: MeshSim-v0 over a scenario pool, wrapped as the policy will be served.
+"""The training envs: MeshSim-v0 over a scenario pool, or MeshLive-v0 over the routes of a
+live mesh, wrapped as the policy will be served.
 
 Why a module of its own: the wrappers are where training must agree with serving (the same
 observation extension with the same memory, the same action prior before `decode`), and where
-the episode log and the teacher's labels for imitation during PPO (`bc_lr`) come from.
+the episode log and the teacher's labels for imitation during PPO (`bc_lr`) come from. A live
+mesh comes in as its ports (`LiveMesh`), built by the command line: training never imports
+the controller's adapters or the lab.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -18,9 +25,11 @@ from agents.action_prior import apply_action_prior
 from agents.obs_extensions import TrendMemory, extension_low, extension_size
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
-from envs.registration import SIM_ENV_ID
+from envs.registration import LIVE_ENV_ID, SIM_ENV_ID
 from envs.simulator.scenario import Scenario, load_scenario
 from meshcore.features import FeatureSpec
+from meshcore.model import Observation, RouteRef, Weights
+from meshcore.ports import Actuator, Clock, Observer
 
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -45,7 +54,7 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
     ) -> tuple[np.ndarray, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._obs = obs
-        self._scenario = str(info.get("scenario", ""))
+        self._scenario = str(info.get("scenario", info.get("route", "")))
         return obs, info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -154,5 +163,117 @@ def make_vec_env(config: TrainConfig) -> DummyVecEnv:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     vec = DummyVecEnv([functools.partial(make_env, config, rank) for rank in range(config.n_envs)])
+    vec.seed(config.seed)
+    return vec
+
+
+@dataclass(frozen=True)
+class LiveMesh:
+    """The ports of a live mesh to train on, one MeshLive-v0 env per route.
+
+    observer, actuator, clock: the mesh's ports (the command line builds them, e.g. from the
+    running lab); routes: the routes to train on; step_s: control interval (s); slo_ms: latency
+    bound of a bad request in the reward (ms).
+    """
+
+    observer: Observer
+    actuator: Actuator
+    clock: Clock
+    routes: tuple[RouteRef, ...]
+    step_s: float = 5.0
+    slo_ms: float = 250.0
+
+
+class _SerializedPorts:
+    """Observer and actuator calls of several envs one at a time (the lab's actuator rewrites
+    one routes file for every route), while their clocks sleep in parallel."""
+
+    def __init__(self, observer: Observer, actuator: Actuator) -> None:
+        self._observer = observer
+        self._actuator = actuator
+        self._lock = threading.Lock()
+
+    def observe(self, routes: Sequence[RouteRef]) -> dict[RouteRef, Observation]:
+        with self._lock:
+            return dict(self._observer.observe(routes))
+
+    def current(self, route: RouteRef) -> Weights:
+        with self._lock:
+            return self._actuator.current(route)
+
+    def apply(self, route: RouteRef, weights: Weights) -> Weights:
+        with self._lock:
+            return self._actuator.apply(route, weights)
+
+
+def make_live_env(
+    config: TrainConfig, live: LiveMesh, rank: int, ports: _SerializedPorts
+) -> gym.Env[np.ndarray, np.ndarray]:
+    """MeshLive-v0 on route `rank` of `live`, with the observation extension, the action prior
+    and the episode Monitor (episodes are logged under the route's key)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    kwargs: dict[str, Any] = {}
+    if config.episode_steps is not None:
+        kwargs["max_steps"] = config.episode_steps
+    env = gym.make(
+        LIVE_ENV_ID,
+        observer=ports,
+        actuator=ports,
+        route=live.routes[rank],
+        clock=live.clock,
+        step_s=live.step_s,
+        slo_ms=live.slo_ms,
+        spec=config.feature_spec,
+        churn_cost=config.churn_cost,
+        **kwargs,
+    )
+    env = ExtendObservation(env, config.feature_spec)
+    env = PriorActionWrapper(env, config.feature_spec)
+    return Monitor(env, info_keywords=("scenario",))
+
+
+def make_live_vec_env(config: TrainConfig, live: LiveMesh) -> DummyVecEnv:
+    """One env per route of `live`, stepped together: their steps run in threads, so every
+    route's control interval passes at once instead of one after another."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class ConcurrentVecEnv(DummyVecEnv):
+        """DummyVecEnv whose envs step in parallel threads (they mostly sleep on the clock)."""
+
+        def step_wait(self) -> Any:
+            def one(i: int) -> tuple[Any, ...]:
+                obs, r, terminated, truncated, info = self.envs[i].step(self.actions[i])
+                reset_info: dict[str, Any] | None = None
+                if terminated or truncated:
+                    info["terminal_observation"] = obs
+                    obs, reset_info = self.envs[i].reset()
+                return obs, r, terminated, truncated, info, reset_info
+
+            with ThreadPoolExecutor(max_workers=self.num_envs) as pool:
+                results = list(pool.map(one, range(self.num_envs)))
+            for i, (obs, r, terminated, truncated, info, reset_info) in enumerate(results):
+                self.buf_rews[i] = r
+                self.buf_dones[i] = terminated or truncated
+                info["TimeLimit.truncated"] = truncated and not terminated
+                self.buf_infos[i] = info
+                if reset_info is not None:
+                    self.reset_infos[i] = reset_info
+                self._save_obs(i, obs)
+            return (
+                self._obs_from_buf(),
+                np.copy(self.buf_rews),
+                np.copy(self.buf_dones),
+                deepcopy(self.buf_infos),
+            )
+
+    if not live.routes:
+        raise ValueError("a live mesh to train on needs at least one route")
+    ports = _SerializedPorts(live.observer, live.actuator)
+    factories: list[Callable[[], gym.Env[Any, Any]]] = [
+        functools.partial(make_live_env, config, live, rank, ports)
+        for rank in range(len(live.routes))
+    ]
+    vec = ConcurrentVecEnv(factories)
     vec.seed(config.seed)
     return vec

@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,7 +40,7 @@ SHUTDOWN_GRACE_S = 10.0
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
-        help="run the controller and its HTTP API (simulated mesh or Istio on Kubernetes)",
+        help="run the controller and its HTTP API (simulated mesh, lab, or Istio on Kubernetes)",
         description=(
             "Run the control loop every --tick-s seconds (observe, decide, guard, write, verify, "
             "record) and serve the API (/routes, /decisions, overrides, /healthz, /readyz, "
@@ -51,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--mesh",
-        choices=("sim", "k8s"),
-        help="sim: embedded simulated mesh; k8s: Prometheus + Istio VirtualServices "
+        choices=("sim", "k8s", "lab"),
+        help="sim: embedded simulated mesh; k8s: Prometheus + Istio VirtualServices; lab: the "
+        "live mesh of `meshpilot lab up` (Envoy + Prometheus on this machine) "
         "(default: settings, sim)",
     )
     p.add_argument(
@@ -88,6 +89,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="NAME",
         help="--mesh sim: a suite scenario name or YAML path, one route each; repeatable "
         "(default: degraded-canary, latency-spike, steady-80)",
+    )
+    p.add_argument(
+        "--lab-state-dir",
+        metavar="DIR",
+        help="--mesh lab: the --state-dir given to `meshpilot lab up` (default: its default)",
     )
     p.add_argument(
         "--db",
@@ -152,6 +158,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         sim["scenarios"] = list(args.scenario)
     if sim:
         out["sim"] = sim
+    if args.lab_state_dir is not None:
+        out["lab"] = {"state_dir": args.lab_state_dir}
     return out
 
 
@@ -188,6 +196,9 @@ class _Mesh:
     clock: Clock
     routes: list[RouteRef]
     window_s: float
+    """How long after a write the observed split shows it (s): the verify delay."""
+    capacity_hints: dict[RouteRef, dict[str, float]] = field(default_factory=dict)
+    """Nominal capacity per route and subset (rps) the mesh knows (the lab's file)."""
 
 
 def _sim_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
@@ -246,6 +257,39 @@ def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
     return _Mesh(observer, actuator, WallClock(), routes, prom.window_s)
 
 
+LAB_TELEMETRY_LAG_S = 3.0
+"""How long a request takes to reach the lab's rate window (s): Envoy flushes its stats every
+second, Prometheus scrapes every second and evaluates the recording rules every second. A
+write is verified this long after one full window, when the window holds only the new split."""
+
+
+def _lab_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
+    from controller.adapters.envoy import EnvoyRouteActuator
+    from controller.adapters.prometheus import PrometheusObserver
+    from controller.clock import WallClock
+    from envs.lab.lab import default_state_dir, running_state
+
+    state_dir = Path(settings.lab.state_dir) if settings.lab.state_dir else default_state_dir()
+    lab = running_state(state_dir)
+    _log.info("lab %s: Envoy %s, Prometheus %s", lab.spec.name, lab.envoy_url, lab.prometheus_url)
+    actuator = EnvoyRouteActuator(lab.routes_file, lab.admin_url)
+    routes = [r.ref() for r in settings.routes] or lab.spec.routes()
+    observer = PrometheusObserver(
+        url=lab.prometheus_url,
+        profile="istio",
+        window_s=settings.lab.window_s,
+        slo_ms=settings.slo_ms,
+        weights_source=_weights_or_none(actuator),
+    )
+    stack.callback(observer.close)
+    hints = {
+        svc.route(lab.spec.namespace): {s.name: s.capacity_rps for s in svc.subsets}
+        for svc in lab.spec.services
+    }
+    verify_after_s = settings.lab.window_s + LAB_TELEMETRY_LAG_S
+    return _Mesh(observer, actuator, WallClock(), routes, verify_after_s, hints)
+
+
 def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
     def read(route: RouteRef) -> Weights | None:
         try:
@@ -285,7 +329,8 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
     """Every part of the controller, wired from `settings`; closed by `stack`."""
     policy, why = resolve_policy(settings.policy, supervised=settings.supervisor)
     _log.info("%s", why)
-    mesh = _sim_mesh(settings, stack) if settings.mesh == "sim" else _k8s_mesh(settings, stack)
+    make_mesh = {"sim": _sim_mesh, "k8s": _k8s_mesh, "lab": _lab_mesh}[settings.mesh]
+    mesh = make_mesh(settings, stack)
     store_path = settings.store.path
     if store_path == default_store_path():
         try:
@@ -320,7 +365,8 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
         verify_tolerance=settings.verify.tolerance_points,
         mode=settings.mode,
         tick_s=settings.tick_s,
-        capacity_hints={r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
+        capacity_hints=mesh.capacity_hints
+        | {r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
         recheck_failed_every=settings.recheck_failed_every,
         max_parallel_writes=settings.max_parallel_writes,
         hooks=hooks,

@@ -1,25 +1,43 @@
-"""`meshpilot train`: train the PPO policy against the simulator, one option per TrainConfig field.
+"""`meshpilot train`: train the PPO policy against the simulator or fine-tune it on the local
+lab, one option per TrainConfig field.
 
 Options, defaults and help text all come from `agents.training.config.TrainConfig` (the
 docstring under each field), so the command line cannot drift from the config; its defaults
 are the shipped model's recipe, so ``meshpilot train --out-dir DIR`` retrains it. The training
 code imports torch and stable-baselines3 only when training starts, so building this parser
 stays cheap and works in an install without the ``train`` extra.
+
+With ``--mesh lab`` this module is where the live mesh is wired, as `meshpilot serve --mesh
+lab` wires it: the running lab's Prometheus observer, Envoy route actuator and the wall clock
+go to training as an `agents.training.wrappers.LiveMesh` (training never imports the
+controller's adapters or the lab). Two options exist for that alone: ``--lab-state-dir`` and
+``--step-s``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.training.config import TrainConfig, field_help
+from agents.training.config import MESHES, TrainConfig, field_help
 from agents.training.ensemble import train_ensemble
 from agents.training.ppo import train
-from meshpilot.commands.arg_types import non_negative_int, output_dir, positive_int
+from agents.training.wrappers import LiveMesh
+from meshcore.errors import ConfigError
+from meshcore.model import RouteRef, Weights
+from meshcore.ports import Actuator
+from meshpilot.commands.arg_types import (
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
 
 _POSITIONAL = "scenarios"
 _SKIP = frozenset({"spec"})
@@ -40,6 +58,14 @@ _AT_LEAST_ONE = frozenset(
 field (seeds, optional steps such as total_steps 0 for imitation only) must be >= 0."""
 _OUTPUT_DIRS = frozenset(("out_dir", "tensorboard_dir"))
 """Directories the run writes into: created if missing, but never their parents."""
+_CHOICES: dict[str, tuple[str, ...]] = {"mesh": MESHES}
+"""Text fields that take one of a few values."""
+_METAVARS = {"init": "POLICY.npz"}
+"""Option values better named than by the field."""
+LAB_STEP_S = 5.0
+"""Default control interval on the lab (s): the controller's tick."""
+LAB_WINDOW_S = 10.0
+"""PromQL rate window on the lab (s), as `meshpilot serve --mesh lab` reads it by default."""
 
 
 def _base_type(hint: Any) -> tuple[Any, Any, int | str | None]:
@@ -59,7 +85,8 @@ def _base_type(hint: Any) -> tuple[Any, Any, int | str | None]:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "train",
-        help="train the PPO policy against the simulator and export it for serving",
+        help="train the PPO policy against the simulator (or fine-tune it on the lab) and "
+        "export it for serving",
         description=(
             "Train a PPO policy (stable-baselines3, CPU, one torch thread) on the simulated "
             "mesh (meshpilot/MeshSim-v0) with domain randomization over a scenario set: "
@@ -72,7 +99,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "checkpoints/step_<N>/ (resumable with --resume and --members 1). With --members "
             "N > 1, that directory holds N such runs under members/ (seeds S, S+1, ...) "
             "trained in parallel processes, plus config.json, learning_curve.png and an "
-            "ensemble policy.npz. Needs the 'train' extra (torch, stable-baselines3)."
+            "ensemble policy.npz. With --mesh lab --init POLICY.npz it fine-tunes that policy "
+            "on the running local lab instead (meshpilot/MeshLive-v0, one env per route, in "
+            "real time: each step waits --step-s seconds). Needs the 'train' extra (torch, "
+            "stable-baselines3)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -109,8 +139,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             elif f.name in _OUTPUT_DIRS:
                 kind = output_dir
             p.add_argument(
-                "--" + f.name.replace("_", "-"), type=kind, default=default, help=help_text
+                "--" + f.name.replace("_", "-"),
+                type=kind,
+                default=default,
+                choices=_CHOICES.get(f.name),
+                metavar=_METAVARS.get(f.name),
+                help=help_text,
             )
+    p.add_argument(
+        "--lab-state-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="With --mesh lab: where `meshpilot lab up` recorded the running lab (when not "
+        "given: lab up's default, $XDG_STATE_HOME/meshpilot/lab or "
+        "~/.local/state/meshpilot/lab).",
+    )
+    p.add_argument(
+        "--step-s",
+        type=positive_float,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help=f"With --mesh lab: the control interval, the real seconds each training step "
+        f"waits between writing a split and reading its effect (when not given: "
+        f"{LAB_STEP_S:g}); the "
+        f"lab's Prometheus averages over {LAB_WINDOW_S:g} s, so a shorter step scores a split "
+        "partly on the splits before it.",
+    )
     p.set_defaults(run=run)
 
 
@@ -125,9 +179,59 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
+    def read(route: RouteRef) -> Weights | None:
+        try:
+            return actuator.current(route)
+        except Exception:  # the env reports the actuator's errors; the observer just lacks weights
+            return None
+
+    return read
+
+
+def _lab_live_mesh(args: argparse.Namespace, stack: contextlib.ExitStack) -> LiveMesh:
+    """The running lab's ports, wired as `meshpilot serve --mesh lab` wires them."""
+    from controller.adapters.envoy import EnvoyRouteActuator
+    from controller.adapters.prometheus import PrometheusObserver
+    from controller.clock import WallClock
+    from envs.lab.lab import default_state_dir, running_state
+
+    given = getattr(args, "lab_state_dir", None)
+    state_dir = Path(given) if given else default_state_dir()
+    lab = running_state(state_dir)
+    actuator = EnvoyRouteActuator(lab.routes_file, lab.admin_url)
+    stack.callback(actuator.close)
+    observer = PrometheusObserver(
+        url=lab.prometheus_url,
+        profile="istio",
+        window_s=LAB_WINDOW_S,
+        slo_ms=lab.spec.slo_ms,
+        weights_source=_weights_or_none(actuator),
+    )
+    stack.callback(observer.close)
+    return LiveMesh(
+        observer=observer,
+        actuator=actuator,
+        clock=WallClock(),
+        routes=tuple(lab.spec.routes()),
+        step_s=getattr(args, "step_s", LAB_STEP_S),
+        slo_ms=lab.spec.slo_ms,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    run_dir: Path = train_ensemble(config) if config.members > 1 else train(config)
+    run_dir: Path
+    if config.mesh == "lab":
+        with contextlib.ExitStack() as stack:
+            run_dir = train(config, live=_lab_live_mesh(args, stack))
+    else:
+        lab_only = [
+            "--" + name.replace("_", "-") for name in ("lab_state_dir", "step_s") if name in args
+        ]
+        if lab_only:
+            raise ConfigError(f"{', '.join(lab_only)}: only with --mesh lab")
+        run_dir = train_ensemble(config) if config.members > 1 else train(config)
     print(f"run directory  {run_dir}")
     print(f"policy         {run_dir / 'policy.npz'}")
     return 0

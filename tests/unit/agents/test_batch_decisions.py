@@ -198,3 +198,11 @@ def test_a_batch_with_an_observation_the_spec_cannot_take_changes_nothing() -> N
         batched.decide_many([*ticks[0], too_wide])
     for tick in ticks:
         assert batched.decide_many(tick) == [one_by_one.decide(obs) for obs in tick]
+
+
+def test_an_unknown_data_age_is_encoded_as_stale_in_batch_too() -> None:
+    tick = ticks_of(seed=2)[0]
+    unknown = [dataclasses.replace(obs, staleness_s=math.nan) for obs in tick]
+    batched = encode_many(unknown, SPEC)
+    assert np.isfinite(batched).all()
+    assert np.array_equal(batched, np.array([encode(obs, SPEC) for obs in unknown]))

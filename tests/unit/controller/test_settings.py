@@ -116,7 +116,7 @@ def test_a_numeric_route_name_is_an_index() -> None:
         ("guard: {max_stpe: 5}\n", "field 'guard.max_stpe': unknown key"),
         ("tick_s: fast\n", "field 'tick_s': Input should be a valid number"),
         ("guard: {floors: {v1: 60, v2: 60}}\n", "sum to 120 points"),
-        ("mesh: nomad\n", "field 'mesh': Input should be 'sim' or 'k8s'"),
+        ("mesh: nomad\n", "field 'mesh': Input should be 'sim', 'k8s' or 'lab'"),
         ("routes: [{virtual_service: a/b}]\n", "field 'routes.0.virtual_service'"),
         (
             "routes: [{virtual_service: x, subsets: [v1], capacity_rps: {v2: 5}}]\n",

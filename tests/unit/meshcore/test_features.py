@@ -9,6 +9,7 @@ decode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -114,3 +115,12 @@ def test_spec_hash_is_stable_and_layout_sensitive() -> None:
     assert FeatureSpec.from_dict(FeatureSpec().to_dict()) == FeatureSpec()
     with pytest.raises(ValueError):
         FeatureSpec(slo_ms=-1)
+
+
+def test_unknown_data_age_encodes_as_stale_never_as_nan() -> None:
+    spec = FeatureSpec()
+    stats = [SubsetStats(10.0, 0.0, 20.0, 100)]
+    unknown = encode(dataclasses.replace(_obs(stats), staleness_s=math.nan), spec)
+    ancient = encode(dataclasses.replace(_obs(stats), staleness_s=math.inf), spec)
+    assert np.isfinite(unknown).all()
+    assert np.array_equal(unknown, ancient)

@@ -106,6 +106,7 @@ CASES = [
     (["prometheus-rules", "--out", "{m}/rules.yaml"], "--out"),
     (["train", "--out-dir", "{m}/runs"], "--out-dir"),
     (["train", "--tensorboard-dir", "{m}/tb"], "--tensorboard-dir"),
+    (["lab", "load", "--out", "{m}/load.json"], "--out"),
 ]
 
 

@@ -1,0 +1,706 @@
+"""Open-loop Poisson traffic for the lab, from raw asyncio sockets.
+
+Open loop means arrivals never wait for responses: a request is sent at its scheduled time on
+an idle keep-alive connection, or on a new one when all are busy, so a slow mesh builds queues
+as a real one would instead of slowing the client down. The arrival times are drawn up front
+(non-homogeneous Poisson by thinning, seeded) from a scenario `Load` — the same mean rate,
+diurnal sine and bursts as the simulator's — one stream per (Host header, Load) pair of a plan.
+
+HTTP is spoken directly on `asyncio.Protocol` transports: an httpx client ran out of CPU at
+~140 rps on these machines, while this reaches several hundred rps on one core
+(``bench/lab_loadgen.py`` measures it).
+
+Each request records its send time (s from the start), client-side latency (ms), status (0 for
+a connection error or a timeout) and the ``x-meshpilot-subset`` header of its response::
+
+    result = run_load("127.0.0.1:15001", [("product-service", Load(rps=200))], 30.0, seed=1)
+    result.summary(slo_ms=250)
+
+    python -m envs.lab.loadgen --target 127.0.0.1:15001 --host product-service --rps 200 \\
+        --duration 30 [--burst 10:5:3] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import resource
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.simulator.scenario import Burst, Diurnal, Load
+
+NO_SUBSET = "-"
+"""Subset recorded for a request whose response had no ``x-meshpilot-subset`` header (an
+Envoy local reply) or that got no response."""
+
+SEND_GRACE_S = 0.25
+"""Arrivals the generator could not send within this many seconds after the end of the run
+(a CPU-starved client) are dropped, so `achieved_rps` shows the shortfall."""
+
+MAX_HEAD = 64 * 1024
+
+Plan = Sequence[tuple[str, Load]]
+"""(Host header, load) pairs: one independent Poisson stream each."""
+
+
+# ---- the arrival process -------------------------------------------------------------------
+
+
+def load_rps(load: Load, t_s: np.ndarray | float) -> np.ndarray:
+    """Mean arrival rate (rps) at times `t_s` (s), as `MeshSimulator.load_rps` computes it."""
+    t = np.asarray(t_s, dtype=float)
+    rate = np.full(t.shape, load.rps)
+    if load.diurnal is not None:
+        d = load.diurnal
+        rate = rate * (1.0 + d.amplitude * np.sin(2 * np.pi * (t + d.phase_s) / d.period_s))
+    for b in load.bursts:
+        rate = np.where((t >= b.at_s) & (t < b.at_s + b.duration_s), rate * b.factor, rate)
+    return rate
+
+
+def peak_rps(load: Load) -> float:
+    """An upper bound of `load_rps` over all times (the thinning envelope)."""
+    bound = load.rps * (1.0 + (load.diurnal.amplitude if load.diurnal else 0.0))
+    for b in load.bursts:
+        bound *= max(b.factor, 1.0)
+    return bound
+
+
+def mean_rps(load: Load, duration_s: float) -> float:
+    """The rate asked on average over [0, duration_s) (numerical mean on a 1 ms grid)."""
+    n = max(1000, int(duration_s * 1000))
+    t = (np.arange(n) + 0.5) * (duration_s / n)
+    return float(load_rps(load, t).mean())
+
+
+def arrival_times(load: Load, duration_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted arrival times (s) in [0, duration_s): a Poisson process of rate `load_rps`,
+    drawn as a homogeneous one at `peak_rps` and thinned."""
+    peak = peak_rps(load)
+    n = int(rng.poisson(peak * duration_s))
+    t = np.sort(rng.uniform(0.0, duration_s, n))
+    keep = rng.random(n) * peak < load_rps(load, t)
+    return t[keep]
+
+
+def schedule(plan: Plan, duration_s: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times in s, index of the plan entry of each), merged in time order; each
+    entry draws from its own child of ``SeedSequence(seed)``."""
+    seqs = np.random.SeedSequence(seed).spawn(len(plan))
+    times = [
+        arrival_times(load, duration_s, np.random.Generator(np.random.PCG64(seq)))
+        for (_, load), seq in zip(plan, seqs, strict=True)
+    ]
+    which = [np.full(t.shape, i, dtype=np.int32) for i, t in enumerate(times)]
+    all_t = np.concatenate(times) if times else np.empty(0)
+    all_i = np.concatenate(which) if which else np.empty(0, dtype=np.int32)
+    order = np.argsort(all_t, kind="stable")
+    return all_t[order], all_i[order]
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one run sent and saw. Per-request arrays hold the requests actually sent, in send
+    order: send_s (s from the start), latency_ms (client-side, until the last byte, or until
+    the failure), status (HTTP code, 0 for a connection error or timeout), subset (the
+    ``x-meshpilot-subset`` header, `NO_SUBSET` when absent), host (index into `hosts`),
+    lag_ms (how late after its scheduled time the request left)."""
+
+    target: str
+    hosts: tuple[str, ...]
+    duration_s: float
+    asked_rps: float
+    scheduled: int
+    send_s: np.ndarray
+    latency_ms: np.ndarray
+    status: np.ndarray
+    subset: np.ndarray
+    host: np.ndarray
+    lag_ms: np.ndarray = field(repr=False)
+
+    @property
+    def sent(self) -> int:
+        return int(self.status.shape[0])
+
+    @property
+    def completed(self) -> int:
+        """Requests answered with an HTTP status (any code)."""
+        return int(np.count_nonzero(self.status > 0))
+
+    @property
+    def achieved_rps(self) -> float:
+        return self.sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def status_counts(self) -> dict[int, int]:
+        codes, counts = np.unique(self.status, return_counts=True)
+        return {int(c): int(n) for c, n in zip(codes, counts, strict=True)}
+
+    @property
+    def subset_counts(self) -> dict[str, int]:
+        names, counts = np.unique(self.subset, return_counts=True)
+        return {str(s): int(n) for s, n in zip(names, counts, strict=True)}
+
+    def bad_mask(self, slo_ms: float) -> np.ndarray:
+        """Requests that failed (status >= 500 or 0) or were slower than `slo_ms`."""
+        return (self.status >= 500) | (self.status == 0) | (self.latency_ms > slo_ms)
+
+    def bad_fraction(self, slo_ms: float) -> float:
+        """Share of sent requests that were bad (NaN when nothing was sent)."""
+        return float(self.bad_mask(slo_ms).mean()) if self.sent else math.nan
+
+    def error_fraction(self) -> float:
+        """Share of sent requests with status >= 500 or 0 (NaN when nothing was sent)."""
+        if not self.sent:
+            return math.nan
+        return float(((self.status >= 500) | (self.status == 0)).mean())
+
+    def quantile_ms(self, q: float) -> float:
+        """Latency quantile (ms) over answered requests (NaN when none)."""
+        lat = self.latency_ms[self.status > 0]
+        return float(np.quantile(lat, q)) if lat.size else math.nan
+
+    def p99_ms(self) -> float:
+        return self.quantile_ms(0.99)
+
+    def select(self, mask: np.ndarray) -> LoadResult:
+        """The same run restricted to the requests in `mask` (rates keep the run's duration)."""
+        return LoadResult(
+            target=self.target,
+            hosts=self.hosts,
+            duration_s=self.duration_s,
+            asked_rps=self.asked_rps,
+            scheduled=self.scheduled,
+            send_s=self.send_s[mask],
+            latency_ms=self.latency_ms[mask],
+            status=self.status[mask],
+            subset=self.subset[mask],
+            host=self.host[mask],
+            lag_ms=self.lag_ms[mask],
+        )
+
+    def by_subset(self, slo_ms: float) -> dict[str, dict[str, Any]]:
+        """Per answering subset: requests, rps, bad and error fractions, p50/p99/mean (ms)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(set(self.subset.tolist())):
+            part = self.select(self.subset == name)
+            out[name] = part._stats(slo_ms)
+        return out
+
+    def _stats(self, slo_ms: float) -> dict[str, Any]:
+        answered = self.latency_ms[self.status > 0]
+        return {
+            "requests": self.sent,
+            "rps": self.achieved_rps,
+            "bad_fraction": _json_float(self.bad_fraction(slo_ms)),
+            "error_fraction": _json_float(self.error_fraction()),
+            "p50_ms": _json_float(self.quantile_ms(0.5)),
+            "p99_ms": _json_float(self.p99_ms()),
+            "mean_ms": _json_float(float(answered.mean()) if answered.size else math.nan),
+        }
+
+    def summary(self, slo_ms: float) -> dict[str, Any]:
+        """JSON-able summary: rates, counts, SLO scores, lag, and the per-subset breakdown."""
+        lag = self.lag_ms
+        return {
+            "target": self.target,
+            "hosts": list(self.hosts),
+            "duration_s": self.duration_s,
+            "slo_ms": slo_ms,
+            "asked_rps": self.asked_rps,
+            "scheduled": self.scheduled,
+            "sent": self.sent,
+            "completed": self.completed,
+            "achieved_rps": self.achieved_rps,
+            "achieved_share": self.achieved_rps / self.asked_rps if self.asked_rps else None,
+            "status_counts": {str(k): v for k, v in self.status_counts.items()},
+            "subset_counts": self.subset_counts,
+            **{k: v for k, v in self._stats(slo_ms).items() if k not in ("requests", "rps")},
+            "lag_p99_ms": _json_float(float(np.quantile(lag, 0.99)) if lag.size else math.nan),
+            "subsets": self.by_subset(slo_ms),
+        }
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+# ---- the client ----------------------------------------------------------------------------
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.req = -1
+        self.payload = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.status = -1
+        self.subset = b""
+        self.length = -1
+        self.chunked = False
+        self.close_after = False
+
+    def start(self, req: int, payload: bytes) -> None:
+        self.req = req
+        self.payload = payload
+        self._reset_response()
+        if self.transport is not None:
+            self.transport.write(payload)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.req >= 0:
+            transport.write(self.payload)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.req < 0:
+            self.buf.clear()
+            return
+        if self.status < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self.fail()
+                return
+            if not self._parse_head(bytes(self.buf[:end])):
+                self.fail()
+                return
+            del self.buf[: end + 4]
+        if self.chunked:
+            if self._chunked_done():
+                self._complete()
+        elif self.length >= 0 and len(self.buf) >= self.length:
+            del self.buf[: self.length]
+            self._complete()
+
+    def _parse_head(self, head: bytes) -> bool:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            return False
+        try:
+            self.status = int(parts[1])
+        except ValueError:
+            return False
+        self.close_after = parts[0] == b"HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                try:
+                    self.length = int(value.strip())
+                except ValueError:
+                    return False
+            elif key == b"x-meshpilot-subset":
+                self.subset = value.strip()
+            elif key == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            elif key == b"connection":
+                self.close_after = value.strip().lower() == b"close"
+        if self.status in (204, 304) or 100 <= self.status < 200:
+            self.length = 0
+        elif self.length < 0 and not self.chunked:
+            self.close_after = True  # body runs until the server closes
+        return True
+
+    def _chunked_done(self) -> bool:
+        pos = 0
+        buf = self.buf
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return False
+            try:
+                size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+            except ValueError:
+                self.fail()
+                return False
+            if size == 0:
+                end = buf.find(b"\r\n\r\n", eol)
+                if end < 0 and buf[eol : eol + 4] != b"\r\n\r\n":
+                    return False
+                del buf[:]
+                return True
+            pos = eol + 2 + size + 2
+            if pos > len(buf):
+                return False
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _complete(self) -> None:
+        self._stop_timer()
+        req = self.req
+        self.req = -1
+        self.run.finish(req, self.status, self.subset)
+        if self.close_after or self.transport is None or self.transport.is_closing():
+            self.close()
+        else:
+            self.run.idle.append(self)
+
+    def fail(self) -> None:
+        """End the current request with status 0 and drop the connection."""
+        self._stop_timer()
+        req = self.req
+        self.req = -1
+        if req >= 0:
+            self.run.finish(req, 0, b"")
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+        self.run.forget(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.req >= 0:
+            if self.status > 0 and self.length < 0 and not self.chunked:
+                self._complete()
+            else:
+                self.fail()
+        self.run.forget(self)
+
+
+class _Run:
+    """State of one run on its event loop: the schedule, the pool and the records."""
+
+    def __init__(
+        self,
+        target: str,
+        plan: Plan,
+        duration_s: float,
+        seed: int,
+        timeout_s: float,
+        max_connections: int,
+    ) -> None:
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"target must be HOST:PORT, got {target!r}")
+        if duration_s <= 0 or timeout_s <= 0:
+            raise ValueError("duration_s and timeout_s must be positive")
+        if not plan:
+            raise ValueError("the plan needs at least one (host, load) entry")
+        self.target = target
+        self.addr = (host, int(port))
+        self.plan = list(plan)
+        self.duration_s = duration_s
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self.times, self.which = schedule(self.plan, duration_s, seed)
+        n = self.times.shape[0]
+        self.send_s = np.full(n, math.nan)
+        self.latency_ms = np.full(n, math.nan)
+        self.status = np.full(n, -1, dtype=np.int32)
+        self.subset_idx = np.full(n, -1, dtype=np.int32)
+        self.subset_names: dict[bytes, int] = {}
+        self.payloads = [
+            f"GET / HTTP/1.1\r\nHost: {h}\r\nUser-Agent: meshpilot-loadgen\r\n\r\n".encode()
+            for h, _ in self.plan
+        ]
+        self.idle: list[_Conn] = []
+        self.conns: set[_Conn] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.next = 0
+        self.outstanding = 0
+        self.t0 = 0.0
+        self.window_s = duration_s
+        self.sending = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.drained = asyncio.Event()
+        self.stop_requested = False
+
+    # ---- sending
+    async def run(self, warm_connections: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.drained = asyncio.Event()
+        await self._warm(warm_connections)
+        self.t0 = loop.time()
+        self.sending = True
+        if self.stop_requested:
+            self.end_sending()
+        else:
+            self._tick()
+        await self.drained.wait()
+        for conn in list(self.conns):
+            conn.close()
+
+    async def _warm(self, n: int) -> None:
+        async def one() -> None:
+            conn = _Conn(self)
+            self.conns.add(conn)
+            try:
+                await asyncio.get_running_loop().create_connection(lambda: conn, *self.addr)
+            except OSError:
+                self.conns.discard(conn)
+                return
+            self.idle.append(conn)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    def _tick(self) -> None:
+        if not self.sending:
+            return
+        assert self.loop is not None
+        loop = self.loop
+        deadline = self.duration_s + SEND_GRACE_S
+        rel = loop.time() - self.t0
+        times = self.times
+        n = times.shape[0]
+        i = self.next
+        while i < n and times[i] <= rel < deadline:
+            self._fire(i)
+            i += 1
+            if (i & 63) == 0:
+                rel = loop.time() - self.t0
+        self.next = i
+        if i >= n:
+            loop.call_at(self.t0 + self.duration_s, self.end_sending)
+        elif rel >= deadline:
+            self.end_sending()
+        else:
+            loop.call_at(self.t0 + times[i], self._tick)
+
+    def end_sending(self) -> None:
+        """Stop sending (at the end of the run or on `stop`); the run ends once drained."""
+        if not self.sending:
+            return
+        assert self.loop is not None
+        self.sending = False
+        self.window_s = min(self.duration_s, self.loop.time() - self.t0)
+        if self.outstanding == 0:
+            self.drained.set()
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.sending:
+            self.end_sending()
+
+    def _fire(self, i: int) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        self.send_s[i] = now - self.t0
+        self.outstanding += 1
+        if self.idle:
+            conn = self.idle.pop()
+        elif len(self.conns) >= self.max_connections:
+            self.finish(i, 0, b"")
+            return
+        else:
+            conn = _Conn(self)
+            self.conns.add(conn)
+            task = self.loop.create_task(self._connect(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        conn.timer = self.loop.call_at(now + self.timeout_s, conn.fail)
+        conn.start(i, self.payloads[self.which[i]])
+
+    async def _connect(self, conn: _Conn) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.create_connection(lambda: conn, *self.addr)
+        except OSError:
+            conn.fail()
+
+    def finish(self, req: int, status: int, subset: bytes) -> None:
+        """Record request `req`'s outcome."""
+        assert self.loop is not None
+        self.latency_ms[req] = (self.loop.time() - self.t0 - self.send_s[req]) * 1000.0
+        self.status[req] = status
+        idx = self.subset_names.get(subset)
+        if idx is None:
+            idx = self.subset_names[subset] = len(self.subset_names)
+        self.subset_idx[req] = idx
+        self.outstanding -= 1
+        if not self.sending and self.outstanding == 0:
+            self.drained.set()
+
+    def forget(self, conn: _Conn) -> None:
+        self.conns.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def result(self) -> LoadResult:
+        sent = self.status >= 0
+        names = [NO_SUBSET] * len(self.subset_names)
+        for raw, idx in self.subset_names.items():
+            names[idx] = raw.decode("latin-1") or NO_SUBSET
+        lookup = np.array([*names, NO_SUBSET])
+        window = self.window_s if self.window_s > 0 else self.duration_s
+        asked = sum(mean_rps(load, window) for _, load in self.plan)
+        return LoadResult(
+            target=self.target,
+            hosts=tuple(h for h, _ in self.plan),
+            duration_s=window,
+            asked_rps=asked,
+            scheduled=int(np.count_nonzero(self.times < window)),
+            send_s=self.send_s[sent],
+            latency_ms=self.latency_ms[sent],
+            status=self.status[sent],
+            subset=lookup[self.subset_idx[sent]],
+            host=self.which[sent],
+            lag_ms=(self.send_s[sent] - self.times[sent]) * 1000.0,
+        )
+
+
+def run_load(
+    target: str,
+    plan: Plan,
+    duration_s: float,
+    *,
+    seed: int = 0,
+    timeout_s: float = 10.0,
+    max_connections: int = 4096,
+    warm_connections: int = 8,
+) -> LoadResult:
+    """Send `plan`'s Poisson traffic to `target` (``HOST:PORT``) for `duration_s` seconds,
+    wait for the answers (at most `timeout_s` each) and return what happened. Blocking: runs
+    its own event loop. A request that would need more than `max_connections` open
+    connections fails at once with status 0."""
+    run = _Run(target, plan, duration_s, seed, timeout_s, max_connections)
+    asyncio.run(run.run(warm_connections))
+    return run.result()
+
+
+class LoadGenerator:
+    """`run_load` in a background thread, for runs where something else acts meanwhile (a
+    controller under test): `start()`, then `stop()` ends the run early (or waits for its
+    natural end) and returns the `LoadResult` of what was sent."""
+
+    def __init__(
+        self,
+        target: str,
+        plan: Plan,
+        duration_s: float = 3600.0,
+        *,
+        seed: int = 0,
+        timeout_s: float = 10.0,
+        max_connections: int = 4096,
+        warm_connections: int = 8,
+    ) -> None:
+        self._run = _Run(target, plan, duration_s, seed, timeout_s, max_connections)
+        self._warm = warm_connections
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> LoadGenerator:
+        if self._thread is not None:
+            raise RuntimeError("a LoadGenerator runs once")
+        self._thread = threading.Thread(target=self._main, name="meshpilot-loadgen", daemon=True)
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run.run(self._warm))
+        except BaseException as err:  # re-raised by stop() in the caller's thread
+            self._error = err
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> LoadResult:
+        """Stop sending now, wait for outstanding answers (at most `timeout_s`), return."""
+        if self._thread is None:
+            raise RuntimeError("stop() before start()")
+        loop = self._run.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(self._run.request_stop)
+        else:
+            self._run.stop_requested = True
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._run.result()
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.stop()
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def _burst(text: str) -> Burst:
+    try:
+        at_s, duration_s, factor = (float(x) for x in text.split(":"))
+        return Burst(at_s=at_s, duration_s=duration_s, factor=factor)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--burst wants AT:DURATION:FACTOR, got {text!r}") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m envs.lab.loadgen",
+        description="Open-loop Poisson GET / traffic to a lab listener; prints a JSON summary.",
+    )
+    parser.add_argument("--target", required=True, help="HOST:PORT (Envoy's listener)")
+    parser.add_argument("--host", required=True, help="Host header: the service to call")
+    parser.add_argument("--rps", type=float, required=True, help="mean arrival rate (req/s)")
+    parser.add_argument("--duration", type=float, required=True, help="run length (s)")
+    parser.add_argument("--diurnal-amplitude", type=float, default=None, help="0 <= A < 1")
+    parser.add_argument("--diurnal-period", type=float, default=60.0, help="sine period (s)")
+    parser.add_argument(
+        "--burst", type=_burst, action="append", default=[], help="AT:DURATION:FACTOR (s, s, x)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=10.0, help="per request (s)")
+    parser.add_argument("--slo-ms", type=float, default=250.0, help="latency SLO for bad_fraction")
+    parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
+    args = parser.parse_args(argv)
+    try:
+        diurnal = None
+        if args.diurnal_amplitude is not None:
+            diurnal = Diurnal(amplitude=args.diurnal_amplitude, period_s=args.diurnal_period)
+        load = Load(rps=args.rps, diurnal=diurnal, bursts=tuple(args.burst))
+    except ValueError as err:
+        parser.error(str(err))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        result = run_load(
+            args.target, [(args.host, load)], args.duration, seed=args.seed, timeout_s=args.timeout
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    text = json.dumps(result.summary(args.slo_ms), indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Lab processes are found by PID *and* start time, stopped as a group, never confused with a
+process that reuses a PID."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from envs.lab.processes import is_alive, log_tail, start_process, stop_process
+
+
+def test_a_started_process_is_alive_until_stopped_with_its_children(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    record = start_process("sleeper", [sys.executable, "-c", code], tmp_path / "s.log")
+    try:
+        assert is_alive(record)
+        for _ in range(100):
+            if "child" in log_tail(record):
+                break
+            time.sleep(0.05)
+        child_pid = int(log_tail(record).split()[-1])
+        assert stop_process(record, timeout_s=2.0) is True
+        assert not is_alive(record)
+        assert (
+            not Path(f"/proc/{child_pid}").exists()
+            or "Z" in Path(f"/proc/{child_pid}/stat").read_text().split(")")[-1].split()[0]
+        )
+        assert stop_process(record) is False
+    finally:
+        stop_process(record, timeout_s=1.0)
+
+
+def test_a_record_with_another_start_time_is_not_this_process(tmp_path: Path) -> None:
+    record = start_process(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log"
+    )
+    try:
+        impostor = dataclasses.replace(record, start_ticks=record.start_ticks + 1)
+        assert not is_alive(impostor)
+        assert stop_process(impostor) is False
+        assert is_alive(record), "a stale record must never stop a process it did not start"
+    finally:
+        stop_process(record, timeout_s=1.0)
+
+
+def test_a_process_that_exits_is_not_alive_and_its_log_is_kept(tmp_path: Path) -> None:
+    record = start_process(
+        "talker", [sys.executable, "-c", "print('hello from the lab')"], tmp_path / "t.log"
+    )
+    deadline = time.monotonic() + 10
+    while is_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_alive(record)
+    assert "hello from the lab" in log_tail(record)
