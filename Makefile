@@ -58,6 +58,9 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/policy_suite.py --seeds 10
 	$(PY) bench/policy_suite.py --seeds 20 --first-seed 100 --out runs/bench/policy_suite_held_out.json
 	$(PY) bench/least_request_fit.py
+	$(PY) bench/lab_loadgen.py
+	$(PY) bench/lab_reaction.py --trials 5
+	$(PY) bench/fidelity.py
 	$(PY) bench/generalization.py --range test --count 200 --seeds 1 --suite-seeds 3 --workers 2 --as-served --policies ppo,planner,oracle,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization_test200_served.json
 
 clean:

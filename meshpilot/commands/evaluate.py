@@ -1,4 +1,11 @@
-"""`meshpilot evaluate`: every policy on every scenario on the same seeds -> JSON, table, plots."""
+"""`meshpilot evaluate`: every policy on every scenario on the same seeds -> JSON, table, plots.
+
+``--mesh sim`` (the default) scores policies in the simulator (`agents.evaluate`). ``--mesh lab``
+replays each scenario on the local live mesh instead (`envs.lab.replay`): one lab per scenario
+(`LabSpec.from_scenario`), every policy and seed in turn on it, in real time, the controller
+reading Prometheus and writing Envoy's route file as `meshpilot serve --mesh lab` does. Both
+report the same JSON; lab entries add ``mesh`` and ``lab_runs``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from agents.evaluate import (
 from agents.registry import policy_names
 from agents.rollout import Setup
 from envs.simulator.scenario import SUITE_DIR
+from meshcore.errors import ConfigError
 from meshpilot.commands.arg_types import (
     non_negative_int,
     output_dir,
@@ -24,6 +32,7 @@ from meshpilot.commands.arg_types import (
     positive_float,
     positive_int,
 )
+from meshpilot.lab_evaluation import lab_notes, run_lab
 from meshpilot.served import is_yardstick, served_setup
 
 AS_SERVED_NOTE = (
@@ -64,7 +73,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"policies to compare, any of: {', '.join(policy_names())}",
     )
     p.add_argument(
-        "--seeds", type=positive_int, default=3, metavar="N", help="how many seeds (default 3)"
+        "--seeds",
+        type=positive_int,
+        metavar="N",
+        help="how many seeds (default 3 in the simulator, 1 on the lab)",
     )
     p.add_argument(
         "--first-seed",
@@ -108,9 +120,39 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=(
             "run every policy as `meshpilot serve` runs it with default settings: behind the "
             "supervisor (unless named supervised:...) and the guard (max_step, min_change, "
-            "hold on stale data; no pins), on the simulator's clock; the oracles stay raw "
-            "(yardsticks). Report names stay as given; each entry says as_served"
+            "hold on stale data; no pins), on the simulator's clock (on the lab: the wall "
+            "clock); the oracles stay raw (yardsticks). Report names stay as given; each "
+            "entry says as_served"
         ),
+    )
+    p.add_argument(
+        "--mesh",
+        choices=("sim", "lab"),
+        default="sim",
+        help=(
+            "where episodes run: sim (default), or lab: the local live mesh (real Envoy, "
+            "backends and Prometheus on 127.0.0.1; needs envoy and prometheus), one lab per "
+            "scenario, each scenario's load and events replayed IN REAL TIME for every policy "
+            "and seed (a 1800 s scenario takes 30 min per policy: see --lab-duration). The "
+            "oracles there know the scenario's schedule, not the queues"
+        ),
+    )
+    p.add_argument(
+        "--lab-duration",
+        type=positive_float,
+        metavar="S",
+        help=(
+            "with --mesh lab: run each scenario for S wall-clock seconds (the lab runs in "
+            "real time; default: the scenario's duration_s); events at or after S are "
+            "skipped (the JSON's lab_runs notes say so)"
+        ),
+    )
+    p.add_argument(
+        "--lab-window",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="with --mesh lab: PromQL rate window (s, default 10: serve's lab default)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=run)
@@ -119,26 +161,52 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     scenarios = resolve_scenarios(args.scenarios or [str(SUITE_DIR)], duration_s=args.duration_s)
     policies = list(dict.fromkeys(args.policy))
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    n_seeds = args.seeds if args.seeds is not None else (1 if args.mesh == "lab" else 3)
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     setup: Setup = served_setup if args.as_served else raw_setup
-    results = run_evaluation(
-        scenarios,
-        policies,
-        seeds,
-        workers=args.workers,
-        trace_seed=seeds[0] if args.plots else None,
-        progress=not args.quiet,
-        setup=setup,
-    )
-    report = summarize(results, scenarios, policies)
+    if args.mesh == "lab":
+        if args.workers > 1:
+            raise ConfigError("--workers: the lab runs one episode at a time (use 1)")
+        report, results = run_lab(
+            scenarios,
+            policies,
+            seeds,
+            setup=setup,
+            duration_s=args.lab_duration,
+            window_s=args.lab_window,
+            progress=None if args.quiet else _progress,
+        )
+    else:
+        if args.lab_duration is not None:
+            raise ConfigError("--lab-duration needs --mesh lab (in the simulator: --duration-s)")
+        results = run_evaluation(
+            scenarios,
+            policies,
+            seeds,
+            workers=args.workers,
+            trace_seed=seeds[0] if args.plots else None,
+            progress=not args.quiet,
+            setup=setup,
+        )
+        report = summarize(results, scenarios, policies)
     if args.out:
         write_json(report, args.out)
     if args.plots:
         write_plots(report, results, args.plots)
     print(format_table(report))
+    if args.mesh == "lab":
+        for line in lab_notes(report):
+            print(line)
     if args.as_served:
         raw = [p for p in policies if is_yardstick(p)]
         print(AS_SERVED_NOTE.format(raw=f" ({', '.join(raw)}: raw yardsticks)" if raw else ""))
     if args.out:
         print(f"\nreport: {args.out}", file=sys.stderr)
     return 0
+
+
+# ---- the lab --------------------------------------------------------------------------------
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

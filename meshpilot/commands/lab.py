@@ -5,6 +5,8 @@ The lab is real Envoy in front of real HTTP backends, scraped by a real Promethe
 `meshpilot serve --mesh lab` then controls it, `load` sends Poisson traffic through Envoy,
 `fault` changes a version's error rate, latency or capacity (now, or after a delay and for a
 while), `status` says what runs and what is down, and `down` stops exactly what `up` started.
+`bridge` copies VirtualService weights from a kube-apiserver onto Envoy's routes (istiod's
+part, weights only), so `meshpilot serve --mesh k8s` can run against the lab.
 """
 
 from __future__ import annotations
@@ -168,6 +170,42 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     load.set_defaults(run=_load)
 
+    bridge = actions.add_parser(
+        "bridge",
+        parents=[common],
+        help="copy VirtualService weights from a kube-apiserver onto the lab's Envoy routes",
+        description=(
+            "Play istiod for weights only: every --interval seconds, read the VirtualService "
+            "<service> (http route 'default') of every lab service from the API server and, "
+            "when its weights differ from Envoy's route file, write them there. Run "
+            "`meshpilot serve --mesh k8s` against the same API server and the lab's "
+            "Prometheus to close the production write path through the lab. Runs until "
+            "SIGTERM or Ctrl-C."
+        ),
+    )
+    bridge.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        required=True,
+        help="kubeconfig of the API server holding the VirtualServices (needs get on "
+        "virtualservices and destinationrules in the lab's namespace; list and watch too, "
+        "else every read is a GET)",
+    )
+    bridge.add_argument(
+        "--context",
+        metavar="C",
+        help="kubeconfig context to use (default: the file's current context)",
+    )
+    bridge.add_argument(
+        "--interval",
+        type=positive_float,
+        default=0.5,
+        metavar="S",
+        help="seconds between two passes over the routes: the stand-in for istiod's push "
+        "delay (default: 0.5)",
+    )
+    bridge.set_defaults(run=_bridge)
+
 
 def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
@@ -249,4 +287,51 @@ def _load(args: argparse.Namespace) -> int:
     _print(summary)
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from controller.adapters.envoy import EnvoyRouteActuator
+    from controller.adapters.istio.actuator import VirtualServiceActuator
+    from envs.lab.lab import running_state
+    from meshpilot.lab_bridge import VirtualServiceBridge
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = VirtualServiceActuator(
+        kubeconfig=args.kubeconfig, context=args.context, watch_cache=True
+    )
+    try:
+        state = running_state(_state_dir(args))
+        routes = state.spec.routes()
+        bridge = VirtualServiceBridge(
+            source,
+            EnvoyRouteActuator(state.routes_file, state.admin_url),
+            routes,
+            interval_s=args.interval,
+        )
+        stop = threading.Event()
+        previous = {
+            s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            print(
+                f"meshpilot lab bridge: copying {len(routes)} routes "
+                f"({', '.join(r.key for r in routes)}) from {args.kubeconfig} to Envoy "
+                f"{state.admin_url} every {args.interval} s; Ctrl-C stops",
+                file=sys.stderr,
+            )
+            bridge.start()
+            while not stop.wait(0.5):
+                pass
+            bridge.stop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    finally:
+        source.close()
+    _print({"passes": bridge.passes, "copies": bridge.copies, "errors": bridge.errors})
     return 0

@@ -22,11 +22,41 @@ import httpx
 import pytest
 
 from envs.lab.lab import LabState, lab_down, lab_up
+from envs.lab.loadgen import LoadGenerator
 from envs.lab.processes import is_alive
 from envs.lab.spec import LabSpec, parse_lab
+from envs.simulator.scenario import Load
 from tests.helpers import free_port, require_binary, tail
 
 REPO = Path(__file__).resolve().parents[2]
+
+RPS = 400.0
+"""Load on each twin (half its capacity): every version is needed for a low tail, and without
+v2 the others still have headroom (v1 + v3 at 67 %)."""
+SHOP = "lirmm-services/shop/default"
+"""The controlled twin's route key."""
+TWINS = {
+    "name": "closed-loop",
+    "slo_ms": 250,
+    "services": [
+        {
+            "name": name,
+            "load": {"rps": RPS},
+            "subsets": [
+                {"name": "v1", "replicas": 4, "service_ms": 10},
+                {"name": "v2", "replicas": 2, "service_ms": 10},
+                {"name": "v3", "replicas": 2, "service_ms": 10},
+            ],
+        }
+        for name in ("shop", "shop-static")
+    ],
+}
+"""Two identical services: ``shop`` is controlled, ``shop-static`` keeps its start split, so a
+static run shares the schedule, the faults and the machine with the controlled one."""
+SHED_WITHIN_S = 30.0
+"""The issue's bound: a version answering 30 % 5xx has weight <= 5 this soon (s)."""
+FAULT_S = 45.0
+"""How long an injected fault lasts (s)."""
 
 
 @contextlib.contextmanager
@@ -44,7 +74,15 @@ def running_lab(spec: LabSpec | Mapping[str, Any], state_dir: Path) -> Iterator[
         assert not left, f"lab processes left running after lab down: {left}"
 
 
-def _env(extra: Mapping[str, str]) -> dict[str, str]:
+def start_load(lab: LabState, service: str, seed: int) -> LoadGenerator:
+    """Poisson traffic at `RPS` to one service through the lab's Envoy, started."""
+    host = lab.spec.service(service).host(lab.spec.namespace)
+    gen = LoadGenerator(f"127.0.0.1:{lab.listener_port}", [(host, Load(rps=RPS))], seed=seed)
+    gen.start()
+    return gen
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.upper().startswith("MESHPILOT_")}
     out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
     out.update(extra)
@@ -52,7 +90,11 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 class ServedController:
-    """`meshpilot serve --mesh lab` as a process, read through its API."""
+    """`meshpilot serve --mesh lab` as a process, read through its API.
+
+    mesh_args: the options that pick the mesh, instead of ``--mesh lab --lab-state-dir
+    <state_dir>`` (e.g. ``("--mesh", "k8s")`` with the rest in a ``--config`` file).
+    """
 
     def __init__(
         self,
@@ -61,18 +103,18 @@ class ServedController:
         *,
         args: tuple[str, ...] = (),
         env: Mapping[str, str] = {},
+        mesh_args: tuple[str, ...] | None = None,
     ) -> None:
         self.port = free_port()
         self.log = work / "serve.log"
+        if mesh_args is None:
+            mesh_args = ("--mesh", "lab", "--lab-state-dir", str(state_dir))
         cmd = [
             sys.executable,
             "-m",
             "meshpilot.cli",
             "serve",
-            "--mesh",
-            "lab",
-            "--lab-state-dir",
-            str(state_dir),
+            *mesh_args,
             "--port",
             str(self.port),
             "--db",
@@ -83,7 +125,7 @@ class ServedController:
         ]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(env or {}), cwd=work
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(env or {}), cwd=work
             )
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
 

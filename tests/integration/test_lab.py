@@ -23,7 +23,7 @@ import yaml
 
 from envs.lab.processes import ProcessRecord, is_alive
 from tests.helpers import require_binary
-from tests.integration.lab_run import REPO, _env
+from tests.integration.lab_run import REPO, child_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,7 +49,7 @@ def meshpilot(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "meshpilot.cli", *args],
         capture_output=True,
         text=True,
-        env=_env({}),
+        env=child_env({}),
         cwd=REPO,
         timeout=120,
     )
