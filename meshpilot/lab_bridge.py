@@ -89,7 +89,8 @@ class VirtualServiceBridge:
         except Exception as exc:  # a broken sink split is repaired by the write below
             _log.debug("%s: sink unreadable (%s); writing it", route.key, exc)
             have = None
-        if have is not None and have.as_dict() == wanted.as_dict():
+        unconfirmed = route.key in self._failing  # e.g. written while Envoy was down
+        if have is not None and have.as_dict() == wanted.as_dict() and not unconfirmed:
             return False
         self.sink.apply(route, wanted)
         _log.info("%s: copied %s to the data plane", route.key, wanted.as_dict())

@@ -9,14 +9,16 @@ scenario's load and events). The report is `agents.evaluate.summarize`'s, plus `
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.evaluate import EpisodeResult, raw_setup, summarize
 from agents.rollout import EpisodeTrace, Gate, Setup
+from controller.steps import with_hints
 from envs.simulator.scenario import Scenario
 from meshcore.errors import ConfigError
 from meshcore.model import Observation, RouteRef, Weights
@@ -126,37 +128,28 @@ def _lab_episode(
     progress: Callable[[str], None] | None,
 ) -> tuple[LabRun, bool]:
     """One policy on the running lab, wired as `meshpilot serve --mesh lab` wires it."""
-    from controller.adapters.envoy import EnvoyRouteActuator
-    from controller.adapters.prometheus import PrometheusObserver
     from envs.lab.replay import replay_scenario
+    from meshpilot.lab_ports import lab_ports
 
     policy, gate = setup(name)
     policy.reset()
-    actuator = EnvoyRouteActuator(lab.routes_file, lab.admin_url)
-    observer = PrometheusObserver(
-        url=lab.prometheus_url,
-        profile="istio",
-        window_s=window_s,
-        slo_ms=scenario.slo_ms,
-        weights_source=_weights_or_none(actuator),
-    )
     route = lab.spec.routes()[0]
     failures: list[str] = []
-    decide = decider(policy, gate, actuator, route, scenario, failures)
-    try:
+    with contextlib.ExitStack() as stack:
+        ports = lab_ports(lab, stack, window_s=window_s, slo_ms=scenario.slo_ms)
+        decide = decider(
+            policy, gate, ports.actuator, route, scenario, failures, ports.capacity_hints[route]
+        )
         run = replay_scenario(
             lab,
             scenario,
             decide,
-            observer=observer,
-            actuator=actuator,
+            observer=ports.observer,
+            actuator=ports.actuator,
             duration_s=run_s,
             seed=seed,
             progress=progress,
         )
-    finally:
-        observer.close()
-        actuator.close()
     if failures:
         run.notes.append(f"policy {name} failed {len(failures)} times (held): {failures[0]}")
     return run, gate is not None
@@ -175,16 +168,6 @@ def lab_notes(report: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
-    def read(route: RouteRef) -> Weights | None:
-        try:
-            return actuator.current(route)
-        except Exception:  # the replay reports write errors; the observer just lacks weights
-            return None
-
-    return read
-
-
 def decider(
     policy: Policy,
     gate: Gate | None,
@@ -192,8 +175,10 @@ def decider(
     route: RouteRef,
     scenario: Scenario,
     failures: list[str],
+    capacity_hints: Mapping[str, float] | None = None,
 ) -> Callable[[Observation | None, float], Weights | None]:
-    """The replay's `decide`: the policy, then the gate (as served) on the wall clock.
+    """The replay's `decide`: the policy on the observation with the lab file's capacity hints
+    and SLO filled in (as the loop fills them), then the gate (as served) on the wall clock.
 
     A policy that raises holds the route for that step (as `serve` does), and the failure is
     kept in `failures`. An oracle gets a simulator of the scenario whose clock follows the
@@ -201,7 +186,8 @@ def decider(
     """
     truth = _bind_truth(policy, scenario, route)
 
-    def decide(obs: Observation | None, t_s: float) -> Weights | None:
+    def decide(raw: Observation | None, t_s: float) -> Weights | None:
+        obs = with_hints(raw, capacity_hints, slo_ms=scenario.slo_ms)  # as the loop does
         if truth is not None:
             truth.t_s = t_s
         proposed: Weights | None = None
@@ -212,9 +198,14 @@ def decider(
                 failures.append(f"{type(err).__name__}: {err}")
         if gate is None:
             return proposed
+        try:
+            current = actuator.current(route)
+        except Exception as err:  # the route file unreadable this step: hold, as serve does
+            failures.append(f"{type(err).__name__}: {err}")
+            return None
         verdict = gate.review(
             route=route,
-            current=actuator.current(route),
+            current=current,
             proposed=proposed,
             observation=obs,
             now_s=time.time(),

@@ -22,6 +22,10 @@ which is how the lab injects the scenario events a controller must react to::
     POST /set       {"service": S, "subset": V, "set": {"error_rate": 0.2}, "ramp_s": 10}
 
     python -m envs.lab.backend --config backend.json
+
+`POST /set` wants ``Content-Type: application/json`` (415 otherwise) and any request with an
+``Origin`` header is refused (403): a browser can then neither send a "simple" cross-site POST
+that injects faults nor read the state of a lab from a web page (DNS rebinding included).
 """
 
 from __future__ import annotations
@@ -38,15 +42,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from envs.lab.spec import LabSpec
+from envs.lab.limits import raise_nofile_limit
+from meshcore.errors import TemporaryError
 
 QUEUE_LIMIT = 1024
 """Requests waiting or in service per replica before an immediate 503 (as the simulator's
@@ -65,13 +70,23 @@ MAX_CONTROL_BODY = 16 * 1024
 """Largest control request body (bytes); a larger one is answered 413 unread."""
 MAX_HEAD = 16 * 1024
 """Largest request head (request line + headers, bytes) on any port; larger is 431."""
+MAX_CONTROL_CONNECTIONS = 32
+"""Control connections open at once; a new one beyond this is closed unanswered, so a client
+that opens and abandons connections cannot starve the backend of file descriptors."""
+CONTROL_IDLE_S = 5.0
+"""Seconds a control connection may wait for its next request head or for a body before it is
+closed (our own clients send a whole request at once and close after the answer)."""
 _DRAW_BATCH = 1024
 
 _NAME = r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*)$"
 
 
-class BackendControlError(RuntimeError):
-    """The control endpoint refused a request (the message is its JSON error) or is down."""
+class BackendControlError(TemporaryError):
+    """The control endpoint refused a request (the message is its JSON error) or is down.
+
+    A `TemporaryError`, so the command line reports it in one line: a backend that is down or
+    still starting may answer on the next try, and a refusal says what to change.
+    """
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -153,41 +168,6 @@ class BackendConfig(_Strict):
             first = err.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise ValueError(f"backend config: field '{loc}': {first['msg']}") from err
-
-    @classmethod
-    def from_lab(
-        cls,
-        lab: LabSpec,
-        *,
-        ports: Callable[[], int],
-        control_port: int,
-        seed: int = 0,
-        concurrency: int = 1,
-    ) -> BackendConfig:
-        """The backends of `lab`: each version's replicas on ports drawn from `ports()`."""
-        return cls(
-            seed=seed,
-            control_port=control_port,
-            services=tuple(
-                ServiceConfig(
-                    service=svc.name,
-                    subsets=tuple(
-                        SubsetConfig(
-                            name=sub.name,
-                            service_ms=sub.service_ms,
-                            service_dist=sub.service_dist,
-                            cv=sub.cv,
-                            error_rate=sub.error_rate,
-                            capacity_factor=sub.capacity_factor,
-                            concurrency=concurrency,
-                            ports=tuple(ports() for _ in range(sub.replicas)),
-                        )
-                        for sub in svc.subsets
-                    ),
-                )
-                for svc in lab.services
-            ),
-        )
 
 
 # ---- run-time parameters -------------------------------------------------------------------
@@ -343,6 +323,74 @@ def _response(code: int, reason: str, headers: str, body: bytes, why: str = "") 
     return head.encode("latin-1") + body
 
 
+# ---- request heads (replicas and control endpoint) ----------------------------------------
+
+
+class _RequestError(Exception):
+    """A request answered with `status` and `message` (a replica answers any of them 400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Head(NamedTuple):
+    """What the servers need of a request head. length: body bytes (Content-Length, 0 when
+    absent); close: close after the reply; content_type: the media type, lower-cased, without
+    parameters (b"" when absent); origin: whether an ``Origin`` header was sent."""
+
+    method: bytes
+    target: bytes
+    length: int
+    close: bool
+    content_type: bytes
+    origin: bool
+
+
+def _parse_head(head: bytes) -> _Head:
+    """Parse a request head (without its final blank line); `_RequestError` (400) when it is
+    malformed, has a bad or conflicting Content-Length, or a Transfer-Encoding (bodies only
+    come with a Content-Length here, which also rules out request smuggling).
+
+    Connection is a token list: ``close`` wins, then ``keep-alive``; without either HTTP/1.1
+    stays open and HTTP/1.0 closes.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[2].startswith(b"HTTP/1."):
+        raise _RequestError(400, "malformed request line")
+    method, target, version = parts
+    length: int | None = None
+    tokens: set[bytes] = set()
+    content_type = b""
+    origin = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise _RequestError(400, "malformed header line")
+        key = name.strip().lower()
+        value = value.strip()
+        if key == b"content-length":
+            if not value.isdigit() or len(value) > 18 or length not in (None, int(value)):
+                raise _RequestError(400, "bad Content-Length")
+            length = int(value)
+        elif key == b"transfer-encoding":
+            raise _RequestError(400, "chunked bodies are not accepted; send Content-Length")
+        elif key == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif key == b"content-type":
+            content_type = value.split(b";", 1)[0].strip().lower()
+        elif key == b"origin":
+            origin = True
+    if b"close" in tokens:
+        close = True
+    elif b"keep-alive" in tokens:
+        close = False
+    else:
+        close = version == b"HTTP/1.0"
+    return _Head(method, target, length or 0, close, content_type, origin)
+
+
 _EMPTY_CLOSE = b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n" + _EMPTY_CLOSE
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + _EMPTY_CLOSE
@@ -381,11 +429,12 @@ class _ReplicaProtocol(asyncio.Protocol):
                     return
                 break
             head, buf = buf[:end], buf[end + 4 :]
-            parsed = _parse_head(head)
-            if parsed is None:
+            try:
+                request = _parse_head(head)
+            except _RequestError:
                 self._fail(_BAD_REQUEST)
                 return
-            self.skip, close = parsed
+            self.skip, close = request.length, request.close
             slot: list[bytes | None] = [None]
             self.pending.append(slot)
             if close:
@@ -424,41 +473,7 @@ class _ReplicaProtocol(asyncio.Protocol):
         self.transport = None
 
 
-def _parse_head(head: bytes) -> tuple[int, bool] | None:
-    """(body bytes to skip, close after reply) of a request head, or None when malformed."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    length = 0
-    close = parts[2] == b"HTTP/1.0"
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            return None
-        key = name.strip().lower()
-        if key == b"content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                return None
-            if length < 0:
-                return None
-        elif key == b"transfer-encoding":
-            return None
-        elif key == b"connection":
-            v = value.strip().lower()
-            close = v == b"close" or (close and v != b"keep-alive")
-    return length, close
-
-
 # ---- control endpoint ----------------------------------------------------------------------
-
-
-class _RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Backend:
@@ -469,6 +484,7 @@ class Backend:
         self.subsets: dict[tuple[str, str], _Subset] = {}
         self._servers: list[asyncio.Server] = []
         self._t0 = 0.0
+        self._control_open = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -551,7 +567,11 @@ class Backend:
             sub.params[field].move(value, now, ramp_s)
         return {"service": service, "subset": subset, "state": sub.state(now)}
 
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def route(self, request: _Head, body: bytes) -> tuple[int, Any]:
+        if request.origin:
+            raise _RequestError(403, "requests from web pages (with an Origin header) are refused")
+        method = request.method.decode("latin-1")
+        path = request.target.decode("latin-1").split("?", 1)[0]
         if path == "/healthz":
             if method != "GET":
                 raise _RequestError(405, "use GET /healthz")
@@ -563,6 +583,8 @@ class Backend:
         if path == "/set":
             if method != "POST":
                 raise _RequestError(405, "use POST /set with a JSON body")
+            if request.content_type != b"application/json":
+                raise _RequestError(415, "POST /set wants Content-Type: application/json")
             try:
                 data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
             except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -571,79 +593,59 @@ class Backend:
         raise _RequestError(404, f"no such path {path!r}; try /healthz, /state, /set")
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._control_open >= MAX_CONTROL_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._control_open += 1
         try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60.0)
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await _send_json(writer, 431, {"error": "request head too large"}, True)
-                    return
-                try:
-                    method, path, length, close = _control_head(head)
-                except _RequestError as err:
-                    await _send_json(writer, err.status, {"error": str(err)}, True)
-                    return
-                if length > MAX_CONTROL_BODY:
-                    msg = f"body larger than {MAX_CONTROL_BODY} bytes"
-                    await _send_json(writer, 413, {"error": msg}, True)
-                    return
-                try:
-                    body = await asyncio.wait_for(reader.readexactly(length), 10.0)
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                    return
-                try:
-                    status, payload = self.route(method, path, body)
-                except _RequestError as err:
-                    status, payload = err.status, {"error": str(err)}
-                except Exception as err:  # a bug must cost one request, not the lab
-                    status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
-                await _send_json(writer, status, payload, close)
-                if close:
-                    return
+            await self._serve_control(reader, writer)
         finally:
+            self._control_open -= 1
             writer.close()
 
-
-def _control_head(head: bytes) -> tuple[str, str, int, bool]:
-    """(method, path, body length, close) of a control request head."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise _RequestError(400, "unreadable request") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _RequestError(400, "malformed request line")
-    method, target, version = parts
-    length = 0
-    close = version == "HTTP/1.0"
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise _RequestError(400, "malformed header line")
-        key = name.strip().lower()
-        if key == "content-length":
+    async def _serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer one control connection's requests in turn until it closes, errs or idles."""
+        while True:
             try:
-                length = int(value.strip())
-            except ValueError:
-                raise _RequestError(400, "bad Content-Length") from None
-            if length < 0:
-                raise _RequestError(400, "bad Content-Length")
-        elif key == "transfer-encoding":
-            raise _RequestError(400, "chunked bodies are not accepted; send Content-Length")
-        elif key == "connection":
-            close = value.strip().lower() == "close"
-    return method, target.split("?", 1)[0], length, close
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONTROL_IDLE_S)
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            except asyncio.LimitOverrunError:
+                await _send_json(writer, 431, {"error": "request head too large"}, True)
+                return
+            try:
+                request = _parse_head(head[:-4])
+            except _RequestError as err:
+                await _send_json(writer, err.status, {"error": str(err)}, True)
+                return
+            if request.length > MAX_CONTROL_BODY:
+                msg = f"body larger than {MAX_CONTROL_BODY} bytes"
+                await _send_json(writer, 413, {"error": msg}, True)
+                return
+            try:
+                body = await asyncio.wait_for(reader.readexactly(request.length), CONTROL_IDLE_S)
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            try:
+                status, payload = self.route(request, body)
+            except _RequestError as err:
+                status, payload = err.status, {"error": str(err)}
+            except Exception as err:  # a bug must cost one request, not the lab
+                status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
+            await _send_json(writer, status, payload, request.close)
+            if request.close:
+                return
 
 
 def _number(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise _RequestError(400, f"'{name}' must be a number, got {type(raw).__name__}")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer of hundreds of digits
+        raise _RequestError(400, f"'{name}' must be finite, got a huge integer") from None
     if not math.isfinite(value):
         raise _RequestError(400, f"'{name}' must be finite")
     return value
@@ -657,9 +659,11 @@ async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any, cl
     reasons = {
         200: "OK",
         400: "Bad Request",
+        403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
         413: "Payload Too Large",
+        415: "Unsupported Media Type",
         431: "Request Header Fields Too Large",
         500: "Internal Server Error",
     }
@@ -700,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, type=Path, help="backend config JSON file")
     args = parser.parse_args(argv)
+    raise_nofile_limit()
     try:
         config = BackendConfig.from_json(args.config.read_bytes())
     except (OSError, ValueError) as err:
@@ -768,14 +773,6 @@ def wait_backend_ready(control_url: str, timeout_s: float) -> None:
         if time.monotonic() >= deadline:
             raise BackendControlError(f"backend not ready after {timeout_s:g} s: {last}")
         time.sleep(0.05)
-
-
-def replica_ports(config: BackendConfig) -> Iterable[tuple[str, str, int]]:
-    """(service, subset, port) of every replica, in file order (for writing Envoy clusters)."""
-    for svc in config.services:
-        for sub in svc.subsets:
-            for port in sub.ports:
-                yield svc.service, sub.name, port
 
 
 if __name__ == "__main__":

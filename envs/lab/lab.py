@@ -10,19 +10,23 @@ down. All servers listen on 127.0.0.1 on ports chosen when the lab comes up.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envs.lab import backend, envoy, prometheus
+from envs.lab.limits import raise_nofile_limit
 from envs.lab.processes import (
     ProcessRecord,
     free_port,
@@ -49,6 +53,7 @@ COMPONENTS = ("backends", "envoy", "prometheus")
 """The lab's processes, in start order."""
 
 STATE_FILE = "state.json"
+LOCK_FILE = "lab.lock"
 ROUTES_DIR = "routes"
 ROUTES_FILE = "routes.json"
 READY_TIMEOUT_S = 20.0
@@ -118,10 +123,18 @@ class LabState:
         }
 
     def save(self) -> None:
+        """Write ``state.json`` atomically (a unique temp file, fsync, rename)."""
         path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(self.to_json(), indent=2) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def read_state(state_dir: Path) -> LabState | None:
@@ -181,7 +194,7 @@ def _clean_crashed(state_dir: Path) -> bool:
     state = read_state(state_dir)
     if state is None:
         return False
-    if all(is_alive(state.processes.get(c, _GONE)) for c in COMPONENTS):
+    if all(c in state.processes and is_alive(state.processes[c]) for c in COMPONENTS):
         raise LabError(
             f"a lab is already running in {state_dir} (Envoy at {state.envoy_url}); "
             "stop it with `meshpilot lab down` or use another --state-dir"
@@ -192,15 +205,29 @@ def _clean_crashed(state_dir: Path) -> bool:
     return True
 
 
-_GONE = ProcessRecord("gone", pid=-1, start_ticks=-1, argv=(), log_path="")
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One `lab_up` or `lab_down` at a time per state directory (another waits its turn)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def lab_up(spec: LabSpec, state_dir: Path, *, seed: int = 0) -> tuple[LabState, bool]:
     """Start the lab described by `spec`; returns its state and whether a crashed earlier run
     in the same directory was cleaned first. On failure everything started is stopped and the
     `LabError` carries the failing component's log tail."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir):
+        return _lab_up(spec, state_dir, seed)
+
+
+def _lab_up(spec: LabSpec, state_dir: Path, seed: int) -> tuple[LabState, bool]:
     cleaned = _clean_crashed(state_dir)
+    raise_nofile_limit()  # inherited by every part: a slow version holds many connections
     envoy_bin, prometheus_bin = _envoy_binary(), _prometheus_binary()
     state = LabState(
         state_dir=state_dir,
@@ -219,8 +246,10 @@ def lab_up(spec: LabSpec, state_dir: Path, *, seed: int = 0) -> tuple[LabState, 
         _start_backends(state)
         _start_envoy(state, envoy_bin)
         _start_prometheus(state, prometheus_bin)
-    except BaseException:
-        lab_down(state_dir)
+    except BaseException as err:
+        _lab_down(state_dir)
+        if isinstance(err, ValueError):  # a lab file the parts cannot run (pydantic included)
+            raise LabError(f"lab {spec.name!r} cannot start: {err}") from err
         raise
     return state, cleaned
 
@@ -321,11 +350,23 @@ def _start_prometheus(state: LabState, binary: str) -> None:
 
 def lab_down(state_dir: Path) -> list[str]:
     """Stop every process the lab in `state_dir` started (newest first); returns the names of
-    those that were still running. The state file goes; logs and data stay for a post-mortem."""
+    those that were still running. The state file goes; logs and data stay for a post-mortem.
+    A process that survives SIGKILL stays recorded and is named in a `LabError`."""
+    with _locked(state_dir):
+        return _lab_down(state_dir)
+
+
+def _lab_down(state_dir: Path) -> list[str]:
     state = read_state(state_dir)
     if state is None:
         return []
     stopped = [name for name, record in reversed(state.processes.items()) if stop_process(record)]
+    survivors = {name: r for name, r in state.processes.items() if is_alive(r)}
+    if survivors:
+        state.processes = survivors
+        state.save()
+        names = ", ".join(f"{n} (pid {r.pid})" for n, r in survivors.items())
+        raise LabError(f"lab down: still running after SIGKILL: {names}")
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return stopped
 

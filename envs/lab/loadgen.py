@@ -10,6 +10,10 @@ HTTP is spoken directly on `asyncio.Protocol` transports: an httpx client ran ou
 ~140 rps on these machines, while this reaches several hundred rps on one core
 (``bench/lab_loadgen.py`` measures it).
 
+Traffic goes to loopback only (``127.0.0.1``, ``localhost`` or ``::1``): the generator can
+open thousands of connections a second, which is a test of the lab, and a flood for anything
+else.
+
 Each request records its send time (s from the start), client-side latency (ms), status (0 for
 a connection error or a timeout) and the ``x-meshpilot-subset`` header of its response::
 
@@ -27,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import math
-import resource
 import sys
 import threading
 from collections.abc import Sequence
@@ -37,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.lab.limits import raise_nofile_limit
 from envs.simulator.scenario import Burst, Diurnal, Load
 
 NO_SUBSET = "-"
@@ -49,8 +53,26 @@ SEND_GRACE_S = 0.25
 
 MAX_HEAD = 64 * 1024
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""The only hosts a target may name."""
+
 Plan = Sequence[tuple[str, Load]]
 """(Host header, load) pairs: one independent Poisson stream each."""
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` target (``[::1]:PORT`` for IPv6); `ValueError` unless
+    the host is one of `LOOPBACK_HOSTS` and the port is within 1..65535."""
+    host, sep, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"target must be HOST:PORT, got {target!r}")
+    if host.lower() not in LOOPBACK_HOSTS:
+        raise ValueError(
+            f"target host must be loopback ({', '.join(LOOPBACK_HOSTS)}), got {host!r}"
+        )
+    return host, int(port)
 
 
 # ---- the arrival process -------------------------------------------------------------------
@@ -399,15 +421,13 @@ class _Run:
         timeout_s: float,
         max_connections: int,
     ) -> None:
-        host, _, port = target.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"target must be HOST:PORT, got {target!r}")
+        addr = parse_target(target)
         if duration_s <= 0 or timeout_s <= 0:
             raise ValueError("duration_s and timeout_s must be positive")
         if not plan:
             raise ValueError("the plan needs at least one (host, load) entry")
         self.target = target
-        self.addr = (host, int(port))
+        self.addr = addr
         self.plan = list(plan)
         self.duration_s = duration_s
         self.timeout_s = timeout_s
@@ -582,8 +602,10 @@ def run_load(
     """Send `plan`'s Poisson traffic to `target` (``HOST:PORT``) for `duration_s` seconds,
     wait for the answers (at most `timeout_s` each) and return what happened. Blocking: runs
     its own event loop. A request that would need more than `max_connections` open
-    connections fails at once with status 0."""
+    connections fails at once with status 0. `ValueError` for a target that is not loopback
+    (see `parse_target`). Raises the soft open-files limit first (`raise_nofile_limit`)."""
     run = _Run(target, plan, duration_s, seed, timeout_s, max_connections)
+    raise_nofile_limit()
     asyncio.run(run.run(warm_connections))
     return run.result()
 
@@ -591,7 +613,8 @@ def run_load(
 class LoadGenerator:
     """`run_load` in a background thread, for runs where something else acts meanwhile (a
     controller under test): `start()`, then `stop()` ends the run early (or waits for its
-    natural end) and returns the `LoadResult` of what was sent."""
+    natural end) and returns the `LoadResult` of what was sent. `ValueError` at construction
+    for a target that is not loopback."""
 
     def __init__(
         self,
@@ -612,6 +635,7 @@ class LoadGenerator:
     def start(self) -> LoadGenerator:
         if self._thread is not None:
             raise RuntimeError("a LoadGenerator runs once")
+        raise_nofile_limit()
         self._thread = threading.Thread(target=self._main, name="meshpilot-loadgen", daemon=True)
         self._thread.start()
         return self
@@ -660,12 +684,25 @@ def _burst(text: str) -> Burst:
         raise argparse.ArgumentTypeError(f"--burst wants AT:DURATION:FACTOR, got {text!r}") from err
 
 
+def _target(text: str) -> str:
+    try:
+        parse_target(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m envs.lab.loadgen",
         description="Open-loop Poisson GET / traffic to a lab listener; prints a JSON summary.",
     )
-    parser.add_argument("--target", required=True, help="HOST:PORT (Envoy's listener)")
+    parser.add_argument(
+        "--target",
+        required=True,
+        type=_target,
+        help="HOST:PORT of Envoy's listener; HOST must be 127.0.0.1, localhost or ::1",
+    )
     parser.add_argument("--host", required=True, help="Host header: the service to call")
     parser.add_argument("--rps", type=float, required=True, help="mean arrival rate (req/s)")
     parser.add_argument("--duration", type=float, required=True, help="run length (s)")
@@ -674,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--burst", type=_burst, action="append", default=[], help="AT:DURATION:FACTOR (s, s, x)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the arrival times (same seed, same schedule)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="per request (s)")
     parser.add_argument("--slo-ms", type=float, default=250.0, help="latency SLO for bad_fraction")
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
@@ -686,9 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         load = Load(rps=args.rps, diurnal=diurnal, bursts=tuple(args.burst))
     except ValueError as err:
         parser.error(str(err))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile_limit()
     try:
         result = run_load(
             args.target, [(args.host, load)], args.duration, seed=args.seed, timeout_s=args.timeout

@@ -48,6 +48,8 @@ class ProcessRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessRecord:
+        if int(data["pid"]) <= 1:
+            raise ValueError(f"not a process this lab started: pid {data['pid']}")
         return cls(
             name=str(data["name"]),
             pid=int(data["pid"]),
@@ -76,7 +78,10 @@ def _stat(pid: int) -> tuple[str, int] | None:
 
 
 def _reap(pid: int) -> None:
-    """Collect the exit status of our own child so it does not linger as a zombie."""
+    """Collect the exit status of our own child so it does not linger as a zombie (never for
+    pid <= 0: ``waitpid(-1)`` would collect *any* child, stealing another's exit status)."""
+    if pid <= 0:
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -84,6 +89,8 @@ def _reap(pid: int) -> None:
 def is_alive(record: ProcessRecord) -> bool:
     """True when the recorded process still runs (same PID *and* same start time, not a
     zombie)."""
+    if record.pid <= 1:
+        return False
     _reap(record.pid)
     stat = _stat(record.pid)
     return stat is not None and stat[1] == record.start_ticks and stat[0] not in ("Z", "X")
@@ -113,11 +120,23 @@ def start_process(
     return ProcessRecord(name, proc.pid, start_ticks, tuple(argv), str(log_path))
 
 
-def stop_process(record: ProcessRecord, *, timeout_s: float = 5.0) -> bool:
-    """Stop the recorded process group: SIGTERM, then SIGKILL after `timeout_s`.
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
-    Returns True when it was running. A record whose PID now belongs to another process (a
-    different start time) is left alone.
+
+def stop_process(record: ProcessRecord, *, timeout_s: float = 5.0) -> bool:
+    """Stop the recorded process group: SIGTERM, then SIGKILL after `timeout_s`, until the
+    leader and every other member of its group are gone.
+
+    Returns True when it was running and is stopped now; False when it was not running (or,
+    rarely, survived SIGKILL: check `is_alive`). A record whose PID now belongs to another
+    process (a different start time) is left alone.
     """
     if not is_alive(record):
         return False
@@ -126,7 +145,7 @@ def stop_process(record: ProcessRecord, *, timeout_s: float = 5.0) -> bool:
             os.killpg(record.pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if not is_alive(record):
+            if not is_alive(record) and _group_gone(record.pid):
                 return True
             time.sleep(0.05)
     return not is_alive(record)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from envs.simulator.scenario import Load, Scenario, Subset
 from meshcore.errors import ConfigError, yaml_error_text
@@ -38,6 +38,9 @@ LABS_DIR = Path(__file__).resolve().parent / "labs"
 
 DEFAULT_LAB = "lirmm-slice"
 """The lab `meshpilot lab up` starts when no file is given."""
+
+MAX_SERVICE_MS = 600_000.0
+"""Longest mean service time (ms) a lab backend serves (ten minutes)."""
 
 ROUTE_NAME = "default"
 """Name of the one weighted http route of every lab service (as in the simulated mesh)."""
@@ -63,11 +66,17 @@ class LabService(_Strict):
     port: int = Field(default=9080, ge=1, le=65535)
     load: Load
     subsets: tuple[Subset, ...] = Field(min_length=1, max_length=16)
-    initial_weights: dict[str, int] | None = None
+    initial_weights: dict[str, StrictInt] | None = None
     timeout_ms: float = Field(default=5000.0, gt=0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> LabService:
+        for sub in self.subsets:
+            if sub.service_ms > MAX_SERVICE_MS:
+                raise ValueError(
+                    f"subset {sub.name}: service_ms {sub.service_ms:g} is above the backends' "
+                    f"{MAX_SERVICE_MS:g}"
+                )
         names = [s.name for s in self.subsets]
         if len(set(names)) != len(names):
             raise ValueError(f"subset names must be unique, got {names}")
@@ -106,7 +115,9 @@ class LabSpec(_Strict):
     latency histogram must have as a bucket bound."""
 
     name: str = Field(min_length=1)
-    namespace: str = Field(default="lirmm-services", min_length=1)
+    namespace: str = Field(
+        default="lirmm-services", max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
     slo_ms: float = Field(default=250.0, gt=0.0)
     services: tuple[LabService, ...] = Field(min_length=1, max_length=16)
 

@@ -21,13 +21,9 @@ __all__ = ["FAULT_FIELDS", "LabFaultError", "apply_fault", "fault_changes"]
 FAULT_FIELDS = ("error_rate", "service_ms", "cv", "capacity_factor")
 """Fields of a version the backends change at run time."""
 
-_RANGES = {
-    "error_rate": (0.0, 1.0),
-    "service_ms": (1e-3, 600_000.0),
-    "cv": (1e-3, 20.0),
-    "capacity_factor": (1e-3, 100.0),
-    "latency_factor": (1e-3, 1000.0),
-}
+_RANGES = {name: (low, high, low_ok) for name, (low, high, low_ok) in backend.SETTABLE.items()}
+_RANGES["latency_factor"] = (0.0, 1000.0, False)
+"""(low, high, low bound inclusive) of every field a fault may name: the backends' own bounds."""
 
 
 class LabFaultError(LabSpecError):
@@ -65,13 +61,20 @@ def fault_changes(
             value = float(raw)
         except ValueError:
             raise LabFaultError(f"{name}: not a number: {raw!r}") from None
-        lo, hi = _RANGES[name]
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise LabFaultError(f"{name} must be within {lo:g}..{hi:g}, got {raw}")
+        lo, hi, lo_ok = _RANGES[name]
+        above_low = value >= lo if lo_ok else value > lo
+        if not (math.isfinite(value) and above_low and value <= hi):
+            opening = "[" if lo_ok else "("
+            raise LabFaultError(f"{name} must be within {opening}{lo:g}, {hi:g}], got {raw}")
         if name == "latency_factor":
-            changes["service_ms"] = nominal.service_ms * value
-        else:
-            changes[name] = value
+            value = nominal.service_ms * value
+            name = "service_ms"
+            if value > _RANGES[name][1]:
+                raise LabFaultError(
+                    f"latency_factor: {name} would be {value:g} ms, above the backends' "
+                    f"{_RANGES[name][1]:g}"
+                )
+        changes[name] = value
     return changes
 
 

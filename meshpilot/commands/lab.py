@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 
 from envs.lab.spec import DEFAULT_LAB, load_lab
 from envs.simulator.scenario import Burst, Diurnal, Load
-from meshpilot.commands.arg_types import output_file, positive_float
+from meshcore.errors import ConfigError
+from meshpilot.commands.arg_types import non_negative_int, output_file, positive_float
 
 EXIT_DOWN = 1
 """`lab status` exit status when the lab, or a part of it, is not running."""
@@ -41,6 +43,17 @@ def _burst(text: str) -> Burst:
         raise argparse.ArgumentTypeError(
             f"a burst is AT:DURATION:FACTOR with AT >= 0, DURATION > 0, FACTOR > 0, got {text!r}"
         ) from err
+
+
+def _diurnal_part(text: str) -> float:
+    """One number of ``--diurnal``: finite and positive (the pair is checked when used)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,7 +85,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_LAB,
         help=f"lab file (YAML) or the name of a shipped one (default: {DEFAULT_LAB})",
     )
-    up.add_argument("--seed", type=int, default=0, help="seed of the backends (default: 0)")
+    up.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the backends (default: 0)"
+    )
     up.set_defaults(run=_up)
 
     down = actions.add_parser("down", parents=[common], help="stop every process `up` started")
@@ -151,7 +166,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     load.add_argument(
         "--diurnal",
-        type=float,
+        type=_diurnal_part,
         nargs=2,
         metavar=("AMPLITUDE", "PERIOD_S"),
         help="modulate the rate: rps * (1 + AMPLITUDE * sin(2 pi t / PERIOD_S))",
@@ -164,7 +179,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="AT:DURATION:FACTOR",
         help="multiply the rate by FACTOR from AT for DURATION seconds, repeatable",
     )
-    load.add_argument("--seed", type=int, default=0, help="arrival seed (default: 0)")
+    load.add_argument("--seed", type=non_negative_int, default=0, help="arrival seed (default: 0)")
     load.add_argument(
         "--out", type=output_file, metavar="FILE", help="also write the summary JSON here"
     )
@@ -257,9 +272,11 @@ def _fault(args: argparse.Namespace) -> int:
     before = apply_fault(state, args.service, args.subset, changes, ramp_s=args.ramp)
     _print({"service": args.service, "subset": args.subset, "set": changes, "before": before})
     if args.duration is not None:
-        time.sleep(args.duration)
-        apply_fault(state, args.service, args.subset, before, ramp_s=args.ramp)
-        _print({"service": args.service, "subset": args.subset, "restored": before})
+        try:
+            time.sleep(args.duration)
+        finally:  # Ctrl-C or SIGTERM during the wait restores too
+            apply_fault(state, args.service, args.subset, before, ramp_s=args.ramp)
+            _print({"service": args.service, "subset": args.subset, "restored": before})
     return 0
 
 
@@ -267,6 +284,8 @@ def _load(args: argparse.Namespace) -> int:
     from envs.lab.lab import running_state
     from envs.lab.loadgen import run_load
 
+    if args.diurnal and args.diurnal[0] >= 1:
+        raise ConfigError(f"--diurnal: the amplitude must be below 1, got {args.diurnal[0]:g}")
     state = running_state(_state_dir(args))
     names = args.service or [s.name for s in state.spec.services]
     plan = []

@@ -264,30 +264,24 @@ write is verified this long after one full window, when the window holds only th
 
 
 def _lab_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
-    from controller.adapters.envoy import EnvoyRouteActuator
-    from controller.adapters.prometheus import PrometheusObserver
     from controller.clock import WallClock
     from envs.lab.lab import default_state_dir, running_state
+    from meshpilot.lab_ports import lab_ports
 
     state_dir = Path(settings.lab.state_dir) if settings.lab.state_dir else default_state_dir()
     lab = running_state(state_dir)
+    if settings.slo_ms != lab.spec.slo_ms:
+        raise ConfigError(
+            f"slo_ms {settings.slo_ms:g} differs from the lab's ({lab.spec.slo_ms:g} ms, the "
+            "latency bucket its Envoy measures the slow ratio at): set slo_ms to match"
+        )
     _log.info("lab %s: Envoy %s, Prometheus %s", lab.spec.name, lab.envoy_url, lab.prometheus_url)
-    actuator = EnvoyRouteActuator(lab.routes_file, lab.admin_url)
+    ports = lab_ports(lab, stack, window_s=settings.lab.window_s)
     routes = [r.ref() for r in settings.routes] or lab.spec.routes()
-    observer = PrometheusObserver(
-        url=lab.prometheus_url,
-        profile="istio",
-        window_s=settings.lab.window_s,
-        slo_ms=settings.slo_ms,
-        weights_source=_weights_or_none(actuator),
-    )
-    stack.callback(observer.close)
-    hints = {
-        svc.route(lab.spec.namespace): {s.name: s.capacity_rps for s in svc.subsets}
-        for svc in lab.spec.services
-    }
     verify_after_s = settings.lab.window_s + LAB_TELEMETRY_LAG_S
-    return _Mesh(observer, actuator, WallClock(), routes, verify_after_s, hints)
+    return _Mesh(
+        ports.observer, ports.actuator, WallClock(), routes, verify_after_s, ports.capacity_hints
+    )
 
 
 def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:

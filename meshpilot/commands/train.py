@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,6 @@ from agents.training.ensemble import train_ensemble
 from agents.training.ppo import train
 from agents.training.wrappers import LiveMesh
 from meshcore.errors import ConfigError
-from meshcore.model import RouteRef, Weights
-from meshcore.ports import Actuator
 from meshpilot.commands.arg_types import (
     non_negative_int,
     output_dir,
@@ -179,36 +176,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
-    def read(route: RouteRef) -> Weights | None:
-        try:
-            return actuator.current(route)
-        except Exception:  # the env reports the actuator's errors; the observer just lacks weights
-            return None
-
-    return read
-
-
 def _lab_live_mesh(args: argparse.Namespace, stack: contextlib.ExitStack) -> LiveMesh:
     """The running lab's ports, wired as `meshpilot serve --mesh lab` wires them."""
-    from controller.adapters.envoy import EnvoyRouteActuator
-    from controller.adapters.prometheus import PrometheusObserver
     from controller.clock import WallClock
     from envs.lab.lab import default_state_dir, running_state
+    from meshpilot.lab_ports import lab_ports
 
     given = getattr(args, "lab_state_dir", None)
     state_dir = Path(given) if given else default_state_dir()
     lab = running_state(state_dir)
-    actuator = EnvoyRouteActuator(lab.routes_file, lab.admin_url)
-    stack.callback(actuator.close)
-    observer = PrometheusObserver(
-        url=lab.prometheus_url,
-        profile="istio",
-        window_s=LAB_WINDOW_S,
-        slo_ms=lab.spec.slo_ms,
-        weights_source=_weights_or_none(actuator),
-    )
-    stack.callback(observer.close)
+    ports = lab_ports(lab, stack, window_s=LAB_WINDOW_S)
+    observer, actuator = ports.observer, ports.actuator
     return LiveMesh(
         observer=observer,
         actuator=actuator,

@@ -144,3 +144,43 @@ def test_lab_lifecycle_load_fault_crash_and_down(tmp_path: Path) -> None:
     left = [r.name for r in first + second if is_alive(r)]
     assert not left, f"left running after lab down: {left}"
     assert meshpilot("lab", "status", "--state-dir", str(state)).returncode == 1
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_to_a_command_running_a_lab_takes_the_lab_down(tmp_path: Path) -> None:
+    require_binary("prometheus", "MESHPILOT_PROMETHEUS")
+    argv = ["evaluate", "--mesh", "lab", "--scenarios", "steady-50", "--lab-duration", "120"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshpilot.cli", *argv, "--policy", "equal"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=child_env({}),
+        cwd=tmp_path,
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "equal seed 0" in line:
+                break
+        lab = _children(proc.pid)
+        assert len(lab) >= 3, f"expected the lab's processes under {proc.pid}, got {lab}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [pid for pid in lab if Path(f"/proc/{pid}").exists()]
+    assert not left, f"lab processes left after SIGTERM: {left}"

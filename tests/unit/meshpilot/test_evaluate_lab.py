@@ -131,7 +131,23 @@ def test_as_served_the_gate_reviews_every_proposal(write: bool) -> None:
     (kw,) = gate.seen
     assert kw["current"] == actuator.weights
     assert kw["proposed"] == Weights.from_dict({"v1": 40, "v2": 60})
-    assert kw["observation"] is OBS
+    assert kw["observation"].stats == OBS.stats
+
+
+def test_the_policy_sees_the_lab_files_capacity_and_slo_as_the_loop_gives_them() -> None:
+    seen: list[Observation] = []
+
+    class Recording(FixedPolicy):
+        def decide(self, obs: Observation) -> Weights:
+            seen.append(obs)
+            return super().decide(obs)
+
+    hints = {"v1": 150.0, "v2": 50.0}
+    decide = decider(Recording(), None, FakeActuator(), ROUTE, SCENARIO, [], hints)
+    decide(OBS, 5.0)
+    (obs,) = seen
+    assert obs.capacity_hint_rps == (150.0, 50.0)
+    assert obs.slo_ms == SCENARIO.slo_ms
 
 
 def test_an_oracle_reads_the_scenario_at_the_replays_clock() -> None:

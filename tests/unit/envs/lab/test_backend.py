@@ -5,8 +5,12 @@ service time ends after N * mean / concurrency, which a per-request sleep would 
 responses name their service and subset; error_rate 1.0 answers every request 503; a full
 replica answers 503 at once; `POST /set` changes errors and parameters at run time, ramps
 linearly, and counters add up; `replicas` cannot change; malformed or hostile control
-requests get 4xx and never bring the process down; SIGTERM exits 0; the config round-trips
-through JSON and rejects bad files; the CLI has --help.
+requests get 4xx and never bring the process down (huge numbers included); a web page cannot
+use the control endpoint (Origin refused, non-JSON bodies refused); control connections are
+capped and idle ones closed; replicas and control endpoint parse heads alike (Connection
+tokens, conflicting Content-Length); control errors are `TemporaryError`s; SIGTERM exits 0;
+the config round-trips through JSON and rejects bad files;
+the lab file; the CLI has --help and raises its open-files limit.
 """
 
 from __future__ import annotations
@@ -27,15 +31,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from envs.lab import backend as backend_module
 from envs.lab.backend import (
+    MAX_CONTROL_CONNECTIONS,
     SETTABLE,
+    Backend,
     BackendConfig,
     BackendControlError,
+    _parse_head,
+    _RequestError,
     backend_state,
     set_subset,
     wait_backend_ready,
 )
-from envs.lab.spec import load_lab
+from meshcore.errors import MeshpilotError, TemporaryError
+from tests.helpers import free_port
 from tests.unit.envs.lab import REPO, backend_config, running_backend
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,10 +93,22 @@ def get(port: int, n: int = 1) -> list[tuple[int, dict[str, str], bytes]]:
     return out
 
 
-def control(config: BackendConfig, method: str, path: str, body: bytes | None = None) -> Any:
+JSON = {"Content-Type": "application/json"}
+
+
+def control(
+    config: BackendConfig,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """(status, JSON answer); a body goes as application/json unless `headers` say else."""
+    if headers is None:
+        headers = JSON if body is not None else {}
     conn = http.client.HTTPConnection("127.0.0.1", config.control_port, timeout=10)
     try:
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -277,6 +299,14 @@ HOSTILE = [
     (b'{"service": "fuzz", "subset": "v1", "set": {"cv": true}}', 400, "must be a number"),
     (b'{"service": "fuzz", "subset": "v1", "set": {"cv": NaN}}', 400, "not valid JSON"),
     (b'{"service": "fuzz", "subset": "v1", "set": {"cv": 1e999}}', 400, "finite"),
+    (b'{"service": "fuzz", "subset": "v1", "set": {"cv": 1' + b"0" * 400 + b"}}", 400, "finite"),
+    (b'{"service": "fuzz", "subset": "v1", "set": {"cv": -' + b"9" * 400 + b"}}", 400, "finite"),
+    (
+        b'{"service": "fuzz", "subset": "v1", "set": {"cv": 1}, "ramp_s": 1' + b"0" * 400 + b"}",
+        400,
+        "finite",
+    ),
+    (b'{"service": "fuzz", "subset": "v1", "set": {"cv": 1' + b"0" * 5000 + b"}}", 400, "JSON"),
     (b'{"service": "fuzz", "subset": "v1", "set": {"error_rate": 1.5}}', 400, "within"),
     (b'{"service": "fuzz", "subset": "v1", "set": {"service_ms": 0}}', 400, "within"),
     (b'{"service": "fuzz", "subset": "v1", "set": {"capacity_factor": -1}}', 400, "within"),
@@ -297,6 +327,32 @@ def test_hostile_set_bodies_get_a_clear_4xx(
     assert control(backend, "GET", "/healthz") == (200, {"ok": True})
 
 
+def test_a_web_page_cannot_use_the_control_endpoint(backend: BackendConfig) -> None:
+    # A cross-site "simple" request (text/plain POST, no preflight) or any request a browser
+    # marks with Origin is refused, and changes nothing.
+    body = json.dumps({"service": "fuzz", "subset": "v1", "set": {"error_rate": 1.0}}).encode()
+    page = {"Origin": "http://evil.example"}
+    assert control(backend, "POST", "/set", body, {"Content-Type": "text/plain"})[0] == 415
+    assert control(backend, "POST", "/set", body, {})[0] == 415
+    assert control(backend, "POST", "/set", body, {**JSON, **page})[0] == 403
+    assert control(backend, "POST", "/set", body, {"Origin": "null", **JSON})[0] == 403
+    assert control(backend, "GET", "/state", None, page)[0] == 403
+    assert counters(backend, "fuzz", "v1")["targets"]["error_rate"] == 0.0
+    harmless = {"service": "fuzz", "subset": "v1", "set": {"cv": 1.0}}
+    charset = {"Content-Type": "Application/JSON; charset=utf-8"}
+    assert control(backend, "POST", "/set", json.dumps(harmless).encode(), charset)[0] == 200
+
+
+def test_control_errors_are_temporary_errors_with_a_clear_message(
+    backend: BackendConfig,
+) -> None:
+    assert issubclass(BackendControlError, TemporaryError)
+    with pytest.raises(MeshpilotError, match=r"/set: 400 no subset fuzz/v9"):
+        set_subset(backend.control_url, "fuzz", "v9", {"cv": 1.0})
+    with pytest.raises(TemporaryError, match=r"not ready after 0\.1 s"):
+        wait_backend_ready(f"http://127.0.0.1:{free_port()}", 0.1)
+
+
 def test_wrong_paths_and_methods(backend: BackendConfig) -> None:
     assert control(backend, "GET", "/nope")[0] == 404
     assert control(backend, "GET", "/set")[0] == 405
@@ -313,6 +369,11 @@ def test_wrong_paths_and_methods(backend: BackendConfig) -> None:
         (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n", b"HTTP/1.1 431"),
         (b"POST /set HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", b""),
         (b"GET /healthz HTTP/1.1\r\nbroken header\r\n\r\n", b"HTTP/1.1 400"),
+        (
+            b"POST /set HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400",
+        ),
+        (b"POST /set HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n", b"HTTP/1.1 400"),
     ],
 )
 def test_malformed_control_requests_never_crash(
@@ -321,6 +382,122 @@ def test_malformed_control_requests_never_crash(
     reply = raw(backend.control_port, data)
     assert reply.startswith(answer)
     assert control(backend, "GET", "/healthz") == (200, {"ok": True})
+
+
+def _connection_header(reply: bytes) -> bytes:
+    return reply.lower().partition(b"\r\nconnection: ")[2].split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "header", "closes"),
+    [
+        (b"HTTP/1.1", b"", False),
+        (b"HTTP/1.1", b"Connection: close\r\n", True),
+        (b"HTTP/1.1", b"Connection: keep-alive, close\r\n", True),
+        (b"HTTP/1.1", b"Connection: Upgrade\r\n", False),
+        (b"HTTP/1.0", b"", True),
+        (b"HTTP/1.0", b"Connection: TE\r\n", True),
+        (b"HTTP/1.0", b"Connection: Keep-Alive\r\n", False),
+    ],
+)
+def test_replicas_and_control_endpoint_agree_on_connection_handling(
+    backend: BackendConfig, version: bytes, header: bytes, closes: bool
+) -> None:
+    # Two requests on one connection: the second is answered only when the first keeps it
+    # open; the control endpoint also says so in its Connection header.
+    first = b"GET / " + version + b"\r\n" + header + b"\r\n"
+    second = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+    replica = raw(port_of(backend, "fuzz", "v1"), first + second)
+    assert replica.count(b"HTTP/1.1 200") == (1 if closes else 2)
+    first = first.replace(b"GET / ", b"GET /healthz ")
+    control_reply = raw(backend.control_port, first + second.replace(b" / ", b" /healthz "))
+    assert control_reply.count(b"HTTP/1.1 200") == (1 if closes else 2)
+    assert _connection_header(control_reply) == (b"close" if closes else b"keep-alive")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.lists(
+        st.sampled_from([b"GET / HTTP/1.1", b"Content-Length: ", b"Connection: ", b"close"])
+        | st.binary(max_size=12),
+        max_size=8,
+    ).map(b"".join)
+)
+def test_any_head_parses_or_is_a_400(head: bytes) -> None:
+    try:
+        request = _parse_head(head)
+    except _RequestError as err:
+        assert err.status == 400
+    else:
+        assert request.length >= 0
+
+
+async def _connection_cap_probe(config: BackendConfig) -> tuple[bytes, bytes]:
+    """(answer on a connection beyond the cap, answer once one held connection closed)."""
+    backend = Backend(config)
+    await backend.start()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def ask() -> bytes:
+        """GET /healthz on a new connection kept open: the start of the answer, b"" if none."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", config.control_port)
+        writers.append(writer)
+        writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+        try:
+            return await asyncio.wait_for(reader.read(12), 5.0)
+        except ConnectionError:
+            return b""
+
+    try:
+        for _ in range(MAX_CONTROL_CONNECTIONS):
+            assert await ask() == b"HTTP/1.1 200"  # answered, so counted, and kept open
+        beyond = await ask()
+        writers[0].close()
+        again = b""
+        for _ in range(100):  # until the backend has seen the close
+            again = await ask()
+            if again:
+                break
+            await asyncio.sleep(0.02)
+        return beyond, again
+    finally:
+        for writer in writers:
+            writer.close()
+        for _ in range(100):  # let the handlers end before the loop does
+            if backend._control_open == 0:
+                break
+            await asyncio.sleep(0.02)
+        backend.close()
+
+
+def test_control_connections_beyond_the_cap_are_closed_at_once() -> None:
+    config = backend_config({"s": {"v1": {"service_ms": 1.0}}})
+    beyond, again = asyncio.run(_connection_cap_probe(config))
+    assert beyond == b""
+    assert again == b"HTTP/1.1 200"
+
+
+async def _idle_closed(config: BackendConfig, data: bytes) -> bool:
+    backend = Backend(config)
+    await backend.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", config.control_port)
+        writer.write(data)
+        try:
+            return await asyncio.wait_for(reader.read(), 10.0) == b""
+        except ConnectionError:
+            return True
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"GET /healthz HTTP/1.1\r\n", b"POST /set HTTP/1.1\r\nContent-Length: 9\r\n\r\n{"]
+)
+def test_idle_control_connections_are_closed(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(backend_module, "CONTROL_IDLE_S", 0.2)
+    config = backend_config({"s": {"v1": {"service_ms": 1.0}}})
+    assert asyncio.run(_idle_closed(config, data))
 
 
 _JSON = st.recursive(
@@ -402,18 +579,6 @@ def test_duplicate_ports_and_bad_subsets_are_refused() -> None:
         BackendConfig.from_json(json.dumps(data))
 
 
-def test_from_lab_gives_each_replica_a_port() -> None:
-    lab = load_lab()
-    ports = iter(range(20000, 20100))
-    config = BackendConfig.from_lab(lab, ports=lambda: next(ports), control_port=19999, seed=5)
-    got = {
-        (svc.service, sub.name): len(sub.ports) for svc in config.services for sub in svc.subsets
-    }
-    want = {(svc.name, sub.name): sub.replicas for svc in lab.services for sub in svc.subsets}
-    assert got == want
-    assert config.seed == 5
-
-
 def test_cli_help_and_bad_config(tmp_path: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "envs.lab.backend", "--help"],
@@ -431,3 +596,18 @@ def test_cli_help_and_bad_config(tmp_path: Path) -> None:
         timeout=30,
     )
     assert run.returncode == 2 and b"backend config" in run.stderr
+
+
+def test_main_raises_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[int] = []
+
+    def spy() -> int:
+        calls.append(1)
+        return 0
+
+    monkeypatch.setattr(backend_module, "raise_nofile_limit", spy)
+    assert backend_module.main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert calls == [1]
+    assert "backend:" in capsys.readouterr().err

@@ -6,13 +6,16 @@ bursts and the diurnal sine modulate the rate as the simulator's `load_rps` says
 rate is rejected by the same check, so the check has power); the schedule is seeded and
 bounded for any load; a plan's streams are independent and sized by their own rates; results
 count what the backend counted; 503s, refused connections and timeouts are recorded as such;
-the background generator stops on request; summaries are JSON; the CLI prints and writes one.
+the background generator stops on request; summaries are JSON; the CLI prints and writes one;
+only loopback targets are accepted (API and CLI); the open-files limit is raised to the hard
+limit, best effort, by every entry point.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import resource
 import subprocess
 import sys
 import time
@@ -26,7 +29,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from envs.lab import loadgen
 from envs.lab.backend import BackendConfig, backend_state
+from envs.lab.limits import raise_nofile_limit
 from envs.lab.loadgen import (
     NO_SUBSET,
     LoadGenerator,
@@ -281,9 +286,7 @@ def test_cli_prints_and_writes_the_summary(backend: BackendConfig, tmp_path: Pat
     assert printed["status_counts"] == {"200": printed["sent"]}
     bad = subprocess.run(
         [
-            *argv[:3],
-            "--target",
-            "x",
+            *argv[:5],
             "--host",
             "h",
             "--rps",
@@ -298,3 +301,110 @@ def test_cli_prints_and_writes_the_summary(backend: BackendConfig, tmp_path: Pat
         timeout=60,
     )
     assert bad.returncode == 2 and b"AT:DURATION:FACTOR" in bad.stderr
+
+
+# ---- loopback only -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "addr"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("localhost:1", ("localhost", 1)),
+        ("LOCALHOST:65535", ("LOCALHOST", 65535)),
+        ("::1:80", ("::1", 80)),
+        ("[::1]:80", ("::1", 80)),
+    ],
+)
+def test_loopback_targets_are_accepted(target: str, addr: tuple[str, int]) -> None:
+    assert loadgen.parse_target(target) == addr
+
+
+NOT_LOOPBACK = ["10.0.0.1:80", "example.com:80", "0.0.0.0:80", "127.0.0.2:80", "[::]:80"]
+
+
+@pytest.mark.parametrize("target", [*NOT_LOOPBACK, "127.0.0.1", "127.0.0.1:0", ":80", "x"])
+def test_other_targets_are_a_value_error(target: str) -> None:
+    with pytest.raises(ValueError, match=r"loopback|HOST:PORT"):
+        run_load(target, [("h", Load(rps=1.0))], 0.1)
+    with pytest.raises(ValueError, match=r"loopback|HOST:PORT"):
+        LoadGenerator(target, [("h", Load(rps=1.0))])
+
+
+@pytest.mark.parametrize("target", NOT_LOOPBACK)
+def test_cli_refuses_a_target_that_is_not_loopback(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--target", target, "--host", "h", "--rps", "1", "--duration", "0.1"]
+    with pytest.raises(SystemExit) as exit_info:
+        loadgen.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--target" in err and "must be loopback" in err
+
+
+def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        loadgen.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the arrival times" in text
+    assert "must be 127.0.0.1, localhost or ::1" in text
+
+
+# ---- open-files limit ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def low_nofile() -> Iterator[tuple[int, int]]:
+    """The soft open-files limit lowered to 256 for the test, restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, soft), hard))
+    try:
+        yield soft, hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_raise_nofile_limit_lifts_the_soft_limit(low_nofile: tuple[int, int]) -> None:
+    _, hard = low_nofile
+    got = raise_nofile_limit()
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert got == now[0] > 256
+    assert now[1] == hard
+    if hard != resource.RLIM_INFINITY:
+        assert got == hard
+    assert raise_nofile_limit() == got  # idempotent
+
+
+def test_raise_nofile_limit_never_fails(
+    low_nofile: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object) -> None:
+        raise ValueError("not permitted")
+
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert raise_nofile_limit() == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+    def unreadable(*_: object) -> None:
+        raise OSError("no limits here")
+
+    monkeypatch.setattr(resource, "getrlimit", unreadable)
+    assert raise_nofile_limit() == -1
+
+
+def test_every_entry_point_raises_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def spy() -> int:
+        calls.append("raised")
+        return 0
+
+    monkeypatch.setattr(loadgen, "raise_nofile_limit", spy)
+    nowhere = f"127.0.0.1:{free_port()}"
+    run_load(nowhere, [("x", Load(rps=10.0))], 0.05, warm_connections=0)
+    assert calls == ["raised"]
+    LoadGenerator(nowhere, [("x", Load(rps=10.0))], 0.05, warm_connections=0).start().stop()
+    assert calls == ["raised"] * 2
+    loadgen.main(["--target", nowhere, "--host", "x", "--rps", "10", "--duration", "0.05"])
+    assert calls == ["raised"] * 4  # main, then run_load

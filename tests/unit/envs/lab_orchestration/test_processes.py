@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from envs.lab.processes import is_alive, log_tail, start_process, stop_process
+from envs.lab.processes import ProcessRecord, is_alive, log_tail, start_process, stop_process
 
 
 def test_a_started_process_is_alive_until_stopped_with_its_children(tmp_path: Path) -> None:
@@ -59,3 +59,28 @@ def test_a_process_that_exits_is_not_alive_and_its_log_is_kept(tmp_path: Path) -
         time.sleep(0.05)
     assert not is_alive(record)
     assert "hello from the lab" in log_tail(record)
+
+
+def test_a_record_without_a_real_pid_never_reaps_another_child(tmp_path: Path) -> None:
+    """``waitpid(-1)`` would collect any child of ours: a bogus record must not call it."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").exists() and time.monotonic() < deadline:
+        if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.02)
+    bogus = ProcessRecord("gone", pid=-1, start_ticks=-1, argv=(), log_path="")
+    assert not is_alive(bogus)
+    assert child.wait(timeout=5) == 0, "the child's exit status must still be ours to collect"
+
+
+def test_a_state_file_naming_pid_1_or_less_is_refused() -> None:
+    import pytest
+
+    for pid in (-1, 0, 1):
+        with pytest.raises(ValueError, match="not a process this lab started"):
+            ProcessRecord.from_json(
+                {"name": "x", "pid": pid, "start_ticks": 1, "argv": [], "log_path": ""}
+            )

@@ -79,3 +79,24 @@ def test_unreadable_and_non_yaml_files_are_clear(tmp_path: Path) -> None:
 def test_an_unknown_service_lists_the_known_ones() -> None:
     with pytest.raises(LabSpecError, match=r"has no service 'cart'.*shop"):
         parse_lab(GOOD).service("cart")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"initial_weights": {"v1": True}}, "initial_weights"),
+        ({"initial_weights": {"v1": "100"}}, "initial_weights"),
+        ({"subsets": [{"name": "v1", "replicas": 1, "service_ms": 700_000}]}, "service_ms"),
+    ],
+)
+def test_a_service_takes_integer_weights_and_servable_service_times(
+    change: dict[str, object], needle: str
+) -> None:
+    service = {**GOOD["services"][0], **change}  # type: ignore[index, dict-item]
+    with pytest.raises(LabSpecError, match=needle):
+        parse_lab({**GOOD, "services": [service]})
+
+
+def test_a_namespace_must_be_a_dns_label() -> None:
+    with pytest.raises(LabSpecError, match="namespace"):
+        parse_lab({**GOOD, "namespace": "a|b"})
