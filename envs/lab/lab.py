@@ -29,7 +29,7 @@ from envs.lab import backend, envoy, prometheus
 from envs.lab.limits import raise_nofile_limit
 from envs.lab.processes import (
     ProcessRecord,
-    free_port,
+    free_ports,
     is_alive,
     log_tail,
     start_process,
@@ -229,16 +229,18 @@ def _lab_up(spec: LabSpec, state_dir: Path, seed: int) -> tuple[LabState, bool]:
     cleaned = _clean_crashed(state_dir)
     raise_nofile_limit()  # inherited by every part: a slow version holds many connections
     envoy_bin, prometheus_bin = _envoy_binary(), _prometheus_binary()
+    n_replicas = sum(sub.replicas for svc in spec.services for sub in svc.subsets)
+    ports = iter(free_ports(4 + n_replicas))  # all distinct
     state = LabState(
         state_dir=state_dir,
         spec=spec,
         seed=seed,
-        listener_port=free_port(),
-        admin_port=free_port(),
-        prometheus_port=free_port(),
-        control_port=free_port(),
+        listener_port=next(ports),
+        admin_port=next(ports),
+        prometheus_port=next(ports),
+        control_port=next(ports),
         replica_ports={
-            svc.name: {sub.name: [free_port() for _ in range(sub.replicas)] for sub in svc.subsets}
+            svc.name: {sub.name: [next(ports) for _ in range(sub.replicas)] for sub in svc.subsets}
             for svc in spec.services
         },
     )

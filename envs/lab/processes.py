@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = [
     "ProcessRecord",
-    "free_port",
+    "free_ports",
     "is_alive",
     "log_tail",
     "start_process",
@@ -59,11 +59,16 @@ class ProcessRecord:
         )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago: every socket is
+    held until all are bound, so the kernel never hands out one port twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

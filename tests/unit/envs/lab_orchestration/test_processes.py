@@ -8,7 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from envs.lab.processes import ProcessRecord, is_alive, log_tail, start_process, stop_process
+from envs.lab.processes import (
+    ProcessRecord,
+    free_ports,
+    is_alive,
+    log_tail,
+    start_process,
+    stop_process,
+)
 
 
 def test_a_started_process_is_alive_until_stopped_with_its_children(tmp_path: Path) -> None:
@@ -84,3 +91,13 @@ def test_a_state_file_naming_pid_1_or_less_is_refused() -> None:
             ProcessRecord.from_json(
                 {"name": "x", "pid": pid, "start_ticks": 1, "argv": [], "log_path": ""}
             )
+
+
+def test_ports_handed_out_together_are_distinct_and_free() -> None:
+    import socket
+
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for port in ports[:8]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
