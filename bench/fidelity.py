@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from envs.lab.lab import lab_down, lab_up  # noqa: E402
-from envs.lab.loadgen import LoadGenerator  # noqa: E402
+from envs.lab.load_process import LoadGenerator  # noqa: E402
 from envs.lab.replay import replay_scenario  # noqa: E402
 from envs.lab.spec import LabSpec  # noqa: E402
 from envs.simulator.engine import MeshSimulator  # noqa: E402

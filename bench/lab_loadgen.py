@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.lab.backend import BackendConfig, wait_backend_ready
+from envs.lab.backend_client import wait_backend_ready
+from envs.lab.backend_config import BackendConfig
 from envs.lab.loadgen import run_load
 from envs.simulator.scenario import Load
 from tests.helpers import free_port

@@ -36,7 +36,7 @@ import httpx
 from controller.adapters.envoy import EnvoyRouteActuator
 from controller.adapters.prometheus import PrometheusObserver
 from envs.lab.lab import LabState, lab_down, lab_up
-from envs.lab.loadgen import LoadGenerator
+from envs.lab.load_process import LoadGenerator
 from envs.lab.spec import parse_lab
 from envs.lab.traffic import apply_fault
 from envs.simulator.scenario import Load

@@ -86,10 +86,12 @@ class MeshLiveEnv(gym.Env[np.ndarray, np.ndarray]):
     Truncated after `max_steps` steps; never terminated.
 
     ## Errors
-    A `TemporaryError` of the actuator leaves the route's split as it was (the step's weights
-    and churn are the previous ones); one of the observer holds the previous observation (the
-    reward is computed on it). Either is reported in ``info["held"]`` (``"apply: ..."``,
-    ``"observe: ..."``), and the episode goes on. A `PermanentError` propagates.
+    A `TemporaryError` of the actuator is followed by a read of the route (a write can land
+    and only its confirmation fail): the step's weights and churn are what that read returns,
+    the previous split when it fails too (``"read back: ..."`` in ``held``). A `TemporaryError`
+    of the observer holds the previous observation (the reward is computed on it). Each is
+    reported in ``info["held"]`` (``"apply: ..."``, ``"observe: ..."``), and the episode goes
+    on. A `PermanentError` propagates.
 
     ## Info
     ``weights`` (the split in place, by subset), ``rps`` (route request rate),
@@ -173,6 +175,16 @@ class MeshLiveEnv(gym.Env[np.ndarray, np.ndarray]):
             return _no_data(self.route, weights, self._clock.now())
         return _sanitized(obs)
 
+    def _read_back(self, fallback: Weights, held: list[str]) -> Weights:
+        """The split in force after a failed write. A write can land and only its confirmation
+        fail (Envoy took the file but its admin did not answer in time), so the route is read
+        back; `fallback` (the split before) when that read fails too."""
+        try:
+            return self._actuator.current(self.route)
+        except TemporaryError as err:
+            held.append(f"read back: {err}")
+            return fallback
+
     def _encoded(self, obs: Observation) -> np.ndarray:
         return encode(obs, self.spec_features)
 
@@ -222,7 +234,7 @@ class MeshLiveEnv(gym.Env[np.ndarray, np.ndarray]):
             written = self._actuator.apply(self.route, weights)
         except TemporaryError as err:
             held.append(f"apply: {err}")
-            written = before.weights
+            written = self._read_back(before.weights, held)
         self._clock.sleep(self.step_s)
         after = self._observe(written, held) or before
         self._steps += 1

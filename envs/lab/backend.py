@@ -20,10 +20,11 @@ which is how the lab injects the scenario events a controller must react to::
     GET  /healthz   -> {"ok": true}
     GET  /state     -> parameters and counters of every service/subset
     POST /set       {"service": S, "subset": V, "set": {"error_rate": 0.2}, "ramp_s": 10}
+    POST /reseed    {"seed": 7}   (every replica's generator, as if started with that seed)
 
     python -m envs.lab.backend --config backend.json
 
-`POST /set` wants ``Content-Type: application/json`` (415 otherwise) and any request with an
+A POST wants ``Content-Type: application/json`` (415 otherwise) and any request with an
 ``Origin`` header is refused (403): a browser can then neither send a "simple" cross-site POST
 that injects faults nor read the state of a lab from a web page (DNS rebinding included).
 """
@@ -38,24 +39,16 @@ import json
 import math
 import signal
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from envs.lab.backend_config import BackendConfig, SubsetConfig
 from envs.lab.limits import raise_nofile_limit
-from meshcore.errors import TemporaryError
-
-QUEUE_LIMIT = 1024
-"""Requests waiting or in service per replica before an immediate 503 (as the simulator's
-`envs.simulator.engine.QUEUE_LIMIT`: Envoy's default circuit-breaker threshold)."""
 
 SETTABLE = {
     "error_rate": (0.0, 1.0, True),
@@ -77,97 +70,6 @@ CONTROL_IDLE_S = 5.0
 """Seconds a control connection may wait for its next request head or for a body before it is
 closed (our own clients send a whole request at once and close after the answer)."""
 _DRAW_BATCH = 1024
-
-_NAME = r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*)$"
-
-
-class BackendControlError(TemporaryError):
-    """The control endpoint refused a request (the message is its JSON error) or is down.
-
-    A `TemporaryError`, so the command line reports it in one line: a backend that is down or
-    still starting may answer on the next try, and a refusal says what to change.
-    """
-
-
-# ---- configuration -------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SubsetConfig(_Strict):
-    """One version of a service: its parameters at start and one port per replica.
-
-    service_ms: mean service time (ms) before the capacity factor; cv: coefficient of
-    variation of a lognormal service time (exponential ignores it); concurrency: requests one
-    replica serves at once (FCFS beyond it); queue_limit: requests waiting or in service on one
-    replica before an immediate 503.
-    """
-
-    name: str = Field(min_length=1, max_length=63, pattern=_NAME)
-    service_ms: float = Field(gt=0.0, le=600_000.0)
-    service_dist: Literal["exponential", "lognormal"] = "exponential"
-    cv: float = Field(default=1.0, gt=0.0, le=20.0)
-    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    capacity_factor: float = Field(default=1.0, gt=0.0, le=100.0)
-    concurrency: int = Field(default=1, ge=1, le=1024)
-    ports: tuple[int, ...] = Field(min_length=1, max_length=256)
-    queue_limit: int = Field(default=QUEUE_LIMIT, ge=1, le=1_000_000)
-
-
-class ServiceConfig(_Strict):
-    """One service (the `Host` it is called by is the orchestrator's business, not ours)."""
-
-    service: str = Field(min_length=1, max_length=253)
-    subsets: tuple[SubsetConfig, ...] = Field(min_length=1, max_length=64)
-
-
-class BackendConfig(_Strict):
-    """Everything one backend process serves; written by the lab orchestrator as JSON.
-
-    seed: seeds every replica's generator (one `SeedSequence` child per replica, in file
-    order); control_port: the control endpoint's port.
-    """
-
-    seed: int = Field(default=0, ge=0)
-    control_port: int = Field(ge=1, le=65535)
-    services: tuple[ServiceConfig, ...] = Field(min_length=1, max_length=64)
-
-    @model_validator(mode="after")
-    def _unique(self) -> BackendConfig:
-        names = [s.service for s in self.services]
-        if len(set(names)) != len(names):
-            raise ValueError(f"service names must be unique, got {names}")
-        ports = [self.control_port]
-        for svc in self.services:
-            subs = [s.name for s in svc.subsets]
-            if len(set(subs)) != len(subs):
-                raise ValueError(f"subset names of {svc.service!r} must be unique, got {subs}")
-            for sub in svc.subsets:
-                if any(not 1 <= p <= 65535 for p in sub.ports):
-                    raise ValueError(f"{svc.service}/{sub.name}: ports must be 1..65535")
-                ports.extend(sub.ports)
-        if len(set(ports)) != len(ports):
-            raise ValueError("every replica and the control endpoint need their own port")
-        return self
-
-    @property
-    def control_url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> BackendConfig:
-        """Parse and validate; raises `ValueError` naming the first bad field."""
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as err:
-            first = err.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ValueError(f"backend config: field '{loc}': {first['msg']}") from err
 
 
 # ---- run-time parameters -------------------------------------------------------------------
@@ -264,6 +166,13 @@ class _Replica:
         self.ok = _response(200, "OK", headers, b"ok\n")
         self.failed = _response(503, "Service Unavailable", headers, b"error\n", "error")
         self.overloaded = _response(503, "Service Unavailable", headers, b"overload\n", "overload")
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Draw from `rng` from the next request on (batches drawn earlier are dropped)."""
+        self._rng = rng
+        self._draws = np.empty(0)
+        self._uniform = np.empty(0)
+        self._k = 0
 
     def _next_draws(self) -> tuple[float, float]:
         """(standard draw for the service time, U(0,1) for the error), refilled in batches."""
@@ -490,14 +399,13 @@ class Backend:
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
         n = sum(len(sub.ports) for svc in self.config.services for sub in svc.subsets)
-        seeds = iter(np.random.SeedSequence(self.config.seed).spawn(n))
+        rngs = iter(_generators(self.config.seed, n))
         for svc in self.config.services:
             for cfg in svc.subsets:
                 sub = _Subset(svc.service, cfg)
                 self.subsets[(svc.service, cfg.name)] = sub
                 for port in cfg.ports:
-                    rng = np.random.Generator(np.random.PCG64(next(seeds)))
-                    replica = _Replica(sub, port, rng, loop)
+                    replica = _Replica(sub, port, next(rngs), loop)
                     sub.replicas.append(replica)
                     server = await loop.create_server(
                         functools.partial(_ReplicaProtocol, replica),
@@ -522,6 +430,20 @@ class Backend:
         for (service, name), sub in self.subsets.items():
             services.setdefault(service, {})[name] = sub.state(now)
         return {"uptime_s": now - self._t0, "services": services}
+
+    def reseed(self, body: Any) -> dict[str, Any]:
+        """A `/reseed` body: every replica draws from ``seed`` as if the backend had started
+        with it (one `SeedSequence` child per replica, in file order), so a run that reseeds
+        first draws the same service times and errors, request by request, on any lab."""
+        if not isinstance(body, dict) or set(body) != {"seed"}:
+            raise _RequestError(400, 'the body must be {"seed": <integer >= 0>}')
+        seed = body["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise _RequestError(400, f"'seed' must be an integer within 0..2**63-1, got {seed!r}")
+        replicas = [r for sub in self.subsets.values() for r in sub.replicas]
+        for replica, rng in zip(replicas, _generators(seed, len(replicas)), strict=True):
+            replica.reseed(rng)
+        return {"seed": seed, "replicas": len(replicas)}
 
     def apply(self, body: Any) -> dict[str, Any]:
         """Validate a `/set` body and apply it; `_RequestError` (400) says what is wrong."""
@@ -580,17 +502,17 @@ class Backend:
             if method != "GET":
                 raise _RequestError(405, "use GET /state")
             return 200, self.state()
-        if path == "/set":
+        if path in ("/set", "/reseed"):
             if method != "POST":
-                raise _RequestError(405, "use POST /set with a JSON body")
+                raise _RequestError(405, f"use POST {path} with a JSON body")
             if request.content_type != b"application/json":
-                raise _RequestError(415, "POST /set wants Content-Type: application/json")
+                raise _RequestError(415, f"POST {path} wants Content-Type: application/json")
             try:
                 data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
             except (UnicodeDecodeError, ValueError, RecursionError) as err:
                 raise _RequestError(400, f"the body is not valid JSON: {err}") from None
-            return 200, self.apply(data)
-        raise _RequestError(404, f"no such path {path!r}; try /healthz, /state, /set")
+            return 200, self.apply(data) if path == "/set" else self.reseed(data)
+        raise _RequestError(404, f"no such path {path!r}; try /healthz, /state, /set, /reseed")
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._control_open >= MAX_CONTROL_CONNECTIONS:
@@ -637,6 +559,11 @@ class Backend:
             await _send_json(writer, status, payload, request.close)
             if request.close:
                 return
+
+
+def _generators(seed: int, n: int) -> list[np.random.Generator]:
+    """One independent generator per replica, in file order, all from `seed`."""
+    return [np.random.Generator(np.random.PCG64(c)) for c in np.random.SeedSequence(seed).spawn(n)]
 
 
 def _number(raw: Any, name: str) -> float:
@@ -721,58 +648,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backend: cannot listen: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-# ---- client helpers (stdlib only) ----------------------------------------------------------
-
-
-def _call(url: str, data: bytes | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read()).get("error", err.reason)
-        except (ValueError, AttributeError):
-            message = err.reason
-        raise BackendControlError(f"{url}: {err.code} {message}") from err
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise BackendControlError(f"{url}: {err}") from err
-
-
-def backend_state(control_url: str) -> dict[str, Any]:
-    """`GET /state`: ``{"uptime_s", "services": {service: {subset: {params and counters}}}}``."""
-    return _call(control_url.rstrip("/") + "/state")
-
-
-def set_subset(
-    control_url: str,
-    service: str,
-    subset: str,
-    changes: Mapping[str, float],
-    ramp_s: float = 0.0,
-) -> dict[str, Any]:
-    """`POST /set`: move `changes` over `ramp_s` seconds; `BackendControlError` on refusal."""
-    body = {"service": service, "subset": subset, "set": dict(changes), "ramp_s": ramp_s}
-    return _call(control_url.rstrip("/") + "/set", json.dumps(body).encode())
-
-
-def wait_backend_ready(control_url: str, timeout_s: float) -> None:
-    """Poll `/healthz` until it answers; `BackendControlError` after `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while True:
-        try:
-            _call(control_url.rstrip("/") + "/healthz", timeout_s=1.0)
-            return
-        except BackendControlError as err:
-            last = err
-        if time.monotonic() >= deadline:
-            raise BackendControlError(f"backend not ready after {timeout_s:g} s: {last}")
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.lab import backend, envoy, prometheus
+from envs.lab import backend_client, backend_config, envoy, prometheus
 from envs.lab.limits import raise_nofile_limit
 from envs.lab.processes import (
     ProcessRecord,
@@ -275,14 +275,14 @@ def _ready(record: ProcessRecord, what: str, wait: Any) -> None:
 
 
 def _start_backends(state: LabState) -> None:
-    config = backend.BackendConfig(
+    config = backend_config.BackendConfig(
         seed=state.seed,
         control_port=state.control_port,
         services=tuple(
-            backend.ServiceConfig(
+            backend_config.ServiceConfig(
                 service=svc.name,
                 subsets=tuple(
-                    backend.SubsetConfig(
+                    backend_config.SubsetConfig(
                         name=sub.name,
                         service_ms=sub.service_ms,
                         service_dist=sub.service_dist,
@@ -305,7 +305,7 @@ def _start_backends(state: LabState) -> None:
     _ready(
         record,
         "the backends",
-        lambda: backend.wait_backend_ready(state.control_url, READY_TIMEOUT_S),
+        lambda: backend_client.wait_backend_ready(state.control_url, READY_TIMEOUT_S),
     )
 
 

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import sys
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,7 +264,7 @@ def _json_float(x: float) -> float | None:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: LoadRun) -> None:
         self.run = run
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -409,7 +407,7 @@ class _Conn(asyncio.Protocol):
         self.run.forget(self)
 
 
-class _Run:
+class LoadRun:
     """State of one run on its event loop: the schedule, the pool and the records."""
 
     def __init__(
@@ -456,13 +454,19 @@ class _Run:
         self.stop_requested = False
 
     # ---- sending
-    async def run(self, warm_connections: int) -> None:
+    async def run(
+        self, warm_connections: int, on_sending: Callable[[], None] | None = None
+    ) -> None:
+        """Warm the pool, then send until the schedule ends or `request_stop`; `on_sending` is
+        called once, when the first request may leave (the run's time zero)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.drained = asyncio.Event()
         await self._warm(warm_connections)
         self.t0 = loop.time()
         self.sending = True
+        if on_sending is not None:
+            on_sending()
         if self.stop_requested:
             self.end_sending()
         else:
@@ -604,73 +608,10 @@ def run_load(
     its own event loop. A request that would need more than `max_connections` open
     connections fails at once with status 0. `ValueError` for a target that is not loopback
     (see `parse_target`). Raises the soft open-files limit first (`raise_nofile_limit`)."""
-    run = _Run(target, plan, duration_s, seed, timeout_s, max_connections)
+    run = LoadRun(target, plan, duration_s, seed, timeout_s, max_connections)
     raise_nofile_limit()
     asyncio.run(run.run(warm_connections))
     return run.result()
-
-
-class LoadGenerator:
-    """`run_load` in a background thread, for runs where something else acts meanwhile (a
-    controller under test): `start()`, then `stop()` ends the run early (or waits for its
-    natural end) and returns the `LoadResult` of what was sent. `ValueError` at construction
-    for a target that is not loopback."""
-
-    def __init__(
-        self,
-        target: str,
-        plan: Plan,
-        duration_s: float = 3600.0,
-        *,
-        seed: int = 0,
-        timeout_s: float = 10.0,
-        max_connections: int = 4096,
-        warm_connections: int = 8,
-    ) -> None:
-        self._run = _Run(target, plan, duration_s, seed, timeout_s, max_connections)
-        self._warm = warm_connections
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def start(self) -> LoadGenerator:
-        if self._thread is not None:
-            raise RuntimeError("a LoadGenerator runs once")
-        raise_nofile_limit()
-        self._thread = threading.Thread(target=self._main, name="meshpilot-loadgen", daemon=True)
-        self._thread.start()
-        return self
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run.run(self._warm))
-        except BaseException as err:  # re-raised by stop() in the caller's thread
-            self._error = err
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self) -> LoadResult:
-        """Stop sending now, wait for outstanding answers (at most `timeout_s`), return."""
-        if self._thread is None:
-            raise RuntimeError("stop() before start()")
-        loop = self._run.loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop may have just finished
-                loop.call_soon_threadsafe(self._run.request_stop)
-        else:
-            self._run.stop_requested = True
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._run.result()
-
-    def __enter__(self) -> LoadGenerator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self.stop()
 
 
 # ---- command line --------------------------------------------------------------------------

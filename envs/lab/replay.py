@@ -35,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from envs.lab import backend_client
 from envs.lab.lab import LabState
-from envs.lab.loadgen import LoadGenerator, LoadResult
+from envs.lab.load_process import LoadGenerator
+from envs.lab.loadgen import LoadResult
 from envs.lab.traffic import FAULT_FIELDS, apply_fault
 from envs.simulator.scenario import Scenario
 from envs.simulator.telemetry import EDGES_MS, N_BINS, quantile_ms
@@ -330,13 +332,16 @@ def replay_scenario(
     """Run `scenario` on `lab` (up with ``LabSpec.from_scenario(scenario)``) in real time.
 
     The route is first set to the scenario's start weights and the backends to its nominal
-    values; then the load runs for `duration_s` (default the scenario's; s) while a thread
-    applies the event schedule and this thread takes a control step at 0, ``step_s``,
-    ``2 step_s``, ... (as the simulator decides before each interval): observe through
-    `observer`, `decide`, write through `actuator`. Without `decide` no step
-    is taken (a static split: `observer` and `actuator` may then be None, and the start
-    weights are written through `actuator` only when one is given). Afterwards the backends
-    are back at their nominal values, so the next run on the same lab starts clean.
+    values, their generators reseeded with `seed` (with the load's arrival times, a run's
+    randomness is the seed's: two policies on the same seed meet the same service times and
+    errors, request by request, whatever ran before on the lab). Then the load runs for
+    `duration_s` (default the scenario's; s) while a thread applies the event schedule and
+    this thread takes a control step at 0, ``step_s``, ``2 step_s``, ... (as the simulator
+    decides before each interval): observe through `observer`, `decide`, write through
+    `actuator`. Without `decide` no step is taken (a static split: `observer` and `actuator`
+    may then be None, and the start weights are written through `actuator` only when one is
+    given). Afterwards the backends are back at their nominal values, so the next run on the
+    same lab starts clean.
     progress: called with one line per control step (for a CLI).
     """
     route, service = _route_of(lab)
@@ -349,6 +354,7 @@ def replay_scenario(
     schedule = event_schedule(scenario, duration_s=run_s)
     start = Weights.from_dict(scenario.start_weights())
     restore_nominal(lab, scenario, service)
+    backend_client.reseed(lab.control_url, seed)
     if actuator is not None:
         actuator.apply(route, start)
     notes = list(schedule.notes)
@@ -392,7 +398,7 @@ def replay_scenario(
                 raise failures[0]
             assert observer is not None and actuator is not None
             last = Weights.from_dict(steps[-1].weights) if steps else start
-            steps.append(_control_step(route, scenario, decide, observer, actuator, t0, last))
+            steps.append(control_step(route, scenario, decide, observer, actuator, t0, last))
             if progress is not None:
                 s = steps[-1]
                 weights = " ".join(f"{n}={w}" for n, w in s.weights.items())
@@ -428,7 +434,7 @@ def replay_scenario(
     )
 
 
-def _control_step(
+def control_step(
     route: RouteRef,
     scenario: Scenario,
     decide: Decide,
@@ -454,7 +460,7 @@ def _control_step(
             in_force = actuator.current(route)
     except Exception as err:
         error = f"write: {type(err).__name__}: {err}"
-        in_force = last
+        in_force = _read_back(actuator, route, last)
     return StepRecord(
         t_s=t_s,
         weights=in_force.as_dict(),
@@ -462,3 +468,12 @@ def _control_step(
         observed=obs is not None,
         error=error,
     )
+
+
+def _read_back(actuator: Actuator, route: RouteRef, last: Weights) -> Weights:
+    """The split in force after a failed write: a write can land and only its confirmation
+    fail, so the route is read back; `last` when that read fails too."""
+    try:
+        return actuator.current(route)
+    except Exception:
+        return last

@@ -26,11 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from envs.simulator.scenario import Load, Scenario, Subset
-from meshcore.errors import ConfigError, yaml_error_text
+from envs.yaml_files import read_yaml, resolve, validation_text
+from meshcore.errors import ConfigError
 from meshcore.model import WEIGHT_TOTAL, RouteRef, largest_remainder
 
 LABS_DIR = Path(__file__).resolve().parent / "labs"
@@ -172,23 +172,10 @@ def parse_lab(data: Any, *, source: str = "<lab>") -> LabSpec:
     try:
         return LabSpec.model_validate(dict(data))
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise LabSpecError(f"{source}: field '{loc}': {msg}") from err
+        raise LabSpecError(validation_text(err, source)) from err
 
 
 def load_lab(path: str | Path | None = None) -> LabSpec:
     """Read a lab file; None or a bare name resolves inside `LABS_DIR`."""
-    p = Path(path) if path is not None else LABS_DIR / f"{DEFAULT_LAB}.yaml"
-    if not p.exists() and not p.suffix and (LABS_DIR / f"{p}.yaml").exists():
-        p = LABS_DIR / f"{p}.yaml"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise LabSpecError(f"{p}: cannot read lab file ({err.strerror or err})") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise LabSpecError(f"{p}: {yaml_error_text(err)}") from err
-    return parse_lab(data, source=str(p))
+    p = LABS_DIR / f"{DEFAULT_LAB}.yaml" if path is None else resolve(path, LABS_DIR)
+    return parse_lab(read_yaml(p, "lab file", LabSpecError), source=str(p))

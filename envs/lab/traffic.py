@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from envs.lab import backend
+from envs.lab import backend, backend_client
 from envs.lab.spec import LabSpec, LabSpecError
 
 __all__ = ["FAULT_FIELDS", "LabFaultError", "apply_fault", "fault_changes"]
@@ -88,8 +88,8 @@ def apply_fault(
 ) -> dict[str, float]:
     """Set `changes` on one version of the running lab; returns the values they replaced
     (pass them back to undo the fault)."""
-    state = backend.backend_state(lab.control_url)
+    state = backend_client.backend_state(lab.control_url)
     current = state["services"][service][subset]
     before = {name: float(current[name]) for name in changes}
-    backend.set_subset(lab.control_url, service, subset, changes, ramp_s=ramp_s)
+    backend_client.set_subset(lab.control_url, service, subset, changes, ramp_s=ramp_s)
     return before

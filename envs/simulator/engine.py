@@ -9,6 +9,7 @@ on the same requests.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -115,6 +116,19 @@ def _value_at(base: float, target: float, start: float, ramp: float, t: float) -
     return base + (target - base) * (t - start) / ramp
 
 
+def _change_times(scenario: Scenario) -> tuple[float, ...]:
+    """Every time (s) where the load or a parameter jumps or a ramp starts or ends."""
+    times: set[float] = set()
+    for b in scenario.load.bursts:
+        times.update((b.at_s, b.at_s + b.duration_s))
+    for ev in scenario.events:
+        times.update((ev.at_s, ev.at_s + ev.ramp_s))
+        if ev.duration_s is not None:
+            back = ev.at_s + ev.ramp_s + ev.duration_s
+            times.update((back, back + ev.ramp_s))
+    return tuple(sorted(times))
+
+
 class MeshSimulator:
     """Per-request simulator of one route; `step(weights)` advances `scenario.step_s` seconds."""
 
@@ -138,9 +152,11 @@ class MeshSimulator:
         )
         self._rep_offset = np.concatenate([[0], np.cumsum(self._max_reps)[:-1]]).astype(np.int64)
         self._window_steps = max(1, math.ceil(scenario.telemetry.window_s / scenario.step_s))
+        self._change_times = _change_times(scenario)
         self.reset(seed)
 
     # ---- state -------------------------------------------------------------------------
+
     def reset(self, seed: int) -> None:
         """Start over at t=0 with fresh queues and generators derived from `seed`."""
         traffic_seq, telemetry_seq = np.random.SeedSequence(seed).spawn(2)
@@ -253,23 +269,69 @@ class MeshSimulator:
         sc = self.scenario
         moved = self._weights.l1_distance(weights) / 2.0
         self._weights = weights
-        truth = self.true_state()
         dt = sc.step_s
         t0 = self.t_s
+        n_sub = len(self._names)
+        shares = np.array([weights[name] for name in self._names], dtype=np.float64) / 100.0
+        cum = np.where(shares > 0, np.cumsum(shares), -1.0)
+        cum[int(np.flatnonzero(shares > 0)[-1])] = 2.0
+        count = np.zeros(n_sub, dtype=np.int64)
+        errors = np.zeros(n_sub, dtype=np.int64)
+        slow = np.zeros(n_sub, dtype=np.int64)
+        bad = np.zeros(n_sub, dtype=np.int64)
+        lat_sum = np.zeros(n_sub)
+        hist = np.zeros((n_sub, N_BINS), dtype=np.int64)
+        edges = [t0, *self._changes_within(t0, t0 + dt), t0 + dt]
+        for a, b in itertools.pairwise(edges):
+            self._serve(a, b, cum, count, errors, slow, bad, lat_sum, hist)
+        self.t_s = t0 + dt
+        self.step_index += 1
+        counts = StepCounts(self.t_s, count, errors, slow, bad, lat_sum * 1000.0, hist)
+        self._window.append(counts)
+        self.last_step = counts
+        self._ep_count += count
+        self._ep_errors += errors
+        self._ep_bad += bad
+        self._ep_lat_ms += float(lat_sum.sum()) * 1000.0
+        self._ep_hist += hist.sum(axis=0)
+        self._ep_moved += moved
+        self._ep_steps += 1
+        return counts
+
+    def _changes_within(self, start_s: float, end_s: float) -> list[float]:
+        """Times strictly inside (start_s, end_s) where the load or a parameter jumps or a ramp
+        starts or ends (s): a step is served in pieces split there, each at its own middle's
+        values, so an event or a burst that starts mid-step counts from its start. A step
+        without one is served whole at its middle."""
+        eps = 1e-9 * max(1.0, abs(end_s))
+        return [t for t in self._change_times if start_s + eps < t < end_s - eps]
+
+    def _serve(
+        self,
+        start_s: float,
+        end_s: float,
+        cum: np.ndarray,
+        count: np.ndarray,
+        errors: np.ndarray,
+        slow: np.ndarray,
+        bad: np.ndarray,
+        lat_sum: np.ndarray,
+        hist: np.ndarray,
+    ) -> None:
+        """Draw the arrivals of [start_s, end_s) and serve them at the middle's true values,
+        adding to the step's counters."""
+        sc = self.scenario
+        truth = self.true_state((start_s + end_s) / 2.0)
+        span = end_s - start_s
         rng = self._rng
-        n = int(rng.poisson(truth.load_rps * dt))
-        arrivals = t0 + np.sort(rng.random(n)) * dt
+        n = int(rng.poisson(truth.load_rps * span))
+        arrivals = start_s + np.sort(rng.random(n)) * span
         u_subset = rng.random(n)
         u_rep1 = rng.random(n)
         u_rep2 = rng.random(n)
         std_exp = rng.standard_exponential(n)
         std_norm = rng.standard_normal(n)
         u_error = rng.random(n)
-
-        n_sub = len(self._names)
-        shares = np.array([weights[name] for name in self._names], dtype=np.float64) / 100.0
-        cum = np.where(shares > 0, np.cumsum(shares), -1.0)
-        cum[int(np.flatnonzero(shares > 0)[-1])] = 2.0
         reps = np.array([s.replicas for s in truth.subsets], dtype=np.int64)
         reps = np.minimum(reps, self._max_reps)
         dist = np.array(
@@ -283,12 +345,6 @@ class MeshSimulator:
         sigma2 = np.log1p(np.array([s.cv for s in truth.subsets]) ** 2)
         ln_mu = np.log(mean_s) - sigma2 / 2.0
         err = np.array([s.error_rate for s in truth.subsets])
-        count = np.zeros(n_sub, dtype=np.int64)
-        errors = np.zeros(n_sub, dtype=np.int64)
-        slow = np.zeros(n_sub, dtype=np.int64)
-        bad = np.zeros(n_sub, dtype=np.int64)
-        lat_sum = np.zeros(n_sub)
-        hist = np.zeros((n_sub, N_BINS), dtype=np.int64)
         kernel.simulate_step(
             arrivals,
             u_subset,
@@ -323,19 +379,6 @@ class MeshSimulator:
             lat_sum,
             hist,
         )
-        self.t_s = t0 + dt
-        self.step_index += 1
-        counts = StepCounts(self.t_s, count, errors, slow, bad, lat_sum * 1000.0, hist)
-        self._window.append(counts)
-        self.last_step = counts
-        self._ep_count += count
-        self._ep_errors += errors
-        self._ep_bad += bad
-        self._ep_lat_ms += float(lat_sum.sum()) * 1000.0
-        self._ep_hist += hist.sum(axis=0)
-        self._ep_moved += moved
-        self._ep_steps += 1
-        return counts
 
     # ---- what the controller sees ------------------------------------------------------
     def _stats(self, steps: list[StepCounts], weights: Weights, noisy: bool) -> Observation:

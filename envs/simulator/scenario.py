@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from meshcore.errors import ConfigError, yaml_error_text
+from envs.yaml_files import read_yaml, resolve, validation_text
+from meshcore.errors import ConfigError
 from meshcore.model import WEIGHT_TOTAL, largest_remainder
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "scenarios"
@@ -168,16 +168,6 @@ class Scenario(_Strict):
         return Scenario.model_validate(data)
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
-    return f"{source}: field '{loc}': {msg}{more}"
-
-
 def parse_scenario(data: Any, *, source: str = "<scenario>") -> Scenario:
     """Validate already-parsed YAML/JSON data; raises `ScenarioError` naming source and field."""
     if data is None:
@@ -187,23 +177,13 @@ def parse_scenario(data: Any, *, source: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(dict(data))
     except ValidationError as err:
-        raise ScenarioError(_describe(err, source)) from err
+        raise ScenarioError(validation_text(err, source)) from err
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate one scenario file; a bare name resolves inside the public suite."""
-    p = Path(path)
-    if not p.exists() and not p.suffix and (SUITE_DIR / f"{p}.yaml").exists():
-        p = SUITE_DIR / f"{p}.yaml"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ScenarioError(f"{p}: cannot read scenario file ({err.strerror or err})") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ScenarioError(f"{p}: {yaml_error_text(err)}") from err
-    return parse_scenario(data, source=str(p))
+    p = resolve(path, SUITE_DIR)
+    return parse_scenario(read_yaml(p, "scenario file", ScenarioError), source=str(p))
 
 
 def suite_paths() -> list[Path]:

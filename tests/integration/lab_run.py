@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from envs.lab.lab import LabState, lab_down, lab_up
-from envs.lab.loadgen import LoadGenerator
+from envs.lab.load_process import LoadGenerator
 from envs.lab.processes import is_alive
 from envs.lab.spec import LabSpec, parse_lab
 from envs.simulator.scenario import Load

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from envs.lab.lab import LabState, lab_status
@@ -96,19 +97,20 @@ def _fault_run(
 ) -> None:
     controlled, static = start_load(lab, "shop", 1), start_load(lab, "shop-static", 2)
     results: list[LoadResult] = []
+    before: dict[str, dict[str, float]] = {}
     try:
         time.sleep(5.0)
         _start_from_the_static_split(served, lab)
         assert _weight(served, "v2") > 5
-        before = {svc: apply_fault(lab, svc, "v2", changes) for svc in ("shop", "shop-static")}
+        for svc in ("shop", "shop-static"):
+            before[svc] = apply_fault(lab, svc, "v2", changes)
         start = time.monotonic()
         served.wait_for(
             f"v2's weight <= 5 after {label}", lambda: _weight(served, "v2") <= 5, SHED_WITHIN_S
         )
         shed_s = time.monotonic() - start
         time.sleep(max(FAULT_S - (time.monotonic() - start), 0.0))
-        for svc, old in before.items():
-            apply_fault(lab, svc, "v2", old)
+        _restore(lab, before)
         ended = time.monotonic()
         served.wait_for(
             f"traffic back on v2 after {label} ended",
@@ -118,6 +120,7 @@ def _fault_run(
         back_s = time.monotonic() - ended
         time.sleep(5.0)
     finally:
+        _restore(lab, before)  # a failed wait must not leave the fault for the next test
         results = [controlled.stop(), static.stop()]
     bad_controlled = results[0].bad_fraction(lab.spec.slo_ms)
     bad_static = results[1].bad_fraction(lab.spec.slo_ms)
@@ -127,7 +130,22 @@ def _fault_run(
         f"{bad_controlled:.4f} vs static split {bad_static:.4f} "
         f"({results[0].achieved_rps:.0f} / {results[1].achieved_rps:.0f} rps)"
     )
-    assert bad_controlled < bad_static
+    assert bad_controlled < bad_static, "\n".join(_breakdown(r, lab) for r in results)
+
+
+def _restore(lab: LabState, before: dict[str, dict[str, float]]) -> None:
+    while before:
+        svc, old = before.popitem()
+        apply_fault(lab, svc, "v2", old)
+
+
+def _breakdown(result: LoadResult, lab: LabState) -> str:
+    """What made a run bad, for a failure message: statuses, per-version stats, send lag."""
+    lag_p99 = float(np.quantile(result.lag_ms, 0.99)) if result.sent else float("nan")
+    return (
+        f"{result.hosts}: statuses {result.status_counts}, send lag p99 {lag_p99:.1f} ms, "
+        f"per version {result.by_subset(lab.spec.slo_ms)}"
+    )
 
 
 def test_errors_on_one_version_are_shed_and_traffic_returns(

@@ -30,7 +30,7 @@ from controller.adapters.envoy import EnvoyRouteActuator
 from controller.adapters.prometheus import PrometheusObserver
 from controller.clock import WallClock
 from envs.lab.lab import LabState, lab_down, lab_up
-from envs.lab.loadgen import LoadGenerator
+from envs.lab.load_process import LoadGenerator
 from envs.lab.processes import is_alive
 from envs.lab.spec import parse_lab
 from envs.live_env import MeshLiveEnv

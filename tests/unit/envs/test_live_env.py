@@ -6,7 +6,8 @@ sleeps exactly step_s on the clock, then observes, and reports weights, rps and 
 reset writes reset_weights; episodes are truncated at max_steps, never terminated; a route
 absent from the observer's answer and NaN statistics (NaN staleness included) give a finite
 observation inside the space; a TemporaryError of the observer holds the previous observation
-and one of the actuator keeps the previous split, both reported in info; a PermanentError
+and one of the actuator reads the route back (a write that landed unconfirmed counts, a failed
+read keeps the previous split), all reported in info; a PermanentError
 propagates; the reward is `meshcore.reward.reward` on the observed telemetry.
 """
 
@@ -221,6 +222,36 @@ def test_a_temporary_actuator_error_keeps_the_previous_split() -> None:
     assert info["weights"] == {"v1": 50, "v2": 50}
     assert clock.sleeps == [2.0]  # the interval still passes
     assert r == pytest.approx(reward(env.observation, env.observation.weights, env.observation))
+
+
+def test_a_write_that_landed_without_its_confirmation_is_read_back() -> None:
+    env, mesh, _ = _env(step_s=2.0)
+    env.reset(seed=0)
+    target = Weights(SUBSETS, (10, 90))
+    original_apply = mesh.apply
+
+    def lands_then_times_out(route: RouteRef, weights: Weights) -> Weights:
+        original_apply(route, weights)
+        raise TemporaryError("config_dump did not show the new routes in time")
+
+    mesh.apply = lands_then_times_out  # type: ignore[method-assign]
+    _, _, _, _, info = env.step(_action(target))
+    assert info["weights"] == target.as_dict()
+    assert info["held"] == ["apply: config_dump did not show the new routes in time"]
+
+
+def test_a_failed_write_and_a_failed_read_back_keep_the_previous_split() -> None:
+    env, mesh, _ = _env(step_s=2.0)
+    env.reset(seed=0)
+    mesh.apply_error = TemporaryError("envoy admin unreachable")
+
+    def unreadable(route: RouteRef) -> Weights:
+        raise TemporaryError("routes file locked")
+
+    mesh.current = unreadable  # type: ignore[method-assign]
+    _, _, _, _, info = env.step(_action(Weights(SUBSETS, (10, 90))))
+    assert info["held"] == ["apply: envoy admin unreachable", "read back: routes file locked"]
+    assert info["weights"] == {"v1": 50, "v2": 50}
 
 
 def test_a_permanent_error_propagates() -> None:

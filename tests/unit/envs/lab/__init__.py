@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from envs.lab.backend import BackendConfig, wait_backend_ready
+from envs.lab.backend_client import wait_backend_ready
+from envs.lab.backend_config import BackendConfig
 from tests.helpers import free_port, tail
 
 REPO = Path(__file__).resolve().parents[4]

@@ -36,14 +36,18 @@ from envs.lab.backend import (
     MAX_CONTROL_CONNECTIONS,
     SETTABLE,
     Backend,
-    BackendConfig,
-    BackendControlError,
     _parse_head,
     _RequestError,
+)
+from envs.lab.backend_client import (
+    BackendControlError,
+    _call,
     backend_state,
+    reseed,
     set_subset,
     wait_backend_ready,
 )
+from envs.lab.backend_config import BackendConfig
 from meshcore.errors import MeshpilotError, TemporaryError
 from tests.helpers import free_port
 from tests.unit.envs.lab import REPO, backend_config, running_backend
@@ -61,6 +65,7 @@ SERVICES: dict[str, dict[str, dict[str, Any]]] = {
         "v1": {"service_ms": 400.0, "service_dist": "lognormal", "cv": 0.01, "queue_limit": 2}
     },
     "fuzz": {"v1": {"service_ms": 1.0}},
+    "coin": {"v1": {"service_ms": 1.0, "error_rate": 0.5}},
 }
 
 
@@ -251,6 +256,33 @@ def test_set_changes_errors_at_run_time(backend: BackendConfig) -> None:
     finally:
         set_subset(backend.control_url, "mut", "v1", {"error_rate": 0.0})
     assert {s for s, _, _ in get(port, 10)} == {200}
+
+
+def test_reseeding_replays_the_same_draws(backend: BackendConfig) -> None:
+    """Sequential requests to one replica after `reseed(s)` meet the same error draws, request
+    by request; another seed gives another sequence (64 coin flips: equal by chance 2**-64)."""
+    port = port_of(backend, "coin", "v1")
+
+    def flips(seed: int) -> list[int]:
+        assert reseed(backend.control_url, seed)["replicas"] == backend_replicas(backend)
+        return [s for s, _, _ in get(port, 64)]
+
+    first = flips(11)
+    assert 0 < first.count(503) < 64
+    assert flips(11) == first
+    assert flips(12) != first
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"seed": -1}, {"seed": True}, {"seed": 1.5}, {"seed": 2**63}, {"seed": 1, "x": 2}]
+)
+def test_a_bad_reseed_body_is_a_400(backend: BackendConfig, body: dict[str, Any]) -> None:
+    with pytest.raises(BackendControlError, match="400"):
+        _call(backend.control_url + "/reseed", json.dumps(body).encode())
+
+
+def backend_replicas(config: BackendConfig) -> int:
+    return sum(len(sub.ports) for svc in config.services for sub in svc.subsets)
 
 
 def test_set_ramps_linearly_and_reports_targets(backend: BackendConfig) -> None:
