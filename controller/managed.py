@@ -11,6 +11,11 @@ same controls; after the tick the leader writes each resource's status when it c
 Events on writes and on entering a phase (Warning for holding and failed).
 Each control a spec changes is an operator action in the audit log (caller
 ``managedroute:<name>``; detail: ``source: ManagedRoute``, the pin's ``by``, before, after).
+
+The API's controls of such a route go into the same spec (`ManagedRoutes.mirror`, called by
+`controller.operators.Operators` before it changes anything): the resource is where controls
+live in a cluster, so a pin or a pause made through one replica's API is seen by every
+replica, kept by a new leader and shown by ``kubectl get managedroutes -o yaml``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class ManagedRouteSource(Protocol):
 
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
         """A Kubernetes Event about `item` (``kubectl describe`` shows it); never raises."""
+
+    def write_controls(self, name: str, controls: Mapping[str, Any]) -> None:
+        """Merge `controls` into the resource's ``spec.controls`` (a None field is deleted);
+        `TemporaryError` (saying why) when the API server did not take it."""
 
 
 class _Loop(Protocol):
@@ -172,6 +181,37 @@ class ManagedRoutes:
             warning = st.phase in ("holding", "failed")
             self.source.emit_event(item, warning, st.phase.capitalize(), reason or st.phase)
 
+    def mirror(
+        self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
+    ) -> None:
+        """Write `controls` (the guard's after an API action; `now_s` the loop's clock, on
+        which the pin's until is) into the spec of the ManagedRoute naming `route`, if one
+        does. A new pin's ``expiresAt`` is its wall time in whole seconds, its ``by`` the
+        caller and its ``reason`` the action's; a pin the action left alone keeps its own. The
+        written controls count as applied, so the watch's echo is not a second action.
+        `TemporaryError` when the API server refuses: nothing changed then."""
+        item = next(
+            (i for i in self._items.values() if i.route is not None and i.route.key == route.key),
+            None,
+        )
+        if item is None:
+            return
+        pin = None
+        if controls.pin is not None and controls.pin_until_s is not None:
+            expires = float(int(self._wall() + (controls.pin_until_s - now_s)))
+            kept = self._applied.get(route.key)
+            pin = SpecPin(controls.pin, expires, reason, caller)
+            if (
+                kept is not None
+                and kept.pin is not None
+                and kept.pin.weights == controls.pin
+                and abs(kept.pin.expires_at_s - expires) <= 1.0
+            ):
+                pin = kept.pin
+        spec = SpecControls(controls.paused, controls.shadow, pin)
+        self.source.write_controls(item.name, _spec_dict(spec))
+        self._applied[route.key] = spec
+
     def _apply(self, loop: _Loop, name: str, route: RouteRef, spec: SpecControls) -> None:
         """Spec controls onto the guard: all when first seen, then each field that changed."""
         before = self._applied.get(route.key)
@@ -259,6 +299,19 @@ class ManagedRoutes:
             _condition("True" if ok else "False", "Managed" if ok else "Failed", st.failed or "")
         ]
         return status
+
+
+def _spec_dict(spec: SpecControls) -> dict[str, Any]:
+    """``spec.controls`` as the CRD spells it (a None pin deletes the field)."""
+    pin = None
+    if spec.pin is not None:
+        pin = {
+            "weights": spec.pin.weights.as_dict(),
+            "expiresAt": _rfc3339(spec.pin.expires_at_s),
+            "reason": spec.pin.reason or None,
+            "by": spec.pin.by or None,
+        }
+    return {"paused": spec.paused, "shadow": spec.shadow, "pin": pin}
 
 
 def _controls(c: RouteControls) -> dict[str, Any]:

@@ -16,20 +16,21 @@ seconds per wall second).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from controller.access import Caller
 from controller.guard import Guard, RouteControls
 from controller.store import DecisionRecord, DecisionStore, SavedControls
 from meshcore import RouteRef, Weights
 
-__all__ = ["MAX_REASON_CHARS", "RESTORER", "Operators"]
+__all__ = ["MAX_REASON_CHARS", "RESTORER", "ControlsMirror", "Operators"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,12 +46,23 @@ def _controls_dict(c: RouteControls) -> dict[str, Any]:
     return {"paused": c.paused, "shadow": c.shadow, "pin": pin, "pin_until_s": c.pin_until_s}
 
 
+class ControlsMirror(Protocol):
+    """Where controls also live outside this replica (`controller.managed.ManagedRoutes`):
+    called with the route's controls after an action, before anything is recorded; raises
+    (`TemporaryError`) when it could not keep them, and the action is then undone."""
+
+    def mirror(
+        self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
+    ) -> None: ...
+
+
 class Operators:
     """The operator actions on `guard`, recorded in and kept by `store`. Thread-safe.
 
     now: the loop's clock (s); writer_id: this replica, recorded with each action; phase_of:
     the route's phase for the record (default: not known, ``"-"``); rate: loop seconds per
-    wall second (1 on a wall clock, ``sim.speed`` under ``mesh: sim``); wall: Unix time (s).
+    wall second (1 on a wall clock, ``sim.speed`` under ``mesh: sim``); wall: Unix time (s);
+    mirror: where the controls of an action are also written (the route's ManagedRoute).
     """
 
     def __init__(
@@ -63,6 +75,7 @@ class Operators:
         phase_of: Callable[[RouteRef], str] | None = None,
         rate: float = 1.0,
         wall: Callable[[], float] = time.time,
+        mirror: ControlsMirror | None = None,
     ) -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate must be > 0 loop seconds per wall second, got {rate!r}")
@@ -71,6 +84,7 @@ class Operators:
         self.writer_id = writer_id
         self.phase_of = phase_of
         self.rate = float(rate)
+        self.mirror = mirror
         self._lock = threading.Lock()
 
     # -- the actions -----------------------------------------------------------------------
@@ -190,13 +204,26 @@ class Operators:
                 detail=detail,
             )
             try:
+                self._mirror(route, after, caller, reason or "", now)
+            except BaseException:
+                self._put_back(route, before)
+                raise
+            try:
                 self.store.record(record, controls=self._kept(route, after, caller))
             except BaseException:
                 self._put_back(route, before)
+                with contextlib.suppress(Exception):  # best effort: the spec as it was
+                    self._mirror(route, before, caller, reason or "", now)
                 raise
         _log.info(
             "route %s: %s by %s%s", route.key, action, caller.name, f" ({reason})" if reason else ""
         )
+
+    def _mirror(
+        self, route: RouteRef, c: RouteControls, caller: Caller, reason: str, now: float
+    ) -> None:
+        if self.mirror is not None:
+            self.mirror.mirror(route, c, caller.name, reason, now)
 
     def _kept(self, route: RouteRef, c: RouteControls, caller: Caller) -> SavedControls:
         expires = None

@@ -11,7 +11,10 @@ first; it goes through `controller.operators.Operators`, which records the calle
 optional ``reason`` and the controls before and after in the audit log, and keeps the
 controls in the store so a restart with the same store file restores them. Only the leader
 writes: a follower refuses controls with a 409 naming the leader, instead of accepting a pin
-that would never be applied. A new leader (another replica, another store) does not see them.
+that would never be applied. A route named by a ManagedRoute keeps its controls in that
+resource's ``spec.controls`` too (written first; a 503 when the API server refuses it and
+nothing changed), so every replica and a new leader see them; the controls of a route from the
+settings live in this replica's store only.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ router = APIRouter(
         why={
             404: "the route is not managed",
             409: "this replica is a follower, or the route's subsets are not known yet",
-            503: "the decision store is busy, or the caller could not be checked (the "
-            "Kubernetes API unreachable): nothing changed, retrying later works",
+            503: "the decision store is busy, the caller could not be checked, or the route's "
+            "ManagedRoute could not be patched (the Kubernetes API unreachable or refusing): "
+            "nothing changed, retrying later works",
         },
     ),
 )

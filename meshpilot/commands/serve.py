@@ -446,9 +446,12 @@ def _authenticator(settings: Settings, stack: contextlib.ExitStack) -> Authentic
 
 
 def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators:
-    """The audited controls, with those kept in the store from a previous run restored."""
+    """The audited controls, with those kept in the store from a previous run restored; a
+    route's ManagedRoute (if the loop watches them) keeps the controls made through the API."""
     from controller.api.overrides import clock_rate
+    from controller.managed import ManagedRoutes
 
+    mirror = next((h for h in loop.hooks if isinstance(h, ManagedRoutes)), None)
     operators = Operators(
         guard,
         loop.store,
@@ -456,6 +459,7 @@ def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators
         writer_id=loop.writer_id,
         phase_of=lambda route: loop.route_status(route).phase,
         rate=clock_rate(settings),
+        mirror=mirror,
     )
     for route in operators.restore(loop.routes):
         c = guard.controls(route)

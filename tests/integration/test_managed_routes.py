@@ -19,7 +19,9 @@ would write unless something stops it. In order:
 A second case builds the loop as ``meshpilot serve --mesh k8s`` does (`build_loop`) with
 ``kube.managed_routes`` and no route in the settings, from the controller user's kubeconfig.
 A third runs two replicas with one Lease: the leader dies after writing a ManagedRoute's pin
-and pausing; the new leader keeps the pause (no writes) and then the pin.
+and pausing; the new leader keeps the pause (no writes) and then the pin. A fourth makes the
+same hand-over with the controls made through the API (`Operators` mirrored into the
+ManagedRoute's spec), and a control the API server refuses changes nothing.
 """
 
 from __future__ import annotations
@@ -385,6 +387,104 @@ def test_a_new_leader_keeps_the_pin_and_the_pause(
         status, mr = lab.request("GET", f"{path}/{name}")
         assert mr["status"]["phase"] == "overridden"
         assert mr["status"]["observedGeneration"] == generation
+    finally:
+        lab.request("DELETE", f"{path}/{name}")
+        for loop, elector, source in replicas:
+            loop.stop()
+            source.stop()
+            elector.stop(release=False)
+            close = getattr(loop.actuator, "close", None)
+            if callable(close):
+                close()
+            loop.store.close()
+
+
+def test_api_controls_live_in_the_managedroute_and_outlive_their_leader(
+    controller_api: Any, lab: KubeLab, tmp_path: Path
+) -> None:
+    """The API's controls (`Operators` as `meshpilot serve` builds them, mirrored into the
+    ManagedRoute): pod-a's pin and pause land in ``spec.controls`` (weights, expiresAt, by,
+    reason) and in pod-a's audit once (the watch's echo is not a second action); pod-a dies;
+    pod-b, which never saw an API call, keeps the pause and the pin; pod-b's resume goes
+    into the same spec. A control the API server refuses changes nothing (503 in the API)."""
+    from controller.access import Caller
+    from controller.operators import Operators
+    from meshcore import TemporaryError, Weights
+
+    path = MR_PATH.rsplit("/", 1)[0]
+    name = "reviews-api"
+    replicas = [replica(controller_api, identity, tmp_path) for identity in ("pod-c", "pod-d")]
+    (a, lease_a, _), (b, lease_b, _) = replicas
+
+    def operators(loop: ControlLoop) -> Operators:
+        (hook,) = loop.hooks
+        assert isinstance(hook, ManagedRoutes)
+        return Operators(
+            loop.guard, loop.store, now=loop.now, writer_id=loop.writer_id, mirror=hook
+        )
+
+    def spec_controls() -> dict[str, Any]:
+        status, mr = lab.request("GET", f"{path}/{name}")
+        assert status == 200, mr
+        return dict(mr["spec"].get("controls") or {})
+
+    def both_see(generation: int) -> None:
+        for _, _, source in replicas:
+            wait_for(lambda s=source: seen(s, generation), 5, f"generation {generation}")
+
+    try:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ManagedRoute",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
+        }
+        status, created = lab.request("POST", path, body)
+        assert status == 201, created
+        both_see(1)
+        wait_for(lambda: lease_a.try_acquire_or_renew(), 10, "pod-c to lead")
+        a.tick()  # pod-c manages the route from its ManagedRoute
+        ops_a = operators(a)
+        pinned = Weights(SUBSETS, (20, 30, 50))
+        before_s = time.time()
+        ops_a.pin(ROUTE, pinned, 600.0, caller=Caller("alice"), reason="canary looks bad")
+        controls = spec_controls()
+        pin = controls["pin"]
+        assert pin["weights"] == pinned.as_dict(), controls
+        assert (pin["by"], pin["reason"]) == ("alice", "canary looks bad")
+        expires = datetime.fromisoformat(pin["expiresAt"].replace("Z", "+00:00")).timestamp()
+        assert before_s + 598 <= expires <= time.time() + 600
+        assert controls["paused"] is False
+        (result,) = a.tick()
+        assert result.outcome == "written" and result.phase == "overridden", result
+        assert vs_state(lab)[1] == pinned.as_dict()
+        ops_a.pause(ROUTE, caller=Caller("bob"), reason="freeze for the incident")
+        controls = spec_controls()
+        assert controls["paused"] is True and controls["pin"]["by"] == "alice", controls
+        generation = int(lab.request("GET", f"{path}/{name}")[1]["metadata"]["generation"])
+        both_see(generation)
+        assert lease_a.try_acquire_or_renew()
+        assert a.tick()[0].phase == "paused"
+        actions = [str(r.action) for r in a.store.latest(ROUTE, 50, operators=True)]
+        assert sorted(actions) == ["pause", "pin"], actions  # the echo added nothing
+
+        # pod-c dies: no more ticks, no renewal, no release; pod-d takes the Lease
+        wait_for(lambda: lease_b.try_acquire_or_renew(), 10, "pod-d to lead")
+        (result,) = b.tick()
+        assert result.phase == "paused" and result.outcome != "written", result
+        assert b.guard.controls(ROUTE).pin == pinned
+        operators(b).resume(ROUTE, caller=Caller("carol"), reason="incident over")
+        controls = spec_controls()
+        assert controls["paused"] is False and controls["pin"]["weights"] == pinned.as_dict()
+        (result,) = b.tick()
+        assert result.phase == "overridden" and result.outcome != "written", result
+        assert vs_state(lab)[1] == pinned.as_dict()
+
+        # the resource gone under pod-d's feet: the API's control is refused, nothing changes
+        lab.request("DELETE", f"{path}/{name}")
+        with pytest.raises(TemporaryError, match="not kept"):
+            operators(b).pause(ROUTE, caller=Caller("carol"), reason="again")
+        assert b.guard.controls(ROUTE).paused is False
     finally:
         lab.request("DELETE", f"{path}/{name}")
         for loop, elector, source in replicas:

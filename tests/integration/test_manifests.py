@@ -475,8 +475,9 @@ def ensure_own_crds(lab: KubeLab) -> list[dict[str, Any]]:
 
 
 def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: KubeLab) -> None:
-    """The negative half, each a 403 from the real apiserver's RBAC authorizer: no patch of a
-    DestinationRule, no delete of a VirtualService (or a DestinationRule), no Secret read or
+    """The negative half, each a 403 from the real apiserver's RBAC authorizer: no create or
+    replace of a ManagedRoute (its spec.controls is merge-patched, never rewritten), no patch of
+    a DestinationRule, no delete of a VirtualService (or a DestinationRule), no Secret read or
     list, and no VirtualService in another namespace (get, list, patch). The same account is
     first seen reading what the Role grants, so no 403 here comes from a binding the
     authorizer has not loaded yet."""
@@ -518,8 +519,17 @@ def test_service_account_with_manifest_rbac_is_refused_everything_else(lab: Kube
     label = {"metadata": {"labels": {"meshpilot-test": "x"}}}
     mr = ("meshpilot.io", "v1alpha1", NS, "managedroutes", "reviews")
     refused = {
-        "patch a ManagedRoute's spec": lambda: custom.patch_namespaced_custom_object(
-            *mr, {"spec": {"controls": {"paused": True}}}
+        "replace a ManagedRoute (its spec is patched, never rewritten)": lambda: (
+            custom.replace_namespaced_custom_object(*mr, custom.get_namespaced_custom_object(*mr))
+        ),
+        "create a ManagedRoute": lambda: custom.create_namespaced_custom_object(
+            *mr[:4],
+            {
+                "apiVersion": "meshpilot.io/v1alpha1",
+                "kind": "ManagedRoute",
+                "metadata": {"name": "made-by-meshpilot", "namespace": NS},
+                "spec": {"virtualService": "reviews", "route": "primary"},
+            },
         ),
         "delete a ManagedRoute": lambda: custom.delete_namespaced_custom_object(*mr),
         "patch a DestinationRule": lambda: custom.patch_namespaced_custom_object(

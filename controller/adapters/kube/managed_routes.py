@@ -5,9 +5,10 @@ would miss nothing but costs a request each time, so a daemon thread lists the n
 then watches it (resumed from the last resourceVersion, listed again after 410 Gone or any
 error, backing off up to 30 s). Until the first list succeeds, and after an error until the
 next one does, `snapshot` answers None and the loop keeps what it manages. Status goes
-through the status subresource as a merge patch (the Role grants ``patch`` on
-``managedroutes/status`` only, never on the spec, which is the operators'); Events are core/v1
-Events about the ManagedRoute (``create events``).
+through the status subresource as a merge patch; an API control of a route goes into its
+``spec.controls`` as a merge patch (`write_controls`; the Role grants ``patch`` on
+``managedroutes`` for that, after the API checked that the caller may patch it too); Events are
+core/v1 Events about the ManagedRoute (``create events``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from controller.adapters.kube.client import brief_error, kube_api_client, translate_api_error
 from controller.managed import ManagedRoute, SpecControls, SpecPin
-from meshcore import RouteRef, Weights
+from meshcore import RouteRef, TemporaryError, Weights
 
 __all__ = ["GROUP", "PLURAL", "VERSION", "ManagedRouteWatch", "parse_managed_route"]
 
@@ -146,6 +147,23 @@ class ManagedRouteWatch:
             _log.warning("%s", translate_api_error(exc, "patch", what))
             return False
         return True
+
+    def write_controls(self, name: str, controls: Mapping[str, Any]) -> None:
+        what = f"{PLURAL}.{GROUP} {self.namespace}/{name}"
+        try:
+            self._api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+                {"spec": {"controls": dict(controls)}},
+                _request_timeout=self._timeouts,
+            )
+        except Exception as exc:
+            err = translate_api_error(exc, "patch", what)
+            # Nothing changed either way; the API answers 503 and the operator can retry.
+            raise TemporaryError(f"the control was not kept: {err}") from exc
 
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

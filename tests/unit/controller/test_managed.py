@@ -6,6 +6,10 @@ the source is not in sync; spec controls reach the guard when first seen and whe
 change (an API control in between stays), each change an operator action in the audit log;
 a pin's ``expiresAt`` (Unix time) lands on the loop's clock; only the leader writes status,
 only when it changed, again after a failure, and Events on writes and on entering a phase.
+API controls (`Operators` with the hook as mirror) go into the spec of the route's resource
+first, once each (the echo of the spec is not applied or audited again), keep a pin's own
+``by`` and reason when another control changes, and change nothing when the spec write fails;
+a route with no resource is not mirrored.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class FakeSource:
         self.items: list[ManagedRoute] | None = []
         self.statuses: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, bool, str]] = []
+        self.controls: list[tuple[str, dict[str, Any]]] = []
         self.fail = False
 
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
@@ -39,6 +44,11 @@ class FakeSource:
 
     def snapshot(self) -> Sequence[ManagedRoute] | None:
         return None if self.items is None else list(self.items)
+
+    def write_controls(self, name: str, controls: Mapping[str, Any]) -> None:
+        if self.fail:
+            raise TemporaryError("patch managedroutes: API server answered 503")
+        self.controls.append((name, dict(controls)))
 
     def write_status(self, name: str, status: Mapping[str, Any]) -> bool:
         if self.fail:
@@ -206,3 +216,63 @@ def test_events_on_writes_and_on_entering_a_phase_by_the_leader_only() -> None:
     leader.leading = False
     loop.tick()
     assert len(source.events) == 3
+
+
+def _operators(loop: ControlLoop) -> Any:
+    from controller.operators import Operators
+
+    (hook,) = loop.hooks
+    return Operators(loop.guard, loop.store, now=loop.now, writer_id="pod-a", mirror=hook)
+
+
+def test_api_controls_go_into_the_spec_once() -> None:
+    from controller.access import Caller
+
+    loop, _, source, _ = setup(static=(B,))
+    source.items = [mr(A)]
+    loop.tick()
+    ops = _operators(loop)
+    ops.pin(A, split(20, 80), 60.0, caller=Caller("alice"), reason="drain v1")
+    name, written = source.controls[-1]
+    expires = int(WALL + loop.now() + 60.0)
+    assert name == A.virtual_service
+    assert written == {
+        "paused": False,
+        "shadow": False,
+        "pin": {
+            "weights": {"v1": 20, "v2": 80},
+            "expiresAt": _rfc3339(expires),
+            "reason": "drain v1",
+            "by": "alice",
+        },
+    }
+    ops.pause(A, caller=Caller("bob"), reason="freeze")
+    paused = source.controls[-1][1]
+    assert paused["paused"] is True and paused["pin"] == written["pin"]  # alice's pin kept
+    # the watch echoes what was written: nothing is applied or recorded again
+    pin = SpecPin(split(20, 80), float(expires), "drain v1", "alice")
+    source.items = [mr(A, SpecControls(paused=True, pin=pin), 3)]
+    assert {r.route: r.phase for r in loop.tick()}[A] == "paused"
+    actions = [r.action for r in loop.store.latest(A, 50, operators=True)]
+    assert actions == ["pause", "pin"]
+    ops.pause(B, caller=Caller("bob"), reason="not a ManagedRoute")  # settings route
+    assert len(source.controls) == 2
+
+
+def test_a_refused_spec_write_changes_nothing() -> None:
+    from controller.access import Caller
+
+    loop, _, source, _ = setup()
+    source.items = [mr(A)]
+    loop.tick()
+    source.fail = True
+    with pytest.raises(TemporaryError, match="503"):
+        _operators(loop).pause(A, caller=Caller("bob"), reason="freeze")
+    assert loop.guard.controls(A).paused is False
+    assert loop.store.latest(A, 50, operators=True) == []
+
+
+def _rfc3339(unix_s: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
