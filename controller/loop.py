@@ -213,6 +213,8 @@ class ControlLoop:
         """Manage exactly `routes` from now on (a route left out is never written again)."""
         self._book.add(routes)
         self.metrics.declare_routes([r.key for r in routes if r not in self._by_key.values()])
+        kept = {r.key for r in routes}
+        self.metrics.forget_routes([key for key in self._by_key if key not in kept])
         self.routes = tuple(routes)
         self._by_key = {r.key: r for r in self.routes}
 

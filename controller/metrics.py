@@ -127,6 +127,7 @@ class ControllerMetrics:
         r.register(self._conflicts)
         self._phases: dict[str, str] = {}
         self._weights: dict[str, dict[str, int]] = {}
+        self._outcomes: dict[str, set[str]] = {}
 
     def bind_conflicts(self, source: Callable[[], float]) -> None:
         """Expose ``source()`` (the actuator's cumulative conflict count) as conflicts_total."""
@@ -151,6 +152,26 @@ class ControllerMetrics:
         """Drop the route's weight series: what a failed route holds is unknown or invalid."""
         for subset in self._weights.pop(route, {}):
             self.route_weight.remove(route, subset)
+
+    def count_decision(self, route: str, outcome: str) -> None:
+        """One recorded decision of `route`, counted under its outcome class."""
+        label = outcome_class(outcome)
+        self.decisions.labels(route=route, outcome=label).inc()
+        self._outcomes.setdefault(route, set()).add(label)
+
+    def forget_routes(self, routes: Sequence[str]) -> None:
+        """Drop every series of routes no longer managed (a ManagedRoute deleted): a released
+        route would otherwise stay in its last phase on dashboards, and in an alert on
+        ``failed``, for as long as the process lives."""
+        for route in routes:
+            if self._phases.pop(route, None) is not None:
+                for known in PHASES:
+                    self.route_phase.remove(route, known)
+            self.clear_weights(route)
+            for label in self._outcomes.pop(route, set()):
+                self.decisions.remove(route, label)
+            self.writes.remove(route)  # a labelset never counted is no error
+            self.verify_failures.remove(route)
 
     def declare_routes(self, routes: Sequence[str]) -> None:
         """Create every route's phase series up front, so a scrape before the first tick

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controller.metrics import ControllerMetrics, outcome_class
+from controller.metrics import ControllerMetrics
 from controller.store import DecisionRecord, encode_observation
 from controller.verify import PendingWrite, VerifyResult
 from meshcore import Observation, RouteRef, Weights, reward
@@ -216,7 +216,7 @@ class RouteBook:
             metrics.set_weights(route.key, weights)
         else:
             metrics.clear_weights(route.key)
-        metrics.decisions.labels(route=route.key, outcome=outcome_class(entry.outcome)).inc()
+        metrics.count_decision(route.key, entry.outcome)
         return TickResult(
             route=route,
             phase=entry.phase,

@@ -21,7 +21,8 @@ A second case builds the loop as ``meshpilot serve --mesh k8s`` does (`build_loo
 A third runs two replicas with one Lease: the leader dies after writing a ManagedRoute's pin
 and pausing; the new leader keeps the pause (no writes) and then the pin. A fourth makes the
 same hand-over with the controls made through the API (`Operators` mirrored into the
-ManagedRoute's spec), and a control the API server refuses changes nothing.
+ManagedRoute's spec), and a control the API server refuses changes nothing. A fifth shows a
+repeated Event counted on one Event, as Kubernetes' recorder does.
 """
 
 from __future__ import annotations
@@ -495,3 +496,37 @@ def test_api_controls_live_in_the_managedroute_and_outlive_their_leader(
             if callable(close):
                 close()
             loop.store.close()
+
+
+def test_a_repeated_event_is_counted_on_one_event(controller_api: Any, lab: KubeLab) -> None:
+    """As the controller user (the Role's events rules): the same Event three times is one
+    Event with count 3 and a later lastTimestamp; another message is an Event of its own."""
+    from controller.managed import ManagedRoute
+
+    path = MR_PATH.rsplit("/", 1)[0]
+    name = "reviews-events"
+    source = ManagedRouteWatch(NS, api_client=controller_api, watch_timeout_s=30)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ManagedRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
+    }
+    status, created = lab.request("POST", path, body)
+    assert status == 201, created
+    try:
+        item = ManagedRoute(name, 1, ROUTE, uid=created["metadata"]["uid"])
+        for _ in range(3):
+            source.emit_event(item, True, "Holding", "no fresh data: holding")
+            time.sleep(1.1)  # lastTimestamp has whole seconds
+        source.emit_event(item, False, "Written", "weights {v1: 50, v2: 50}")
+        status, events = lab.request(
+            "GET", f"/api/v1/namespaces/{NS}/events?fieldSelector=involvedObject.name%3D{name}"
+        )
+        assert status == 200, events
+        seen = sorted((e["reason"], e["count"]) for e in events["items"])
+        assert seen == [("Holding", 3), ("Written", 1)], events["items"]
+        holding = next(e for e in events["items"] if e["reason"] == "Holding")
+        assert holding["lastTimestamp"] > holding["firstTimestamp"]
+    finally:
+        lab.request("DELETE", f"{path}/{name}")

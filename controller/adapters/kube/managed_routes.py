@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,13 @@ __all__ = ["GROUP", "PLURAL", "VERSION", "ManagedRouteWatch", "parse_managed_rou
 GROUP, VERSION, PLURAL = "meshpilot.io", "v1alpha1", "managedroutes"
 
 _log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+"""Patches here are JSON merge patches (the client's default for a dict is a JSON patch)."""
+
+MAX_EVENTS_REMEMBERED = 1024
+"""Events this replica remembers for aggregation (the oldest forgotten first): enough for every
+route's few distinct events, bounded however many routes come and go."""
 
 
 def _controls(raw: Any) -> SpecControls:
@@ -103,6 +111,7 @@ class ManagedRouteWatch:
         self._core: Any = client.CoreV1Api(api)
         self._watch_timeout_s, self._timeouts = watch_timeout_s, timeouts
         self._lock = threading.Lock()
+        self._events: OrderedDict[tuple[str, str, bool, str, str], tuple[str, int]] = OrderedDict()
         self._objects: dict[str, dict[str, Any]] = {}
         self._resource_version = ""
         self._stream: Any = None
@@ -158,6 +167,7 @@ class ManagedRouteWatch:
                 PLURAL,
                 name,
                 {"spec": {"controls": dict(controls)}},
+                _content_type=MERGE_PATCH,
                 _request_timeout=self._timeouts,
             )
         except Exception as exc:
@@ -166,7 +176,18 @@ class ManagedRouteWatch:
             raise TemporaryError(f"the control was not kept: {err}") from exc
 
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
+        """An Event about `item`; the same one again (same resource, type, reason and
+        message, as ``kubectl describe`` groups them) bumps ``count`` and ``lastTimestamp`` of
+        the Event this replica created, as Kubernetes' own recorder does, instead of adding
+        one Event per repetition (a route holding tick after tick, the same write again)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = message[:1000]
+        key = (item.name, item.uid, warning, reason, message)
+        seen = self._events.get(key)
+        if seen is not None and self._bump(*seen, now):
+            self._events[key] = (seen[0], seen[1] + 1)
+            self._events.move_to_end(key)
+            return
         event = {
             "metadata": {"generateName": f"{item.name}.", "namespace": self.namespace},
             "involvedObject": {
@@ -178,18 +199,40 @@ class ManagedRouteWatch:
             },
             "type": "Warning" if warning else "Normal",
             "reason": reason,
-            "message": message[:1000],
+            "message": message,
             "source": {"component": "meshpilot"},
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
         }
         try:
-            self._core.create_namespaced_event(
-                self.namespace, event, _request_timeout=self._timeouts, _preload_content=False
+            created = self._core.create_namespaced_event(
+                self.namespace, event, _request_timeout=self._timeouts
             )
         except Exception as exc:  # an Event is a courtesy: never worth failing a tick
             _log.warning("%s", translate_api_error(exc, "create", f"events {self.namespace}"))
+            return
+        self._events[key] = (str(created.metadata.name), 1)
+        while len(self._events) > MAX_EVENTS_REMEMBERED:
+            self._events.popitem(last=False)
+
+    def _bump(self, name: str, count: int, now: str) -> bool:
+        """Count one more occurrence on Event `name`; False when it is gone (Events expire,
+        an hour by default) or the patch failed, and a new one should be created."""
+        patch = {"count": count + 1, "lastTimestamp": now}
+        try:
+            self._core.patch_namespaced_event(
+                name,
+                self.namespace,
+                patch,
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeouts,
+            )
+        except Exception as exc:
+            if not (isinstance(exc, ApiException) and exc.status == 404):
+                _log.warning("%s", translate_api_error(exc, "patch", f"events {name}"))
+            return False
+        return True
 
     # -- the thread --------------------------------------------------------------------------
 

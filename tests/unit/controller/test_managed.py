@@ -1,9 +1,10 @@
 """`ManagedRoutes` (routes and controls from ManagedRoute resources) and the spec parser.
 
 Over the fake mesh of test_loop and a fake source: a route is managed from the tick its
-resource appears and released (never written again) when it is gone; nothing changes while
-the source is not in sync; spec controls reach the guard when first seen and when they
-change (an API control in between stays), each change an operator action in the audit log;
+resource appears and released (never written again, no metric series left) when it is gone;
+nothing changes while the source is not in sync; spec controls reach the guard when first
+seen and when they change (an API control in between stays), each change an operator action
+in the audit log;
 a pin's ``expiresAt`` (Unix time) lands on the loop's clock; only the leader writes status,
 only when it changed, again after a failure, and Events on writes and on entering a phase.
 API controls (`Operators` with the hook as mirror) go into the spec of the route's resource
@@ -100,6 +101,21 @@ def test_a_route_is_managed_from_its_first_tick_and_released_when_deleted() -> N
     assert loop.tick() == [] and loop.tick() == []
     assert loop.routes == () and len(mesh.applied) == writes
     assert loop.find(A.key) is None
+    assert A.key not in loop.metrics.render().decode()  # no series of a released route
+
+
+def test_a_released_route_leaves_no_series_and_a_kept_one_keeps_its_own() -> None:
+    loop, _, source, _ = setup(static=(B,))
+    source.items = [mr(A)]
+    loop.tick()
+    text = loop.metrics.render().decode()
+    for series in ("meshpilot_route_phase", "meshpilot_route_weight", "meshpilot_decisions_total"):
+        assert f"{series}{{" in text and f'route="{A.key}"' in text
+    source.items = []
+    loop.tick()
+    text = loop.metrics.render().decode()
+    assert f'route="{A.key}"' not in text
+    assert f'meshpilot_route_phase{{phase="active",route="{B.key}"}} 1.0' in text
 
 
 def test_settings_routes_stay_beside_managed_ones() -> None:
