@@ -40,6 +40,7 @@ from envs.lab.lab import LabState
 from envs.lab.load_process import LoadGenerator
 from envs.lab.loadgen import LoadResult
 from envs.lab.traffic import FAULT_FIELDS, apply_fault
+from envs.simulator.engine import subset_values_at
 from envs.simulator.scenario import Scenario
 from envs.simulator.telemetry import EDGES_MS, N_BINS, quantile_ms
 from meshcore.model import Observation, RouteRef, Weights
@@ -91,34 +92,12 @@ class EventSchedule:
     notes: tuple[str, ...] = ()
 
 
-def _value_at(base: float, target: float, start: float, ramp: float, t: float) -> float:
-    """The simulator's linear move from `base` to `target` over [start, start + ramp]."""
-    if t < start:
-        return base
-    if ramp <= 0 or t >= start + ramp:
-        return target
-    return base + (target - base) * (t - start) / ramp
-
-
 def lab_values(scenario: Scenario, subset: str, t_s: float) -> dict[str, float]:
     """What the lab's backends of `subset` should run at `t_s` (s) to match the simulator:
     error_rate, service_ms, cv and a capacity_factor that folds in the replica count
     (``capacity_factor * replicas / nominal replicas``)."""
     sub = next(s for s in scenario.subsets if s.name == subset)
-    values = {
-        f: float(getattr(sub, f))
-        for f in ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")
-    }
-    for ev in scenario.events:
-        if ev.subset != subset:
-            continue
-        for name, target in ev.set.items():
-            base = values[name]
-            v = _value_at(base, target, ev.at_s, ev.ramp_s, t_s)
-            if ev.duration_s is not None:
-                back = ev.at_s + ev.ramp_s + ev.duration_s
-                v = _value_at(v, base, back, ev.ramp_s, t_s)
-            values[name] = v
+    values = subset_values_at(scenario, subset, t_s)
     replicas = max(1, round(values["replicas"]))
     return {
         "error_rate": min(max(values["error_rate"], 0.0), 1.0),

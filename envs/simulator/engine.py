@@ -129,6 +129,29 @@ def _change_times(scenario: Scenario) -> tuple[float, ...]:
     return tuple(sorted(times))
 
 
+SUBSET_FIELDS = ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")
+"""A version's parameters that events may change."""
+
+
+def subset_values_at(scenario: Scenario, subset: str, t_s: float) -> dict[str, float]:
+    """`subset`'s `SUBSET_FIELDS` at time `t_s` (s): its file values with every event applied
+    (linear ramps, and back over the same ramp after ``duration_s``), unclamped and unrounded.
+    The one reading of events, for the simulator and for the lab's replay."""
+    sub = next(s for s in scenario.subsets if s.name == subset)
+    values = {f: float(getattr(sub, f)) for f in SUBSET_FIELDS}
+    for ev in scenario.events:
+        if ev.subset != subset:
+            continue
+        for field, target in ev.set.items():
+            base = values[field]
+            v = _value_at(base, target, ev.at_s, ev.ramp_s, t_s)
+            if ev.duration_s is not None:
+                back = ev.at_s + ev.ramp_s + ev.duration_s
+                v = _value_at(v, base, back, ev.ramp_s, t_s)
+            values[field] = v
+    return values
+
+
 class MeshSimulator:
     """Per-request simulator of one route; `step(weights)` advances `scenario.step_s` seconds."""
 
@@ -213,20 +236,7 @@ class MeshSimulator:
         t = self.t_s + self.scenario.step_s / 2 if t_s is None else t_s
         subsets = []
         for sub in self.scenario.subsets:
-            values = {
-                f: float(getattr(sub, f))
-                for f in ("replicas", "service_ms", "cv", "error_rate", "capacity_factor")
-            }
-            for ev in self.scenario.events:
-                if ev.subset != sub.name:
-                    continue
-                for field, target in ev.set.items():
-                    base = values[field]
-                    v = _value_at(base, target, ev.at_s, ev.ramp_s, t)
-                    if ev.duration_s is not None:
-                        back = ev.at_s + ev.ramp_s + ev.duration_s
-                        v = _value_at(v, base, back, ev.ramp_s, t)
-                    values[field] = v
+            values = subset_values_at(self.scenario, sub.name, t)
             subsets.append(
                 SubsetTruth(
                     name=sub.name,

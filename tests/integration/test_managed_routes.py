@@ -127,6 +127,28 @@ def seen(source: ManagedRouteWatch, generation: int | None) -> bool:
     return any(i.generation == generation for i in items)
 
 
+def managed_route_body(name: str) -> dict[str, Any]:
+    """A ManagedRoute named `name` for the reviews route."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ManagedRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
+    }
+
+
+def stop_replicas(replicas: list[tuple[ControlLoop, Any, ManagedRouteWatch]]) -> None:
+    """Every part of each replica stopped, its Lease not released (as a dead pod)."""
+    for loop, elector, source in replicas:
+        loop.stop()
+        source.stop()
+        elector.stop(release=False)
+        close = getattr(loop.actuator, "close", None)
+        if callable(close):
+            close()
+        loop.store.close()
+
+
 def test_managed_route_lifecycle(
     controller_api: Any, lab: KubeLab, kubectl_bin: str, tmp_path: Path
 ) -> None:
@@ -155,12 +177,7 @@ def test_managed_route_lifecycle(
         assert loop.tick() == [] and loop.routes == ()
 
         # created -> managed and written within one tick, status written
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ManagedRoute",
-            "metadata": {"name": "reviews", "namespace": NS},
-            "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
-        }
+        body = managed_route_body("reviews")
         status, created = lab.request("POST", MR_PATH.rsplit("/", 1)[0], body)
         assert status == 201, created
         wait_for(lambda: seen(source, created["metadata"]["generation"]), 5, "the watch")
@@ -271,12 +288,7 @@ def test_serve_wires_the_watch_with_no_route_in_settings(
     )
     assert settings.routes == []
     path = MR_PATH.rsplit("/", 1)[0]
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ManagedRoute",
-        "metadata": {"name": "reviews-serve", "namespace": NS},
-        "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
-    }
+    body = managed_route_body("reviews-serve")
     with contextlib.ExitStack() as stack:
         loop, _ = build_loop(settings, stack)
         assert loop.routes == ()
@@ -352,12 +364,7 @@ def test_a_new_leader_keeps_the_pin_and_the_pause(
         return generation
 
     try:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ManagedRoute",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
-        }
+        body = managed_route_body(name)
         status, created = lab.request("POST", path, body)
         assert status == 201, created
         both_see(1)
@@ -390,14 +397,7 @@ def test_a_new_leader_keeps_the_pin_and_the_pause(
         assert mr["status"]["observedGeneration"] == generation
     finally:
         lab.request("DELETE", f"{path}/{name}")
-        for loop, elector, source in replicas:
-            loop.stop()
-            source.stop()
-            elector.stop(release=False)
-            close = getattr(loop.actuator, "close", None)
-            if callable(close):
-                close()
-            loop.store.close()
+        stop_replicas(replicas)
 
 
 def test_api_controls_live_in_the_managedroute_and_outlive_their_leader(
@@ -434,12 +434,7 @@ def test_api_controls_live_in_the_managedroute_and_outlive_their_leader(
             wait_for(lambda s=source: seen(s, generation), 5, f"generation {generation}")
 
     try:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ManagedRoute",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
-        }
+        body = managed_route_body(name)
         status, created = lab.request("POST", path, body)
         assert status == 201, created
         both_see(1)
@@ -488,14 +483,7 @@ def test_api_controls_live_in_the_managedroute_and_outlive_their_leader(
         assert b.guard.controls(ROUTE).paused is False
     finally:
         lab.request("DELETE", f"{path}/{name}")
-        for loop, elector, source in replicas:
-            loop.stop()
-            source.stop()
-            elector.stop(release=False)
-            close = getattr(loop.actuator, "close", None)
-            if callable(close):
-                close()
-            loop.store.close()
+        stop_replicas(replicas)
 
 
 def test_a_repeated_event_is_counted_on_one_event(controller_api: Any, lab: KubeLab) -> None:
@@ -506,12 +494,7 @@ def test_a_repeated_event_is_counted_on_one_event(controller_api: Any, lab: Kube
     path = MR_PATH.rsplit("/", 1)[0]
     name = "reviews-events"
     source = ManagedRouteWatch(NS, api_client=controller_api, watch_timeout_s=30)
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ManagedRoute",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"virtualService": "reviews", "route": "primary", "host": HOST},
-    }
+    body = managed_route_body(name)
     status, created = lab.request("POST", path, body)
     assert status == 201, created
     try:
