@@ -19,11 +19,14 @@ settings live in this replica's store only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
+from controller.access import Caller
 from controller.api.auth import CallerDep, OperatorRoute, require_operator
 from controller.api.deps import GuardDep, LoopDep, OperatorsDep, RouteDep, SettingsDep, StoreDep
 from controller.api.errors import error_responses
@@ -37,7 +40,9 @@ from controller.api.schemas import (
 )
 from controller.guard import Guard
 from controller.loop import ControlLoop
+from controller.operators import Operators
 from controller.settings import Settings
+from controller.store import DecisionStore
 from meshcore import RouteRef, Weights
 
 
@@ -52,6 +57,41 @@ def require_leader(loop: LoopDep) -> None:
         detail=f"this replica ({loop.writer_id}) is a follower and never writes, so it takes no "
         f"controls; {leader}: send the request to that pod (e.g. kubectl port-forward)",
     )
+
+
+@dataclass(frozen=True)
+class RouteControl:
+    """What every control of one route needs: the route, the parts that act on it and record
+    it, and the caller the audit log names."""
+
+    route: RouteRef
+    loop: ControlLoop
+    guard: Guard
+    store: DecisionStore
+    operators: Operators
+    caller: Caller
+
+    def view(self) -> RouteView:
+        """The route as `GET /routes/...` shows it, after the control."""
+        return RouteView.build(self.route, loop=self.loop, guard=self.guard, store=self.store)
+
+
+def get_route_control(
+    route: RouteDep,
+    loop: LoopDep,
+    guard: GuardDep,
+    store: StoreDep,
+    operators: OperatorsDep,
+    caller: CallerDep,
+) -> RouteControl:
+    return RouteControl(route, loop, guard, store, operators, caller)
+
+
+RouteControlDep = Annotated[RouteControl, Depends(get_route_control)]
+
+
+def _reason(body: ControlRequest | None) -> str | None:
+    return body.reason if body is not None else None
 
 
 router = APIRouter(
@@ -239,16 +279,8 @@ def _plan(
     summary="Pin weights until ttl_s from now; the answer says when and how it applies",
     responses=_BODY_ERRORS,
 )
-def override(
-    body: OverrideRequest,
-    route: RouteDep,
-    loop: LoopDep,
-    guard: GuardDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    operators: OperatorsDep,
-    caller: CallerDep,
-) -> OverrideView:
+def override(body: OverrideRequest, ctl: RouteControlDep, settings: SettingsDep) -> OverrideView:
+    route, loop, guard = ctl.route, ctl.loop, ctl.guard
     problems = _ttl_problems(body.ttl_s, loop, settings)
     try:
         subsets = _subsets(route, loop, settings)
@@ -260,17 +292,16 @@ def override(
     if problems:
         raise RequestValidationError(problems)
     weights = Weights(subsets, [body.weights.get(s, 0) for s in subsets])
-    until_s = operators.pin(
+    until_s = ctl.operators.pin(
         route,
         weights,
         body.ttl_s,
-        caller=caller,
+        caller=ctl.caller,
         reason=body.reason,
         others_zero=body.others_zero,
     )
-    view = RouteView.build(route, loop=loop, guard=guard, store=store)
     plan = _plan(route, weights, until_s, loop, guard)
-    return OverrideView(**view.model_dump(), pin_plan=plan)
+    return OverrideView(**ctl.view().model_dump(), pin_plan=plan)
 
 
 @router.delete(
@@ -278,17 +309,9 @@ def override(
     summary="Drop the pin; the policy resumes, step-limited",
     responses=_BODY_ERRORS,
 )
-def clear_override(
-    route: RouteDep,
-    loop: LoopDep,
-    guard: GuardDep,
-    store: StoreDep,
-    operators: OperatorsDep,
-    caller: CallerDep,
-    body: ControlRequest | None = None,
-) -> RouteView:
-    operators.release(route, caller=caller, reason=body.reason if body else None)
-    return RouteView.build(route, loop=loop, guard=guard, store=store)
+def clear_override(ctl: RouteControlDep, body: ControlRequest | None = None) -> RouteView:
+    ctl.operators.release(ctl.route, caller=ctl.caller, reason=_reason(body))
+    return ctl.view()
 
 
 @router.post(
@@ -296,31 +319,15 @@ def clear_override(
     summary="Stop writing this route (pins included) until resumed",
     responses=_BODY_ERRORS,
 )
-def pause(
-    route: RouteDep,
-    loop: LoopDep,
-    guard: GuardDep,
-    store: StoreDep,
-    operators: OperatorsDep,
-    caller: CallerDep,
-    body: ControlRequest | None = None,
-) -> RouteView:
-    operators.pause(route, caller=caller, reason=body.reason if body else None)
-    return RouteView.build(route, loop=loop, guard=guard, store=store)
+def pause(ctl: RouteControlDep, body: ControlRequest | None = None) -> RouteView:
+    ctl.operators.pause(ctl.route, caller=ctl.caller, reason=_reason(body))
+    return ctl.view()
 
 
 @router.post("/resume", summary="Resume writing this route", responses=_BODY_ERRORS)
-def resume(
-    route: RouteDep,
-    loop: LoopDep,
-    guard: GuardDep,
-    store: StoreDep,
-    operators: OperatorsDep,
-    caller: CallerDep,
-    body: ControlRequest | None = None,
-) -> RouteView:
-    operators.resume(route, caller=caller, reason=body.reason if body else None)
-    return RouteView.build(route, loop=loop, guard=guard, store=store)
+def resume(ctl: RouteControlDep, body: ControlRequest | None = None) -> RouteView:
+    ctl.operators.resume(ctl.route, caller=ctl.caller, reason=_reason(body))
+    return ctl.view()
 
 
 @router.post(
@@ -328,14 +335,6 @@ def resume(
     summary="Put the route in shadow (decide, record, never write) or not",
     responses=_BODY_ERRORS,
 )
-def shadow(
-    body: ShadowRequest,
-    route: RouteDep,
-    loop: LoopDep,
-    guard: GuardDep,
-    store: StoreDep,
-    operators: OperatorsDep,
-    caller: CallerDep,
-) -> RouteView:
-    operators.shadow(route, body.enabled, caller=caller, reason=body.reason)
-    return RouteView.build(route, loop=loop, guard=guard, store=store)
+def shadow(body: ShadowRequest, ctl: RouteControlDep) -> RouteView:
+    ctl.operators.shadow(ctl.route, body.enabled, caller=ctl.caller, reason=body.reason)
+    return ctl.view()
