@@ -13,11 +13,11 @@ import dataclasses
 import math
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
+from envs.route_env import RouteEnv
 from meshcore.errors import TemporaryError
-from meshcore.features import FeatureSpec, decode, encode
+from meshcore.features import FeatureSpec, encode
 from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 from meshcore.ports import Actuator, Clock, Observer
 from meshcore.reward import CHURN_COST, bad_fraction_estimate, reward
@@ -57,7 +57,7 @@ def _error_ratio(obs: Observation) -> float:
     return min(max(errors / total, 0.0), 1.0)
 
 
-class MeshLiveEnv(gym.Env[np.ndarray, np.ndarray]):
+class MeshLiveEnv(RouteEnv):
     """Set the traffic split of one route of a live mesh, one real control interval per step.
 
     ## Description
@@ -144,21 +144,6 @@ class MeshLiveEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = self.spec_features.action_space()
         self._obs: Observation | None = None
         self._steps = 0
-
-    @property
-    def observation(self) -> Observation:
-        """The last `Observation` handed to the agent (the contract type behind the vector)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() first")
-        return self._obs
-
-    def weights_for(self, action: np.ndarray) -> Weights:
-        """The split `action` decodes to over the subsets of the last observation."""
-        obs = self.observation
-        spec = self.spec_features
-        return decode(
-            action, spec.mask(len(obs.subsets)), obs.subsets, temperature=spec.action_temperature
-        )
 
     def _observe(self, configured: Weights | None, held: list[str]) -> Observation | None:
         """The route now; None (and a line in `held`) on a temporary observer error. A route

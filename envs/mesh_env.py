@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
+from envs.route_env import RouteEnv
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import Scenario, load_scenario, suite_paths
-from meshcore.features import FeatureSpec, decode, encode
-from meshcore.model import Observation, Weights
+from meshcore.features import FeatureSpec, encode
+from meshcore.model import Observation
 from meshcore.reward import CHURN_COST, bad_fraction_estimate, reward
 
 
@@ -41,7 +41,7 @@ def _as_scenario(item: ScenarioLike) -> Scenario:
     return item if isinstance(item, Scenario) else load_scenario(item)
 
 
-class MeshEnv(gym.Env[np.ndarray, np.ndarray]):
+class MeshEnv(RouteEnv):
     """Set the traffic split of one Istio route, simulated request by request.
 
     ## Description
@@ -148,20 +148,6 @@ class MeshEnv(gym.Env[np.ndarray, np.ndarray]):
         self._steps = 0
         self._obs = sim.observe()
         return encode(self._obs, self.spec_features), {"scenario": scenario.name}
-
-    @property
-    def observation(self) -> Observation:
-        """The last `Observation` handed to the agent (the contract type behind the vector)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() first")
-        return self._obs
-
-    def weights_for(self, action: np.ndarray) -> Weights:
-        obs = self.observation
-        spec = self.spec_features
-        return decode(
-            action, spec.mask(len(obs.subsets)), obs.subsets, temperature=spec.action_temperature
-        )
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.sim is None or self.mesh is None or self._obs is None:
