@@ -38,7 +38,7 @@ import numpy as np
 from envs.lab import backend_client
 from envs.lab.lab import LabState
 from envs.lab.load_process import LoadGenerator
-from envs.lab.loadgen import LoadResult
+from envs.lab.load_result import LoadResult
 from envs.lab.traffic import FAULT_FIELDS, apply_fault
 from envs.simulator.engine import subset_values_at
 from envs.simulator.scenario import Scenario

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from envs.lab.lab import LabState, lab_status
-from envs.lab.loadgen import LoadResult
+from envs.lab.load_result import LoadResult
 from envs.lab.traffic import apply_fault
 from tests.integration.lab_run import (
     FAULT_S,

@@ -33,7 +33,7 @@ import pytest
 
 from controller.adapters.envoy import EnvoyRouteActuator
 from envs.lab.lab import LabState
-from envs.lab.loadgen import LoadResult
+from envs.lab.load_result import LoadResult
 from envs.lab.spec import parse_lab
 from envs.lab.traffic import apply_fault
 from meshcore import RouteRef

@@ -37,9 +37,8 @@ from envs.lab.backend_client import backend_state
 from envs.lab.backend_config import BackendConfig
 from envs.lab.limits import raise_nofile_limit
 from envs.lab.load_process import LoadGenerator
+from envs.lab.load_result import NO_SUBSET, LoadResult
 from envs.lab.loadgen import (
-    NO_SUBSET,
-    LoadResult,
     arrival_times,
     load_rps,
     mean_rps,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.lab.loadgen import NO_SUBSET, LoadResult
+from envs.lab.load_result import NO_SUBSET, LoadResult
 from envs.lab.replay import (
     FaultAction,
     StepRecord,
