@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from envs.lab import backend, backend_client
+from envs.lab import backend_client, replica
 from envs.lab.spec import LabSpec, LabSpecError
 
 __all__ = ["FAULT_FIELDS", "LabFaultError", "apply_fault", "fault_changes"]
@@ -21,7 +21,7 @@ __all__ = ["FAULT_FIELDS", "LabFaultError", "apply_fault", "fault_changes"]
 FAULT_FIELDS = ("error_rate", "service_ms", "cv", "capacity_factor")
 """Fields of a version the backends change at run time."""
 
-_RANGES = {name: (low, high, low_ok) for name, (low, high, low_ok) in backend.SETTABLE.items()}
+_RANGES = {name: (low, high, low_ok) for name, (low, high, low_ok) in replica.SETTABLE.items()}
 _RANGES["latency_factor"] = (0.0, 1000.0, False)
 """(low, high, low bound inclusive) of every field a fault may name: the backends' own bounds."""
 

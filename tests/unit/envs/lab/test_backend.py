@@ -32,13 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envs.lab import backend as backend_module
-from envs.lab.backend import (
-    MAX_CONTROL_CONNECTIONS,
-    SETTABLE,
-    Backend,
-    _parse_head,
-    _RequestError,
-)
+from envs.lab.backend import MAX_CONTROL_CONNECTIONS, Backend
 from envs.lab.backend_client import (
     BackendControlError,
     _call,
@@ -48,6 +42,8 @@ from envs.lab.backend_client import (
     wait_backend_ready,
 )
 from envs.lab.backend_config import BackendConfig
+from envs.lab.http_head import RequestError, parse_request_head
+from envs.lab.replica import SETTABLE
 from meshcore.errors import MeshpilotError, TemporaryError
 from tests.helpers import free_port
 from tests.unit.envs.lab import REPO, backend_config, running_backend
@@ -457,8 +453,8 @@ def test_replicas_and_control_endpoint_agree_on_connection_handling(
 )
 def test_any_head_parses_or_is_a_400(head: bytes) -> None:
     try:
-        request = _parse_head(head)
-    except _RequestError as err:
+        request = parse_request_head(head)
+    except RequestError as err:
         assert err.status == 400
     else:
         assert request.length >= 0
