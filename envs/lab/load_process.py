@@ -20,9 +20,10 @@ import multiprocessing
 from multiprocessing.connection import Connection
 from typing import Any
 
+from envs.lab.arrivals import Plan
 from envs.lab.limits import raise_nofile_limit
 from envs.lab.load_result import LoadResult
-from envs.lab.loadgen import LoadRun, Plan
+from envs.lab.loadgen import LoadRun
 
 START_TIMEOUT_S = 60.0
 """How long `LoadGenerator.start` waits for the child to send its first request (s): an

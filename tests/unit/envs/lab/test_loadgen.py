@@ -33,19 +33,13 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from envs.lab import loadgen
+from envs.lab.arrivals import arrival_times, load_rps, mean_rps, peak_rps, schedule
 from envs.lab.backend_client import backend_state
 from envs.lab.backend_config import BackendConfig
 from envs.lab.limits import raise_nofile_limit
 from envs.lab.load_process import LoadGenerator
 from envs.lab.load_result import NO_SUBSET, LoadResult
-from envs.lab.loadgen import (
-    arrival_times,
-    load_rps,
-    mean_rps,
-    peak_rps,
-    run_load,
-    schedule,
-)
+from envs.lab.loadgen import run_load
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import Burst, Diurnal, Load, parse_scenario
 from tests.helpers import free_port
