@@ -179,6 +179,7 @@ class _RouteState:
     first_seen_s: float | None = None
     initial: Weights | None = None
     last_fresh_s: float | None = None
+    config: GuardConfig | None = None  # this route's own settings (a ManagedRoute's spec)
 
 
 def _same_subsets(a: Weights, b: Weights) -> bool:
@@ -268,6 +269,16 @@ class Guard:
         self._routes: dict[str, _RouteState] = {}
         self._lock = threading.Lock()
 
+    def config_for(self, route: RouteRef | str) -> GuardConfig:
+        """The settings that review `route`: its own (`set_route_config`), else the guard's."""
+        with self._lock:
+            return self._state(route).config or self.config
+
+    def set_route_config(self, route: RouteRef | str, config: GuardConfig | None) -> None:
+        """Review `route` with `config` from now on (None: the guard's own again)."""
+        with self._lock:
+            self._state(route).config = config
+
     # -- operator controls -------------------------------------------------------------------
 
     def pin(self, route: RouteRef | str, weights: Weights, until_s: float) -> None:
@@ -350,7 +361,8 @@ class Guard:
                 state.first_seen_s = now_s
             if state.initial is None or not _same_subsets(state.initial, current):
                 state.initial = current
-            stale = self._why_stale(current, observation)
+            cfg = state.config or self.config
+            stale = self._why_stale(current, observation, cfg)
             if stale is None:
                 state.last_fresh_s = now_s
             note = ""
@@ -359,7 +371,7 @@ class Guard:
                 state.pin, state.pin_until_s = None, math.inf
             if state.paused:
                 return Verdict(current, False, "paused", f"{note}paused by operator: not written")
-            verdict = self._decide(state, current, proposed, observation, stale, now_s)
+            verdict = self._decide(state, cfg, current, proposed, observation, stale, now_s)
             if phase_hint == "shadow" or state.shadow:
                 would = "would write" if verdict.write else "would not write"
                 reason = f"{note}shadow, {would} ({verdict.phase}): {verdict.reason}"
@@ -390,15 +402,19 @@ class Guard:
         key = route.key if isinstance(route, RouteRef) else route
         return self._routes.setdefault(key, _RouteState())
 
-    def _floors(self, weights: Weights) -> dict[str, int]:
-        return {s: self.config.floors.get(s, 0) for s in weights.subsets}
+    @staticmethod
+    def _floors(weights: Weights, cfg: GuardConfig) -> dict[str, int]:
+        return {s: cfg.floors.get(s, 0) for s in weights.subsets}
 
-    def _why_stale(self, current: Weights, observation: Observation | None) -> str | None:
+    @staticmethod
+    def _why_stale(
+        current: Weights, observation: Observation | None, cfg: GuardConfig
+    ) -> str | None:
         if observation is None:
             return "no observation"
         age_s = observation.staleness_s
-        if not age_s <= self.config.stale_after_s:
-            return f"data is {age_s:.1f} s old (> stale_after_s {self.config.stale_after_s:.1f})"
+        if not age_s <= cfg.stale_after_s:
+            return f"data is {age_s:.1f} s old (> stale_after_s {cfg.stale_after_s:.1f})"
         if not any(st.has_data for st in observation.stats):
             return "no subset has data"
         if set(observation.subsets) != set(current.subsets):
@@ -411,6 +427,7 @@ class Guard:
     def _decide(
         self,
         state: _RouteState,
+        cfg: GuardConfig,
         current: Weights,
         proposed: Weights | None,
         observation: Observation | None,
@@ -420,13 +437,13 @@ class Guard:
         if state.pin is not None:
             return self._pinned(state.pin, state.pin_until_s, current)
         if stale is not None:
-            return self._holding(state, current, stale, now_s)
+            return self._holding(state, cfg, current, stale, now_s)
         if proposed is None:
             return Verdict(current, False, "active", "no proposal from the policy: not written")
         if not _same_subsets(proposed, current):
             reason = f"proposal {proposed} does not match the route's subsets; not written"
             return Verdict(current, False, "holding", reason)
-        return self._active(current, proposed, observation)
+        return self._active(cfg, current, proposed, observation)
 
     def _pinned(self, pin: Weights, until_s: float, current: Weights) -> Verdict:
         if not _same_subsets(pin, current):
@@ -438,14 +455,16 @@ class Guard:
         reason = f"pinned until {until_s:.1f} s: {current} -> {pinned} at once"
         return Verdict(pinned, True, "overridden", reason)
 
-    def _holding(self, state: _RouteState, current: Weights, why: str, now_s: float) -> Verdict:
+    def _holding(
+        self, state: _RouteState, cfg: GuardConfig, current: Weights, why: str, now_s: float
+    ) -> Verdict:
         since_s = state.last_fresh_s if state.last_fresh_s is not None else state.first_seen_s
         held_s = now_s - (since_s if since_s is not None else now_s)
-        if held_s < self.config.hold_s:
-            reason = f"{why}; holding current weights ({held_s:.1f} of {self.config.hold_s:.1f} s)"
+        if held_s < cfg.hold_s:
+            reason = f"{why}; holding current weights ({held_s:.1f} of {cfg.hold_s:.1f} s)"
             return Verdict(current, False, "holding", reason)
-        baseline = self._baseline(state, current)
-        moved = step_toward(current, baseline, self.config.decay_step)
+        baseline = self._baseline(state, cfg, current)
+        moved = step_toward(current, baseline, cfg.decay_step)
         if moved == current:
             reason = f"{why}; no fresh data for {held_s:.1f} s; at baseline {baseline}"
             return Verdict(current, False, "holding", reason)
@@ -455,33 +474,34 @@ class Guard:
         )
         return Verdict(moved, True, "holding", reason)
 
-    def _baseline(self, state: _RouteState, current: Weights) -> Weights:
+    def _baseline(self, state: _RouteState, cfg: GuardConfig, current: Weights) -> Weights:
         names = current.subsets
         base: Weights | None = None
-        if self.config.baseline is not None:
-            shares = [self.config.baseline.get(s, 0) for s in names]
+        if cfg.baseline is not None:
+            shares = [cfg.baseline.get(s, 0) for s in names]
             if sum(shares) > 0:
                 base = Weights(names, largest_remainder(shares))
         if base is None:
             initial = state.initial if state.initial is not None else current
             base = _ordered_like(initial, current)
-        return lift_to_floors(base, self._floors(current))
+        return lift_to_floors(base, self._floors(current, cfg))
 
     def _active(
         self,
+        cfg: GuardConfig,
         current: Weights,
         proposed: Weights,
         observation: Observation | None,
     ) -> Verdict:
-        floors = self._floors(current)
+        floors = self._floors(current, cfg)
         target = _ordered_like(lift_to_floors(proposed, floors), current)
-        moved = step_toward(current, target, self.config.max_step)
+        moved = step_toward(current, target, cfg.max_step)
         notes = [
             f"lifted to floor {proposed[s]}->{target[s]} on {s}"
             for s in current.subsets
             if target[s] != proposed[s]
         ]
-        ratio = self.config.relief_ratio
+        ratio = cfg.relief_ratio
         sick = distressed(observation, ratio) if observation is not None else set()
         if observation is not None and sick and moved != target:
             moved, relieved = relieve(moved, target, sick, healthy(observation, ratio))
@@ -495,8 +515,8 @@ class Guard:
         # even when max_step makes each step smaller than min_change.
         change = target.l1_distance(current)
         below_floor = any(current[s] < f for s, f in floors.items())
-        if change < self.config.min_change and not below_floor:
-            reason = f"change of {change} points < min_change {self.config.min_change}: not written"
+        if change < cfg.min_change and not below_floor:
+            reason = f"change of {change} points < min_change {cfg.min_change}: not written"
             return Verdict(current, False, "active", reason)
         notes.append(f"{current} -> {moved}")
         return Verdict(moved, True, "active", "; ".join(notes))

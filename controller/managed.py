@@ -20,6 +20,7 @@ replica, kept by a new leader and shown by ``kubectl get managedroutes -o yaml``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from controller.guard import Guard, RouteControls
 from controller.store import DecisionRecord, DecisionStore
 from meshcore import RouteRef, Weights
+from meshcore.errors import ConfigError
 
 __all__ = ["ManagedRoute", "ManagedRouteSource", "ManagedRoutes", "SpecControls", "SpecPin"]
 
@@ -57,7 +59,11 @@ class SpecControls:
 
 @dataclass(frozen=True)
 class ManagedRoute:
-    """One ManagedRoute: `route` is None when the spec is invalid (`error` says why)."""
+    """One ManagedRoute: `route` is None when the spec is invalid (`error` says why).
+
+    guard: ``spec.guard`` as `GuardConfig` fields (snake_case) over the controller's own;
+    policy: ``spec.policy`` (None when absent), which must name the policy being served.
+    """
 
     name: str
     generation: int
@@ -65,6 +71,8 @@ class ManagedRoute:
     controls: SpecControls = field(default_factory=SpecControls)
     error: str | None = None
     uid: str = ""
+    guard: Mapping[str, Any] = field(default_factory=dict)
+    policy: str | None = None
 
 
 class ManagedRouteSource(Protocol):
@@ -103,8 +111,10 @@ def _rfc3339(unix_s: float) -> str:
 class ManagedRoutes:
     """The tick hook that manages the routes of `source` beside the `static` ones (settings).
 
-    guard: where spec controls go; wall: Unix time (s) to place a pin's ``expiresAt`` on the
-    loop's clock (default `time.time`).
+    guard: where spec controls and ``spec.guard`` settings go; wall: Unix time (s) to place a
+    pin's ``expiresAt`` on the loop's clock (default `time.time`); served_policy: the names
+    ``spec.policy`` may give (one policy serves every route: a ManagedRoute asking for another
+    is invalid, not silently served by this one; empty: any).
     """
 
     def __init__(
@@ -114,9 +124,12 @@ class ManagedRoutes:
         *,
         static: Sequence[RouteRef] = (),
         wall: Callable[[], float] = time.time,
+        served_policy: Sequence[str] = (),
     ) -> None:
         self.source, self.guard, self.static = source, guard, tuple(static)
         self._wall = wall
+        self.served_policy = tuple(served_policy)
+        self._configs: dict[str, Mapping[str, Any]] = {}  # by route key: spec.guard applied
         self._items: dict[str, ManagedRoute] = {}
         self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
         self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
@@ -131,8 +144,8 @@ class ManagedRoutes:
         routes = list(self.static)
         named: set[str] = set()
         for item in items:
-            if item.route is not None and item.route.key in named:
-                error = f"{item.route.key} is named by another ManagedRoute"
+            error = self._refusal(item, named)
+            if error is not None:
                 item = ManagedRoute(item.name, item.generation, None, error=error, uid=item.uid)
             self._items[item.name] = item
             if item.route is None:
@@ -140,6 +153,9 @@ class ManagedRoutes:
             named.add(item.route.key)
             if item.route.key not in static_keys:  # a settings route stays whatever happens
                 routes.append(item.route)
+        for gone in [k for k in self._configs if k not in named]:
+            del self._configs[gone]
+            self.guard.set_route_config(gone, None)
         for gone in [k for k in self._applied if k not in named]:
             del self._applied[gone]
             kept = "stays managed (settings)" if gone in static_keys else "released"
@@ -151,6 +167,31 @@ class ManagedRoutes:
         for item in self._items.values():  # after set_routes: the loop knows every route
             if item.route is not None:
                 self._apply(loop, item.name, item.route, item.controls)
+
+    def _refusal(self, item: ManagedRoute, named: set[str]) -> str | None:
+        """Why `item` cannot be managed as it is (None: it can, and its ``spec.guard`` is
+        in force for its route from now on)."""
+        if item.route is None:
+            return None
+        if item.route.key in named:
+            return f"{item.route.key} is named by another ManagedRoute"
+        if item.policy and self.served_policy and item.policy not in self.served_policy:
+            return (
+                f"spec.policy {item.policy!r} is not served here: one policy serves every route "
+                f"({self.served_policy[0]}); leave spec.policy out or name it"
+            )
+        key = item.route.key
+        if self._configs.get(key) != item.guard:
+            try:
+                config = (
+                    dataclasses.replace(self.guard.config, **item.guard) if item.guard else None
+                )
+            except (ConfigError, TypeError) as err:
+                return f"spec.guard: {err}"
+            self.guard.set_route_config(key, config)
+            self._configs[key] = item.guard
+            _log.info("route %s: guard settings from its ManagedRoute: %s", key, dict(item.guard))
+        return None
 
     def after_tick(self, loop: _Loop, leader: bool) -> None:
         if not leader:

@@ -343,7 +343,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
     if settings.mode == "shadow":  # belt and braces: the loop also never asks to write
         actuator = ShadowActuator(reader=mesh.actuator)
     guard = Guard(settings.guard.to_config())
-    hooks = _managed_routes(settings, stack, guard, mesh.routes)
+    hooks = _managed_routes(settings, stack, guard, mesh.routes, policy.name)
     loop = ControlLoop(
         observer=mesh.observer,
         actuator=actuator,
@@ -369,9 +369,15 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
 
 
 def _managed_routes(
-    settings: Settings, stack: contextlib.ExitStack, guard: Guard, static: list[RouteRef]
+    settings: Settings,
+    stack: contextlib.ExitStack,
+    guard: Guard,
+    static: list[RouteRef],
+    policy_name: str,
 ) -> list[TickHook]:
-    """The ManagedRoute watch as a tick hook (``kube.managed_routes`` with ``mesh: k8s``)."""
+    """The ManagedRoute watch as a tick hook (``kube.managed_routes`` with ``mesh: k8s``); a
+    ManagedRoute's ``spec.policy`` may name the served policy (`policy_name`, e.g.
+    ``ppo+supervisor``) or what it serves (``ppo``)."""
     if settings.mesh != "k8s" or not settings.kube.managed_routes:
         return []
     from controller.adapters.kube.managed_routes import ManagedRouteWatch
@@ -385,7 +391,8 @@ def _managed_routes(
     source.start()
     stack.callback(source.stop)
     _log.info("managing the ManagedRoutes of %s too", source.namespace)
-    return [ManagedRoutes(source, guard, static=static)]
+    served = (policy_name, policy_name.split("+", 1)[0])
+    return [ManagedRoutes(source, guard, static=static, served_policy=served)]
 
 
 def _listen(host: str, port: int) -> socket.socket:

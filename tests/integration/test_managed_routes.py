@@ -513,3 +513,37 @@ def test_a_repeated_event_is_counted_on_one_event(controller_api: Any, lab: Kube
         assert holding["lastTimestamp"] > holding["firstTimestamp"]
     finally:
         lab.request("DELETE", f"{path}/{name}")
+
+
+def test_spec_guard_settings_limit_their_route_and_the_schema_checks_them(
+    controller_api: Any, lab: KubeLab, tmp_path: Path
+) -> None:
+    """``spec.guard.maxStep: 3`` on the real CRD: each write of the seesaw moves a version by
+    at most 3 points (the controller's own guard allows 10); ``maxStep: 0`` is refused by the
+    API server's schema (422) before any controller sees it."""
+    path = MR_PATH.rsplit("/", 1)[0]
+    name = "reviews-guarded"
+    replicas = [replica(controller_api, "pod-e", tmp_path)]
+    ((loop, lease, source),) = replicas
+    bad = managed_route_body("reviews-bad-guard")
+    bad["spec"]["guard"] = {"maxStep": 0}
+    status, refused = lab.request("POST", path, bad)
+    assert status == 422 and "maxStep" in json.dumps(refused), refused
+    body = managed_route_body(name)
+    body["spec"]["guard"] = {"maxStep": 3}
+    try:
+        status, created = lab.request("POST", path, body)
+        assert status == 201, created
+        wait_for(lambda: seen(source, 1), 5, "the watch")
+        wait_for(lambda: lease.try_acquire_or_renew(), 10, "pod-e to lead")
+        before = vs_state(lab)[1]
+        for _ in range(3):
+            (result,) = loop.tick()
+            assert result.outcome == "written", result
+            after = vs_state(lab)[1]
+            assert max(abs(after[s] - before[s]) for s in SUBSETS) <= 3, (before, after)
+            before = after
+        assert loop.guard.config_for(ROUTE).max_step == 3
+    finally:
+        lab.request("DELETE", f"{path}/{name}")
+        stop_replicas(replicas)

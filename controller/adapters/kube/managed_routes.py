@@ -63,6 +63,33 @@ def _controls(raw: Any) -> SpecControls:
     return SpecControls(bool(raw.get("paused")), bool(raw.get("shadow")), spec_pin)
 
 
+GUARD_FIELDS = {
+    "maxStep": "max_step",
+    "minChange": "min_change",
+    "floors": "floors",
+    "holdS": "hold_s",
+    "staleAfterS": "stale_after_s",
+}
+"""``spec.guard`` keys and the `GuardConfig` fields they set for the route."""
+
+
+def _guard(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("spec.guard must be an object")
+    unknown = sorted(set(raw) - set(GUARD_FIELDS))
+    if unknown:
+        raise ValueError(f"spec.guard: unknown keys {unknown}; known: {', '.join(GUARD_FIELDS)}")
+    out = {GUARD_FIELDS[k]: v for k, v in raw.items()}
+    if "floors" in out:
+        floors = out["floors"]
+        if not isinstance(floors, dict):
+            raise ValueError("spec.guard.floors must map subsets to points")
+        out["floors"] = {str(k): v for k, v in floors.items()}
+    return out
+
+
 def parse_managed_route(obj: Mapping[str, Any]) -> ManagedRoute:
     """A ManagedRoute object as the loop needs it; an invalid spec gives ``route=None``."""
     meta = obj.get("metadata") or {}
@@ -83,9 +110,16 @@ def parse_managed_route(obj: Mapping[str, Any]) -> ManagedRoute:
         host = str(spec.get("host") or f"{vs}.{namespace}.svc.cluster.local")
         ref = RouteRef(namespace, vs, route, host)
         controls = _controls(spec.get("controls"))
+        guard = _guard(spec.get("guard"))
+        policy = spec.get("policy")
+        if policy is not None and not isinstance(policy, str):
+            raise ValueError("spec.policy must be a policy name")
     except (ValueError, TypeError) as err:
         return ManagedRoute(name, generation, None, error=str(err), uid=str(meta.get("uid") or ""))
-    return ManagedRoute(name, generation, ref, controls, uid=str(meta.get("uid") or ""))
+    uid = str(meta.get("uid") or "")
+    return ManagedRoute(
+        name, generation, ref, controls, uid=uid, guard=guard, policy=policy or None
+    )
 
 
 class ManagedRouteWatch:

@@ -7,7 +7,9 @@ seen and when they change (an API control in between stays), each change an oper
 in the audit log;
 a pin's ``expiresAt`` (Unix time) lands on the loop's clock; only the leader writes status,
 only when it changed, again after a failure, and Events on writes and on entering a phase.
-API controls (`Operators` with the hook as mirror) go into the spec of the route's resource
+``spec.guard`` settings review their own route only, and an invalid one or a ``spec.policy``
+other than the served one makes the resource invalid. API controls (`Operators` with the hook
+as mirror) go into the spec of the route's resource
 first, once each (the echo of the spec is not applied or audited again), keep a pin's own
 ``by`` and reason when another control changes, and change nothing when the spec write fails;
 a route with no resource is not mirrored.
@@ -215,10 +217,45 @@ def test_parse_managed_route() -> None:
         {"virtualService": "r", "controls": {"pin": dict(pin, weights={"v1": 90})}},
         {"virtualService": "r", "controls": {"pin": dict(pin, expiresAt="2026-01-01T00:00:00")}},
         {"virtualService": "r", "controls": {"pin": dict(pin, expiresAt="soon")}},
+        {"virtualService": "r", "guard": {"maxstep": 2}},
+        {"virtualService": "r", "guard": {"floors": [1, 2]}},
+        {"virtualService": "r", "guard": 3},
+        {"virtualService": "r", "policy": 7},
     ]
     for spec in bad:
         parsed = parse_managed_route(obj(spec))
         assert parsed.route is None and parsed.error, spec
+    guarded = parse_managed_route(
+        obj({"virtualService": "r", "policy": "ppo", "guard": {"maxStep": 2, "floors": {"v1": 5}}})
+    )
+    assert guarded.guard == {"max_step": 2, "floors": {"v1": 5}} and guarded.policy == "ppo"
+
+
+def test_spec_guard_settings_apply_to_their_route_only() -> None:
+    loop, _, source, _ = setup(static=(B,))
+    source.items = [ManagedRoute("checkout", 1, A, guard={"max_step": 2})]
+    moved = {r.route: loop.route_status(r.route).weights for r in loop.tick()}
+    assert moved[A] == split(88, 12) and moved[B] == split(80, 20)
+    assert loop.guard.config_for(A).max_step == 2 and loop.guard.config_for(B).max_step == 10
+    source.items = [ManagedRoute("checkout", 2, A)]  # the override removed
+    loop.tick()
+    assert loop.route_status(A).weights == split(78, 22)
+
+
+def test_an_invalid_spec_guard_or_another_policy_makes_the_resource_invalid() -> None:
+    loop, mesh, source, _ = setup()
+    loop_hook = loop.hooks[0]
+    assert isinstance(loop_hook, ManagedRoutes)
+    loop_hook.served_policy = ("fixed", "fixed")
+    source.items = [ManagedRoute("checkout", 1, A, guard={"floors": {"v1": 70, "v2": 70}})]
+    assert loop.tick() == [] and mesh.applied == []
+    assert "spec.guard" in source.statuses[-1][1]["conditions"][0]["message"]
+    source.items = [ManagedRoute("checkout", 2, A, policy="canary")]
+    assert loop.tick() == []
+    message = source.statuses[-1][1]["conditions"][0]["message"]
+    assert "spec.policy 'canary' is not served here" in message
+    source.items = [ManagedRoute("checkout", 3, A, policy="fixed")]
+    assert [r.outcome for r in loop.tick()] == ["written"]
 
 
 def test_events_on_writes_and_on_entering_a_phase_by_the_leader_only() -> None:
