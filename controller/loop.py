@@ -148,6 +148,8 @@ class ControlLoop:
         self.recheck_failed_every = recheck_failed_every
         self.max_parallel_writes = max_parallel_writes
         self.hooks = tuple(hooks)
+        self.leading = False
+        """Whether this tick's leadership check said leader (hooks read it in before_tick)."""
         self._hints = {r: dict(h) for r, h in (capacity_hints or {}).items()}
         self._book = RouteBook(self.routes)
         self._by_key = {r.key: r for r in self.routes}
@@ -209,6 +211,10 @@ class ControlLoop:
         """The managed route with this ``namespace/virtual_service/route`` key, if any."""
         return self._by_key.get(key)
 
+    def add_hook(self, hook: TickHook) -> None:
+        """Run `hook` in every tick from the next one on, after the hooks given before."""
+        self.hooks = (*self.hooks, hook)
+
     def set_routes(self, routes: Sequence[RouteRef]) -> None:
         """Manage exactly `routes` from now on (a route left out is never written again)."""
         self._book.add(routes)
@@ -246,6 +252,7 @@ class ControlLoop:
         self._tick_no += 1
         now = self.clock.now()
         leader = self.is_leader()
+        self.leading = leader
         self.metrics.leader.set(1.0 if leader else 0.0)
         run_hooks(self.hooks, self, None)
         due = [r for r in self.routes if self._due(r)]

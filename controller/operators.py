@@ -30,7 +30,7 @@ from controller.guard import Guard, RouteControls
 from controller.store import DecisionRecord, DecisionStore, SavedControls
 from meshcore import RouteRef, Weights
 
-__all__ = ["MAX_REASON_CHARS", "RESTORER", "ControlsMirror", "Operators"]
+__all__ = ["MAX_REASON_CHARS", "RESTORER", "ControlsMirror", "Operators", "PinExpiry"]
 
 _log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ MAX_REASON_CHARS = 500
 """Longest reason an operator may give (characters): a sentence or two, not a document."""
 
 RESTORER = Caller("meshpilot")
-"""The caller recorded for controls brought back from the store at start."""
+"""The caller recorded for what meshpilot does to controls by itself: bring them back from
+the store at start, drop a pin whose time is up."""
 
 
 def _controls_dict(c: RouteControls) -> dict[str, Any]:
@@ -133,6 +134,22 @@ class Operators:
             reason=reason,
             args={"enabled": enabled},
         )
+
+    def expire_due(self, routes: Sequence[RouteRef]) -> list[RouteRef]:
+        """Release every pin of `routes` whose time is up, each an ``expire`` action by
+        meshpilot in the audit log (the pin and who set it in the detail): the log then says
+        when a pin stopped acting, and the kept controls and a ManagedRoute's spec drop it.
+        Returns the routes whose pin expired."""
+        expired = []
+        for route in routes:
+            c = self.guard.controls(route)
+            if c.pin is None or c.pin_until_s is None or self.now() < c.pin_until_s:
+                continue
+            release = functools.partial(self.guard.unpin, route)
+            reason = f"pin {c.pin.as_dict()} expired (it was to last until {c.pin_until_s:.1f} s)"
+            self._act(route, "expire", release, caller=RESTORER, reason=reason)
+            expired.append(route)
+        return expired
 
     def restore(self, routes: Sequence[RouteRef]) -> list[RouteRef]:
         """Put the kept controls of `routes` back into the guard (pins that expired
@@ -254,3 +271,20 @@ class Operators:
             self.guard.pin(route, *pin)
         else:
             self.guard.unpin(route)
+
+
+class PinExpiry:
+    """Tick hook: before each tick the leader releases the pins whose time is up through
+    `operators` (`Operators.expire_due`), so each expiry is an audited action, not only a note
+    in the next decision's reason. Followers leave it to the leader (their guard drops the pin
+    silently when it reviews)."""
+
+    def __init__(self, operators: Operators) -> None:
+        self.operators = operators
+
+    def before_tick(self, loop: Any) -> None:
+        if loop.leading:
+            self.operators.expire_due(loop.routes)
+
+    def after_tick(self, loop: Any, leader: bool) -> None:
+        return None

@@ -25,7 +25,7 @@ from controller.access import Authenticator
 from controller.adapters.nop import ShadowActuator
 from controller.guard import Guard
 from controller.loop import AlwaysLeader, ControlLoop, Leadership, TickHook
-from controller.operators import Operators
+from controller.operators import Operators, PinExpiry
 from controller.settings import Settings, default_store_path, load_settings
 from controller.store import DecisionStore
 from meshcore import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
@@ -454,7 +454,8 @@ def _authenticator(settings: Settings, stack: contextlib.ExitStack) -> Authentic
 
 def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators:
     """The audited controls, with those kept in the store from a previous run restored; a
-    route's ManagedRoute (if the loop watches them) keeps the controls made through the API."""
+    route's ManagedRoute (if the loop watches them) keeps the controls made through the API;
+    the leader releases expired pins as audited actions."""
     from controller.api.overrides import clock_rate
     from controller.managed import ManagedRoutes
 
@@ -468,6 +469,7 @@ def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators
         rate=clock_rate(settings),
         mirror=mirror,
     )
+    loop.add_hook(PinExpiry(operators))
     for route in operators.restore(loop.routes):
         c = guard.controls(route)
         _log.info(

@@ -7,7 +7,9 @@ refuses, nothing changes in the guard and nothing is kept; `restore` puts pauses
 live pins back into a fresh guard (a pin's remaining time converted through Unix time, so a
 simulated clock that starts again at 0 keeps the right expiry), drops expired pins, ignores
 unmanaged routes and records one ``restore`` row per route. A version-1 store file is
-migrated in place, and the row cap of retention never deletes an operator's action.
+migrated in place, and the row cap of retention never deletes an operator's action. An
+expired pin is released by the leader's `PinExpiry` hook as an ``expire`` action by meshpilot
+(followers leave it), and the kept controls drop it.
 """
 
 from __future__ import annotations
@@ -158,3 +160,33 @@ def test_the_row_cap_never_deletes_an_operators_action() -> None:
     rows = store.latest(A, 100)
     assert [r.action for r in rows if r.caller] == ["pause"]
     assert len([r for r in rows if r.caller is None]) <= 3
+
+
+def test_an_expired_pin_is_released_as_an_audited_action_by_the_leader_only() -> None:
+    from controller.operators import RESTORER, PinExpiry
+
+    store = DecisionStore(":memory:")
+    clocks = Clocks(loop_s=100.0)
+    ops = operators(store, clocks)
+    ops.pin(A, PIN, 60.0, caller=ALICE, reason="drain v2")
+    ops.pin(B, PIN, 600.0, caller=ALICE, reason="longer")
+
+    class Loop:
+        routes = (A, B)
+        leading = False
+
+    hook = PinExpiry(ops)
+    clocks.advance(61.0)
+    hook.before_tick(Loop())  # a follower: its guard drops the pin when it reviews
+    assert ops.guard.controls(A).pin == PIN
+    Loop.leading = True
+    hook.before_tick(Loop())
+    assert ops.guard.controls(A).pin is None and ops.guard.controls(B).pin == PIN
+    (row,) = store.latest(A, 1, operators=True)
+    assert (row.action, row.caller) == ("expire", RESTORER.name)
+    assert "expired" in row.reason and row.detail is not None
+    assert row.detail["before"]["pin"] == PIN.as_dict() and row.detail["after"]["pin"] is None
+    kept = {c.route: c for c in store.saved_controls()}
+    assert kept[A.key].pin is None and kept[B.key].pin is not None
+    hook.before_tick(Loop())  # nothing more to expire
+    assert store.count(A) == 2  # pin, expire
