@@ -286,8 +286,25 @@ class ControlLoop:
             except Exception as exc:
                 _log.exception("route %s: unexpected error in tick", item.route.key)
                 results.append(self._unexpected(item.route, exc, now))
+        self._note_steering()
         run_hooks(self.hooks, self, leader)
         return results
+
+    def _note_steering(self) -> None:
+        """Who steers each route under a supervisor (`agents.supervisor`): status and metric."""
+        modes = getattr(self.policy, "modes", None)
+        if not callable(modes):
+            return
+        try:
+            current = dict(modes())
+        except Exception:  # a broken report must not break the tick
+            _log.exception("could not read the supervisor's modes")
+            return
+        for route in self.routes:
+            mode = current.get(route)
+            if mode is not None:
+                self._book.steered_by(route, str(mode))
+                self.metrics.set_fallback(route.key, mode == "fallback")
 
     def _review(
         self, item: TickResult | Plan | Read, decisions: Iterator[Decision], now: float

@@ -133,7 +133,7 @@ class ManagedRoutes:
         self._items: dict[str, ManagedRoute] = {}
         self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
         self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
-        self._seen: dict[str, tuple[str, int | None]] = {}  # by name: phase, decision id
+        self._seen: dict[str, tuple[str, int | None, str | None]] = {}  # phase, id, steered_by
 
     def before_tick(self, loop: _Loop) -> None:
         items = self.source.snapshot()
@@ -199,7 +199,12 @@ class ManagedRoutes:
             return
         for item in self._items.values():
             status = self._status(loop, item)
-            summary = (status["phase"], str(status.get("weights")), status["observedGeneration"])
+            summary = (
+                status["phase"],
+                str(status.get("weights")),
+                status["observedGeneration"],
+                status.get("steeredBy"),
+            )
             if self._written.get(item.name) != summary:
                 if not self.source.write_status(item.name, status):
                     return  # API server unreachable or refusing: do not slow the tick further
@@ -207,13 +212,15 @@ class ManagedRoutes:
             self._event(loop, item)
 
     def _event(self, loop: _Loop, item: ManagedRoute) -> None:
-        """Events on writes and on entering a phase (Warning: holding, failed)."""
+        """Events on writes, on entering a phase (Warning: holding, failed) and when the
+        supervisor hands the route to its fallback (Warning) or back to the policy."""
         if item.route is None:
             return
         st = loop.route_status(item.route)
         seen = self._seen.get(item.name)
-        self._seen[item.name] = (st.phase, st.last_decision_id)
-        if seen == (st.phase, st.last_decision_id) or st.last_outcome is None:
+        now = (st.phase, st.last_decision_id, st.steered_by)
+        self._seen[item.name] = now
+        if seen == now or st.last_outcome is None:
             return
         reason = (st.last_reason or "")[:900]
         if st.last_outcome in ("written", "conflict-retried") and st.weights is not None:
@@ -221,6 +228,10 @@ class ManagedRoutes:
         if seen is None or seen[0] != st.phase:
             warning = st.phase in ("holding", "failed")
             self.source.emit_event(item, warning, st.phase.capitalize(), reason or st.phase)
+        if st.steered_by == "fallback" and (seen is None or seen[2] != "fallback"):
+            self.source.emit_event(item, True, "Fallback", reason or "the supervisor's fallback")
+        elif st.steered_by == "policy" and seen is not None and seen[2] == "fallback":
+            self.source.emit_event(item, False, "PolicyResumed", reason or "the policy steers")
 
     def mirror(
         self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
@@ -328,6 +339,7 @@ class ManagedRoutes:
         st = loop.route_status(item.route)
         status["phase"] = st.phase
         status["weights"] = st.weights.as_dict() if st.weights is not None else None
+        status["steeredBy"] = st.steered_by
         if st.last_tick_s is not None:
             when = self._wall() - (loop.now() - st.last_tick_s)
             status["lastDecision"] = {  # None deletes a field in a merge patch

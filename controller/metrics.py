@@ -114,6 +114,13 @@ class ControllerMetrics:
             ["route", "subset"],
             registry=r,
         )
+        self.route_fallback = Gauge(
+            "meshpilot_route_fallback",
+            "1 while the supervisor serves the route with its fallback (the planner) because the "
+            "policy's split did visible harm, 0 while the policy steers",
+            ["route"],
+            registry=r,
+        )
         self.leader = Gauge(
             "meshpilot_leader", "1 while this replica is the leader (may write)", registry=r
         )
@@ -128,6 +135,7 @@ class ControllerMetrics:
         self._phases: dict[str, str] = {}
         self._weights: dict[str, dict[str, int]] = {}
         self._outcomes: dict[str, set[str]] = {}
+        self._fallback: dict[str, bool] = {}
 
     def bind_conflicts(self, source: Callable[[], float]) -> None:
         """Expose ``source()`` (the actuator's cumulative conflict count) as conflicts_total."""
@@ -153,6 +161,12 @@ class ControllerMetrics:
         for subset in self._weights.pop(route, {}):
             self.route_weight.remove(route, subset)
 
+    def set_fallback(self, route: str, in_fallback: bool) -> None:
+        if self._fallback.get(route) == in_fallback:
+            return
+        self.route_fallback.labels(route=route).set(1.0 if in_fallback else 0.0)
+        self._fallback[route] = in_fallback
+
     def count_decision(self, route: str, outcome: str) -> None:
         """One recorded decision of `route`, counted under its outcome class."""
         label = outcome_class(outcome)
@@ -170,6 +184,8 @@ class ControllerMetrics:
             self.clear_weights(route)
             for label in self._outcomes.pop(route, set()):
                 self.decisions.remove(route, label)
+            if self._fallback.pop(route, None) is not None:
+                self.route_fallback.remove(route)
             self.writes.remove(route)  # a labelset never counted is no error
             self.verify_failures.remove(route)
 

@@ -58,7 +58,8 @@ class RouteStatus:
     invalid_weights: what the route holds when it is not a valid split (points, set outside
     meshpilot); failed: the permanent error, None when managed; degraded: why the last tick had
     no telemetry (the route holds; controls still act); last_*: the last decision (loop clock,
-    s); verify: the last concluded verification.
+    s); verify: the last concluded verification; steered_by: who chose the last split under
+    the supervisor, ``policy`` or ``fallback`` (None: no supervisor, or no decision yet).
     """
 
     route: RouteRef
@@ -73,6 +74,7 @@ class RouteStatus:
     last_decision_id: int | None = None
     last_tick_s: float | None = None
     verify: VerifyResult | None = None
+    steered_by: str | None = None
 
 
 @dataclass
@@ -150,6 +152,12 @@ class RouteBook:
     def statuses(self, routes: Sequence[RouteRef]) -> list[RouteStatus]:
         with self._lock:
             return [self._rt[r].status for r in routes]
+
+    def steered_by(self, route: RouteRef, mode: str) -> None:
+        """Set who chose `route`'s split this tick (the supervisor's mode)."""
+        rt = self._rt[route]
+        with self._lock:
+            rt.status = replace(rt.status, steered_by=mode)
 
     def failed_since(self, route: RouteRef, since_s: float) -> None:
         """Set when `route` failed (loop clock, s), after a failed entry was recorded."""

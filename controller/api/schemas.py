@@ -181,6 +181,11 @@ class RouteView(BaseModel):
     controls: ControlsView
     verify: VerifyView | None
     last_decision: DecisionView | None
+    steered_by: str | None = Field(
+        default=None,
+        description="who chose the last split under the supervisor: 'policy', or 'fallback' "
+        "(the planner, after the policy's split did visible harm); null without a supervisor",
+    )
 
     @classmethod
     def build(
@@ -211,6 +216,7 @@ class RouteView(BaseModel):
             ),
             verify=VerifyView.of(status.verify),
             last_decision=DecisionView.of(last) if last is not None else None,
+            steered_by=status.steered_by,
         )
 
 

@@ -7,9 +7,9 @@ Cases:
 * ``promtool test rules`` on synthetic series named as the controller exports them: a healthy
   two-replica controller fires nothing, and each alert fires on the failure it names (no
   scrape, a stuck loop, Prometheus unreachable, slow ticks, no leader, two leaders, a failed or
-  holding route, read/write errors, verification mismatches, concurrent writers) with the
-  labels an operator needs, and not before its ``for``; every alert of the file has such a
-  case;
+  holding route, a route in the supervisor's fallback, read/write errors, verification
+  mismatches, concurrent writers) with the labels an operator needs, and not before its
+  ``for``; every alert of the file has such a case;
 * the dashboard in manifests/base/grafana-dashboard.yaml is valid JSON with a stable uid, a
   Prometheus datasource variable every panel uses, only valid PromQL (checked by promtool),
   and it shows every metric family of the controller;
@@ -220,6 +220,16 @@ def alert_cases() -> list[dict[str, Any]]:
             "alert_rule_test": [
                 silent("MeshpilotRouteHolding", "10m"),
                 fired("MeshpilotRouteHolding", "20m", route, severity="warning"),
+            ],
+        },
+        # The supervisor's fallback serves a route for an hour.
+        {
+            "input_series": replace(
+                two, series("meshpilot_route_fallback", "1x60", route=ROUTE, **T)
+            ),
+            "alert_rule_test": [
+                silent("MeshpilotRouteInFallback", "20m"),
+                fired("MeshpilotRouteInFallback", "40m", route, severity="warning"),
             ],
         },
         # One read/write error a minute, one verification mismatch a minute.

@@ -123,6 +123,11 @@ class OneByOne:
     def last_raw_action(self) -> object:
         return getattr(self.inner, "last_raw_action", None)
 
+    def modes(self) -> dict[RouteRef, str]:
+        """Who steers each route, when `inner` is a supervisor (else nobody is reported)."""
+        modes = getattr(self.inner, "modes", None)
+        return dict(modes()) if callable(modes) else {}
+
 
 @dataclass
 class World:

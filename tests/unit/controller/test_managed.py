@@ -12,7 +12,8 @@ other than the served one makes the resource invalid. API controls (`Operators` 
 as mirror) go into the spec of the route's resource
 first, once each (the echo of the spec is not applied or audited again), keep a pin's own
 ``by`` and reason when another control changes, and change nothing when the spec write fails;
-a route with no resource is not mirrored.
+a route with no resource is not mirrored. A supervisor's fallback is in the route's status,
+the ``meshpilot_route_fallback`` metric and a Warning Event (and its end in a Normal one).
 """
 
 from __future__ import annotations
@@ -269,6 +270,36 @@ def test_events_on_writes_and_on_entering_a_phase_by_the_leader_only() -> None:
     leader.leading = False
     loop.tick()
     assert len(source.events) == 3
+
+
+class SupervisedFixed(FixedPolicy):
+    """A fixed policy that reports, like `agents.supervisor.SupervisedPolicy`, who steers."""
+
+    def __init__(self) -> None:
+        super().__init__({"v1": 50, "v2": 50})
+        self.mode = "policy"
+
+    def modes(self) -> dict[RouteRef, str]:
+        return {A: self.mode}
+
+
+def test_a_fallback_is_in_status_metrics_and_events() -> None:
+    loop, _, source, _ = setup()
+    policy = SupervisedFixed()
+    loop.policy = policy
+    source.items = [mr(A)]
+    loop.tick()
+    assert loop.route_status(A).steered_by == "policy"
+    policy.mode = "fallback"
+    loop.tick()
+    assert loop.route_status(A).steered_by == "fallback"
+    assert source.statuses[-1][1]["steeredBy"] == "fallback"
+    assert f'meshpilot_route_fallback{{route="{A.key}"}} 1.0' in loop.metrics.render().decode()
+    assert ("checkout", True, "Fallback") in source.events
+    policy.mode = "policy"
+    loop.tick()
+    assert source.events[-1] == ("checkout", False, "PolicyResumed")
+    assert f'meshpilot_route_fallback{{route="{A.key}"}} 0.0' in loop.metrics.render().decode()
 
 
 def _operators(loop: ControlLoop) -> Any:
