@@ -88,9 +88,10 @@ class ManagedRouteSource(Protocol):
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
         """A Kubernetes Event about `item` (``kubectl describe`` shows it); never raises."""
 
-    def write_controls(self, name: str, controls: Mapping[str, Any]) -> None:
-        """Merge `controls` into the resource's ``spec.controls`` (a None field is deleted);
-        `TemporaryError` (saying why) when the API server did not take it."""
+    def write_controls(self, name: str, controls: Mapping[str, Any]) -> int:
+        """Merge `controls` into the resource's ``spec.controls`` (a None field is deleted)
+        and return the resource's generation after it; `TemporaryError` (saying why) when the
+        API server did not take it."""
 
 
 class _Loop(Protocol):
@@ -130,6 +131,7 @@ class ManagedRoutes:
         self._wall = wall
         self.served_policy = tuple(served_policy)
         self._configs: dict[str, Mapping[str, Any]] = {}  # by route key: spec.guard applied
+        self._mirrored: dict[str, int] = {}  # by route key: generation our last API write made
         self._items: dict[str, ManagedRoute] = {}
         self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
         self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
@@ -140,24 +142,26 @@ class ManagedRoutes:
         if items is None:
             return  # not in sync: keep managing what we manage
         static_keys = {r.key for r in self.static}
-        self._items = {}
+        by_name: dict[str, ManagedRoute] = {}
         routes = list(self.static)
         named: set[str] = set()
         for item in items:
             error = self._refusal(item, named)
             if error is not None:
                 item = ManagedRoute(item.name, item.generation, None, error=error, uid=item.uid)
-            self._items[item.name] = item
+            by_name[item.name] = item
             if item.route is None:
                 continue
             named.add(item.route.key)
             if item.route.key not in static_keys:  # a settings route stays whatever happens
                 routes.append(item.route)
+        self._items = by_name  # whole, at once: `mirror` reads it from the API's threads
         for gone in [k for k in self._configs if k not in named]:
             del self._configs[gone]
             self.guard.set_route_config(gone, None)
         for gone in [k for k in self._applied if k not in named]:
             del self._applied[gone]
+            self._mirrored.pop(gone, None)
             kept = "stays managed (settings)" if gone in static_keys else "released"
             _log.info("route %s %s: its ManagedRoute was deleted", gone, kept)
         self._written = {n: w for n, w in self._written.items() if n in self._items}
@@ -165,8 +169,9 @@ class ManagedRoutes:
         if [r.key for r in routes] != [r.key for r in loop.routes]:
             loop.set_routes(routes)
         for item in self._items.values():  # after set_routes: the loop knows every route
-            if item.route is not None:
+            if item.route is not None and item.generation >= self._mirrored.get(item.route.key, 0):
                 self._apply(loop, item.name, item.route, item.controls)
+            # else: the watch has not caught up with our own write yet; its spec is older
 
     def _refusal(self, item: ManagedRoute, named: set[str]) -> str | None:
         """Why `item` cannot be managed as it is (None: it can, and its ``spec.guard`` is
@@ -240,7 +245,8 @@ class ManagedRoutes:
         which the pin's until is) into the spec of the ManagedRoute naming `route`, if one
         does. A new pin's ``expiresAt`` is its wall time in whole seconds, its ``by`` the
         caller and its ``reason`` the action's; a pin the action left alone keeps its own. The
-        written controls count as applied, so the watch's echo is not a second action.
+        written controls count as applied, so the watch's echo is not a second action, and a
+        snapshot older than the write (the watch lagging) is not applied over it.
         `TemporaryError` when the API server refuses: nothing changed then."""
         item = next(
             (i for i in self._items.values() if i.route is not None and i.route.key == route.key),
@@ -261,8 +267,9 @@ class ManagedRoutes:
             ):
                 pin = kept.pin
         spec = SpecControls(controls.paused, controls.shadow, pin)
-        self.source.write_controls(item.name, _spec_dict(spec))
+        generation = self.source.write_controls(item.name, _spec_dict(spec))
         self._applied[route.key] = spec
+        self._mirrored[route.key] = generation
 
     def _apply(self, loop: _Loop, name: str, route: RouteRef, spec: SpecControls) -> None:
         """Spec controls onto the guard: all when first seen, then each field that changed."""

@@ -51,8 +51,6 @@ class LoadGenerator:
     ) -> None:
         # The child's checks, here, so a bad argument fails before a process starts.
         LoadRun(target, plan, min(duration_s, 1.0), seed, timeout_s, max_connections)
-        if duration_s <= 0:
-            raise ValueError("duration_s and timeout_s must be positive")
         self._args = (target, list(plan), duration_s, seed, timeout_s, max_connections)
         self._warm = warm_connections
         self._timeout_s = timeout_s
@@ -86,6 +84,8 @@ class LoadGenerator:
         """True while the child sends or drains (its result not yet handed back)."""
         if self._process is None or self._conn is None or self._result is not None:
             return False
+        if self._conn.closed:  # it failed and was stopped
+            return False
         return self._process.is_alive() and not self._conn.poll()
 
     def stop(self) -> LoadResult:
@@ -95,6 +95,8 @@ class LoadGenerator:
             return self._result
         if self._process is None or self._conn is None:
             raise RuntimeError("stop() before start()")
+        if self._conn.closed:
+            raise RuntimeError("the load generator failed earlier and has no result")
         with contextlib.suppress(OSError):  # the child may have finished and closed its end
             self._conn.send("stop")
         if not self._conn.poll(self._timeout_s + RESULT_MARGIN_S):

@@ -191,10 +191,10 @@ class ManagedRouteWatch:
             return False
         return True
 
-    def write_controls(self, name: str, controls: Mapping[str, Any]) -> None:
+    def write_controls(self, name: str, controls: Mapping[str, Any]) -> int:
         what = f"{PLURAL}.{GROUP} {self.namespace}/{name}"
         try:
-            self._api.patch_namespaced_custom_object(
+            patched = self._api.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 self.namespace,
@@ -208,6 +208,7 @@ class ManagedRouteWatch:
             err = translate_api_error(exc, "patch", what)
             # Nothing changed either way; the API answers 503 and the operator can retry.
             raise TemporaryError(f"the control was not kept: {err}") from exc
+        return int((patched.get("metadata") or {}).get("generation") or 0)
 
     def emit_event(self, item: ManagedRoute, warning: bool, reason: str, message: str) -> None:
         """An Event about `item`; the same one again (same resource, type, reason and
