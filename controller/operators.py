@@ -137,9 +137,9 @@ class Operators:
 
     def expire_due(self, routes: Sequence[RouteRef]) -> list[RouteRef]:
         """Release every pin of `routes` whose time is up, each an ``expire`` action by
-        meshpilot in the audit log (the pin and who set it in the detail): the log then says
-        when a pin stopped acting, and the kept controls and a ManagedRoute's spec drop it.
-        Returns the routes whose pin expired."""
+        meshpilot in the audit log (the controls before and after in the detail): the log then
+        says when a pin stopped acting, and the kept controls and a ManagedRoute's spec drop
+        it. Returns the routes whose pin expired."""
         expired = []
         for route in routes:
             c = self.guard.controls(route)
