@@ -131,7 +131,8 @@ class ManagedRoutes:
         self._wall = wall
         self.served_policy = tuple(served_policy)
         self._configs: dict[str, Mapping[str, Any]] = {}  # by route key: spec.guard applied
-        self._mirrored: dict[str, int] = {}  # by route key: generation our last API write made
+        self._mirrored: dict[str, tuple[str, int]] = {}  # by route key: uid, generation our
+        # last API write made
         self._items: dict[str, ManagedRoute] = {}
         self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
         self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
@@ -169,9 +170,15 @@ class ManagedRoutes:
         if [r.key for r in routes] != [r.key for r in loop.routes]:
             loop.set_routes(routes)
         for item in self._items.values():  # after set_routes: the loop knows every route
-            if item.route is not None and item.generation >= self._mirrored.get(item.route.key, 0):
+            if item.route is not None and not self._behind_our_write(item):
                 self._apply(loop, item.name, item.route, item.controls)
-            # else: the watch has not caught up with our own write yet; its spec is older
+
+    def _behind_our_write(self, item: ManagedRoute) -> bool:
+        """Whether the watch has not caught up with our own last write to `item` yet (the
+        same resource at an older generation): its spec is older than the guard's controls."""
+        assert item.route is not None
+        ours = self._mirrored.get(item.route.key)
+        return ours is not None and ours[0] == item.uid and item.generation < ours[1]
 
     def _refusal(self, item: ManagedRoute, named: set[str]) -> str | None:
         """Why `item` cannot be managed as it is (None: it can, and its ``spec.guard`` is
@@ -269,7 +276,7 @@ class ManagedRoutes:
         spec = SpecControls(controls.paused, controls.shadow, pin)
         generation = self.source.write_controls(item.name, _spec_dict(spec))
         self._applied[route.key] = spec
-        self._mirrored[route.key] = generation
+        self._mirrored[route.key] = (item.uid, generation)
 
     def _apply(self, loop: _Loop, name: str, route: RouteRef, spec: SpecControls) -> None:
         """Spec controls onto the guard: all when first seen, then each field that changed."""

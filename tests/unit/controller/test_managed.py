@@ -362,6 +362,10 @@ def test_a_watch_behind_an_api_write_does_not_undo_it() -> None:
     source.items = [mr(A, SpecControls(pin=pin), source.generation)]  # the echo
     loop.tick()
     assert [r.action for r in loop.store.latest(A, 10, operators=True)] == ["pin"]
+    # deleted and created again between two ticks: a new resource, generation 1, is applied
+    source.items = [ManagedRoute("checkout", 1, A, SpecControls(paused=True), uid="new")]
+    (result,) = loop.tick()
+    assert result.phase == "paused" and loop.guard.controls(A).pin is None
 
 
 def test_a_refused_spec_write_changes_nothing() -> None:
