@@ -66,6 +66,11 @@ SLOW_SATURATED = 0.9
 """Slow ratios above this only say the version is saturated (health at most its rate over its
 nominal capacity), not by how much: the inversion reads them as this value, so one overloaded
 window does not drive the estimate to the floor and the split to the other extreme."""
+SATURATED_SHED = 0.9
+"""A version whose window and newest-interval slow ratios are both above `SLOW_SATURATED`
+receives more than it serves and builds a backlog: its health is at once set to at most this
+fraction of its rate over its nominal capacity, so the split sheds enough to drain the backlog
+instead of holding the version at the edge of overload (each saturated tick sheds again)."""
 NOMINAL_BAND = (0.85, 1.2)
 """Health estimates within this band count as nominal (1): at high utilization the slow ratio
 of a healthy version swings by 10x from one window to the next."""
@@ -445,6 +450,7 @@ class _Updates:
     def __init__(self) -> None:
         self.fits: list[tuple[VersionEstimate, float, float, float]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
+        self.saturated: list[tuple[VersionEstimate, float]] = []
 
     def observe(self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
         rps = stats.rps
@@ -466,8 +472,17 @@ class _Updates:
             self.fits.append((est, cap, rps, stats.p99_ms))
         if _finite(stats.slow_ratio):
             self.slow.append((est, cap, rps, min(stats.slow_ratio, SLOW_SATURATED), slo_ms))
+            recent = stats.recent_slow_ratio
+            if stats.slow_ratio > SLOW_SATURATED and _finite(recent) and recent > SLOW_SATURATED:
+                self.saturated.append((est, SATURATED_SHED * rps / cap))
 
     def apply(self) -> None:
+        self._fit_service_times()
+        self._infer_health()
+        for est, bound in self.saturated:
+            est.health = max(min(est.health, bound), HEALTH_RANGE[0])
+
+    def _fit_service_times(self) -> None:
         if self.fits:
             _, caps, rates, p99s = zip(*self.fits, strict=True)
             fits = fit_service_ms_each(caps, rates, p99s).tolist()
@@ -477,6 +492,8 @@ class _Updates:
                     gain = 1.0 / min(est.fits, SERVICE_FITS)
                     previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
                     est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
+
+    def _infer_health(self) -> None:
         if not self.slow:
             return
         svcs = [

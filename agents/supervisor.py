@@ -8,15 +8,19 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
 * **harm** is a tick where a version shows trouble the primary's proposal does not relieve:
   it is overloaded (the planner's estimated capacity is below its observed rate, or more than
   `overload_slow` of its requests miss the SLO) or a 5xx outlier (error ratio at least
-  `error_outlier` and three times the others' median), and the proposal gives it at least its
-  current weight;
+  `error_outlier` and three times the others' median), and the proposal does not take at
+  least `min_relief` points off it (a cut smaller than the guard's ``min_change`` is never
+  written, so it relieves nothing);
   or its split's modelled bad fraction (the planner's queueing model at its estimates) is more
   than `model_ratio` times the planner's own split's plus `model_margin`;
 * after `harm_ticks` harmful ticks in a row the route falls back: the fallback's split is
   written, and `last_note` says why (the live loop appends it to the decision's reason);
 * the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
-  proposal has shown no harm in telemetry for `clear_ticks` ticks in a row (hysteresis: no
-  flapping; the model's view alone never keeps a route in fallback).
+  proposal has shown no harm, in telemetry or in the planner's model, for `clear_ticks` ticks
+  in a row (hysteresis: no flapping). The model's view counts too: a primary that would
+  overload a version again must not get the route back to show it. It cannot hold a route for
+  ever on stale evidence: a version the fallback keeps without traffic relaxes toward its
+  nominal health in the planner (its ``recovery_s``).
 
 Overload and slowness count only while some other version has room (below 80 % of its
 estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
@@ -70,6 +74,7 @@ class SupervisedPolicy:
         error_outlier: float = 0.05,
         model_ratio: float = 2.0,
         model_margin: float = 0.005,
+        min_relief: int = 3,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or PlannerPolicy()
@@ -81,6 +86,7 @@ class SupervisedPolicy:
         self.error_outlier = error_outlier
         self.model_ratio = model_ratio
         self.model_margin = model_margin
+        self.min_relief = min_relief
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
         self._routes: dict[RouteRef, _RouteWatch] = {}
@@ -126,7 +132,8 @@ class SupervisedPolicy:
         rooms = sum(room)
 
         for i, (name, stats) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
-            if not (_finite(stats.rps) and stats.rps > 0) or proposal[name] < stats.weight:
+            relieved = proposal[name] <= max(stats.weight - self.min_relief, 0)
+            if not (_finite(stats.rps) and stats.rps > 0) or relieved:
                 continue
             if rooms - room[i] <= 0:
                 continue
@@ -222,9 +229,7 @@ class SupervisedPolicy:
             self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
             return safe
         watch.in_fallback += 1
-        # Only harm seen in telemetry blocks the return: the model's estimates can be wrong
-        # for as long as the fallback keeps a version without traffic.
-        watch.clear = 0 if seen else watch.clear + 1
+        watch.clear = 0 if why else watch.clear + 1
         if watch.in_fallback >= self.hold_ticks and watch.clear >= self.clear_ticks:
             watch.mode, watch.harmful = MODE_POLICY, 0
             self.last_note = f"supervisor: back to {self.primary.name}: harmless for a while"

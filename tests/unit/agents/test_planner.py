@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from agents.planner import PlannerPolicy, fit_service_ms, infer_health, model_p99_ms
+from agents.planner import (
+    SATURATED_SHED,
+    SLOW_SATURATED,
+    PlannerPolicy,
+    fit_service_ms,
+    infer_health,
+    model_p99_ms,
+)
 from agents.registry import make_policy
 from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, SubsetStats
@@ -79,6 +86,37 @@ def test_an_overloaded_version_is_shed() -> None:
     )  # fmt: skip
     assert sick["v1"] <= 20
     assert planner.estimates(ROUTE)["v1"].health < 0.7
+
+
+@pytest.mark.parametrize("recent", [0.95, 0.5])
+def test_a_saturated_version_is_cut_below_what_it_receives(recent: float) -> None:
+    """Both slow ratios above SLOW_SATURATED: v1 receives more than it serves, and its health
+    is at once at most SATURATED_SHED x its rate over its nominal capacity. A backlog that
+    drains already (the newest interval is mostly in time) is not cut again."""
+    planner = PlannerPolicy()
+    caps = (400.0, 400.0, 400.0)
+    run(planner, 12, weights=[60, 20, 20], rps=[240.0, 80.0, 80.0], p99=[90.0] * 3, caps=caps)
+    assert planner.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
+    obs = Observation(
+        route=ROUTE,
+        subsets=("v1", "v2", "v3"),
+        stats=(
+            SubsetStats(240.0, 0.0, 3000.0, 60, slow_ratio=0.99, recent_slow_ratio=recent),
+            SubsetStats(80.0, 0.0, 90.0, 20, slow_ratio=0.0, recent_slow_ratio=0.0),
+            SubsetStats(80.0, 0.0, 90.0, 20, slow_ratio=0.0, recent_slow_ratio=0.0),
+        ),
+        timestamp_s=60.0,
+        capacity_hint_rps=caps,
+        slo_ms=250.0,
+    )
+    split = planner.decide(obs)
+    health = planner.estimates(ROUTE)["v1"].health
+    bound = SATURATED_SHED * 240.0 / 400.0
+    if recent > SLOW_SATURATED:
+        assert health <= bound + 1e-12
+        assert split["v1"] * 400.0 / 100.0 < 240.0 * SATURATED_SHED, "less than it served"
+    else:
+        assert health > bound
 
 
 def test_an_unobserved_version_recovers_toward_nominal() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from agents.planner import PlannerPolicy
 from agents.registry import make_policy
 from agents.rollout import run_episode
@@ -141,3 +143,68 @@ def test_serve_does_not_wrap_a_supervised_policy_twice() -> None:
     assert policy.name == "proportional+supervisor"
     policy, _ = resolve_policy("proportional", supervised=False)
     assert policy.name == "proportional"
+
+
+class Nibbler:
+    """A primary that takes `cut` points a tick off v1 and gives them to v2 (a token cut)."""
+
+    name = "nibbler"
+
+    def __init__(self, cut: int) -> None:
+        self.cut = cut
+
+    def decide(self, obs: Observation) -> Weights:
+        w = [s.weight for s in obs.stats]
+        moved = min(self.cut, w[0])
+        return Weights(obs.subsets, [w[0] - moved, w[1] + moved, *w[2:]])
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("cut", "harmful"), [(0, True), (2, True), (3, False), (10, False)])
+def test_a_token_cut_off_a_failing_version_is_not_relief(cut: int, harmful: bool) -> None:
+    """A cut smaller than `min_relief` (the guard's min_change: it would not be written) leaves
+    the failing version its traffic: harm seen in telemetry. min_relief points or more is
+    relief."""
+    sup = SupervisedPolicy(Nibbler(cut), min_relief=3)
+    obs = observe(0.0, (60, 20, 20), [0.3, 0.001, 0.001])
+    sup.decide(obs)  # the planner's estimates
+    why = sup.harm(obs, Nibbler(cut).decide(obs))
+    assert (why is not None) is harmful
+    if why is not None:
+        assert "v1" in why and "5xx" in why
+
+
+def test_stays_in_fallback_while_the_model_sees_the_policy_overload_a_version() -> None:
+    """After a fault the primary wants 60 points on v1, which is still at a third of its
+    capacity: no telemetry shows it (the fallback keeps v1 light), but the planner's model
+    does, so the route stays with the fallback past hold_ticks and clear_ticks."""
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]), harm_ticks=2, hold_ticks=4, clear_ticks=2)
+    weights: tuple[int, ...] = (60, 20, 20)
+    modes, notes = [], []
+    for k in range(12):
+        # v1 serves a third of its nominal 150 rps: saturated by more than 50 rps
+        rps = [2.0 * w for w in weights]
+        slow = 0.95 if rps[0] > 50.0 else 0.0
+        obs = Observation(
+            route=ROUTE,
+            subsets=NAMES,
+            stats=tuple(
+                SubsetStats(
+                    rps[i], 0.001, 2000.0 if (i == 0 and slow) else 90.0, weights[i],
+                    slow_ratio=slow if i == 0 else 0.0, recent_slow_ratio=slow if i == 0 else 0.0,
+                )
+                for i in range(3)
+            ),
+            timestamp_s=5.0 * k,
+            capacity_hint_rps=(150.0, 150.0, 150.0),
+            slo_ms=250.0,
+        )  # fmt: skip
+        weights = sup.decide(obs).values_tuple
+        modes.append(sup.modes()[ROUTE])
+        notes.append(sup.last_note)
+    assert modes[1] == MODE_FALLBACK
+    assert modes[1:] == [MODE_FALLBACK] * 11, "the model's view of harm blocks the return"
+    assert weights[0] < 30
+    assert notes[-1] is not None and "modelled" in notes[-1]
