@@ -71,9 +71,11 @@ SATURATED_SHED = 0.9
 receives more than it serves and builds a backlog: its health is at once set to at most this
 fraction of its rate over its nominal capacity, so the split sheds enough to drain the backlog
 instead of holding the version at the edge of overload (each saturated tick sheds again)."""
-NOMINAL_BAND = (0.85, 1.2)
-"""Health estimates within this band count as nominal (1): at high utilization the slow ratio
-of a healthy version swings by 10x from one window to the next."""
+NOMINAL_BAND = (1.0, 1.2)
+"""Health readings within this band count as nominal (1): a version that looks a little faster
+than nominal is not given more than its nominal share. Readings below 1 are kept (smoothed by
+`HEALTH_GAIN`): a version served at 95 % of its capacity by a balancer the model does not know
+(random picks queue more than least-request) shows it only as a reading a little below 1."""
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
