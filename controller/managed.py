@@ -113,9 +113,10 @@ class ManagedRoutes:
     """The tick hook that manages the routes of `source` beside the `static` ones (settings).
 
     guard: where spec controls and ``spec.guard`` settings go; wall: Unix time (s) to place a
-    pin's ``expiresAt`` on the loop's clock (default `time.time`); served_policy: the names
-    ``spec.policy`` may give (one policy serves every route: a ManagedRoute asking for another
-    is invalid, not silently served by this one; empty: any).
+    pin's ``expiresAt`` on the loop's clock (default `time.time`); rate: loop-clock seconds
+    per wall second (``serve --mesh sim`` runs its clock `sim.speed` times faster);
+    served_policy: the names ``spec.policy`` may give (one policy serves every route: a
+    ManagedRoute asking for another is invalid, not silently served by this one; empty: any).
     """
 
     def __init__(
@@ -126,9 +127,11 @@ class ManagedRoutes:
         static: Sequence[RouteRef] = (),
         wall: Callable[[], float] = time.time,
         served_policy: Sequence[str] = (),
+        rate: float = 1.0,
     ) -> None:
         self.source, self.guard, self.static = source, guard, tuple(static)
         self._wall = wall
+        self.rate = rate
         self.served_policy = tuple(served_policy)
         self._configs: dict[str, Mapping[str, Any]] = {}  # by route key: spec.guard applied
         self._mirrored: dict[str, tuple[str, int]] = {}  # by route key: uid, generation our
@@ -245,6 +248,19 @@ class ManagedRoutes:
         elif st.steered_by == "policy" and seen is not None and seen[2] == "fallback":
             self.source.emit_event(item, False, "PolicyResumed", reason or "the policy steers")
 
+    def adopt(self, loop: _Loop) -> None:
+        """Write the guard's controls of every resource's route into its spec, as applied.
+
+        For a store that starts empty with the process (`controller.managed_memory`): the
+        controls the decision store restored are the truth then, and the first tick must not
+        apply the empty specs over them. A cluster's resources are the truth, never adopted."""
+        items = self.source.snapshot() or ()
+        self._items = {item.name: item for item in items}
+        for item in items:
+            if item.route is not None:
+                controls = self.guard.controls(item.route)
+                self.mirror(item.route, controls, "meshpilot", "restored at start", loop.now())
+
     def mirror(
         self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
     ) -> None:
@@ -263,7 +279,7 @@ class ManagedRoutes:
             return
         pin = None
         if controls.pin is not None and controls.pin_until_s is not None:
-            expires = float(int(self._wall() + (controls.pin_until_s - now_s)))
+            expires = float(int(self._wall() + (controls.pin_until_s - now_s) / self.rate))
             kept = self._applied.get(route.key)
             pin = SpecPin(controls.pin, expires, reason, caller)
             if (
@@ -293,7 +309,7 @@ class ManagedRoutes:
             if pin is None:
                 self.guard.unpin(route)
             else:
-                until = loop.now() + (pin.expires_at_s - self._wall())
+                until = loop.now() + (pin.expires_at_s - self._wall()) * self.rate
                 self.guard.pin(route, pin.weights, until)
         self._applied[route.key] = spec
         _log.info("route %s: controls from its ManagedRoute: %s", route.key, spec)

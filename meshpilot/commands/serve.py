@@ -375,13 +375,22 @@ def _managed_routes(
     static: list[RouteRef],
     policy_name: str,
 ) -> list[TickHook]:
-    """The ManagedRoute watch as a tick hook (``kube.managed_routes`` with ``mesh: k8s``); a
-    ManagedRoute's ``spec.policy`` may name the served policy (`policy_name`, e.g.
-    ``ppo+supervisor``) or what it serves (``ppo``)."""
-    if settings.mesh != "k8s" or not settings.kube.managed_routes:
+    """The ManagedRoutes as a tick hook: with ``mesh: k8s`` the watch of a namespace (when
+    ``kube.managed_routes``; a ManagedRoute's ``spec.policy`` may name the served policy,
+    `policy_name`, e.g. ``ppo+supervisor``, or what it serves, ``ppo``); with ``sim`` or
+    ``lab`` an in-memory store of one resource per route of the mesh (`static`)."""
+    from controller.managed import ManagedRoutes
+
+    served = (policy_name, policy_name.split("+", 1)[0])
+    if settings.mesh != "k8s":
+        from controller.api.overrides import clock_rate
+        from controller.managed_memory import MemoryManagedRoutes
+
+        memory = MemoryManagedRoutes(static)
+        return [ManagedRoutes(memory, guard, served_policy=served, rate=clock_rate(settings))]
+    if not settings.kube.managed_routes:
         return []
     from controller.adapters.kube.managed_routes import ManagedRouteWatch
-    from controller.managed import ManagedRoutes
 
     source = ManagedRouteWatch(
         settings.kube.managed_routes_namespace,
@@ -391,7 +400,6 @@ def _managed_routes(
     source.start()
     stack.callback(source.stop)
     _log.info("managing the ManagedRoutes of %s too", source.namespace)
-    served = (policy_name, policy_name.split("+", 1)[0])
     return [ManagedRoutes(source, guard, static=static, served_policy=served)]
 
 
@@ -480,6 +488,8 @@ def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators
             c.shadow,
             c.pin,
         )
+    if mirror is not None and settings.mesh != "k8s":
+        mirror.adopt(loop)  # the in-memory specs start from what the store restored
     return operators
 
 
