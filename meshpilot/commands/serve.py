@@ -1,7 +1,7 @@
 """`meshpilot serve`: run the controller — control loop plus HTTP API — until told to stop.
 
-This is the one place that wires settings to parts: observer and actuator (the embedded
-simulated mesh, or Prometheus + Istio), policy, guard, store, leader, loop and API. Shutdown on
+This is the one place that wires settings to parts: observer and actuator (the mesh,
+built by `meshpilot.commands.serve_meshes`), policy, guard, store, leader, loop and API. Shutdown on
 SIGTERM (Kubernetes) or Ctrl-C is graceful: the loop finishes its tick and stops writing first,
 then the API, the mesh and the store close, and the process exits 0. The serving path imports
 neither torch nor stable-baselines3 (the PPO policy runs in numpy).
@@ -15,8 +15,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,8 +27,9 @@ from controller.loop import AlwaysLeader, ControlLoop, Leadership, TickHook
 from controller.operators import Operators, PinExpiry
 from controller.settings import Settings, default_store_path, load_settings
 from controller.store import DecisionStore
-from meshcore import Actuator, Clock, ConfigError, Observer, Policy, RouteRef, Weights
+from meshcore import Actuator, ConfigError, Policy, RouteRef
 from meshpilot.commands.arg_types import port_number, positive_float
+from meshpilot.commands.serve_meshes import MESHES
 
 _log = logging.getLogger("meshpilot.serve")
 
@@ -187,113 +187,6 @@ def resolve_policy(requested: str | None, *, supervised: bool = True) -> tuple[P
     return SupervisedPolicy(policy), why + "; behind the supervisor (planner fallback)"
 
 
-@dataclass
-class _Mesh:
-    """What a mesh backend contributes to the loop."""
-
-    observer: Observer
-    actuator: Actuator
-    clock: Clock
-    routes: list[RouteRef]
-    window_s: float
-    """How long after a write the observed split shows it (s): the verify delay."""
-    capacity_hints: dict[RouteRef, dict[str, float]] = field(default_factory=dict)
-    """Nominal capacity per route and subset (rps) the mesh knows (the lab's file)."""
-
-
-def _sim_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
-    from envs.simulator.realtime import RealtimeSimulatedMesh
-    from envs.simulator.scenario import load_scenario
-
-    scenarios = [load_scenario(name) for name in settings.sim.scenarios]
-    mesh = RealtimeSimulatedMesh.from_scenarios(
-        scenarios=scenarios, speed=settings.sim.speed, seed=settings.sim.seed
-    )
-    routes = [r.ref() for r in settings.routes] or list(mesh.routes)
-    mesh.start()
-    stack.callback(mesh.stop)
-    return _Mesh(mesh, mesh, mesh.clock, routes, mesh.window_s())
-
-
-def _k8s_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
-    from controller.clock import WallClock
-
-    try:
-        from controller.adapters.istio.actuator import VirtualServiceActuator
-    except ImportError as err:
-        raise ConfigError(f"k8s mesh not available: {err}") from err
-    from controller.adapters.prometheus import PrometheusObserver
-
-    kube = settings.kube
-    _log.info(
-        "Kubernetes API: %s",
-        "in-cluster service account"
-        if kube.kubeconfig is None
-        else f"kubeconfig {kube.kubeconfig}, context {kube.context or '(its current context)'}",
-    )
-    actuator = VirtualServiceActuator(
-        kubeconfig=settings.kube.kubeconfig,
-        context=settings.kube.context,
-        dry_run=settings.kube.dry_run,
-        watch_cache=settings.kube.watch_cache,
-        # parallel writers, one watch per namespace, and the observer's reads
-        max_connections=settings.max_parallel_writes + 4,
-    )
-    stack.callback(actuator.close)
-    routes = [r.ref() for r in settings.routes]
-    prom = settings.prometheus
-    observer = PrometheusObserver(
-        url=prom.url,
-        profile=prom.profile,
-        window_s=prom.window_s,
-        reporter=prom.reporter,
-        timeout_s=prom.timeout_s,
-        slo_ms=settings.slo_ms,
-        recording_rules=prom.recording_rules,
-        subsets_by_route={r.ref(): r.subsets for r in settings.routes if r.subsets},
-        weights_source=_weights_or_none(actuator),
-    )
-    stack.callback(observer.close)
-    return _Mesh(observer, actuator, WallClock(), routes, prom.window_s)
-
-
-LAB_TELEMETRY_LAG_S = 3.0
-"""How long a request takes to reach the lab's rate window (s): Envoy flushes its stats every
-second, Prometheus scrapes every second and evaluates the recording rules every second. A
-write is verified this long after one full window, when the window holds only the new split."""
-
-
-def _lab_mesh(settings: Settings, stack: contextlib.ExitStack) -> _Mesh:
-    from controller.clock import WallClock
-    from envs.lab.lab import default_state_dir, running_state
-    from meshpilot.lab_ports import lab_ports
-
-    state_dir = Path(settings.lab.state_dir) if settings.lab.state_dir else default_state_dir()
-    lab = running_state(state_dir)
-    if settings.slo_ms != lab.spec.slo_ms:
-        raise ConfigError(
-            f"slo_ms {settings.slo_ms:g} differs from the lab's ({lab.spec.slo_ms:g} ms, the "
-            "latency bucket its Envoy measures the slow ratio at): set slo_ms to match"
-        )
-    _log.info("lab %s: Envoy %s, Prometheus %s", lab.spec.name, lab.envoy_url, lab.prometheus_url)
-    ports = lab_ports(lab, stack, window_s=settings.lab.window_s)
-    routes = [r.ref() for r in settings.routes] or lab.spec.routes()
-    verify_after_s = settings.lab.window_s + LAB_TELEMETRY_LAG_S
-    return _Mesh(
-        ports.observer, ports.actuator, WallClock(), routes, verify_after_s, ports.capacity_hints
-    )
-
-
-def _weights_or_none(actuator: Actuator) -> Callable[[RouteRef], Weights | None]:
-    def read(route: RouteRef) -> Weights | None:
-        try:
-            return actuator.current(route)
-        except Exception:  # the loop reports the actuator's errors; the observer just lacks weights
-            return None
-
-    return read
-
-
 def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
     if not settings.leader.enabled:
         return AlwaysLeader()
@@ -323,7 +216,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
     """Every part of the controller, wired from `settings`; closed by `stack`."""
     policy, why = resolve_policy(settings.policy, supervised=settings.supervisor)
     _log.info("%s", why)
-    make_mesh = {"sim": _sim_mesh, "k8s": _k8s_mesh, "lab": _lab_mesh}[settings.mesh]
+    make_mesh = MESHES[settings.mesh]
     mesh = make_mesh(settings, stack)
     store_path = settings.store.path
     if store_path == default_store_path():
