@@ -8,9 +8,11 @@ overloaded for half a minute, and the backlog it builds keeps requests slow for 
 promotion is stepped, rollback is immediate.
 
 So, when the proposal takes weight off a subset the telemetry shows in distress (a slow ratio
-or 5xx ratio of at least ``threshold``), `relieve` moves that weight at once, but only onto
-subsets the telemetry shows healthy (data, both ratios below half the threshold) and only up to
-what the proposal gives them. Weight the healthy subsets cannot take stays step-limited.
+or 5xx ratio of at least ``threshold``; the slow ratio of the rate window or of the newest
+scrape interval, which shows a fault the window still averages with the healthy seconds before
+it), `relieve` moves that weight at once, but only onto subsets the telemetry shows healthy
+(data, every ratio below half the threshold) and only up to what the proposal gives them.
+Weight the healthy subsets cannot take stays step-limited.
 """
 
 from __future__ import annotations
@@ -21,26 +23,30 @@ from meshcore import Observation, Weights, largest_remainder
 
 
 def distressed(observation: Observation, threshold: float) -> set[str]:
-    """Subsets with data whose slow ratio or 5xx ratio is at least `threshold` (0..1)."""
+    """Subsets with data whose 5xx ratio, slow ratio or newest-interval slow ratio is at least
+    `threshold` (0..1)."""
     out = set()
     for name, st in zip(observation.subsets, observation.stats, strict=True):
         if not st.has_data:
             continue
-        if _at_least(st.error_ratio, threshold) or _at_least(st.slow_ratio, threshold):
+        slow = (st.slow_ratio, st.recent_slow_ratio)
+        if _at_least(st.error_ratio, threshold) or any(_at_least(r, threshold) for r in slow):
             out.add(name)
     return out
 
 
 def healthy(observation: Observation, threshold: float) -> set[str]:
-    """Subsets with data whose 5xx ratio and slow ratio are both below ``threshold / 2``; a
-    subset whose slow ratio is unknown counts only if its p99 is within the SLO."""
+    """Subsets with data whose 5xx ratio and slow ratio are both below ``threshold / 2``, and
+    whose newest-interval slow ratio is too when known; a subset whose slow ratio is unknown
+    counts only if its p99 is within the SLO."""
     half = threshold / 2.0
     out = set()
     for name, st in zip(observation.subsets, observation.stats, strict=True):
         if not st.has_data or not _below(st.error_ratio, half):
             continue
         if math.isfinite(st.slow_ratio):
-            ok = st.slow_ratio < half
+            recent = st.recent_slow_ratio
+            ok = st.slow_ratio < half and not (math.isfinite(recent) and recent >= half)
         else:
             ok = _below(st.p99_ms, observation.slo_ms)
         if ok:

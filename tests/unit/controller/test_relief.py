@@ -58,6 +58,20 @@ def test_without_distress_the_step_limit_holds() -> None:
     assert "relief" not in verdict.reason
 
 
+def test_a_fault_the_window_does_not_show_yet_is_relieved_from_the_newest_interval() -> None:
+    """The 30 s window still averages the healthy minutes before a fault, the newest scrape
+    interval shows it: distress in either counts, and a subset slow in its newest interval is
+    not a healthy recipient."""
+    current = w(v1=50, v2=50)
+    fresh = SubsetStats(90.0, 0.0, 2800.0, 50, slow_ratio=0.12, recent_slow_ratio=0.6)
+    obs = observation(current, v1=fresh)
+    assert distressed(obs, 0.2) == {"v1"} and healthy(obs, 0.2) == {"v2"}
+    verdict = review(current, w(v1=22, v2=78), obs)
+    assert verdict.weights == w(v1=22, v2=78) and "relief: 18 points off v1" in verdict.reason
+    slowing = SubsetStats(90.0, 0.0, 240.0, 50, slow_ratio=0.0, recent_slow_ratio=0.15)
+    assert healthy(observation(current, v2=slowing), 0.2) == {"v1"}
+
+
 def test_weight_goes_fast_only_to_subsets_seen_healthy() -> None:
     # v2 is itself half slow and v3 has no data: only v4 may take v1's weight at once.
     current = w(v1=70, v2=10, v3=0, v4=20)
