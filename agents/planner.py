@@ -20,7 +20,9 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 * **health** h (the capacity factor, 1 = nominal): the h at which the model's
   P(latency > SLO) at the version's observed rate equals its observed slow ratio (bisection in
   log h; the model is monotone in h). A drop below `FAULT_DROP` of the current estimate is
-  taken at once (overload compounds); smaller moves are smoothed.
+  taken at once (overload compounds); smaller moves are smoothed. A version saturated in the
+  window and in the newest interval is capped at once at `SATURATED_SHED` of its rate over C,
+  so its backlog drains instead of holding at the edge of overload.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,

@@ -9,12 +9,13 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   it is overloaded (the planner's estimated capacity is below its observed rate, or more than
   `overload_slow` of its requests miss the SLO) or a 5xx outlier (error ratio at least
   `error_outlier` and three times the others' median), and the proposal does not take at
-  least `min_relief` points off it (a cut smaller than the guard's ``min_change`` is never
-  written, so it relieves nothing);
+  least `min_relief` points off it (a token cut of a point or two a tick leaves it in
+  trouble for minutes);
   or its split's modelled bad fraction (the planner's queueing model at its estimates) is more
   than `model_ratio` times the planner's own split's plus `model_margin`;
-* after `harm_ticks` harmful ticks in a row the route falls back: the fallback's split is
-  written, and `last_note` says why (the live loop appends it to the decision's reason);
+* after `harm_ticks` harmful ticks in a row (default 1: at the first; the hysteresis is on
+  the way back) the route falls back: the fallback's split is written, and `last_note` says
+  why (the live loop appends it to the decision's reason);
 * the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
   proposal has shown no harm, in telemetry or in the planner's model, for `clear_ticks` ticks
   in a row (hysteresis: no flapping). The model's view counts too: a primary that would
@@ -67,7 +68,7 @@ class SupervisedPolicy:
         primary: Policy,
         fallback: PlannerPolicy | None = None,
         *,
-        harm_ticks: int = 2,
+        harm_ticks: int = 1,
         hold_ticks: int = 24,
         clear_ticks: int = 6,
         overload_slow: float = 0.25,

@@ -82,11 +82,12 @@ class GuardConfig:
     decay, floor repair) ignore it. 1..200."""
 
     relief_ratio: float = 0.2
-    """A subset whose observed slow ratio (requests over the SLO) or 5xx ratio is at least
-    this (0..1, default 0.2) is in visible distress: weight the policy takes off it moves at
-    once, without ``max_step``, to subsets observed healthy (both ratios below half of this),
-    up to what the proposal gives them. Stepping away from an overloaded version only lets its
-    backlog grow. 1 means only a version failing every request is relieved at once."""
+    """A subset whose observed slow ratio (requests over the SLO, over the rate window or the
+    newest scrape interval) or 5xx ratio is at least this (0..1, default 0.2) is in visible
+    distress: weight the policy takes off it moves at once, without ``max_step``, to subsets
+    observed healthy (every ratio below half of this), up to what the proposal gives them.
+    Stepping away from an overloaded version only lets its backlog grow. 1 means only a
+    version failing every request is relieved at once."""
 
     def __post_init__(self) -> None:
         owner = "GuardConfig"

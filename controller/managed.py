@@ -2,7 +2,8 @@
 
 Why: in a cluster the set of routes and the operators' controls must not live in one
 replica's memory. A `ManagedRouteSource` (the Kubernetes adapter,
-`controller.adapters.kube.managed_routes`) keeps the resources in memory; `ManagedRoutes` is a
+`controller.adapters.kube.managed_routes`; without a cluster, the in-process store of
+`controller.managed_memory`) keeps the resources in memory; `ManagedRoutes` is a
 tick hook of the loop: before each tick it makes the loop manage the settings' routes plus
 every resource's route (a new one from this tick, a deleted one released: never written
 again, its VirtualService left as it is) and applies each resource's spec controls to the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,8 +142,16 @@ class ManagedRoutes:
         self._applied: dict[str, SpecControls] = {}  # by route key: last spec controls applied
         self._written: dict[str, tuple[Any, ...]] = {}  # by name: what the last status said
         self._seen: dict[str, tuple[str, int | None, str | None]] = {}  # phase, id, steered_by
+        # Held by `mirror` (API threads) from its spec write to its bookkeeping and by
+        # `before_tick` (the loop) from its snapshot to applying it: an in-memory store shows
+        # a write at once, and the loop must not take it for someone else's edit.
+        self._lock = threading.RLock()
 
     def before_tick(self, loop: _Loop) -> None:
+        with self._lock:
+            self._before_tick(loop)
+
+    def _before_tick(self, loop: _Loop) -> None:
         items = self.source.snapshot()
         if items is None:
             return  # not in sync: keep managing what we manage
@@ -254,12 +264,13 @@ class ManagedRoutes:
         For a store that starts empty with the process (`controller.managed_memory`): the
         controls the decision store restored are the truth then, and the first tick must not
         apply the empty specs over them. A cluster's resources are the truth, never adopted."""
-        items = self.source.snapshot() or ()
-        self._items = {item.name: item for item in items}
-        for item in items:
-            if item.route is not None:
-                controls = self.guard.controls(item.route)
-                self.mirror(item.route, controls, "meshpilot", "restored at start", loop.now())
+        with self._lock:
+            items = self.source.snapshot() or ()
+            self._items = {item.name: item for item in items}
+            for item in items:
+                if item.route is not None:
+                    controls = self.guard.controls(item.route)
+                    self._mirror(item.route, controls, "meshpilot", "restored at start", loop.now())
 
     def mirror(
         self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
@@ -271,6 +282,12 @@ class ManagedRoutes:
         written controls count as applied, so the watch's echo is not a second action, and a
         snapshot older than the write (the watch lagging) is not applied over it.
         `TemporaryError` when the API server refuses: nothing changed then."""
+        with self._lock:
+            self._mirror(route, controls, caller, reason, now_s)
+
+    def _mirror(
+        self, route: RouteRef, controls: RouteControls, caller: str, reason: str, now_s: float
+    ) -> None:
         item = next(
             (i for i in self._items.values() if i.route is not None and i.route.key == route.key),
             None,
@@ -371,7 +388,7 @@ class ManagedRoutes:
         status["weights"] = st.weights.as_dict() if st.weights is not None else None
         status["steeredBy"] = st.steered_by
         if st.last_tick_s is not None:
-            when = self._wall() - (loop.now() - st.last_tick_s)
+            when = self._wall() - (loop.now() - st.last_tick_s) / self.rate
             status["lastDecision"] = {  # None deletes a field in a merge patch
                 "time": _rfc3339(when),
                 "reason": (st.last_reason or "")[:1000] or None,

@@ -119,6 +119,22 @@ def test_a_saturated_version_is_cut_below_what_it_receives(recent: float) -> Non
         assert health > bound
 
 
+def test_a_version_a_little_below_nominal_is_seen_so() -> None:
+    """A reading of 0.9 (a version near saturation under a balancer the model does not know)
+    is kept, not snapped to nominal: the estimate settles near it."""
+    planner = PlannerPolicy()
+    run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3)
+    est = planner.estimates(ROUTE)["v1"]
+    svc = max(PlannerPolicy.service_ms(est, 250.0), 1000.0 / 200.0)
+    lo, hi = 1e-6, 0.5  # the slow ratio the model reads as health 0.9 at 180 rps
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        health = infer_health(200.0, svc, 180.0, mid, 250.0)
+        lo, hi = (mid, hi) if health is None or health > 0.9 else (lo, mid)
+    run(planner, 15, weights=[34, 33, 33], rps=[180.0, 66.0, 66.0], slow=[hi, 0.0, 0.0])
+    assert 0.85 < planner.estimates(ROUTE)["v1"].health < 0.95
+
+
 def test_an_unobserved_version_recovers_toward_nominal() -> None:
     planner = PlannerPolicy(recovery_s=60.0)
     caps = (100.0, 100.0, 100.0)

@@ -78,6 +78,14 @@ def test_fallback_sheds_the_failing_version() -> None:
     assert weights[0] < 10
 
 
+def test_by_default_the_first_harmful_tick_falls_back() -> None:
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]))
+    healthy = sup.decide(observe(0.0, (60, 20, 20), [0.001, 0.001, 0.001]))
+    assert healthy.values_tuple == (60, 20, 20) and sup.modes()[ROUTE] == MODE_POLICY
+    shed = sup.decide(observe(5.0, (60, 20, 20), [0.3, 0.001, 0.001]))
+    assert sup.modes()[ROUTE] == MODE_FALLBACK and shed["v1"] < 60
+
+
 def test_a_harmless_policy_is_never_overruled() -> None:
     sup = SupervisedPolicy(Stubborn([34, 33, 33]))
     weights: tuple[int, ...] = (34, 33, 33)
@@ -164,9 +172,8 @@ class Nibbler:
 
 @pytest.mark.parametrize(("cut", "harmful"), [(0, True), (2, True), (3, False), (10, False)])
 def test_a_token_cut_off_a_failing_version_is_not_relief(cut: int, harmful: bool) -> None:
-    """A cut smaller than `min_relief` (the guard's min_change: it would not be written) leaves
-    the failing version its traffic: harm seen in telemetry. min_relief points or more is
-    relief."""
+    """A cut smaller than `min_relief` points leaves the failing version (nearly) all its
+    traffic: harm seen in telemetry. min_relief points or more is relief."""
     sup = SupervisedPolicy(Nibbler(cut), min_relief=3)
     obs = observe(0.0, (60, 20, 20), [0.3, 0.001, 0.001])
     sup.decide(obs)  # the planner's estimates

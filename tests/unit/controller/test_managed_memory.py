@@ -10,6 +10,10 @@ with its caller and is applied and audited once; the hook writes each route's st
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
 from controller.access import Caller
@@ -111,3 +115,68 @@ def test_an_api_pin_lands_in_the_spec_and_is_audited_once() -> None:
     assert [r.action for r in loop.store.latest(A, 10, operators=True)] == ["pin"]
     status = store.status(resource_name(A))
     assert status["phase"] == "overridden" and status["weights"] == {"v1": 20, "v2": 80}
+
+
+def test_pins_cross_between_the_loop_clock_and_wall_time_at_the_clock_rate() -> None:
+    """Under ``serve --mesh sim`` the loop's clock runs `sim.speed` times faster than the wall:
+    an API pin of 600 loop s expires 60 wall s later in the spec, and a spec pin 30 wall s
+    ahead holds for 300 loop s."""
+    clock = FakeClock()
+    wall = WALL + 0.25  # fractional: the spec keeps whole seconds
+    mesh = FakeMesh({A: split(90, 10)}, clock=clock)
+    guard = Guard(GuardConfig(max_step=10))
+    store = MemoryManagedRoutes([A])
+    hook = ManagedRoutes(store, guard, wall=lambda: wall + clock.now() / 10, rate=10.0)
+    loop = ControlLoop(
+        observer=mesh, actuator=mesh, policy=FixedPolicy({"v1": 50, "v2": 50}), guard=guard,
+        store=DecisionStore(":memory:"), routes=[A], clock=clock, leader=Switch(True),
+        slo_ms=250.0, writer_id="pod-a", verify_after_s=30.0, verify_tolerance=10.0,
+        hooks=[hook],
+    )  # fmt: skip
+    ops = Operators(
+        guard, loop.store, now=loop.now, writer_id="pod-a", mirror=hook, rate=10.0,
+        wall=lambda: wall + clock.now() / 10,
+    )  # fmt: skip
+    hook.adopt(loop)
+    loop.tick()
+    ops.pin(A, split(20, 80), 600.0, caller=Caller("alice"), reason="drain")
+    pin = store.item(resource_name(A)).controls.pin
+    assert pin is not None and pin.expires_at_s == float(int(wall + 60.0))
+    spec = {"pin": {"weights": {"v1": 30, "v2": 70}, "expiresAt": _rfc3339(WALL + 30.0)}}
+    store.write_controls(resource_name(A), spec)  # as kubectl patch would
+    loop.tick()
+    controls = guard.controls(A)
+    assert controls.pin == split(30, 70)
+    assert controls.pin_until_s == pytest.approx(loop.now() + (WALL + 30.0 - wall) * 10.0)
+
+
+def test_a_tick_during_an_api_write_does_not_take_it_for_a_foreign_edit() -> None:
+    """The in-memory store shows a write at once: a tick on the loop's thread between the
+    write and the hook's bookkeeping would apply it again (a second audit record, the pin
+    cut to whole seconds). The tick waits for the write to finish instead."""
+    loop, store, hook, ops = setup()
+    hook.adopt(loop)
+    loop.tick()
+    write = store.write_controls
+    ticks: list[threading.Thread] = []
+
+    def write_then_tick(name: str, controls: Mapping[str, Any]) -> int:
+        generation = write(name, controls)
+        tick = threading.Thread(target=hook.before_tick, args=(loop,))
+        tick.start()
+        tick.join(timeout=0.3)  # without the hook's lock, the tick runs to its end here
+        ticks.append(tick)
+        return generation
+
+    store.write_controls = write_then_tick  # type: ignore[method-assign]
+    ops.pin(A, split(20, 80), 60.5, caller=Caller("alice"), reason="drain")
+    for tick in ticks:
+        tick.join(timeout=10.0)
+    assert [r.action for r in loop.store.latest(A, 10, operators=True)] == ["pin"]
+    assert loop.guard.controls(A).pin_until_s == pytest.approx(loop.now() + 60.5)
+
+
+def _rfc3339(unix_s: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
