@@ -1,10 +1,10 @@
 """`meshpilot serve`: run the controller — control loop plus HTTP API — until told to stop.
 
-This is the one place that wires settings to parts: observer and actuator (the mesh,
-built by `meshpilot.commands.serve_meshes`), policy, guard, store, leader, loop and API. Shutdown on
-SIGTERM (Kubernetes) or Ctrl-C is graceful: the loop finishes its tick and stops writing first,
-then the API, the mesh and the store close, and the process exits 0. The serving path imports
-neither torch nor stable-baselines3 (the PPO policy runs in numpy).
+This is the one place that wires settings to parts: observer and actuator (the mesh, built
+by `meshpilot.commands.serve_meshes`), policy, guard, store, leader, loop and API. Shutdown
+on SIGTERM (Kubernetes) or Ctrl-C is graceful: the loop finishes its tick and stops writing
+first, then the API, the mesh and the store close, and the process exits 0. The serving path
+imports neither torch nor stable-baselines3 (the PPO policy runs in numpy).
 """
 
 from __future__ import annotations
@@ -274,13 +274,11 @@ def _managed_routes(
     ``lab`` an in-memory store of one resource per route of the mesh (`static`)."""
     from controller.managed import ManagedRoutes
 
-    served = (policy_name, policy_name.split("+", 1)[0])
-    if settings.mesh != "k8s":
+    if settings.mesh != "k8s":  # its resources name no policy: nothing to check
         from controller.api.overrides import clock_rate
         from controller.managed_memory import MemoryManagedRoutes
 
-        memory = MemoryManagedRoutes(static)
-        return [ManagedRoutes(memory, guard, served_policy=served, rate=clock_rate(settings))]
+        return [ManagedRoutes(MemoryManagedRoutes(static), guard, rate=clock_rate(settings))]
     if not settings.kube.managed_routes:
         return []
     from controller.adapters.kube.managed_routes import ManagedRouteWatch
@@ -293,6 +291,7 @@ def _managed_routes(
     source.start()
     stack.callback(source.stop)
     _log.info("managing the ManagedRoutes of %s too", source.namespace)
+    served = (policy_name, policy_name.split("+", 1)[0])
     return [ManagedRoutes(source, guard, static=static, served_policy=served)]
 
 
@@ -359,6 +358,7 @@ def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators
     the leader releases expired pins as audited actions."""
     from controller.api.overrides import clock_rate
     from controller.managed import ManagedRoutes
+    from controller.managed_memory import MemoryManagedRoutes
 
     mirror = next((h for h in loop.hooks if isinstance(h, ManagedRoutes)), None)
     operators = Operators(
@@ -381,7 +381,7 @@ def _operators(settings: Settings, loop: ControlLoop, guard: Guard) -> Operators
             c.shadow,
             c.pin,
         )
-    if mirror is not None and settings.mesh != "k8s":
+    if mirror is not None and isinstance(mirror.source, MemoryManagedRoutes):
         mirror.adopt(loop)  # the in-memory specs start from what the store restored
     return operators
 

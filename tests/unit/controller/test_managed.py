@@ -75,22 +75,32 @@ def setup(
     mesh = FakeMesh({A: split(90, 10), B: split(90, 10)}, clock=clock)
     source, leader, guard = FakeSource(), Switch(leading), Guard(GuardConfig(max_step=10))
     hook = ManagedRoutes(source, guard, static=static, wall=lambda: WALL + clock.now())
-    loop = ControlLoop(
+    return loop_with(hook, mesh, clock, static, leader), mesh, source, leader
+
+
+def loop_with(
+    hook: ManagedRoutes,
+    mesh: FakeMesh,
+    clock: FakeClock,
+    routes: Sequence[RouteRef],
+    leader: Switch | None = None,
+) -> ControlLoop:
+    """A loop over the fake `mesh` with `hook` as its only hook and the hook's guard."""
+    return ControlLoop(
         observer=mesh,
         actuator=mesh,
         policy=FixedPolicy({"v1": 50, "v2": 50}),
-        guard=guard,
+        guard=hook.guard,
         store=DecisionStore(":memory:"),
-        routes=static,
+        routes=routes,
         clock=clock,
-        leader=leader,
+        leader=leader or Switch(True),
         slo_ms=250.0,
         writer_id="pod-a",
         verify_after_s=30.0,
         verify_tolerance=10.0,
         hooks=[hook],
     )
-    return loop, mesh, source, leader
 
 
 def test_a_route_is_managed_from_its_first_tick_and_released_when_deleted() -> None:

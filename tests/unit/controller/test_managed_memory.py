@@ -23,9 +23,9 @@ from controller.loop import ControlLoop
 from controller.managed import ManagedRoutes, SpecControls, SpecPin
 from controller.managed_memory import MemoryManagedRoutes, resource_name
 from controller.operators import Operators
-from controller.store import DecisionStore
 from meshcore import ConfigError
-from tests.unit.controller.test_loop import A, B, FakeMesh, FixedPolicy, Switch, split
+from tests.unit.controller.test_loop import A, B, FakeMesh, split
+from tests.unit.controller.test_managed import loop_with
 
 WALL = 1_700_000_000.0
 
@@ -58,29 +58,20 @@ def test_status_is_merged_and_events_are_kept() -> None:
     assert len(store.events) == 1000 and store.events[-1][3] == "write 1004"
 
 
-def setup() -> tuple[ControlLoop, MemoryManagedRoutes, ManagedRoutes, Operators]:
+def setup(rate: float = 1.0) -> tuple[ControlLoop, MemoryManagedRoutes, ManagedRoutes, Operators]:
+    """Routes A and B in the in-memory store, the hook and `Operators` on a fake mesh; the
+    wall clock (Unix s, fractional) runs `rate` times slower than the loop's."""
     clock = FakeClock()
     mesh = FakeMesh({A: split(90, 10), B: split(90, 10)}, clock=clock)
-    guard = Guard(GuardConfig(max_step=10))
     store = MemoryManagedRoutes([A, B])
-    hook = ManagedRoutes(store, guard, wall=lambda: WALL + clock.now())
-    loop = ControlLoop(
-        observer=mesh,
-        actuator=mesh,
-        policy=FixedPolicy({"v1": 50, "v2": 50}),
-        guard=guard,
-        store=DecisionStore(":memory:"),
-        routes=[A, B],
-        clock=clock,
-        leader=Switch(True),
-        slo_ms=250.0,
-        writer_id="pod-a",
-        verify_after_s=30.0,
-        verify_tolerance=10.0,
-        hooks=[hook],
-    )
+
+    def wall() -> float:
+        return WALL + 0.25 + clock.now() / rate
+
+    hook = ManagedRoutes(store, Guard(GuardConfig(max_step=10)), wall=wall, rate=rate)
+    loop = loop_with(hook, mesh, clock, [A, B])
     ops = Operators(
-        guard, loop.store, now=loop.now, writer_id="pod-a", mirror=hook, wall=lambda: WALL
+        hook.guard, loop.store, now=loop.now, writer_id="pod-a", mirror=hook, rate=rate, wall=wall
     )
     return loop, store, hook, ops
 
@@ -121,22 +112,8 @@ def test_pins_cross_between_the_loop_clock_and_wall_time_at_the_clock_rate() -> 
     """Under ``serve --mesh sim`` the loop's clock runs `sim.speed` times faster than the wall:
     an API pin of 600 loop s expires 60 wall s later in the spec, and a spec pin 30 wall s
     ahead holds for 300 loop s."""
-    clock = FakeClock()
-    wall = WALL + 0.25  # fractional: the spec keeps whole seconds
-    mesh = FakeMesh({A: split(90, 10)}, clock=clock)
-    guard = Guard(GuardConfig(max_step=10))
-    store = MemoryManagedRoutes([A])
-    hook = ManagedRoutes(store, guard, wall=lambda: wall + clock.now() / 10, rate=10.0)
-    loop = ControlLoop(
-        observer=mesh, actuator=mesh, policy=FixedPolicy({"v1": 50, "v2": 50}), guard=guard,
-        store=DecisionStore(":memory:"), routes=[A], clock=clock, leader=Switch(True),
-        slo_ms=250.0, writer_id="pod-a", verify_after_s=30.0, verify_tolerance=10.0,
-        hooks=[hook],
-    )  # fmt: skip
-    ops = Operators(
-        guard, loop.store, now=loop.now, writer_id="pod-a", mirror=hook, rate=10.0,
-        wall=lambda: wall + clock.now() / 10,
-    )  # fmt: skip
+    loop, store, hook, ops = setup(rate=10.0)
+    wall = WALL + 0.25
     hook.adopt(loop)
     loop.tick()
     ops.pin(A, split(20, 80), 600.0, caller=Caller("alice"), reason="drain")
@@ -145,7 +122,7 @@ def test_pins_cross_between_the_loop_clock_and_wall_time_at_the_clock_rate() -> 
     spec = {"pin": {"weights": {"v1": 30, "v2": 70}, "expiresAt": _rfc3339(WALL + 30.0)}}
     store.write_controls(resource_name(A), spec)  # as kubectl patch would
     loop.tick()
-    controls = guard.controls(A)
+    controls = hook.guard.controls(A)
     assert controls.pin == split(30, 70)
     assert controls.pin_until_s == pytest.approx(loop.now() + (WALL + 30.0 - wall) * 10.0)
 
