@@ -51,6 +51,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
     step size falls linearly from `imitation_lr` to 1 % of it within each fit.
     """
     import torch
+    from tqdm import tqdm
 
     venv = vecnorm.venv
     n_envs = venv.num_envs
@@ -67,6 +68,13 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
     losses: list[float] = []
     gamma = config.gamma
     vecnorm.reset()
+    bar = tqdm(
+        total=per_round * n_envs * config.imitation_rounds,
+        desc="imitation",
+        unit="step",
+        disable=not config.progress,
+        leave=False,
+    )
     for rnd in range(config.imitation_rounds):
         obs_r = np.zeros((per_round, n_envs, n_in), dtype=np.float32)
         tgt_r = np.zeros((per_round, n_envs, slots))
@@ -85,6 +93,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
                 actions, _ = model.predict(vecnorm.normalize_obs(original), deterministic=True)
             _, rew_r[t], done_r[t], infos = vecnorm.step(actions)
             bad_r[t] = [i.get("bad", 0) / max(i.get("requests", 0), 1) for i in infos]
+            bar.update(n_envs)
         ret = np.zeros((per_round, n_envs))
         running = np.zeros(n_envs)
         for t in range(per_round - 1, -1, -1):
@@ -123,6 +132,7 @@ def imitate_oracle(model: PPO, vecnorm: VecNormalize, config: TrainConfig) -> di
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 optimizer.step()
             losses.append(float(actor_loss.detach()))
+    bar.close()
     return {
         "imitation_samples": int(sum(len(o) for o in raw_obs)),
         "imitation_env_steps": int(per_round * n_envs * config.imitation_rounds),
