@@ -156,32 +156,21 @@ def test_the_flat_mlp_fails_the_same_check():
 
 
 def test_a_set_actor_file_round_trips_and_names_its_architecture(tmp_path: Path):
-    policy = _set_policy(3)
-    mean, var = _random_stats(4)
-    path = save_npz(
-        tmp_path / "set.npz",
-        spec=SPEC,
-        layers=_random_layers(3),  # type: ignore[arg-type]
-        obs_mean=mean,
-        obs_var=var,
-        clip_obs=10.0,
-        eps=1e-8,
-        architecture="set",
-    )
-    loaded = load_numpy_policy(path)
+    arrays = {
+        "spec": SPEC,
+        "layers": _random_layers(3),
+        "obs_mean": _random_stats(4)[0],
+        "obs_var": _random_stats(4)[1],
+        "clip_obs": 10.0,
+        "eps": 1e-8,
+        "architecture": "set",
+    }
+    loaded = load_numpy_policy(save_npz(tmp_path / "set.npz", **arrays))  # type: ignore[arg-type]
     assert isinstance(loaded, NumpyPolicy) and loaded.architecture == "set"
     x = np.random.default_rng(1).uniform(0, 2, (30, N_IN))
-    same = NumpyPolicy(
-        spec=SPEC,
-        layers=_random_layers(3),  # type: ignore[arg-type]
-        obs_mean=mean,
-        obs_var=var,
-        clip_obs=10.0,
-        eps=1e-8,
-        architecture="set",
-    )
+    same = NumpyPolicy(**arrays)  # type: ignore[arg-type]
     assert np.allclose(loaded.predict(x), same.predict(x), atol=1e-5)
-    assert policy.predict(x).shape == (30, SPEC.max_subsets)
+    assert loaded.predict(x).shape == (30, SPEC.max_subsets)
 
 
 def test_unknown_architectures_and_wrong_set_shapes_are_refused(tmp_path: Path):
