@@ -2,8 +2,9 @@
 
 Training (`agents.training`) exports the actor network of a stable-baselines3 PPO model and
 its `VecNormalize` observation statistics; `NumpyPolicy` runs
-``encode -> extend -> normalize -> MLP -> action prior -> decode`` for every decision, exactly
-as the training env did (parity with SB3's deterministic ``predict`` is tested), and
+``encode -> extend -> normalize -> actor -> action prior -> decode`` for every decision,
+exactly as the training env did (parity with SB3's deterministic ``predict`` is tested; the
+actor is the flat MLP or the set actor of `agents.set_network`), and
 `EnsemblePolicy` writes the split of several such networks' mean action. Reading and writing
 the `.npz` files they come from is `agents.policy_file`.
 """
