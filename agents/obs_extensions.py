@@ -55,40 +55,6 @@ def extension_size(spec: FeatureSpec) -> int:
     return 2 * (k + 1) + len(TREND_FEATURES) * k + 2 * k + len(EMA_ALPHAS) * averaged
 
 
-def slot_layout(spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Where each subset slot's inputs sit in the extended vector, for networks that read a
-    route as a set of versions (`agents.set_network`).
-
-    Returns (slot_index, route_index): ``slot_index[i, f]`` is the position of slot i's input
-    f (`SLOT_INPUTS` of them, the same order for every slot), ``route_index`` the positions of
-    the route-wide inputs; together they name every position of the extended vector once.
-    """
-    k, e = spec.max_subsets, spec.obs_size
-    slot = np.arange(k)
-    columns = [slot * PER_SUBSET + f for f in range(PER_SUBSET)]
-    route = [k * PER_SUBSET, k * PER_SUBSET + 1]
-    columns.append(e + slot)  # utilization
-    route.append(e + k)
-    trend = e + k + 1
-    columns.append(trend + slot)
-    route.append(trend + k)
-    columns += [trend + k + 1 + j * k + slot for j in range(len(TREND_FEATURES))]
-    recent = trend + k + 1 + len(TREND_FEATURES) * k
-    columns += [recent + slot, recent + k + slot]
-    block = recent + 2 * k
-    for _ in EMA_ALPHAS:
-        columns.append(block + slot)
-        route.append(block + k)
-        columns += [block + k + 1 + j * k + slot for j in range(len(EMA_FEATURES))]
-        block += k + 1 + len(EMA_FEATURES) * k
-    return np.stack(columns, axis=1), np.asarray(route)
-
-
-SLOT_INPUTS = PER_SUBSET + 2 + len(TREND_FEATURES) + 2 + len(EMA_ALPHAS) * (1 + len(EMA_FEATURES))
-"""Inputs per subset slot in `slot_layout` (encode's, utilization and its trend, the trends,
-the newest interval, the moving averages)."""
-
-
 def extension_low(spec: FeatureSpec) -> float:
     """Lower bound of every extended input: trends are changes, so they can be negative."""
     return -spec.p99_clip
