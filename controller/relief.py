@@ -45,8 +45,7 @@ def healthy(observation: Observation, threshold: float) -> set[str]:
         if not st.has_data or not _below(st.error_ratio, half):
             continue
         if math.isfinite(st.slow_ratio):
-            recent = st.recent_slow_ratio
-            ok = st.slow_ratio < half and not (math.isfinite(recent) and recent >= half)
+            ok = st.slow_ratio < half and not _at_least(st.recent_slow_ratio, half)
         else:
             ok = _below(st.p99_ms, observation.slo_ms)
         if ok:
