@@ -22,6 +22,12 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   overload a version again must not get the route back to show it. It cannot hold a route for
   ever on stale evidence: a version the fallback keeps without traffic relaxes toward its
   nominal health in the planner (its ``recovery_s``).
+* **small moves must buy something**: while the primary steers, a proposal that moves no
+  version by more than `quiet_points` from the current split is written only if the planner's
+  model sees it lower the modelled bad fraction by more than `quiet_gain` (relative) and
+  `quiet_gain_abs` (absolute); otherwise the current split stays. A learned policy answers the
+  noise of a stationary mesh with moves of a few points; each is a VirtualService patch and an
+  Envoy push that buys nothing. Bigger moves (a fault, a burst) go through untouched.
 
 Overload and slowness count only while some other version has room (below 80 % of its
 estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
@@ -41,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.planner import PlannerPolicy, route_runs
-from meshcore.model import Observation, RouteRef, Weights
+from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights
 from meshcore.ports import Policy
 
 MODE_POLICY = "policy"
@@ -76,6 +82,9 @@ class SupervisedPolicy:
         model_ratio: float = 2.0,
         model_margin: float = 0.005,
         min_relief: int = 3,
+        quiet_points: int = 5,
+        quiet_gain: float = 0.05,
+        quiet_gain_abs: float = 1e-4,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or PlannerPolicy()
@@ -88,6 +97,9 @@ class SupervisedPolicy:
         self.model_ratio = model_ratio
         self.model_margin = model_margin
         self.min_relief = min_relief
+        self.quiet_points = quiet_points
+        self.quiet_gain = quiet_gain
+        self.quiet_gain_abs = quiet_gain_abs
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
         self._routes: dict[RouteRef, _RouteWatch] = {}
@@ -179,6 +191,28 @@ class SupervisedPolicy:
             )
         return None
 
+    def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:
+        """Why `proposal`, a small move from `obs`'s current split, is not worth a write
+        (see the module docstring), or None."""
+        current = [s.weight for s in obs.stats]
+        if not all(isinstance(w, int) and not isinstance(w, bool) for w in current):
+            return None
+        if sum(current) != WEIGHT_TOTAL or list(proposal.values_tuple) == current:
+            return None
+        moved = max(abs(p - c) for p, c in zip(proposal.values_tuple, current, strict=True))
+        if moved > self.quiet_points:
+            return None
+        before = self.fallback.modelled_bad(obs.route, Weights(obs.subsets, current))
+        after = self.fallback.modelled_bad(obs.route, proposal)
+        if not (_finite(before) and _finite(after)):
+            return None
+        if before - after > max(self.quiet_gain * before, self.quiet_gain_abs):
+            return None
+        return (
+            f"{proposal} is a {moved}-point move the model sees no gain in (modelled bad "
+            f"{before:.2%} -> {after:.2%}): the current split stays"
+        )
+
     def decide(self, obs: Observation) -> Weights:
         self._routes.setdefault(obs.route, _RouteWatch())
         self.last_note = None
@@ -225,7 +259,11 @@ class SupervisedPolicy:
         if watch.mode == MODE_POLICY:
             watch.harmful = watch.harmful + 1 if why else 0
             if watch.harmful < self.harm_ticks:
-                return proposal
+                idle = None if why else self.worth_moving(obs, proposal)
+                if idle is None:
+                    return proposal
+                self.last_note = f"supervisor: {idle}"
+                return Weights(obs.subsets, [s.weight for s in obs.stats])
             watch.mode, watch.in_fallback, watch.clear = MODE_FALLBACK, 0, 0
             self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
             return safe

@@ -215,3 +215,78 @@ def test_stays_in_fallback_while_the_model_sees_the_policy_overload_a_version() 
     assert modes[1:] == [MODE_FALLBACK] * 11, "the model's view of harm blocks the return"
     assert weights[0] < 30
     assert notes[-1] is not None and "modelled" in notes[-1]
+
+
+class Jitter:
+    """A primary that answers a stationary route with moves of `points` points back and
+    forth between v1 and v2 (what a learned policy does with telemetry noise)."""
+
+    name = "jitter"
+
+    def __init__(self, points: int) -> None:
+        self.points = points
+        self.ticks = 0
+
+    def decide(self, obs: Observation) -> Weights:
+        self.ticks += 1
+        step = self.points if self.ticks % 2 else -self.points
+        w = [s.weight for s in obs.stats]
+        return Weights(obs.subsets, [w[0] + step, w[1] - step, *w[2:]])
+
+    def reset(self) -> None:
+        self.ticks = 0
+
+
+def loaded(t_s: float, weights: tuple[int, ...], route_rps: float) -> Observation:
+    """Three versions of 100 rps nominal capacity each, fed `route_rps` by `weights`."""
+    return Observation(
+        route=ROUTE,
+        subsets=NAMES,
+        stats=tuple(
+            SubsetStats(route_rps * w / 100, 0.001, 90.0, w, slow_ratio=0.0) for w in weights
+        ),
+        timestamp_s=t_s,
+        capacity_hint_rps=(100.0, 100.0, 100.0),
+        slo_ms=250.0,
+    )
+
+
+def test_small_moves_that_buy_nothing_are_not_written() -> None:
+    """At a third of capacity every nearby split is as good as the current one in the model:
+    the jitter of a few points is held back, tick after tick, and each hold says why."""
+    sup = SupervisedPolicy(Jitter(3))
+    weights: tuple[int, ...] = (34, 33, 33)
+    for k in range(30):
+        weights = sup.decide(loaded(5.0 * k, weights, 100.0)).values_tuple
+        assert weights == (34, 33, 33)
+        assert sup.modes()[ROUTE] == MODE_POLICY
+    assert sup.last_note is not None and "3-point move" in sup.last_note
+
+
+def test_a_small_move_the_model_sees_gain_in_is_written() -> None:
+    """v1 carries 80 % of its capacity, the others 60 %: 4 points off v1 lower the modelled
+    bad fraction by far more than `quiet_gain`, so the move goes through."""
+
+    class OffV1:
+        name = "off-v1"
+
+        def decide(self, obs: Observation) -> Weights:
+            w = [s.weight for s in obs.stats]
+            return Weights(obs.subsets, [w[0] - 4, w[1] + 2, w[2] + 2])
+
+        def reset(self) -> None:
+            pass
+
+    sup = SupervisedPolicy(OffV1())
+    obs = loaded(0.0, (40, 30, 30), 200.0)
+    proposal = OffV1().decide(obs)
+    decided = sup.decide(obs)
+    assert sup.worth_moving(obs, proposal) is None
+    assert decided == proposal
+
+
+def test_big_moves_are_not_held_back_by_the_quiet_gate() -> None:
+    sup = SupervisedPolicy(Jitter(6), quiet_points=5)
+    obs = loaded(0.0, (34, 33, 33), 100.0)
+    assert sup.decide(obs).values_tuple == (40, 27, 33)
+    assert sup.last_note is None
