@@ -27,7 +27,11 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   model sees it lower the modelled bad fraction by more than `quiet_gain` (relative) and
   `quiet_gain_abs` (absolute); otherwise the current split stays. A learned policy answers the
   noise of a stationary mesh with moves of a few points; each is a VirtualService patch and an
-  Envoy push that buys nothing. Bigger moves (a fault, a burst) go through untouched.
+  Envoy push that buys nothing. The gate only holds on a calm route: while some version misses
+  the SLO on `quiet_slow` or more of its requests, in the window or in the newest interval, the
+  model's estimates lag what the policy may be reacting to (a fault or a burst shows in the
+  newest interval a tick or more before the planner believes it), so every move goes through.
+  Bigger moves go through untouched.
 
 Overload and slowness count only while some other version has room (below 80 % of its
 estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
@@ -85,6 +89,7 @@ class SupervisedPolicy:
         quiet_points: int = 5,
         quiet_gain: float = 0.05,
         quiet_gain_abs: float = 1e-4,
+        quiet_slow: float = 0.05,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or PlannerPolicy()
@@ -100,6 +105,7 @@ class SupervisedPolicy:
         self.quiet_points = quiet_points
         self.quiet_gain = quiet_gain
         self.quiet_gain_abs = quiet_gain_abs
+        self.quiet_slow = quiet_slow
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
         self._routes: dict[RouteRef, _RouteWatch] = {}
@@ -199,6 +205,10 @@ class SupervisedPolicy:
             return None
         if sum(current) != WEIGHT_TOTAL or list(proposal.values_tuple) == current:
             return None
+        for st in obs.stats:
+            for ratio in (st.slow_ratio, st.recent_slow_ratio):
+                if _finite(ratio) and ratio >= self.quiet_slow:
+                    return None  # not calm: the model lags what the policy may see
         moved = max(abs(p - c) for p, c in zip(proposal.values_tuple, current, strict=True))
         if moved > self.quiet_points:
             return None

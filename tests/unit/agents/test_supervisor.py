@@ -290,3 +290,19 @@ def test_big_moves_are_not_held_back_by_the_quiet_gate() -> None:
     obs = loaded(0.0, (34, 33, 33), 100.0)
     assert sup.decide(obs).values_tuple == (40, 27, 33)
     assert sup.last_note is None
+
+
+@pytest.mark.parametrize("field", ["slow_ratio", "recent_slow_ratio"])
+def test_the_quiet_gate_lets_every_move_through_while_a_version_is_slow(field: str) -> None:
+    """A version slow on 5 % of its requests (window or newest interval) may be the start of a
+    fault or a burst the model does not see yet: the policy's small move is written."""
+    sup = SupervisedPolicy(Jitter(3))
+    calm = loaded(0.0, (34, 33, 33), 100.0)
+    assert sup.decide(calm).values_tuple == (34, 33, 33), "calm: held"
+    move = Weights(NAMES, [37, 30, 33])
+    assert sup.worth_moving(calm, move) is not None
+    stats = list(calm.stats)
+    stats[2] = replace(stats[2], **{field: 0.05})
+    assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is None
+    stats[2] = replace(stats[2], **{field: 0.04})
+    assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is not None
