@@ -61,7 +61,8 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/lab_loadgen.py
 	$(PY) bench/lab_reaction.py --trials 5
 	$(PY) bench/fidelity.py
-	$(PY) bench/generalization.py --range test --count 200 --seeds 1 --suite-seeds 3 --workers 2 --as-served --policies ppo,planner,oracle,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization_test200_served.json
+	$(PY) bench/lab_advantage.py --out runs/bench/lab_advantage.json
+	$(PY) bench/generalization.py --range test --count 200 --seeds 2 --suite-seeds 10 --workers 2 --as-served --policies ppo,planner,oracle,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization_test200x2_served.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs
