@@ -203,17 +203,18 @@ class SupervisedPolicy:
         current = [s.weight for s in obs.stats]
         if not all(isinstance(w, int) and not isinstance(w, bool) for w in current):
             return None
-        if sum(current) != WEIGHT_TOTAL or list(proposal.values_tuple) == current:
+        if sum(current) != WEIGHT_TOTAL or set(proposal.subsets) != set(obs.subsets):
+            return None
+        moved = max(abs(proposal[n] - c) for n, c in zip(obs.subsets, current, strict=True))
+        if moved == 0 or moved > self.quiet_points:
             return None
         for st in obs.stats:
             for ratio in (st.slow_ratio, st.recent_slow_ratio):
                 if _finite(ratio) and ratio >= self.quiet_slow:
                     return None  # not calm: the model lags what the policy may see
-        moved = max(abs(p - c) for p, c in zip(proposal.values_tuple, current, strict=True))
-        if moved > self.quiet_points:
-            return None
         before = self.fallback.modelled_bad(obs.route, Weights(obs.subsets, current))
-        after = self.fallback.modelled_bad(obs.route, proposal)
+        ordered = Weights(obs.subsets, [proposal[n] for n in obs.subsets])
+        after = self.fallback.modelled_bad(obs.route, ordered)
         if not (_finite(before) and _finite(after)):
             return None
         if before - after > max(self.quiet_gain * before, self.quiet_gain_abs):

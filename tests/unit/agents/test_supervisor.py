@@ -306,3 +306,15 @@ def test_the_quiet_gate_lets_every_move_through_while_a_version_is_slow(field: s
     assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is None
     stats[2] = replace(stats[2], **{field: 0.04})
     assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is not None
+
+
+def test_the_quiet_gate_reads_a_proposal_by_version_name_not_position() -> None:
+    sup = SupervisedPolicy(Jitter(3))
+    calm = loaded(0.0, (34, 33, 33), 100.0)
+    sup.decide(calm)  # the planner's estimates
+    in_order = Weights(NAMES, [37, 30, 33])
+    reversed_ = Weights(tuple(reversed(NAMES)), [33, 30, 37])
+    held = sup.worth_moving(calm, in_order)
+    assert held is not None and "3-point move" in held
+    assert sup.worth_moving(calm, reversed_) is not None
+    assert sup.worth_moving(calm, Weights(tuple(reversed(NAMES)), [33, 33, 34])) is None
