@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -125,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             name: lab_report[scenario.name][name]["per_seed"]["bad_fraction"]
             for name in (args.policy, rule)
         }
-        numbers = {"scenario": SCENARIO, "sim": sim, "rule": rule, "lab": lab}
-        numbers |= {"lab_per_seed": per_seed, "kept": share, "argv": sys.argv}
+        numbers = {"scenario": SCENARIO, "duration_s": args.duration, "sim": sim, "rule": rule}
+        numbers |= {"lab": lab, "lab_per_seed": per_seed, "argv": sys.argv}
+        numbers["kept"] = None if math.isnan(share) else share
         args.out.write_text(json.dumps(numbers, indent=1))
     return 0
 
