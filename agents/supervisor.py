@@ -201,8 +201,11 @@ class SupervisedPolicy:
         """Why `proposal`, a small move from `obs`'s current split, is not worth a write
         (see the module docstring), or None."""
         current = [s.weight for s in obs.stats]
-        if not all(isinstance(w, int) and not isinstance(w, bool) for w in current):
-            return None
+        if not all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= WEIGHT_TOTAL
+            for w in current
+        ):
+            return None  # not a valid split: the guard deals with it
         if sum(current) != WEIGHT_TOTAL or set(proposal.subsets) != set(obs.subsets):
             return None
         moved = max(abs(proposal[n] - c) for n, c in zip(obs.subsets, current, strict=True))

@@ -318,3 +318,16 @@ def test_the_quiet_gate_reads_a_proposal_by_version_name_not_position() -> None:
     assert held is not None and "3-point move" in held
     assert sup.worth_moving(calm, reversed_) is not None
     assert sup.worth_moving(calm, Weights(tuple(reversed(NAMES)), [33, 33, 34])) is None
+
+
+def test_the_quiet_gate_leaves_a_route_without_a_valid_split_to_the_guard() -> None:
+    """Weights in force outside 0..100 (even summing to 100) are no split to keep: a small
+    move from them goes on to the guard, which refuses to build on them."""
+    sup = SupervisedPolicy(Jitter(3))
+    sup.decide(loaded(0.0, (34, 33, 33), 100.0))
+    sup.primary.reset()
+    obs = loaded(5.0, (34, 33, 33), 100.0)
+    stats = tuple(replace(st, weight=w) for st, w in zip(obs.stats, (-2, 36, 66), strict=True))
+    broken = replace(obs, stats=stats)
+    assert sup.worth_moving(broken, Weights(NAMES, [0, 36, 64])) is None
+    assert sup.decide(broken).values_tuple == (1, 33, 66)  # Jitter's +3 / -3, unchanged
