@@ -366,7 +366,7 @@ class PlannerPolicy:
             if _finite(st.last_rps) and st.last_rps > 0:
                 planned.append((i, st, slo_ms, st.last_rps))
             else:
-                decided[i] = self._current(obs) or self._fallback.decide(obs)
+                decided[i] = current_split(obs) or self._fallback.decide(obs)
         work.apply()
         tables = []
         for i, st, slo_ms, rate in planned:
@@ -389,7 +389,7 @@ class PlannerPolicy:
 
     def _keep_or_move(self, obs: Observation, cost: np.ndarray, best: tuple[int, ...]) -> Weights:
         """The current split unless `best` lowers its cost by more than the margins."""
-        current = self._current(obs)
+        current = current_split(obs)
         if current is not None:
             rows = np.arange(len(best))
             now = float(cost[rows, list(current.values_tuple)].sum())
@@ -420,17 +420,15 @@ class PlannerPolicy:
         replicas, svc = shape(capacity_rps, svc)
         return VersionModel(replicas, svc, min(max(est.error, 0.0), 1.0), est.health)
 
-    @staticmethod
-    def _current(obs: Observation) -> Weights | None:
-        values = [s.weight for s in obs.stats]
-        valid = (isinstance(v, int) and not isinstance(v, bool) for v in values)
-        if (
-            all(valid)
-            and all(0 <= v <= WEIGHT_TOTAL for v in values)
-            and (sum(values) == WEIGHT_TOTAL)
-        ):
-            return Weights(obs.subsets, values)
-        return None
+
+def current_split(obs: Observation) -> Weights | None:
+    """The split in force on `obs`'s route, or None when its weights are not a valid split
+    (integers 0..100 summing to 100)."""
+    values = [s.weight for s in obs.stats]
+    valid = (isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if all(valid) and all(0 <= v <= WEIGHT_TOTAL for v in values) and (sum(values) == WEIGHT_TOTAL):
+        return Weights(obs.subsets, values)
+    return None
 
 
 def route_runs(observations: Sequence[Observation]) -> list[list[Observation]]:

@@ -50,8 +50,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agents.planner import PlannerPolicy, route_runs
-from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights
+from agents.planner import PlannerPolicy, current_split, route_runs
+from meshcore.model import Observation, RouteRef, Weights
 from meshcore.ports import Policy
 
 MODE_POLICY = "policy"
@@ -200,22 +200,17 @@ class SupervisedPolicy:
     def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:
         """Why `proposal`, a small move from `obs`'s current split, is not worth a write
         (see the module docstring), or None."""
-        current = [s.weight for s in obs.stats]
-        if not all(
-            isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= WEIGHT_TOTAL
-            for w in current
-        ):
-            return None  # not a valid split: the guard deals with it
-        if sum(current) != WEIGHT_TOTAL or set(proposal.subsets) != set(obs.subsets):
-            return None
-        moved = max(abs(proposal[n] - c) for n, c in zip(obs.subsets, current, strict=True))
+        current = current_split(obs)
+        if current is None or set(proposal.subsets) != set(obs.subsets):
+            return None  # no valid split in force: the guard deals with it
+        moved = max(abs(proposal[n] - current[n]) for n in obs.subsets)
         if moved == 0 or moved > self.quiet_points:
             return None
         for st in obs.stats:
             for ratio in (st.slow_ratio, st.recent_slow_ratio):
                 if _finite(ratio) and ratio >= self.quiet_slow:
                     return None  # not calm: the model lags what the policy may see
-        before = self.fallback.modelled_bad(obs.route, Weights(obs.subsets, current))
+        before = self.fallback.modelled_bad(obs.route, current)
         ordered = Weights(obs.subsets, [proposal[n] for n in obs.subsets])
         after = self.fallback.modelled_bad(obs.route, ordered)
         if not (_finite(before) and _finite(after)):
@@ -277,7 +272,7 @@ class SupervisedPolicy:
                 if idle is None:
                     return proposal
                 self.last_note = f"supervisor: {idle}"
-                return Weights(obs.subsets, [s.weight for s in obs.stats])
+                return current_split(obs) or proposal
             watch.mode, watch.in_fallback, watch.clear = MODE_FALLBACK, 0, 0
             self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
             return safe
