@@ -55,10 +55,13 @@ def run_lab(
     scenario's). Policies are built (and bad names refused) before any lab starts.
     """
     from envs.lab.lab import lab_down, lab_up
+    from envs.lab.replay import refuse_warmup
     from envs.lab.spec import LabSpec
 
     if not policies:
         raise ConfigError("no policies given")
+    for sc in scenarios:
+        refuse_warmup(sc)
     for name in policies:
         setup(name)
     results: list[EpisodeResult] = []

@@ -41,7 +41,7 @@ from envs.lab.load_process import LoadGenerator
 from envs.lab.load_result import LoadResult
 from envs.lab.traffic import FAULT_FIELDS, apply_fault
 from envs.simulator.engine import subset_values_at
-from envs.simulator.scenario import Scenario
+from envs.simulator.scenario import Scenario, ScenarioError
 from envs.simulator.telemetry import EDGES_MS, N_BINS, quantile_ms
 from meshcore.model import Observation, RouteRef, Weights
 from meshcore.ports import Actuator, Observer
@@ -55,6 +55,7 @@ __all__ = [
     "event_schedule",
     "lab_values",
     "play_events",
+    "refuse_warmup",
     "replay_scenario",
     "restore_nominal",
 ]
@@ -277,7 +278,19 @@ def _route_of(lab: LabState) -> tuple[RouteRef, str]:
     return svc.route(lab.spec.namespace), svc.name
 
 
+def refuse_warmup(scenario: Scenario) -> None:
+    """Raise `ScenarioError` for a scenario with a warmup (`Scenario.warmup_s`): the lab starts
+    on idle backends and does not replay one, and silently skipping it would score a different
+    run than the simulator's."""
+    if scenario.warmup_s > 0:
+        raise ScenarioError(
+            f"scenario {scenario.name!r} has warmup_s {scenario.warmup_s:g}: the lab starts on "
+            "idle backends and does not replay a warmup; set warmup_s: 0 to run it on the lab"
+        )
+
+
 def _check_lab(lab: LabState, scenario: Scenario) -> None:
+    refuse_warmup(scenario)
     svc = lab.spec.services[0]
     if svc.subset_names != scenario.subset_names:
         raise ValueError(

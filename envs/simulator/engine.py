@@ -205,6 +205,27 @@ class MeshSimulator:
         self._ep_hist = np.zeros(N_BINS, dtype=np.int64)
         self._ep_moved = 0.0
         self._ep_steps = 0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run `scenario.warmup_s` at the initial weights, ending at t = 0, then forget the
+        scores but keep the queues and the telemetry window (`Scenario.warmup_s`)."""
+        n = self.scenario.n_warmup_steps
+        if n == 0:
+            return
+        self.t_s = -n * self.scenario.step_s
+        self._free_at[:] = self.t_s
+        for _ in range(n):
+            self.step(self._weights)
+        self.t_s = 0.0
+        self.step_index = 0
+        self._ep_count[:] = 0
+        self._ep_errors[:] = 0
+        self._ep_bad[:] = 0
+        self._ep_lat_ms = 0.0
+        self._ep_hist[:] = 0
+        self._ep_moved = 0.0
+        self._ep_steps = 0
 
     @property
     def weights(self) -> Weights:

@@ -123,6 +123,12 @@ class Scenario(_Strict):
     events: tuple[Event, ...] = ()
     telemetry: Telemetry = Telemetry()
     initial_weights: dict[str, int] | None = None
+    warmup_s: float = Field(default=0.0, ge=0.0)
+    """Seconds the mesh runs at `initial_weights` before t = 0, unscored (default 0: the
+    episode starts on idle queues with no telemetry). A multiple of `step_s`. Models taking
+    over a running mesh: the controller's first decision at t = 0 sees the warmup's
+    telemetry and inherits its queues, as `meshpilot serve` sees Prometheus' history when
+    it starts on a live route."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -131,6 +137,13 @@ class Scenario(_Strict):
             raise ValueError(f"subset names must be unique, got {names}")
         if self.step_s > self.duration_s:
             raise ValueError("step_s must not exceed duration_s")
+        warmup_steps = self.warmup_s / self.step_s
+        if abs(warmup_steps - round(warmup_steps)) > 1e-9:
+            raise ValueError(
+                f"warmup_s ({self.warmup_s:g}) must be a multiple of step_s ({self.step_s:g})"
+            )
+        if self.warmup_s > self.duration_s:
+            raise ValueError("warmup_s must not exceed duration_s")
         for i, ev in enumerate(self.events):
             if ev.subset not in names:
                 raise ValueError(f"events[{i}].subset {ev.subset!r} is not one of {names}")
@@ -153,6 +166,11 @@ class Scenario(_Strict):
     @property
     def n_steps(self) -> int:
         return max(1, round(self.duration_s / self.step_s))
+
+    @property
+    def n_warmup_steps(self) -> int:
+        """Unscored steps at the initial weights before t = 0 (`warmup_s` / `step_s`)."""
+        return round(self.warmup_s / self.step_s)
 
     def start_weights(self) -> dict[str, int]:
         """`initial_weights`, or a split proportional to nominal capacity."""

@@ -230,6 +230,7 @@ def describe(scenario: Scenario) -> dict[str, Any]:
             for s in scenario.subsets
         ],
         "initial_weights": "given" if scenario.initial_weights is not None else "proportional",
+        "warmup_s": scenario.warmup_s,
         "capacity_rps": total,
         "min_capacity_rps": float(capacity[low]),
         "min_capacity_at_s": float(times[low]),
@@ -253,9 +254,11 @@ def _print_table(info: dict[str, Any]) -> None:
     )
     print(f"slo        {info['slo_ms']:g} ms  (timeout {info['timeout_ms']:g} ms)")
     given = info["initial_weights"] == "given"
+    warmup = f", run {info['warmup_s']:g} s before t = 0 (unscored)" if info["warmup_s"] > 0 else ""
     print(
         "versions   initial weights "
         + ("as given" if given else "proportional to nominal capacity (none given)")
+        + warmup
     )
     head = ("name", "replicas", "service_ms", "dist", "cv", "error_rate", "capacity_rps", "weight")
     rows = [

@@ -18,6 +18,7 @@ balancer                      least_request (80 %) or random (20 %)
 initial_weights               none = capacity-proportional (30 %), a random split (50 %), or a
                               canary split: vN gets 0..20, the others by capacity (20 %)
 telemetry                     defaults (80 %), or drop_prob 0..0.05 and noise 0..0.2 (20 %)
+warmup_s                      5 s (one control step at the initial weights before t = 0)
 ============================  ==================================================================
 
 Internal to `envs.simulator.generator`, which re-exports the range constants.

@@ -74,4 +74,5 @@ def _draft_data(name: str, d: Draft) -> dict[str, Any]:
         "events": events,
         "telemetry": d.telemetry,
         "initial_weights": d.initial_weights,
+        "warmup_s": STEP_S,
     }

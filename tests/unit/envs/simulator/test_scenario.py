@@ -75,6 +75,9 @@ BAD_CASES = [
         r"service_dist",
     ),
     ("missing field", {k: v for k, v in GOOD.items() if k != "load"}, r"field 'load'"),
+    ("warmup not a step multiple", dict(GOOD, warmup_s=7), r"multiple of step_s"),
+    ("negative warmup", dict(GOOD, warmup_s=-5), r"field 'warmup_s'"),
+    ("warmup longer than the run", dict(GOOD, warmup_s=65), r"must not exceed duration_s"),
     ("not yaml", "name: [unclosed", r"not valid YAML"),
     ("not a mapping", "- a\n- b\n", r"must be a mapping"),
 ]
