@@ -79,6 +79,7 @@ def test_show_prints_the_table_and_draws_a_png(
     scenario = load_scenario(path)
     for word in ("scenario   gen-mixed-1", "capacity_rps", "utilization", "slo", "telemetry"):
         assert word in out
+    assert "run 5 s before t = 0 (unscored)" in out  # generated meshes warm up one step
     for sub in scenario.subsets:
         assert f"\n  {sub.name} " in out
     event_lines = out.split("events     in time order\n")[1].splitlines()[1:-1]
@@ -97,6 +98,7 @@ def test_show_json_is_one_object_for_a_suite_scenario(
     assert info["name"] == "degraded-canary" and info["plot"] == str(png)
     assert [v["name"] for v in info["versions"]] == ["stable", "canary"]
     assert [v["initial_weight"] for v in info["versions"]] == [90, 10]
+    assert info["warmup_s"] == 0.0
     assert info["capacity_rps"] == pytest.approx(300.0)
     assert info["load"]["utilization"] == pytest.approx(190 / 300)
     assert info["events"] == [
