@@ -1,7 +1,7 @@
 """`meshpilot evaluate --mesh lab` wiring that needs no lab: options and the per-step decider.
 
 Cases: lab-only and sim-only options refused in the other mode before any work; an unknown
-policy refused before a lab starts; the decider writes the raw policy's proposal, holds
+policy and a scenario with a warmup refused before a lab starts; the decider writes the raw policy's proposal, holds
 without data or when the policy raises (and keeps the failure), passes the proposal through
 the gate as served (write or hold as its verdict says), and gives an oracle a simulator whose
 clock follows the replay.
@@ -10,9 +10,11 @@ clock follows the replay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from envs.simulator.scenario import Scenario, parse_scenario
 from meshcore.errors import ConfigError
@@ -104,6 +106,20 @@ def test_options_of_the_other_mesh_are_refused(
 def test_an_unknown_policy_is_refused_before_a_lab_starts() -> None:
     with pytest.raises(ConfigError):
         run_lab([SCENARIO], ["no-such-policy"], [0])
+
+
+def test_a_scenario_with_a_warmup_is_refused_before_a_lab_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lab starts on idle backends: a generated mesh (`warmup_s: 5`) is refused at once,
+    from the API and from the command line, with what to change."""
+    warm = SCENARIO.with_changes(warmup_s=5.0)
+    with pytest.raises(ConfigError, match="set warmup_s: 0"):
+        run_lab([warm], ["equal"], [0])
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(warm.model_dump(mode="json", exclude_none=True)))
+    assert main(["evaluate", "--mesh", "lab", "--policy", "equal", "--scenarios", str(path)]) == 2
+    assert "does not replay a warmup" in capsys.readouterr().err
 
 
 def test_rawdecider_writes_the_proposal_and_holds_without_data() -> None:
