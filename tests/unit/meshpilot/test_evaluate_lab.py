@@ -1,10 +1,10 @@
 """`meshpilot evaluate --mesh lab` wiring that needs no lab: options and the per-step decider.
 
 Cases: lab-only and sim-only options refused in the other mode before any work; an unknown
-policy and a scenario with a warmup refused before a lab starts; the decider writes the raw policy's proposal, holds
-without data or when the policy raises (and keeps the failure), passes the proposal through
-the gate as served (write or hold as its verdict says), and gives an oracle a simulator whose
-clock follows the replay.
+policy and a scenario with a warmup refused before a lab starts; the decider writes the raw
+policy's proposal, holds without data or when the policy raises (and keeps the failure),
+passes the proposal through the gate as served (write or hold as its verdict says), and gives
+an oracle a simulator whose clock follows the replay.
 """
 
 from __future__ import annotations
