@@ -197,6 +197,11 @@ class MeshSimulator:
         """Weights an actuator applied, used by the next `step` through `SimulatedMesh`."""
         self._window: deque[StepCounts] = deque(maxlen=self._window_steps)
         self.last_step: StepCounts | None = None
+        self._forget_scores()
+        self._warm_up()
+
+    def _forget_scores(self) -> None:
+        """Zero what `summary` reports: the episode's counts start here."""
         n_sub = len(self._names)
         self._ep_count = np.zeros(n_sub, dtype=np.int64)
         self._ep_errors = np.zeros(n_sub, dtype=np.int64)
@@ -205,7 +210,6 @@ class MeshSimulator:
         self._ep_hist = np.zeros(N_BINS, dtype=np.int64)
         self._ep_moved = 0.0
         self._ep_steps = 0
-        self._warm_up()
 
     def _warm_up(self) -> None:
         """Run `scenario.warmup_s` at the initial weights, ending at t = 0, then forget the
@@ -219,13 +223,7 @@ class MeshSimulator:
             self.step(self._weights)
         self.t_s = 0.0
         self.step_index = 0
-        self._ep_count[:] = 0
-        self._ep_errors[:] = 0
-        self._ep_bad[:] = 0
-        self._ep_lat_ms = 0.0
-        self._ep_hist[:] = 0
-        self._ep_moved = 0.0
-        self._ep_steps = 0
+        self._forget_scores()
 
     @property
     def weights(self) -> Weights:
