@@ -120,9 +120,6 @@ class _RouteState:
     last_rps: float = math.nan
     subsets: tuple[str, ...] = ()
     bad_table: np.ndarray | None = None
-    models: tuple[VersionModel, ...] = ()
-    rate_rps: float = math.nan
-    slo_ms: float = math.nan
 
 
 def _finite(x: float) -> bool:
@@ -381,9 +378,8 @@ class PlannerPolicy:
             tables.append((models, rate, slo_ms))
         costs = least_request_cost_tables(tables)
         pulled = []
-        for (i, st, slo_ms, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
+        for (i, st, _, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
             st.subsets, st.bad_table = run[i].subsets, cost
-            st.models, st.rate_rps, st.slo_ms = tuple(models), rate, slo_ms
             if self.pull > 0:
                 cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
             pulled.append(cost)
@@ -410,19 +406,6 @@ class PlannerPolicy:
             return math.nan
         rows = np.arange(len(st.subsets))
         return float(st.bad_table[rows, list(weights.values_tuple)].sum())
-
-    def modelled_bad_under(self, route: RouteRef, weights: Weights, load_factor: float) -> float:
-        """`modelled_bad` with the route's rate multiplied by `load_factor` (a surge: 1.5 is
-        half as much traffic again), at the same estimates; NaN where `modelled_bad` is."""
-        st = self._routes.get(route)
-        if st is None or not st.models or tuple(weights.subsets) != st.subsets:
-            return math.nan
-        share = np.asarray(weights.values_tuple, dtype=np.float64) / WEIGHT_TOTAL
-        replicas = np.array([m.replicas for m in st.models], dtype=np.int64)
-        mu = np.array([m.mu_rps for m in st.models], dtype=np.float64)
-        err = np.array([m.error_rate for m in st.models], dtype=np.float64)
-        slow = LeastRequestQueues(replicas, mu, share * st.rate_rps * load_factor).slow(st.slo_ms)
-        return float(np.sum(share * (err + (1.0 - err) * slow)))
 
     @staticmethod
     def service_ms(est: VersionEstimate, slo_ms: float) -> float:

@@ -16,7 +16,7 @@ from agents.planner import (
 )
 from agents.registry import make_policy
 from envs.simulator.scenario import parse_scenario
-from meshcore.model import Observation, RouteRef, SubsetStats, Weights
+from meshcore.model import Observation, RouteRef, SubsetStats
 
 ROUTE = RouteRef("shop", "product", 0, "product")
 
@@ -213,23 +213,3 @@ def test_a_version_slow_in_its_first_minutes_is_not_shut_out_for_good() -> None:
     assert trace is not None
     assert trace.weights[-1]["v1"] >= 15, trace.weights[-1]
     assert planner.estimates(ROUTE).get("v1") is None  # estimates are per route
-
-
-def test_a_surge_is_modelled_at_the_same_estimates() -> None:
-    """At factor 1 the surge model is the planner's own; more load never models better, and a
-    split that loads one version near its capacity suffers first."""
-    planner = PlannerPolicy()
-    obs = observe(0.0, [34, 33, 33], [50.0, 50.0, 50.0], caps=(100.0, 100.0, 100.0))
-    planner.decide(obs)
-    even, skewed = obs.weights, Weights(obs.subsets, [50, 25, 25])
-    for split in (even, skewed):
-        assert planner.modelled_bad_under(ROUTE, split, 1.0) == pytest.approx(
-            planner.modelled_bad(ROUTE, split), abs=1e-6
-        )
-        levels = [planner.modelled_bad_under(ROUTE, split, f) for f in (1.0, 1.2, 1.3, 1.5)]
-        assert levels == sorted(levels)
-    surge = {w: planner.modelled_bad_under(ROUTE, w, 1.3) for w in (even, skewed)}
-    assert surge[skewed] > 10 * surge[even]
-    other = Weights(("a", "b", "c"), [34, 33, 33])
-    assert math.isnan(planner.modelled_bad_under(ROUTE, other, 1.3))
-    assert math.isnan(PlannerPolicy().modelled_bad_under(ROUTE, even, 1.3))

@@ -251,34 +251,6 @@ def loaded(t_s: float, weights: tuple[int, ...], route_rps: float) -> Observatio
     )
 
 
-@pytest.mark.parametrize(("split", "surge", "overruled"), [
-    ((50, 25, 25), 1.0, False),
-    ((50, 25, 25), 1.3, True),
-    ((45, 30, 25), 1.3, True),
-    ((36, 32, 32), 1.3, False),
-])  # fmt: skip
-def test_a_split_a_surge_would_overload_is_overruled(
-    split: tuple[int, int, int], surge: float, overruled: bool
-) -> None:
-    """At half of the route's capacity, 50/25/25 models as fine as an even split; a third more
-    load would take v1 to 98 % of its capacity while the others idle below 50 %. The default
-    surge check hands such a split to the planner; a near-even one stays with the policy."""
-    sup = SupervisedPolicy(Stubborn(list(split)), surge=surge)
-    weights: tuple[int, ...] = split
-    for k in range(6):
-        weights = sup.decide(loaded(5.0 * k, weights, 150.0)).values_tuple
-    assert (sup.modes()[ROUTE] == MODE_FALLBACK) is overruled
-    if overruled:
-        assert sup.last_note is not None and f"at {surge:g}x the load" in sup.last_note
-        assert max(weights) - min(weights) <= 5
-    else:
-        assert weights == split
-
-
-def test_the_surge_check_is_on_by_default() -> None:
-    assert SupervisedPolicy(Stubborn([34, 33, 33])).surge == 1.3
-
-
 def test_small_moves_that_buy_nothing_are_not_written() -> None:
     """At a third of capacity every nearby split is as good as the current one in the model:
     the jitter of a few points is held back, tick after tick, and each hold says why."""
@@ -305,7 +277,7 @@ def test_a_small_move_the_model_sees_gain_in_is_written() -> None:
         def reset(self) -> None:
             pass
 
-    sup = SupervisedPolicy(OffV1(), surge=1.0)  # the quiet gate alone: 36/32/32 is uneven
+    sup = SupervisedPolicy(OffV1())
     obs = loaded(0.0, (40, 30, 30), 200.0)
     proposal = OffV1().decide(obs)
     decided = sup.decide(obs)
@@ -351,7 +323,7 @@ def test_the_quiet_gate_reads_a_proposal_by_version_name_not_position() -> None:
 def test_the_quiet_gate_leaves_a_route_without_a_valid_split_to_the_guard() -> None:
     """Weights in force outside 0..100 (even summing to 100) are no split to keep: a small
     move from them goes on to the guard, which refuses to build on them."""
-    sup = SupervisedPolicy(Jitter(3), surge=1.0)  # the quiet gate alone: 1/33/66 is uneven
+    sup = SupervisedPolicy(Jitter(3))
     sup.decide(loaded(0.0, (34, 33, 33), 100.0))
     sup.primary.reset()
     obs = loaded(5.0, (34, 33, 33), 100.0)
