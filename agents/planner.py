@@ -424,11 +424,10 @@ class PlannerPolicy:
 def current_split(obs: Observation) -> Weights | None:
     """The split in force on `obs`'s route, or None when its weights are not a valid split
     (integers 0..100 summing to 100)."""
-    values = [s.weight for s in obs.stats]
-    valid = (isinstance(v, int) and not isinstance(v, bool) for v in values)
-    if all(valid) and all(0 <= v <= WEIGHT_TOTAL for v in values) and (sum(values) == WEIGHT_TOTAL):
-        return Weights(obs.subsets, values)
-    return None
+    try:
+        return obs.weights
+    except ValueError:
+        return None
 
 
 def route_runs(observations: Sequence[Observation]) -> list[list[Observation]]:
