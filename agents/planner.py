@@ -27,7 +27,11 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
 then move with the evidence; a version without traffic gives none, so traffic returns to it
-after a fault ends and is cut again if the fault is still there. Without capacity hints the
+after a fault ends and is cut again if the fault is still there. At a load the other versions
+carry well that return could take many minutes (any 5xx left in the estimate costs more than
+the version's headroom saves), so a version the estimates still blame (`impaired`) that has
+had no traffic for `probe_s` gets `probe_points`: its answers then say whether the fault is
+over. Without capacity hints the
 model has no scale: the planner then writes the square-root rule's split
 (`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
 unless the new one lowers the modelled bad fraction by more than `min_gain` (relative) and
@@ -78,6 +82,11 @@ NOMINAL_BAND = (1.0, 1.2)
 than nominal is not given more than its nominal share. Readings below 1 are kept (smoothed by
 `HEALTH_GAIN`): a version served at 95 % of its capacity by a balancer the model does not know
 (random picks queue more than least-request) shows it only as a reading a little below 1."""
+PROBE_COST = 1.0
+"""Cost (bad-fraction units) per point a probed version gets below `probe_points`: more than
+any split can save, so a due probe is always written."""
+IMPAIRED_HEALTH = 0.9
+IMPAIRED_ERROR = 0.01
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
@@ -111,6 +120,9 @@ class VersionEstimate:
     error: float = 0.0
     fits: int = 0
     healthy_seen: int = 0
+    idle_since_s: float = math.nan
+    """When the split in force last took this version to 0 points (s, the observation's
+    clock); NaN while it has traffic."""
 
 
 @dataclass
@@ -120,6 +132,9 @@ class _RouteState:
     last_rps: float = math.nan
     subsets: tuple[str, ...] = ()
     bad_table: np.ndarray | None = None
+    models: tuple[VersionModel, ...] = ()
+    rate_rps: float = math.nan
+    slo_ms: float = math.nan
 
 
 def _finite(x: float) -> bool:
@@ -299,7 +314,9 @@ class PlannerPolicy:
     healthy; min_gain / min_gain_abs: how much lower (relative, absolute) the modelled bad
     fraction of a new split must be before the current split is replaced; pull: weight of the
     squared distance from the square-root split (bad-fraction units per squared share; 0.03
-    chosen on 40 scenarios of the validation range against 0, 0.003 and 0.01).
+    chosen on 40 scenarios of the validation range against 0, 0.003 and 0.01); probe_s /
+    probe_points: how long (s) a blamed version stays without traffic before it gets a probe,
+    and how many points the probe gives it.
     """
 
     name = "planner"
@@ -311,8 +328,12 @@ class PlannerPolicy:
         min_gain: float = 0.1,
         min_gain_abs: float = 5e-5,
         pull: float = 0.03,
+        probe_s: float = 120.0,
+        probe_points: int = 3,
     ) -> None:
         self.recovery_s = recovery_s
+        self.probe_s = probe_s
+        self.probe_points = probe_points
         self.min_gain = min_gain
         self.min_gain_abs = min_gain_abs
         self.pull = pull
@@ -357,6 +378,10 @@ class PlannerPolicy:
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
                 est = st.versions.setdefault(name, VersionEstimate())
+                if stats.weight > 0:
+                    est.idle_since_s = math.nan
+                elif math.isnan(est.idle_since_s):
+                    est.idle_since_s = obs.timestamp_s
                 est.health = math.exp(math.log(est.health) * relax)
                 est.error *= relax
                 work.observe(est, stats, cap, slo_ms)
@@ -378,14 +403,30 @@ class PlannerPolicy:
             tables.append((models, rate, slo_ms))
         costs = least_request_cost_tables(tables)
         pulled = []
-        for (i, st, _, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
+        for (i, st, slo_ms, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
             st.subsets, st.bad_table = run[i].subsets, cost
+            st.rate_rps, st.slo_ms = rate, slo_ms
+            st.models = tuple(models)
             if self.pull > 0:
                 cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
+            probed = self._due_probes(run[i], st)
+            if probed.any():
+                short = np.maximum(self.probe_points - np.arange(WEIGHT_TOTAL + 1), 0)
+                cost = cost + PROBE_COST * probed[:, None] * short[None, :]
             pulled.append(cost)
         for (i, _, _, _), cost, best in zip(planned, pulled, min_plus_splits(pulled), strict=True):
             decided[i] = self._keep_or_move(run[i], cost, best)
         return [d for d in decided if d is not None]
+
+    def _due_probes(self, obs: Observation, st: _RouteState) -> np.ndarray:
+        """Per version of `obs`: 1.0 where it has had no traffic for `probe_s` or longer while
+        the estimates still call it impaired (`impaired`), else 0.0."""
+        due = []
+        for name in obs.subsets:
+            est = st.versions[name]
+            idle = _finite(est.idle_since_s) and obs.timestamp_s - est.idle_since_s >= self.probe_s
+            due.append(float(idle and impaired(est)))
+        return np.array(due)
 
     def _keep_or_move(self, obs: Observation, cost: np.ndarray, best: tuple[int, ...]) -> Weights:
         """The current split unless `best` lowers its cost by more than the margins."""
@@ -407,6 +448,20 @@ class PlannerPolicy:
         rows = np.arange(len(st.subsets))
         return float(st.bad_table[rows, list(weights.values_tuple)].sum())
 
+    def nominal_bad(self, route: RouteRef, weights: Weights, load_factor: float) -> float:
+        """The modelled bad-request fraction (0..1) of `weights` on `route` fed `load_factor`
+        times the rate of the last decision, every version at its configured capacity and
+        without errors: how much headroom the split leaves for a burst, whatever the
+        estimates say (NaN before the first decision or for other versions)."""
+        st = self._routes.get(route)
+        if st is None or not st.models or tuple(weights.subsets) != st.subsets:
+            return math.nan
+        share = np.asarray(weights.values_tuple, dtype=np.float64) / WEIGHT_TOTAL
+        replicas = np.array([m.replicas for m in st.models], dtype=np.int64)
+        mu = np.array([1000.0 / m.service_ms for m in st.models], dtype=np.float64)
+        rate = share * st.rate_rps * load_factor
+        return float(np.sum(share * LeastRequestQueues(replicas, mu, rate).slow(st.slo_ms)))
+
     @staticmethod
     def service_ms(est: VersionEstimate, slo_ms: float) -> float:
         """The healthy service time the model uses (ms): the fit, at most a third of the SLO;
@@ -419,6 +474,13 @@ class PlannerPolicy:
         svc = max(self.service_ms(est, slo_ms), 1000.0 / capacity_rps)
         replicas, svc = shape(capacity_rps, svc)
         return VersionModel(replicas, svc, min(max(est.error, 0.0), 1.0), est.health)
+
+
+def impaired(est: VersionEstimate) -> bool:
+    """Whether the estimates hold a fault against a version: capacity below
+    `IMPAIRED_HEALTH` of the configured one or a 5xx rate above `IMPAIRED_ERROR`. Only such
+    a version is worth a probe; one left idle because it is small is known well enough."""
+    return est.health < IMPAIRED_HEALTH or est.error > IMPAIRED_ERROR
 
 
 def current_split(obs: Observation) -> Weights | None:

@@ -12,7 +12,12 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   least `min_relief` points off it (a token cut of a point or two a tick leaves it in
   trouble for minutes);
   or its split's modelled bad fraction (the planner's queueing model at its estimates) is more
-  than `model_ratio` times the planner's own split's plus `model_margin`;
+  than `model_ratio` times the planner's own split's plus `model_margin`; or it is so at
+  `surge` times the current load with every version at its configured capacity (a split that
+  loads one version near its capacity while others idle models as well as a balanced one at
+  the current load, and is the first to overload when a burst comes; configured capacities,
+  not estimates, so a version the estimates still blame after a fault ended does not make
+  every split giving it traffic back look fragile; 1 turns the surge check off);
 * after `harm_ticks` harmful ticks in a row (default 1: at the first; the hysteresis is on
   the way back) the route falls back: the fallback's split is written, and `last_note` says
   why (the live loop appends it to the decision's reason);
@@ -90,6 +95,7 @@ class SupervisedPolicy:
         quiet_gain: float = 0.05,
         quiet_gain_abs: float = 1e-4,
         quiet_slow: float = 0.05,
+        surge: float = 1.3,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or PlannerPolicy()
@@ -106,6 +112,7 @@ class SupervisedPolicy:
         self.quiet_gain = quiet_gain
         self.quiet_gain_abs = quiet_gain_abs
         self.quiet_slow = quiet_slow
+        self.surge = surge
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
         self._routes: dict[RouteRef, _RouteWatch] = {}
@@ -195,6 +202,19 @@ class SupervisedPolicy:
                 f"the split {proposal} is modelled at {mine:.1%} bad requests, "
                 f"the planner's {safe} at {theirs:.1%}"
             )
+        if self.surge > 1.0:
+            mine = self.fallback.nominal_bad(route, proposal, self.surge)
+            theirs = self.fallback.nominal_bad(route, safe, self.surge)
+            if (
+                _finite(mine)
+                and _finite(theirs)
+                and mine > self.model_ratio * theirs + self.model_margin
+            ):
+                return (
+                    f"at {self.surge:g}x the load on the configured capacities the split "
+                    f"{proposal} is modelled at {mine:.1%} bad requests, the planner's {safe} at "
+                    f"{theirs:.1%}"
+                )
         return None
 
     def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:

@@ -10,7 +10,9 @@ from agents.planner import (
     SATURATED_SHED,
     SLOW_SATURATED,
     PlannerPolicy,
+    VersionEstimate,
     fit_service_ms,
+    impaired,
     infer_health,
     model_p99_ms,
 )
@@ -213,3 +215,49 @@ def test_a_version_slow_in_its_first_minutes_is_not_shut_out_for_good() -> None:
     assert trace is not None
     assert trace.weights[-1]["v1"] >= 15, trace.weights[-1]
     assert planner.estimates(ROUTE).get("v1") is None  # estimates are per route
+
+
+def _serve(
+    planner: PlannerPolicy, start_s: float, ticks: int, weights: list[int], errors: list[float]
+) -> tuple[list[list[int]], list[int]]:
+    """`ticks` ticks of 5 s from `start_s` at 300 rps on three 200 rps versions, each version
+    fed its share and answering its 5xx ratio: the splits decided, and the last one."""
+    history = []
+    for k in range(ticks):
+        rps = [3.0 * w for w in weights]
+        obs = observe(
+            start_s + 5.0 * k, weights, rps, p99=[90.0] * 3,
+            errors=[e if r > 0 else math.nan for e, r in zip(errors, rps, strict=True)],
+        )  # fmt: skip
+        weights = list(planner.decide(obs).values_tuple)
+        history.append(weights)
+    return history, weights
+
+
+def test_a_version_shed_for_a_fault_is_probed_and_gets_its_traffic_back() -> None:
+    """v2 answers 30 % 5xx and is shed. Nothing tells the planner the fault ended while v2 has
+    no traffic, and the split without v2 serves well, so after `probe_s` idle the planner
+    gives it `probe_points`; its healthy answers then bring its traffic back."""
+    planner = PlannerPolicy()
+    _, weights = _serve(planner, 0.0, 6, [34, 33, 33], [0.0, 0.3, 0.0])
+    assert weights[1] == 0  # from the first decision: the observation at 5 s shows it idle
+    idle, weights = _serve(planner, 30.0, 24, weights, [0.0, 0.0, 0.0])  # the fault ended
+    probed = next(i for i, w in enumerate(idle) if w[1] > 0)
+    assert 30.0 + 5.0 * probed == 5.0 + planner.probe_s, "the probe comes after probe_s idle"
+    assert idle[probed][1] == planner.probe_points
+    _, weights = _serve(planner, 150.0, 12, weights, [0.0, 0.0, 0.0])
+    assert weights[1] >= 20, "healthy answers bring the traffic back"
+
+
+def test_a_probe_of_a_version_still_failing_is_cut_again() -> None:
+    planner = PlannerPolicy()
+    _, weights = _serve(planner, 0.0, 6, [34, 33, 33], [0.0, 0.3, 0.0])
+    history, weights = _serve(planner, 30.0, 30, weights, [0.0, 0.3, 0.0])
+    assert any(w[1] == planner.probe_points for w in history)
+    assert weights[1] == 0, "the probe showed the fault: v2 is shed again"
+
+
+def test_only_a_version_the_estimates_blame_is_probed() -> None:
+    assert not impaired(VersionEstimate(health=1.0, error=0.0))
+    assert impaired(VersionEstimate(health=0.5, error=0.0))
+    assert impaired(VersionEstimate(health=1.0, error=0.05))

@@ -277,7 +277,7 @@ def test_a_small_move_the_model_sees_gain_in_is_written() -> None:
         def reset(self) -> None:
             pass
 
-    sup = SupervisedPolicy(OffV1())
+    sup = SupervisedPolicy(OffV1(), surge=1.0)  # the quiet gate alone
     obs = loaded(0.0, (40, 30, 30), 200.0)
     proposal = OffV1().decide(obs)
     decided = sup.decide(obs)
@@ -323,7 +323,7 @@ def test_the_quiet_gate_reads_a_proposal_by_version_name_not_position() -> None:
 def test_the_quiet_gate_leaves_a_route_without_a_valid_split_to_the_guard() -> None:
     """Weights in force outside 0..100 (even summing to 100) are no split to keep: a small
     move from them goes on to the guard, which refuses to build on them."""
-    sup = SupervisedPolicy(Jitter(3))
+    sup = SupervisedPolicy(Jitter(3), surge=1.0)  # the quiet gate alone
     sup.decide(loaded(0.0, (34, 33, 33), 100.0))
     sup.primary.reset()
     obs = loaded(5.0, (34, 33, 33), 100.0)
@@ -331,3 +331,38 @@ def test_the_quiet_gate_leaves_a_route_without_a_valid_split_to_the_guard() -> N
     broken = replace(obs, stats=stats)
     assert sup.worth_moving(broken, Weights(NAMES, [0, 36, 64])) is None
     assert sup.decide(broken).values_tuple == (1, 33, 66)  # Jitter's +3 / -3, unchanged
+
+
+def test_a_split_that_leaves_no_headroom_for_a_burst_is_harm() -> None:
+    """At 100 rps on three versions of 100 rps, 70/15/15 models as well as an even split
+    (v1 at 70 %), but 30 % more traffic overloads v1: the surge check calls it harm, on the
+    configured capacities."""
+    proposal = Weights(NAMES, [70, 15, 15])
+    sup = SupervisedPolicy(Stubborn(list(proposal.values_tuple)))
+    weights: tuple[int, ...] = (34, 33, 33)
+    for k in range(6):
+        sup.decide(loaded(5.0 * k, weights, 100.0))
+    obs = loaded(30.0, weights, 100.0)
+    safe = sup.fallback.decide(obs)
+    assert sup.fallback.modelled_bad(ROUTE, proposal) < 2 * sup.fallback.modelled_bad(ROUTE, safe)
+    why = sup.modelled_harm(ROUTE, proposal, safe)
+    assert why is not None and "at 1.3x the load on the configured capacities" in why
+    assert SupervisedPolicy(Stubborn([70, 15, 15]), surge=1.0).harm(obs, proposal) is None
+    unchecked = SupervisedPolicy(Stubborn([70, 15, 15]), surge=1.0)
+    for k in range(6):
+        unchecked.decide(loaded(5.0 * k, weights, 100.0))
+    assert unchecked.modelled_harm(ROUTE, proposal, unchecked.fallback.decide(obs)) is None
+
+
+def test_the_surge_check_does_not_hold_a_fault_that_ended_against_a_version() -> None:
+    """After v1's 5xx, the planner's estimates still blame it and its split avoids v1; on the
+    configured capacities a split giving v1 its share back has more headroom, not less, so
+    the surge check never keeps the route from the policy that gives the traffic back."""
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]))
+    weights: tuple[int, ...] = (34, 33, 33)
+    for k in range(8):
+        weights = sup.decide(observe(5.0 * k, weights, [0.3, 0.001, 0.001])).values_tuple
+    assert weights[0] < 10 and sup.fallback.estimates(ROUTE)["v1"].error > 0.1
+    safe = Weights(NAMES, list(weights))
+    back = Weights(NAMES, [34, 33, 33])
+    assert sup.fallback.nominal_bad(ROUTE, back, 1.3) <= sup.fallback.nominal_bad(ROUTE, safe, 1.3)
