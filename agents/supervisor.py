@@ -26,7 +26,8 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   in a row (hysteresis: no flapping). The model's view counts too: a primary that would
   overload a version again must not get the route back to show it. It cannot hold a route for
   ever on stale evidence: a version the fallback keeps without traffic relaxes toward its
-  nominal health in the planner (its ``recovery_s``).
+  nominal health in the planner (its ``recovery_s``), and gets a probe of a few points after
+  ``probe_s`` if the planner still blames it, so its answers tell whether the fault is over.
 * **small moves must buy something**: while the primary steers, a proposal that moves no
   version by more than `quiet_points` from the current split is written only if the planner's
   model sees it lower the modelled bad fraction by more than `quiet_gain` (relative) and

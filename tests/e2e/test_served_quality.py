@@ -9,7 +9,7 @@ controller fails the gate when the geometric mean of its bad fraction over the r
 floored at `FLOOR`) is above 1, i.e. when it loses to `sqrt` on this set.
 
 What it gates is the controller an operator runs (network, supervisor, guard), not the network
-alone: on this set the raw network is 1.11x `sqrt` and the served one 0.51x, with the planner
+alone: on this set the raw network is 1.11x `sqrt` and the served one 0.53x, with the planner
 taking over where the network does visible harm (docs/benchmarks.md, "Meshes nobody has
 seen", has the numbers on the test range).
 """

@@ -42,8 +42,9 @@ from tests.integration.lab_run import (
 pytestmark = pytest.mark.timeout(600)
 
 RETURN_WITHIN_S = 200.0
-"""The supervisor keeps the planner in control for 2 min after a fallback; the planner has no
-reason to probe a shed version at this load, the policy it hands back to does."""
+"""The planner, in control after the fallback, gives a version it shed for a fault a probe
+after 2 min without traffic (`PlannerPolicy.probe_s`); the probe's healthy answers then bring
+the traffic back."""
 
 
 @pytest.fixture(scope="module")
