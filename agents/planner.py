@@ -86,7 +86,10 @@ PROBE_COST = 1.0
 """Cost (bad-fraction units) per point a probed version gets below `probe_points`: more than
 any split can save, so a due probe is always written."""
 IMPAIRED_HEALTH = 0.9
+"""A health estimate below this (more than a tenth of the configured capacity gone) holds a
+fault against a version (`impaired`)."""
 IMPAIRED_ERROR = 0.01
+"""An error-rate estimate above this (1 % 5xx) holds a fault against a version (`impaired`)."""
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
@@ -339,10 +342,14 @@ class PlannerPolicy:
         self.pull = pull
         self._routes: dict[RouteRef, _RouteState] = {}
         self._fallback = SqrtPolicy()
+        self.last_note: str | None = None
+        self.last_notes: list[str | None] = []
 
     def reset(self) -> None:
         self._routes.clear()
         self._fallback.reset()
+        self.last_note = None
+        self.last_notes = []
 
     def estimates(self, route: RouteRef) -> dict[str, VersionEstimate]:
         """The current estimates of `route`'s versions (empty before its first decision)."""
@@ -354,16 +361,23 @@ class PlannerPolicy:
 
     def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
         """`decide` for many routes: the same splits as one call per route in this order, the
-        model's numbers for all routes computed as arrays at once."""
+        model's numbers for all routes computed as arrays at once. `last_notes` says, per
+        route, which versions got a probe (None where none did); `last_note` is the last
+        route's."""
         out: list[Weights] = []
+        notes: list[str | None] = []
         for run in route_runs(observations):
-            out.extend(self._decide_run(run))
+            out.extend(self._decide_run(run, notes))
+        self.last_notes = notes
+        self.last_note = notes[-1] if notes else None
         return out
 
-    def _decide_run(self, run: list[Observation]) -> list[Weights]:
+    def _decide_run(self, run: list[Observation], notes: list[str | None]) -> list[Weights]:
         """`decide_many` of routes that are all distinct: estimates first (fits, then
-        health, each as one array), then one cost table per route and the splits."""
+        health, each as one array), then one cost table per route and the splits; one note
+        per route appended to `notes`."""
         decided: list[Weights | None] = [None] * len(run)
+        probes: list[str | None] = [None] * len(run)
         planned: list[tuple[int, _RouteState, float, float]] = []
         work = _Updates()
         for i, obs in enumerate(run):
@@ -413,9 +427,15 @@ class PlannerPolicy:
             if probed.any():
                 short = np.maximum(self.probe_points - np.arange(WEIGHT_TOTAL + 1), 0)
                 cost = cost + PROBE_COST * probed[:, None] * short[None, :]
+                names = ", ".join(n for n, due in zip(run[i].subsets, probed, strict=True) if due)
+                probes[i] = (
+                    f"planner: probe of {names} ({self.probe_points} points): no traffic for "
+                    f"{self.probe_s:g} s and a fault still in the estimates"
+                )
             pulled.append(cost)
         for (i, _, _, _), cost, best in zip(planned, pulled, min_plus_splits(pulled), strict=True):
             decided[i] = self._keep_or_move(run[i], cost, best)
+        notes.extend(probes)
         return [d for d in decided if d is not None]
 
     def _due_probes(self, obs: Observation, st: _RouteState) -> np.ndarray:

@@ -251,7 +251,8 @@ class SupervisedPolicy:
             safe: Weights | Exception = self.fallback.decide(obs)
         except Exception as exc:  # a broken fallback must not stop the route
             safe = exc
-        return self._supervise(obs, proposal, safe)
+        primary_note = getattr(self.primary, "last_note", None)
+        return self._supervise(obs, proposal, safe, self.fallback.last_note, primary_note)
 
     def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
         """`decide` of each observation in order (the same splits and notes, in
@@ -264,21 +265,40 @@ class SupervisedPolicy:
             for obs in run:
                 self._routes.setdefault(obs.route, _RouteWatch())
             many = getattr(self.primary, "decide_many", None)
-            proposals = many(run) if many else [self.primary.decide(obs) for obs in run]
+            if many:
+                proposals = many(run)
+                primary_notes = list(getattr(self.primary, "last_notes", None) or [])
+                if len(primary_notes) != len(run):  # a primary that keeps no note per route
+                    primary_notes = [None] * len(run)
+            else:
+                proposals, primary_notes = [], []
+                for obs in run:
+                    proposals.append(self.primary.decide(obs))
+                    primary_notes.append(getattr(self.primary, "last_note", None))
             try:
                 safes: list[Weights] | Exception = self.fallback.decide_many(run)
             except Exception as exc:  # a broken fallback must not stop the routes
                 safes = exc
+            safe_notes = self.fallback.last_notes
             for i, obs in enumerate(run):
                 safe = safes if isinstance(safes, Exception) else safes[i]
-                out.append(self._supervise(obs, proposals[i], safe))
+                safe_note = None if isinstance(safes, Exception) else safe_notes[i]
+                out.append(self._supervise(obs, proposals[i], safe, safe_note, primary_notes[i]))
                 notes.append(self.last_note)
         self.last_notes = notes
         return out
 
-    def _supervise(self, obs: Observation, proposal: Weights, safe: Weights | Exception) -> Weights:
+    def _supervise(
+        self,
+        obs: Observation,
+        proposal: Weights,
+        safe: Weights | Exception,
+        safe_note: str | None = None,
+        primary_note: str | None = None,
+    ) -> Weights:
         """The split to write for `obs` given the primary's and the fallback's (see the module
-        docstring); sets `last_note`."""
+        docstring; `safe_note` and `primary_note` are their notes on their splits, kept where
+        that split is written); sets `last_note`."""
         watch = self._routes[obs.route]
         self.last_note = None
         if isinstance(safe, Exception):
@@ -291,19 +311,26 @@ class SupervisedPolicy:
             if watch.harmful < self.harm_ticks:
                 idle = None if why else self.worth_moving(obs, proposal)
                 if idle is None:
+                    self.last_note = primary_note
                     return proposal
                 self.last_note = f"supervisor: {idle}"
                 return current_split(obs) or proposal
             watch.mode, watch.in_fallback, watch.clear = MODE_FALLBACK, 0, 0
             self.last_note = f"supervisor: fallback to {self.fallback.name}: {why}"
+            if safe_note:
+                self.last_note += f"; {safe_note}"
             return safe
         watch.in_fallback += 1
         watch.clear = 0 if why else watch.clear + 1
         if watch.in_fallback >= self.hold_ticks and watch.clear >= self.clear_ticks:
             watch.mode, watch.harmful = MODE_POLICY, 0
             self.last_note = f"supervisor: back to {self.primary.name}: harmless for a while"
+            if primary_note:
+                self.last_note += f"; {primary_note}"
             return proposal
         self.last_note = f"supervisor: {self.fallback.name} in control" + (
             f" ({why})" if why else ""
         )
+        if safe_note:
+            self.last_note += f"; {safe_note}"
         return safe

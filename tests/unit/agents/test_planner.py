@@ -245,6 +245,7 @@ def test_a_version_shed_for_a_fault_is_probed_and_gets_its_traffic_back() -> Non
     probed = next(i for i, w in enumerate(idle) if w[1] > 0)
     assert 30.0 + 5.0 * probed == 5.0 + planner.probe_s, "the probe comes after probe_s idle"
     assert idle[probed][1] == planner.probe_points
+    assert planner.last_note is None  # the decision after the probe: v2 has traffic
     _, weights = _serve(planner, 150.0, 12, weights, [0.0, 0.0, 0.0])
     assert weights[1] >= 20, "healthy answers bring the traffic back"
 
@@ -261,3 +262,17 @@ def test_only_a_version_the_estimates_blame_is_probed() -> None:
     assert not impaired(VersionEstimate(health=1.0, error=0.0))
     assert impaired(VersionEstimate(health=0.5, error=0.0))
     assert impaired(VersionEstimate(health=1.0, error=0.05))
+
+
+def test_a_probe_is_said_in_the_note_of_its_decision() -> None:
+    planner = PlannerPolicy()
+    _, weights = _serve(planner, 0.0, 6, [34, 33, 33], [0.0, 0.3, 0.0])
+    notes = []
+    for k in range(24):
+        rps = [3.0 * w for w in weights]
+        obs = observe(30.0 + 5.0 * k, weights, rps, p99=[90.0] * 3)
+        weights = list(planner.decide(obs).values_tuple)
+        notes.append(planner.last_note)
+        assert planner.last_notes == [planner.last_note]
+    said = [n for n in notes if n is not None]
+    assert len(said) == 1 and said[0].startswith("planner: probe of v2 (3 points)"), notes

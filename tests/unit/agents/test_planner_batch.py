@@ -171,7 +171,12 @@ def telemetry(ticks: int, fault: bool = False) -> list[list[Observation]]:
 def test_the_planner_decides_the_same_batched_as_route_after_route() -> None:
     one_by_one, batched = PlannerPolicy(), PlannerPolicy()
     for tick in telemetry(16):
-        assert batched.decide_many(tick) == [one_by_one.decide(obs) for obs in tick]
+        expected, notes = [], []
+        for obs in tick:
+            expected.append(one_by_one.decide(obs))
+            notes.append(one_by_one.last_note)
+        assert batched.decide_many(tick) == expected
+        assert batched.last_notes == notes and batched.last_note == notes[-1]
         for obs in tick:
             assert batched.estimates(obs.route) == one_by_one.estimates(obs.route)
             assert batched.modelled_bad(obs.route, obs.weights) == pytest.approx(
@@ -192,10 +197,12 @@ class Stubborn:
         pass
 
 
-@pytest.mark.parametrize("primary", ["ppo", "stubborn"])
+@pytest.mark.parametrize("primary", ["ppo", "planner", "stubborn"])
 def test_the_supervisor_decides_the_same_batched_as_route_after_route(primary: str) -> None:
     def make() -> SupervisedPolicy:
-        return SupervisedPolicy(make_policy("ppo") if primary == "ppo" else Stubborn())  # type: ignore[arg-type]
+        if primary == "stubborn":
+            return SupervisedPolicy(Stubborn())
+        return SupervisedPolicy(make_policy(primary))
 
     one_by_one, batched = make(), make()
     fell_back = False

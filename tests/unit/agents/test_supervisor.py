@@ -366,3 +366,16 @@ def test_the_surge_check_does_not_hold_a_fault_that_ended_against_a_version() ->
     safe = Weights(NAMES, list(weights))
     back = Weights(NAMES, [34, 33, 33])
     assert sup.fallback.nominal_bad(ROUTE, back, 1.3) <= sup.fallback.nominal_bad(ROUTE, safe, 1.3)
+
+
+def test_the_planners_probe_is_said_in_the_supervisors_note() -> None:
+    """In fallback, a version the planner shed gets its probe after `probe_s`; the decision's
+    note says so, next to why the planner is in control."""
+    sup = SupervisedPolicy(Stubborn([60, 20, 20]))
+    weights: tuple[int, ...] = (60, 20, 20)
+    notes: list[str | None] = []
+    for k in range(40):
+        weights = sup.decide(observe(5.0 * k, weights, [0.3, 0.001, 0.001])).values_tuple
+        notes.append(sup.last_note)
+    probes = [n for n in notes if n is not None and "planner: probe of v1 (3 points)" in n]
+    assert probes and all(n.startswith("supervisor: planner in control") for n in probes)
