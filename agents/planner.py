@@ -419,8 +419,7 @@ class PlannerPolicy:
         pulled = []
         for (i, st, slo_ms, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
             st.subsets, st.bad_table = run[i].subsets, cost
-            st.rate_rps, st.slo_ms = rate, slo_ms
-            st.models = tuple(models)
+            st.models, st.rate_rps, st.slo_ms = tuple(models), rate, slo_ms
             if self.pull > 0:
                 cost = cost + self.pull * anchor_penalty([m.capacity_rps for m in models], rate)
             probed = self._due_probes(run[i], st)
@@ -439,14 +438,14 @@ class PlannerPolicy:
         return [d for d in decided if d is not None]
 
     def _due_probes(self, obs: Observation, st: _RouteState) -> np.ndarray:
-        """Per version of `obs`: 1.0 where it has had no traffic for `probe_s` or longer while
-        the estimates still call it impaired (`impaired`), else 0.0."""
+        """Per version of `obs`: whether it has had no traffic for `probe_s` or longer while the
+        estimates still call it impaired (`impaired`)."""
         due = []
         for name in obs.subsets:
             est = st.versions[name]
             idle = _finite(est.idle_since_s) and obs.timestamp_s - est.idle_since_s >= self.probe_s
-            due.append(float(idle and impaired(est)))
-        return np.array(due)
+            due.append(idle and impaired(est))
+        return np.array(due, dtype=bool)
 
     def _keep_or_move(self, obs: Observation, cost: np.ndarray, best: tuple[int, ...]) -> Weights:
         """The current split unless `best` lowers its cost by more than the margins."""

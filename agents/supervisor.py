@@ -198,7 +198,7 @@ class SupervisedPolicy:
         theirs = self.fallback.modelled_bad(route, safe)
         if not (_finite(mine) and _finite(theirs)):
             return None
-        if mine > self.model_ratio * theirs + self.model_margin:
+        if self._much_worse(mine, theirs):
             return (
                 f"the split {proposal} is modelled at {mine:.1%} bad requests, "
                 f"the planner's {safe} at {theirs:.1%}"
@@ -206,17 +206,19 @@ class SupervisedPolicy:
         if self.surge > 1.0:
             mine = self.fallback.nominal_bad(route, proposal, self.surge)
             theirs = self.fallback.nominal_bad(route, safe, self.surge)
-            if (
-                _finite(mine)
-                and _finite(theirs)
-                and mine > self.model_ratio * theirs + self.model_margin
-            ):
+            if self._much_worse(mine, theirs):
                 return (
                     f"at {self.surge:g}x the load on the configured capacities the split "
                     f"{proposal} is modelled at {mine:.1%} bad requests, the planner's {safe} at "
                     f"{theirs:.1%}"
                 )
         return None
+
+    def _much_worse(self, mine: float, theirs: float) -> bool:
+        """Whether modelled bad fraction `mine` is more than `model_ratio` times `theirs` plus
+        `model_margin` (False when either is not a number)."""
+        finite = _finite(mine) and _finite(theirs)
+        return finite and mine > self.model_ratio * theirs + self.model_margin
 
     def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:
         """Why `proposal`, a small move from `obs`'s current split, is not worth a write
