@@ -27,12 +27,18 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
 then move with the evidence; a version without traffic gives none, so traffic returns to it
-after a fault ends and is cut again if the fault is still there. At a load the other versions
-carry well that return could take many minutes (any 5xx left in the estimate costs more than
-the version's headroom saves), so a version the estimates still blame (`impaired`) that has
-had no traffic for `probe_s` gets `probe_points`: its answers then say whether the fault is
-over. Without capacity hints the
-model has no scale: the planner then writes the square-root rule's split
+after a fault ends and is cut again if the fault is still there. At a load the other
+versions carry well that return could take many minutes (any 5xx left in the estimate costs
+more than the version's headroom saves), so a version the estimates still blame (`impaired`)
+that has had no traffic for `probe_s` gets `probe_points`: its answers then say whether the
+fault is over. A version with traffic relaxes only while its p99 agrees: where its observed
+p99 is above `RELAX_P99` times the model's p99 at the relaxed health and its rate, h keeps
+the tick's starting value. Under a loose SLO a version that lost capacity shows no slow
+requests until it is overloaded, so without this a lasting loss is forgotten in a few
+minutes and found again only by overloading the version, over and over; its p99 shows the
+loss long before.
+
+Without capacity hints the model has no scale: the planner then writes the square-root rule's split
 (`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
 unless the new one lowers the modelled bad fraction by more than `min_gain` (relative) and
 `min_gain_abs` (absolute). The model is only as good as its estimates, so the objective also
@@ -90,6 +96,10 @@ IMPAIRED_HEALTH = 0.9
 fault against a version (`impaired`)."""
 IMPAIRED_ERROR = 0.01
 """An error-rate estimate above this (1 % 5xx) holds a fault against a version (`impaired`)."""
+RELAX_P99 = 1.2
+"""A version with traffic relaxes toward nominal health only while its observed p99 is at
+most this many times the model's p99 at the relaxed health (chosen on 180 meshes of the
+validation range against 1.0 and 1.5: a tolerance for the noise of a histogram's p99)."""
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
@@ -396,8 +406,7 @@ class PlannerPolicy:
                     est.idle_since_s = math.nan
                 elif math.isnan(est.idle_since_s):
                     est.idle_since_s = obs.timestamp_s
-                est.health = math.exp(math.log(est.health) * relax)
-                est.error *= relax
+                work.relax(est, relax, stats, cap, slo_ms)
                 work.observe(est, stats, cap, slo_ms)
             rate = route_rps(obs)
             if _finite(rate) and rate > 0:
@@ -526,13 +535,29 @@ def route_runs(observations: Sequence[Observation]) -> list[list[Observation]]:
 
 
 class _Updates:
-    """One tick's evidence for many versions: the error ratio is taken at once, the fits and
-    then the health inversions are computed as arrays (`apply`)."""
+    """One tick's evidence for many versions: the relaxation and the error ratio are taken at
+    once; the p99 checks of the relaxations, the fits and then the health inversions are
+    computed as arrays (`apply`)."""
 
     def __init__(self) -> None:
+        self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float]] = []
         self.fits: list[tuple[VersionEstimate, float, float, float]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
+
+    def relax(
+        self, est: VersionEstimate, factor: float, stats: SubsetStats, cap: float, slo_ms: float
+    ) -> None:
+        """Move `est`'s health and error rate toward healthy (log health and error times
+        `factor`); a health that rose on a version with traffic and a p99 is checked against
+        that p99 in `apply`."""
+        before = est.health
+        est.health = math.exp(math.log(est.health) * factor)
+        est.error *= factor
+        rps, p99 = stats.rps, stats.p99_ms
+        if est.health > before and _finite(rps) and rps >= MIN_RPS and _finite(p99) and p99 > 0:
+            svc = max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
+            self.relaxed.append((est, before, cap, svc, rps, p99))
 
     def observe(self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
         rps = stats.rps
@@ -559,10 +584,25 @@ class _Updates:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
 
     def apply(self) -> None:
+        self._check_relaxations()
         self._fit_service_times()
         self._infer_health()
         for est, bound in self.saturated:
             est.health = max(min(est.health, bound), HEALTH_RANGE[0])
+
+    def _check_relaxations(self) -> None:
+        """Undo this tick's relaxation where the observed p99 is above `RELAX_P99` times the
+        model's at the relaxed health h (capacity C h, service time m / h, same replicas)."""
+        if not self.relaxed:
+            return
+        ests, befores, caps, svcs, rates, p99s = zip(*self.relaxed, strict=True)
+        health = np.array([est.health for est in ests], dtype=np.float64)
+        modelled = model_p99_ms_each(
+            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates)
+        ).tolist()
+        for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
+            if observed > RELAX_P99 * model:
+                est.health = before
 
     def _fit_service_times(self) -> None:
         if self.fits:
