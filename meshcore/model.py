@@ -50,7 +50,9 @@ class SubsetStats:
     than the SLO (0..1), NaN when the profile cannot compute it. recent_p99_ms and
     recent_slow_ratio: the same two over the newest scrape interval only (PromQL ``irate``, the
     last two samples), NaN when unknown: they show a backlog that builds or drains now, which
-    the window's average mixes with the previous 25 s.
+    the window's average mixes with the previous 25 s. recent_rps: requests per second over
+    that newest interval, NaN when unknown: a burst shows in it a tick after it starts, in
+    `rps` only as the window fills with it.
     """
 
     rps: float
@@ -60,6 +62,7 @@ class SubsetStats:
     slow_ratio: float = math.nan
     recent_p99_ms: float = math.nan
     recent_slow_ratio: float = math.nan
+    recent_rps: float = math.nan
 
     @property
     def has_data(self) -> bool:

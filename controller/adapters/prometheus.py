@@ -34,6 +34,7 @@ from controller.adapters.promql import (
     STAT_LAST_SAMPLE_S,
     STAT_P99_MS,
     STAT_RECENT_P99_MS,
+    STAT_RECENT_RPS,
     STAT_RECENT_SLOW_RATIO,
     STAT_RPS,
     STAT_SLOW_RATIO,
@@ -202,18 +203,19 @@ class PrometheusObserver:
         }
 
     def _warn_if_rules_lack_recent(self, table: _Table) -> None:
-        """One warning when the recorded stats have p99s but no newest-interval stats: rules
-        generated before those existed, so the policy would read them as unknown."""
-        rows = table.values()
-        if any(STAT_RECENT_P99_MS in row or STAT_RECENT_SLOW_RATIO in row for row in rows):
+        """One warning when the recorded stats have p99s but some newest-interval stat in no
+        row: rules generated before it existed, so the policy would read it as unknown."""
+        rows = list(table.values())
+        recent = (STAT_RECENT_RPS, STAT_RECENT_P99_MS, STAT_RECENT_SLOW_RATIO)
+        missing = [stat for stat in recent if not any(stat in row for row in rows)]
+        if not missing:
             return
         _log.warning(
-            "the recorded %s series have p99s but no newest-interval stats (%s, %s): the "
+            "the recorded %s series have p99s but not these newest-interval stats: %s; the "
             "recording rules predate them. Load the output of `meshpilot prometheus-rules` "
             "again; until then the policy reads those inputs as unknown",
             RECORDED_METRIC,
-            STAT_RECENT_P99_MS,
-            STAT_RECENT_SLOW_RATIO,
+            ", ".join(missing),
         )
 
     def _query(self, query: str) -> Any:
@@ -284,6 +286,7 @@ class PrometheusObserver:
                     slow_ratio=_ratio(row.get(STAT_SLOW_RATIO, math.nan)),
                     recent_p99_ms=row.get(STAT_RECENT_P99_MS, math.nan),
                     recent_slow_ratio=_ratio(row.get(STAT_RECENT_SLOW_RATIO, math.nan)),
+                    recent_rps=row.get(STAT_RECENT_RPS, math.nan),
                 )
             )
             newest = max(newest, row.get(STAT_LAST_SAMPLE_S, -math.inf))

@@ -57,6 +57,8 @@ STAT_P99_MS = "p99_ms"
 """99th percentile request duration (ms), interpolated inside its histogram bucket."""
 STAT_SLOW_RATIO = "slow_ratio"
 """Fraction (0..1) of requests slower than the SLO bucket bound."""
+STAT_RECENT_RPS = "recent_rps"
+"""`STAT_RPS` over the newest scrape interval only (``irate``)."""
 STAT_RECENT_P99_MS = "recent_p99_ms"
 """`STAT_P99_MS` over the newest scrape interval only (``irate``)."""
 STAT_RECENT_SLOW_RATIO = "recent_slow_ratio"
@@ -66,7 +68,7 @@ QUERIES_PER_TICK = 2
 """Queries issued per observation tick for all routes together (traffic + latency), live or
 read from the recording rules (`PromQLProfile.recording_rules`)."""
 
-TRAFFIC_STATS = (STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S)
+TRAFFIC_STATS = (STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S, STAT_RECENT_RPS)
 """The stats of the traffic query (from the request counter)."""
 LATENCY_STATS = (STAT_P99_MS, STAT_SLOW_RATIO, STAT_RECENT_P99_MS, STAT_RECENT_SLOW_RATIO)
 """The stats of the latency query (from the duration histogram)."""
@@ -241,6 +243,7 @@ class PromQLProfile:
                 _tag(total, STAT_RPS),
                 _tag(f"({errors} or 0 * {total})", STAT_ERRORS_RPS),
                 _tag(newest, STAT_LAST_SAMPLE_S),
+                _tag(rate_sum(self.requests_metric, fn="irate"), STAT_RECENT_RPS),
             )
         )
 

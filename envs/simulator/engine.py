@@ -442,6 +442,7 @@ class MeshSimulator:
                     slow_ratio=sum(int(s.slow[i]) for s in steps) / c,
                     recent_p99_ms=recent_p99,
                     recent_slow_ratio=int(newest.slow[i]) / recent_c if recent_c else math.nan,
+                    recent_rps=recent_c / self.scenario.step_s,
                 )
             )
         return Observation(

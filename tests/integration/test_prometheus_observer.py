@@ -242,6 +242,9 @@ def test_rps_per_subset_matches_the_published_traffic(lab: Lab) -> None:
     assert_close(ratings.stat("v1").rps, 40, 0.10)
     share_v1 = reviews.stat("v1").rps / reviews.total_rps
     assert abs(share_v1 - 0.70) <= 0.03
+    # Steady traffic: the newest scrape interval (~1 s) has the same rate, less precisely.
+    assert_close(reviews.stat("v1").recent_rps, 70, 0.30)
+    assert_close(ratings.stat("v1").recent_rps, 40, 0.30)
 
 
 def test_error_ratio_is_5xx_over_all_and_zero_without_any_5xx(lab: Lab) -> None:
@@ -293,6 +296,7 @@ def test_a_declared_subset_without_series_reads_nan(lab: Lab) -> None:
     assert not v3.has_data
     assert all(math.isnan(x) for x in (v3.rps, v3.error_ratio, v3.p99_ms, v3.slow_ratio))
     assert math.isnan(v3.recent_p99_ms) and math.isnan(v3.recent_slow_ratio)
+    assert math.isnan(v3.recent_rps)
     assert reviews.stat("v1").has_data
 
 
@@ -587,22 +591,35 @@ def _scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        (),  # rules from before any newest-interval stat
+        (("recent_p99_ms", "90"), ("recent_slow_ratio", "0")),  # from before recent_rps
+    ],
+)
 def test_rules_without_the_newest_interval_stats_warn_once(
-    stub: tuple[str, StubAnswer], caplog: pytest.LogCaptureFixture
+    stub: tuple[str, StubAnswer],
+    caplog: pytest.LogCaptureFixture,
+    recorded: tuple[tuple[str, str], ...],
 ) -> None:
     url, answer = stub
     labels = {"destination_service": REVIEWS, "destination_version": "v1"}
     answer.body = _vector(
         [
             {"metric": dict(labels, meshpilot_stat=stat), "value": [100.0, value]}
-            for stat, value in (("rps", "70"), ("last_sample_s", "99"), ("p99_ms", "80"))
+            for stat, value in (
+                ("rps", "70"), ("last_sample_s", "99"), ("p99_ms", "80"), *recorded
+            )
         ]
-    )
+    )  # fmt: skip
     observer = make_observer(url, recording_rules=True)
     with caplog.at_level("WARNING"):
         v1 = observer.observe([REVIEWS_ROUTE])[REVIEWS_ROUTE].stat("v1")
         observer.observe([REVIEWS_ROUTE])
     assert v1.rps == 70.0 and v1.p99_ms == 80.0
-    assert math.isnan(v1.recent_p99_ms) and math.isnan(v1.recent_slow_ratio)
+    assert math.isnan(v1.recent_rps)
+    assert math.isnan(v1.recent_p99_ms) == (not recorded)
     warnings = [r.getMessage() for r in caplog.records if "newest-interval" in r.getMessage()]
     assert len(warnings) == 1 and "meshpilot prometheus-rules" in warnings[0]
+    assert "recent_rps" in warnings[0] and ("recent_p99_ms" in warnings[0]) == (not recorded)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -185,6 +187,32 @@ def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
         )  # fmt: skip
         health = planner.estimates(ROUTE)["v1"].health
         assert check(health), (p99, health)
+
+
+def test_a_burst_in_the_newest_interval_is_planned_for_before_the_window_shows_it() -> None:
+    """The window says 150 rps, the newest interval 450 rps (a burst that began a tick ago):
+    the planner splits as it does when the window says 450 (it spreads the load); a newest
+    interval a little above the window's, or below it, is not followed (noise, or a load that
+    falls, which is safe to follow at the window's pace)."""
+    caps = (100.0, 100.0, 400.0)
+    warm = PlannerPolicy()
+    run(warm, 12, weights=[17, 17, 66], rps=[25.0, 25.0, 100.0], p99=[40.0] * 3, caps=caps)
+
+    def decide(window_rps: float, recent_rps: float | None) -> tuple[int, ...]:
+        weights = [0, 0, 100]
+        obs = observe(60.0, weights, [window_rps * w / 100 for w in weights], caps=caps)
+        if recent_rps is not None:
+            stats = [
+                replace(s, recent_rps=recent_rps * w / 100)
+                for s, w in zip(obs.stats, weights, strict=True)
+            ]
+            obs = replace(obs, stats=tuple(stats))
+        return copy.deepcopy(warm).decide(obs).values_tuple
+
+    calm = decide(150.0, None)
+    assert calm == (0, 0, 100)
+    assert decide(150.0, 450.0) == decide(450.0, None) != calm
+    assert decide(150.0, 160.0) == decide(150.0, 100.0) == calm
 
 
 def test_without_capacity_hints_it_writes_the_square_root_split() -> None:

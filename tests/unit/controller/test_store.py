@@ -116,6 +116,7 @@ def test_nan_is_stored_as_null_and_reads_back_as_documented(tmp_path: Path) -> N
         "slow_ratio": None,
         "recent_p99_ms": None,
         "recent_slow_ratio": None,
+        "recent_rps": None,
     }
     assert got.observation["subsets"][0]["p99_ms"] == 180.0
     assert math.isnan(got.raw_action[0]) and got.raw_action[1] == 0.5

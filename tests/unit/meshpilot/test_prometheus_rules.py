@@ -39,7 +39,7 @@ def test_rules_record_both_stat_families_labelled_with_the_settings(
     stats = set(
         re.findall(r'"meshpilot_stat", "(\w+)"', " ".join(r["expr"] for r in group["rules"]))
     )
-    recent = {"recent_p99_ms", "recent_slow_ratio"}
+    recent = {"recent_rps", "recent_p99_ms", "recent_slow_ratio"}
     assert stats == {"rps", "errors_rps", "last_sample_s", "p99_ms", "slow_ratio", *recent}
     for rule in group["rules"]:
         assert "[10s]" in rule["expr"] and "[30s]" not in rule["expr"]

@@ -17,6 +17,7 @@ from controller.adapters.promql import (
     STAT_ERRORS_RPS,
     STAT_LABEL,
     STAT_LAST_SAMPLE_S,
+    STAT_RECENT_RPS,
     STAT_RPS,
 )
 from envs.lab import prometheus as lab_prometheus
@@ -87,6 +88,8 @@ def test_the_profiles_traffic_query_reads_envoys_rates_through_the_rules(
         + _expected("v2", STAT_ERRORS_RPS, 2)
         + _expected("v1", STAT_LAST_SAMPLE_S, 30)  # recorded at the evaluation: fresh
         + _expected("v2", STAT_LAST_SAMPLE_S, 30)
+        + _expected("v1", STAT_RECENT_RPS, 10)  # steady: the newest interval's rate is the same
+        + _expected("v2", STAT_RECENT_RPS, 10)
     )
     (tmp_path / "rules.yml").write_text(json.dumps(lab_prometheus.recording_rules()))
     (tmp_path / "test.yml").write_text(test)

@@ -26,6 +26,7 @@ from controller.adapters.promql import (
     STAT_LAST_SAMPLE_S,
     STAT_P99_MS,
     STAT_RECENT_P99_MS,
+    STAT_RECENT_RPS,
     STAT_RECENT_SLOW_RATIO,
     STAT_RPS,
     STAT_SLOW_RATIO,
@@ -91,7 +92,7 @@ def test_results_are_grouped_by_service_and_version() -> None:
 
 def test_each_stat_is_tagged_once() -> None:
     traffic, latency = ISTIO.queries([REVIEWS])
-    for stat in (STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S):
+    for stat in (STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S, STAT_RECENT_RPS):
         assert traffic.count(f'"{STAT_LABEL}", "{stat}"') == 1
     for stat in (STAT_P99_MS, STAT_SLOW_RATIO):
         assert latency.count(f'"{STAT_LABEL}", "{stat}"') == 1
@@ -187,20 +188,31 @@ def test_recent_latency_stats_are_the_windowed_ones_with_irate() -> None:
         assert "[30s]" in parts[recent]  # the last two samples within the window
 
 
+def test_the_recent_rate_is_the_windowed_one_with_irate() -> None:
+    traffic, _ = ISTIO.queries([REVIEWS], window_s=30)
+    parts = dict(
+        (m.group(2), m.group(1))
+        for m in re.finditer(r'label_replace\((.*?), "meshpilot_stat", "(\w+)", "", ""\)', traffic)
+    )
+    assert parts[STAT_RECENT_RPS] == parts[STAT_RPS].replace("(rate(", "(irate(")
+    assert "(irate(" in parts[STAT_RECENT_RPS] and "[30s]" in parts[STAT_RECENT_RPS]
+
+
 def test_recorded_queries_split_every_recorded_stat_by_family() -> None:
     traffic_q, latency_q = ISTIO.recorded_queries([REVIEWS], window_s=30, slo_ms=250)
     picked = [
         set(re.search(r'meshpilot_stat=~"([^"]*)"', q).group(1).split("|"))  # type: ignore[union-attr]
         for q in (traffic_q, latency_q)
     ]
-    assert picked[0] == {STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S}
+    assert picked[0] == {STAT_RPS, STAT_ERRORS_RPS, STAT_LAST_SAMPLE_S, STAT_RECENT_RPS}
     assert picked[1] == {STAT_P99_MS, STAT_SLOW_RATIO, STAT_RECENT_P99_MS, STAT_RECENT_SLOW_RATIO}
     rules = ISTIO.recording_rules(window_s=30, slo_ms=250)["groups"][0]["rules"]
     recorded = set(re.findall(r'"meshpilot_stat", "(\w+)"', " ".join(r["expr"] for r in rules)))
     assert picked[0] | picked[1] == recorded and not picked[0] & picked[1]
     everything = ISTIO.recorded_query([REVIEWS], window_s=30, slo_ms=250)
     assert "meshpilot_stat=~" not in everything
-    assert traffic_q.replace(', meshpilot_stat=~"rps|errors_rps|last_sample_s"', "") == everything
+    traffic_matcher = ', meshpilot_stat=~"rps|errors_rps|last_sample_s|recent_rps"'
+    assert traffic_q.replace(traffic_matcher, "") == everything
     assert ISTIO.recorded_queries(iter([REVIEWS]), window_s=30, slo_ms=250) == (
         traffic_q,
         latency_q,

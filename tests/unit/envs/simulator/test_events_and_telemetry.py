@@ -82,6 +82,9 @@ def test_recent_stats_are_the_last_steps() -> None:
     assert seen.recent_slow_ratio == int(counts.slow[0]) / int(counts.count[0])
     assert seen.recent_p99_ms == quantile_ms(counts.hist[0], 0.99)
     assert seen.recent_slow_ratio > seen.slow_ratio + 0.3  # the burst shows at once
+    assert seen.recent_rps == int(counts.count[0]) / clean.scenario.step_s  # the newest step
+    assert seen.recent_rps > 1.5 * seen.rps
     shaken = noisy.observe().stat("a")
     assert shaken.recent_slow_ratio == seen.recent_slow_ratio  # noise only touches p99s
+    assert shaken.recent_rps == seen.recent_rps
     assert shaken.recent_p99_ms / seen.recent_p99_ms == pytest.approx(shaken.p99_ms / seen.p99_ms)
