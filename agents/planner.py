@@ -44,8 +44,8 @@ requests until it is overloaded, so without this a lasting loss is forgotten in 
 minutes and found again only by overloading the version, over and over; its p99 shows the
 loss long before.
 
-Without capacity hints the model has no scale: the planner then writes the square-root rule's split
-(`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
+Without capacity hints the model has no scale: the planner then writes the square-root rule's
+split (`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
 unless the new one lowers the modelled bad fraction by more than `min_gain` (relative) and
 `min_gain_abs` (absolute). The model is only as good as its estimates, so the objective also
 pulls each share toward the square-root split of the estimated capacities (`pull` x squared
@@ -506,11 +506,16 @@ class PlannerPolicy:
         a tenth of the SLO before any fit."""
         return min(est.service_ms, slo_ms / 3.0) if _finite(est.service_ms) else slo_ms / 10.0
 
+    @staticmethod
+    def model_service_ms(est: VersionEstimate, capacity_rps: float, slo_ms: float) -> float:
+        """`service_ms`, at least one replica's worth of the nominal capacity (ms): the
+        service time every use of the model starts from."""
+        return max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / capacity_rps)
+
     def model(self, est: VersionEstimate, capacity_rps: float, slo_ms: float) -> VersionModel:
         """The queueing model of a version with estimates `est`, nominal capacity (rps) and
         the route's SLO (ms)."""
-        svc = max(self.service_ms(est, slo_ms), 1000.0 / capacity_rps)
-        replicas, svc = shape(capacity_rps, svc)
+        replicas, svc = shape(capacity_rps, self.model_service_ms(est, capacity_rps, slo_ms))
         return VersionModel(replicas, svc, min(max(est.error, 0.0), 1.0), est.health)
 
 
@@ -579,7 +584,7 @@ class _Updates:
         est.error *= factor
         rps, p99 = stats.rps, stats.p99_ms
         if est.health > before and _finite(rps) and rps >= MIN_RPS and _finite(p99) and p99 > 0:
-            svc = max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
+            svc = PlannerPolicy.model_service_ms(est, cap, slo_ms)
             self.relaxed.append((est, before, cap, svc, rps, p99))
 
     def observe(self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
@@ -641,10 +646,7 @@ class _Updates:
     def _infer_health(self) -> None:
         if not self.slow:
             return
-        svcs = [
-            max(PlannerPolicy.service_ms(est, slo_ms), 1000.0 / cap)
-            for est, cap, _, _, slo_ms in self.slow
-        ]
+        svcs = [PlannerPolicy.model_service_ms(est, cap, slo) for est, cap, _, _, slo in self.slow]
         _, caps, rates, slows, slos = zip(*self.slow, strict=True)
         inferred = infer_health_each(caps, svcs, rates, slows, slos).tolist()
         for (est, *_), observed in zip(self.slow, inferred, strict=True):

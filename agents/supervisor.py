@@ -196,8 +196,6 @@ class SupervisedPolicy:
         or None."""
         mine = self.fallback.modelled_bad(route, proposal)
         theirs = self.fallback.modelled_bad(route, safe)
-        if not (_finite(mine) and _finite(theirs)):
-            return None
         if self._much_worse(mine, theirs):
             return (
                 f"the split {proposal} is modelled at {mine:.1%} bad requests, "

@@ -130,7 +130,7 @@ def test_a_version_a_little_below_nominal_is_seen_so() -> None:
     planner = PlannerPolicy()
     run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3)
     est = planner.estimates(ROUTE)["v1"]
-    svc = max(PlannerPolicy.service_ms(est, 250.0), 1000.0 / 200.0)
+    svc = PlannerPolicy.model_service_ms(est, 200.0, 250.0)
     lo, hi = 1e-6, 0.5  # the slow ratio the model reads as health 0.9 at 180 rps
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -175,7 +175,7 @@ def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
     caps = (200.0, 200.0, 200.0)
     planner = _after_a_fault(caps)
     est = planner.estimates(ROUTE)["v1"]
-    svc = max(PlannerPolicy.service_ms(est, 250.0), 1000.0 / caps[0])
+    svc = PlannerPolicy.model_service_ms(est, caps[0], 250.0)
     at_80 = model_p99_ms(0.8 * caps[0], svc / 0.8, 120.0)
     healthy = model_p99_ms(caps[0], svc, 120.0)
     assert RELAX_P99 * healthy < 1.3 * at_80 < 250.0  # within the SLO: no slow requests
