@@ -161,6 +161,7 @@ def test_the_slow_ratio_bound_is_below_the_ratio_and_tightens_with_more_requests
     bound = slow_ratio_bound(ratio, rps)
     assert 0.0 <= bound <= ratio
     assert slow_ratio_bound(ratio, rps * more) >= bound
+    assert slow_ratio_bound(ratio, 0.0) == slow_ratio_bound(ratio, math.nan) == 0.0
 
 
 def test_a_version_a_little_below_nominal_is_seen_so() -> None:
