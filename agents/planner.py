@@ -94,8 +94,8 @@ to drain the backlog instead of holding the version at the edge of overload (eac
 tick sheds again). The window's ratio lags: a capacity loss that saturates a version shows in
 full in the newest interval a tick later, in a 60 s window's only after a minute, while the
 backlog grows; the window only has to agree that the version is slow, so one noisy interval
-does not cut it (chosen on 240 meshes of the validation range against both ratios above
-`SLOW_SATURATED`)."""
+does not cut it (chosen on the validation range against both ratios above `SLOW_SATURATED`;
+docs/benchmarks.md, "How the serving defaults were chosen")."""
 NOMINAL_BAND = (1.0, 1.2)
 """Health readings within this band count as nominal (1): a version that looks a little faster
 than nominal is not given more than its nominal share. Readings below 1 are kept (smoothed by
@@ -122,7 +122,7 @@ SLOW_EVIDENCE_Z = 2.0
 ``r - z sqrt(r / n)`` (at least 0: the count of slow requests is about Poisson). One slow
 request among the 300 a lightly used version serves in a window is 0.3 %, which the model
 at a loose SLO can only explain as a large capacity loss; a heavy-tailed version shows such
-strays all the time (chosen on 240 meshes of the validation range against 0, 1 and 3)."""
+strays all the time (chosen on the validation range against 0, 1 and 3)."""
 RATE_WINDOW_S = 30.0
 """The telemetry's rate window (s) the planner assumes when it counts a window's requests
 (rate x window): the default of `meshpilot serve` on Prometheus and of the simulator. With a
