@@ -136,8 +136,8 @@ def test_a_saturated_version_is_cut_below_what_it_receives(
 
 def test_a_few_stray_slow_requests_on_a_lightly_used_version_are_not_a_fault() -> None:
     """One slow request in the 300 of a window (0.33 % at 10 rps): within the noise of so few
-    requests, v1's health stays nominal and it keeps its share. The same ratio over 30 times
-    the requests is evidence, and lowers the estimate."""
+    requests, v1's health stays nominal. The same ratio over 30 times the requests is
+    evidence, and lowers the estimate."""
     quiet, busy = PlannerPolicy(), PlannerPolicy()
     caps = (600.0, 600.0, 600.0)
     for planner, rps in ((quiet, 10.0), (busy, 300.0)):
