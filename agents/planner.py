@@ -76,8 +76,10 @@ SERVICE_FITS = 12
 """Healthy observations averaged into a version's first service-time estimate; later ones move
 it with weight 1 / SERVICE_FITS."""
 HEALTHY_SLOW = 0.05
-"""Largest slow ratio of an observation the service-time fit trusts (a faulty or overloaded
-version's p99 would make its healthy service time look slow, and keep it out for good)."""
+"""Largest slow ratio of a window that looks healthy: the only windows the service-time fit
+trusts (a faulty or overloaded version's p99 would make its healthy service time look slow,
+and keep it out for good), and the most a window may show while a saturated newest interval
+is taken for one noisy interval (`SATURATED_SHED`)."""
 FAULT_DROP = 0.7
 """A health estimate below this fraction of the current one is a fault, believed at once;
 smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split."""
