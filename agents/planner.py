@@ -126,11 +126,9 @@ request among the 300 a lightly used version serves in a window is 0.3 %, which 
 at a loose SLO can only explain as a large capacity loss; a heavy-tailed version shows such
 strays all the time (chosen on the validation range against 0, 1 and 3)."""
 RATE_WINDOW_S = 30.0
-"""The telemetry's rate window (s) the planner assumes when it counts a window's requests
-(rate x window): the default of `meshpilot serve` on Prometheus and of the simulator. With a
-longer window the bound above is only more cautious; with the lab's 10 s window it counts
-three times the requests there are, and is as cautious as z = 2 / sqrt(3) = 1.15 (z = 1 did
-about as well on the validation range)."""
+"""The rate window (s) the planner assumes when it counts a window's requests (rate x
+window) for an observation that does not say its own (`Observation.window_s`): the default
+of `meshpilot serve` on Prometheus and of the simulator."""
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
@@ -438,7 +436,7 @@ class PlannerPolicy:
                 elif math.isnan(est.idle_since_s):
                     est.idle_since_s = obs.timestamp_s
                 work.relax(est, relax, stats, cap, slo_ms)
-                work.observe(est, stats, cap, slo_ms)
+                work.observe(est, stats, cap, slo_ms, obs.window_s)
             rate = planning_rps(obs)
             if _finite(rate) and rate > 0:
                 st.last_rps = rate
@@ -547,11 +545,12 @@ def impaired(est: VersionEstimate) -> bool:
     return est.health < IMPAIRED_HEALTH or est.error > IMPAIRED_ERROR
 
 
-def slow_ratio_bound(slow_ratio: float, rps: float) -> float:
+def slow_ratio_bound(slow_ratio: float, rps: float, window_s: float = math.nan) -> float:
     """The lower bound (0..1) the health inversion reads for a window's `slow_ratio` at
-    `rps` requests per second (`SLOW_EVIDENCE_Z`, `RATE_WINDOW_S`)."""
+    `rps` requests per second over `window_s` seconds (`SLOW_EVIDENCE_Z`; `RATE_WINDOW_S`
+    where the window is unknown)."""
     ratio = min(max(slow_ratio, 0.0), 1.0)
-    requests = rps * RATE_WINDOW_S
+    requests = rps * (window_s if _finite(window_s) and window_s > 0 else RATE_WINDOW_S)
     if not requests > 0:
         return 0.0  # no requests, no evidence
     return max(ratio - SLOW_EVIDENCE_Z * math.sqrt(ratio / requests), 0.0)
@@ -618,7 +617,17 @@ class _Updates:
             svc = PlannerPolicy.model_service_ms(est, cap, slo_ms)
             self.relaxed.append((est, before, cap, svc, rps, p99))
 
-    def observe(self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float) -> None:
+    def observe(
+        self,
+        est: VersionEstimate,
+        stats: SubsetStats,
+        cap: float,
+        slo_ms: float,
+        window_s: float = math.nan,
+    ) -> None:
+        """Take one version's stats of a window of `window_s` seconds (NaN: unknown) as
+        evidence: the error ratio at once; the service-time fit, the slow ratio's health
+        inversion and the saturation cap in `apply`."""
         rps = stats.rps
         if not (_finite(rps) and rps >= MIN_RPS):
             return
@@ -637,7 +646,8 @@ class _Updates:
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms))
         if _finite(stats.slow_ratio):
-            evidence = min(slow_ratio_bound(stats.slow_ratio, rps), SLOW_SATURATED)
+            bound = slow_ratio_bound(stats.slow_ratio, rps, window_s)
+            evidence = min(bound, SLOW_SATURATED)
             self.slow.append((est, cap, rps, evidence, slo_ms))
             recent = stats.recent_slow_ratio
             if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:

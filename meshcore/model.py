@@ -75,7 +75,9 @@ class Observation:
     """One route at one instant: ordered subsets, their stats, and how old the data is (s).
 
     capacity_hint_rps: nominal capacity per subset (rps), empty when not configured; slo_ms:
-    the latency bound behind `SubsetStats.slow_ratio` (ms), NaN when unknown.
+    the latency bound behind `SubsetStats.slow_ratio` (ms), NaN when unknown; window_s: the
+    span of the rate window behind the stats (s; rate x window_s is the window's request
+    count), NaN when unknown.
     """
 
     route: RouteRef
@@ -85,6 +87,7 @@ class Observation:
     staleness_s: float = 0.0
     capacity_hint_rps: tuple[float, ...] = field(default=())
     slo_ms: float = math.nan
+    window_s: float = math.nan
 
     def __post_init__(self) -> None:
         if len(self.subsets) != len(self.stats):

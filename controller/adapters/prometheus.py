@@ -300,6 +300,7 @@ class PrometheusObserver:
             stats=tuple(stats),
             timestamp_s=now,
             staleness_s=staleness_s,
+            window_s=self._window_s,
         )
 
 

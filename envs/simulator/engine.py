@@ -453,6 +453,7 @@ class MeshSimulator:
             staleness_s=self.t_s % tel.scrape_s if tel.scrape_s > self.scenario.step_s else 0.0,
             capacity_hint_rps=self.nominal_capacity_rps(),
             slo_ms=self.scenario.slo_ms,
+            window_s=span_s if span_s > 0 else math.nan,
         )
 
     def observe(self) -> Observation:

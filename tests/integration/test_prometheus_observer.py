@@ -242,6 +242,7 @@ def test_rps_per_subset_matches_the_published_traffic(lab: Lab) -> None:
     assert_close(ratings.stat("v1").rps, 40, 0.10)
     share_v1 = reviews.stat("v1").rps / reviews.total_rps
     assert abs(share_v1 - 0.70) <= 0.03
+    assert reviews.window_s == WINDOW_S  # the rates' window, for counting its requests
     # Steady traffic: the newest scrape interval (~1 s) has the same rate, less precisely.
     assert_close(reviews.stat("v1").recent_rps, 70, 0.30)
     assert_close(ratings.stat("v1").recent_rps, 40, 0.30)

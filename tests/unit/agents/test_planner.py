@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.planner import (
+    RATE_WINDOW_S,
     RELAX_P99,
     SATURATED_SHED,
     PlannerPolicy,
@@ -37,6 +38,7 @@ def observe(
     slow: list[float] | None = None,
     p99: list[float] | None = None,
     caps: tuple[float, ...] = (200.0, 200.0, 200.0),
+    window_s: float = math.nan,
 ) -> Observation:
     n = len(weights)
     errors = errors or [0.0] * n
@@ -51,6 +53,7 @@ def observe(
         timestamp_s=t_s,
         capacity_hint_rps=caps[:n],
         slo_ms=250.0,
+        window_s=window_s,
     )
 
 
@@ -150,6 +153,22 @@ def test_a_few_stray_slow_requests_on_a_lightly_used_version_are_not_a_fault() -
     assert busy.estimates(ROUTE)["v1"].health < 0.95
 
 
+def test_the_request_count_comes_from_the_observations_own_window() -> None:
+    """The stray-slow-requests case at 10 rps, once over a 30 s window (300 requests: noise)
+    and once over a 900 s one (9,000 requests, 30 slow: evidence of a loss)."""
+    short, long = PlannerPolicy(), PlannerPolicy()
+    caps = (600.0, 600.0, 600.0)
+    for planner, window_s in ((short, 30.0), (long, 900.0)):
+        common = {"rps": [10.0] * 3, "caps": caps, "window_s": window_s}
+        run(planner, 12, weights=[34, 33, 33], p99=[90.0] * 3, **common)
+        run(
+            planner, 6, weights=[34, 33, 33], slow=[1 / 300, 0.0, 0.0],
+            p99=[200.0, 90.0, 90.0], **common,
+        )  # fmt: skip
+    assert short.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
+    assert long.estimates(ROUTE)["v1"].health < 0.95
+
+
 @given(
     ratio=st.floats(0.0, 1.0),
     rps=st.floats(0.5, 1e5),
@@ -161,6 +180,8 @@ def test_the_slow_ratio_bound_is_below_the_ratio_and_tightens_with_more_requests
     bound = slow_ratio_bound(ratio, rps)
     assert 0.0 <= bound <= ratio
     assert slow_ratio_bound(ratio, rps * more) >= bound
+    assert slow_ratio_bound(ratio, rps, RATE_WINDOW_S * more) >= bound  # a longer window
+    assert slow_ratio_bound(ratio, rps, RATE_WINDOW_S) == bound  # what an unknown one means
     assert slow_ratio_bound(ratio, 0.0) == slow_ratio_bound(ratio, math.nan) == 0.0
 
 

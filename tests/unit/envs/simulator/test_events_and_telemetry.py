@@ -3,7 +3,7 @@
 Cases: error ramps interpolate and hold; events with duration revert; capacity drops raise
 latency; dropped samples are NaN; before the first step all stats are NaN; diurnal/bursts
 modulate the load; the newest-interval stats are the last step's, noise-scaled like the
-window's p99.
+window's p99; an observation says the span of its window.
 """
 
 from __future__ import annotations
@@ -59,6 +59,20 @@ def test_nothing_observed_before_first_step_and_drops_are_nan() -> None:
     assert all(not s.has_data for s in sim.observe().stats)
     assert all(math.isnan(s.recent_p99_ms) for s in sim.observe().stats)
     assert all(s.has_data for s in sim.observe_last_step().stats)
+
+
+def test_an_observation_says_the_span_its_window_covers() -> None:
+    """`window_s` is the span of the steps behind the stats: it grows step by step up to
+    the telemetry window and then stays there (the planner counts requests with it)."""
+    data = dict(BASE, telemetry={"window_s": 20})
+    sim = MeshSimulator(parse_scenario(data), seed=0)
+    assert math.isnan(sim.observe().window_s)
+    spans = []
+    for _ in range(6):
+        sim.step(sim.weights)
+        spans.append(sim.observe().window_s)
+    step = sim.scenario.step_s
+    assert spans == [min((i + 1) * step, 20.0) for i in range(6)]
 
 
 def test_noise_changes_only_the_seen_p99() -> None:
