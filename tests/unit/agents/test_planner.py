@@ -16,13 +16,11 @@ from agents.planner import (
     SATURATED_SHED,
     PlannerPolicy,
     VersionEstimate,
-    fit_service_ms,
     impaired,
-    infer_health,
-    model_p99_ms,
     slow_ratio_bound,
 )
 from agents.registry import make_policy
+from agents.version_model import fit_service_ms, infer_health, model_p99_ms
 from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, SubsetStats
 

@@ -24,17 +24,17 @@ import math
 import numpy as np
 import pytest
 
-from agents.planner import (
+from agents.planner import PlannerPolicy
+from agents.queueing import LeastRequestQueues, min_plus_split, min_plus_splits, slow_probability
+from agents.registry import make_policy
+from agents.supervisor import SupervisedPolicy
+from agents.version_model import (
     HEALTH_RANGE,
-    PlannerPolicy,
     VersionModel,
     fit_service_ms_each,
     infer_health_each,
     shape,
 )
-from agents.queueing import LeastRequestQueues, min_plus_split, min_plus_splits, slow_probability
-from agents.registry import make_policy
-from agents.supervisor import SupervisedPolicy
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, Weights
