@@ -378,7 +378,7 @@ def impaired(est: VersionEstimate) -> bool:
 def slow_ratio_bound(slow_ratio: float, rps: float, window_s: float = math.nan) -> float:
     """The lower bound (0..1) the health inversion reads for a window's `slow_ratio` at
     `rps` requests per second over `window_s` seconds (`SLOW_EVIDENCE_Z`; `RATE_WINDOW_S`
-    where the window is unknown)."""
+    where the window is unknown, not positive or infinite)."""
     ratio = min(max(slow_ratio, 0.0), 1.0)
     requests = rps * (window_s if _finite(window_s) and window_s > 0 else RATE_WINDOW_S)
     if not requests > 0:

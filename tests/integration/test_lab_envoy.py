@@ -227,7 +227,7 @@ def _split(obs: Observation) -> float:
     return 100.0 * v1 / total if total > 0 else math.nan
 
 
-def _split_near(v1_percent: int, min_total_rps: float = 0.0) -> Callable[[Observation], bool]:
+def _split_near(v1_percent: int, *, min_total_rps: float) -> Callable[[Observation], bool]:
     """Whether the observed v1 share is within 5 points of `v1_percent` (and the route's total
     rate, rps, above `min_total_rps`)."""
     return lambda obs: abs(_split(obs) - v1_percent) <= 5.0 and obs.total_rps > min_total_rps

@@ -1,4 +1,5 @@
-"""The planner (agents.planner): estimates from telemetry, then the oracle's objective."""
+"""The planner (agents.planner): estimates from telemetry, then the oracle's objective; and
+the scalar fits of its model of one version (agents.version_model)."""
 
 from __future__ import annotations
 
@@ -167,6 +168,24 @@ def test_the_request_count_comes_from_the_observations_own_window() -> None:
     assert long.estimates(ROUTE)["v1"].health < 0.95
 
 
+@pytest.mark.parametrize("unknown", [math.nan, 0.0, -1.0, math.inf])
+def test_a_short_window_is_counted_short_and_an_unknown_one_as_30_s(unknown: float) -> None:
+    """One slow request in 300 at 60 rps: over a 10 s window (the lab's) that is 600
+    requests, noise; read as 30 s (1,800 requests) it is evidence of a loss. A window that is
+    unknown, not positive or infinite counts as `RATE_WINDOW_S`."""
+    lab, assumed = PlannerPolicy(), PlannerPolicy()
+    caps = (600.0, 600.0, 600.0)
+    for planner, window_s in ((lab, 10.0), (assumed, unknown)):
+        common = {"rps": [60.0] * 3, "caps": caps, "window_s": window_s}
+        run(planner, 12, weights=[34, 33, 33], p99=[90.0] * 3, **common)
+        run(
+            planner, 6, weights=[34, 33, 33], slow=[1 / 300, 0.0, 0.0],
+            p99=[200.0, 90.0, 90.0], **common,
+        )  # fmt: skip
+    assert lab.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
+    assert assumed.estimates(ROUTE)["v1"].health < 0.95
+
+
 @given(
     ratio=st.floats(0.0, 1.0),
     rps=st.floats(0.5, 1e5),
@@ -178,8 +197,11 @@ def test_the_slow_ratio_bound_is_below_the_ratio_and_tightens_with_more_requests
     bound = slow_ratio_bound(ratio, rps)
     assert 0.0 <= bound <= ratio
     assert slow_ratio_bound(ratio, rps * more) >= bound
-    assert slow_ratio_bound(ratio, rps, RATE_WINDOW_S * more) >= bound  # a longer window
-    assert slow_ratio_bound(ratio, rps, RATE_WINDOW_S) == bound  # what an unknown one means
+    # a window `more` times longer holds `more` times the requests
+    longer = slow_ratio_bound(ratio, rps, RATE_WINDOW_S * more)
+    assert longer == pytest.approx(slow_ratio_bound(ratio, rps * more), abs=1e-12)
+    for unknown in (math.nan, 0.0, -1.0, math.inf, RATE_WINDOW_S):
+        assert slow_ratio_bound(ratio, rps, unknown) == bound
     assert slow_ratio_bound(ratio, 0.0) == slow_ratio_bound(ratio, math.nan) == 0.0
 
 

@@ -1,4 +1,5 @@
-"""The planner's arithmetic as arrays, and batch decisions of the planner and the supervisor.
+"""The planner's arithmetic as arrays (agents.version_model), and batch decisions of the
+planner and the supervisor.
 
 Cases:
 - `LeastRequestQueues.slow` is `slow_probability(..., balancer="least_request")` of
