@@ -40,7 +40,8 @@ after a fault ends and is cut again if the fault is still there. At a load the o
 versions carry well that return could take many minutes (any 5xx left in the estimate costs
 more than the version's headroom saves), so a version the estimates still blame (`impaired`)
 that has had no traffic for `probe_s` gets `probe_points`: its answers then say whether the
-fault is over. A version with traffic relaxes only while its p99 agrees: where its observed
+fault is over. A version with weight whose sample is missing keeps its estimates (it is not
+known to be idle). A version with traffic relaxes only while its p99 agrees: where its observed
 p99 is above `RELAX_P99` times the model's p99 at the relaxed health and its rate, h keeps
 the tick's starting value. Under a loose SLO a version that lost capacity shows no slow
 requests until it is overloaded, so without this a lasting loss is forgotten in a few
@@ -438,11 +439,14 @@ class _Updates:
     ) -> None:
         """Move `est`'s health and error rate toward healthy (log health and error times
         `factor`); a health that rose on a version with traffic and a p99 is checked against
-        that p99 in `apply`."""
+        that p99 in `apply`. A version with weight whose sample is missing (a dropped scrape)
+        keeps both: it is not known to be idle, and nothing says its fault is over."""
+        rps, p99 = stats.rps, stats.p99_ms
+        if stats.weight > 0 and not _finite(rps):
+            return
         before = est.health
         est.health = math.exp(math.log(est.health) * factor)
         est.error *= factor
-        rps, p99 = stats.rps, stats.p99_ms
         if est.health > before and _finite(rps) and rps >= MIN_RPS and _finite(p99) and p99 > 0:
             svc = PlannerPolicy.model_service_ms(est, cap, slo_ms)
             self.relaxed.append((est, before, cap, svc, rps, p99))

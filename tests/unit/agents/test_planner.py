@@ -234,6 +234,36 @@ def test_an_unobserved_version_recovers_toward_nominal() -> None:
     assert later["v1"] > 0, "after 5 minutes without evidence the version gets traffic again"
 
 
+def test_a_version_with_weight_and_no_sample_keeps_its_estimates() -> None:
+    """Two minutes of dropped samples for v1 while it keeps its weight: its health and error
+    estimates stay where the fault left them (it is not idle, nothing says the fault is over);
+    the same two minutes at 0 points without traffic relax them."""
+    caps = (100.0, 100.0, 100.0)
+    kept, idle = PlannerPolicy(), PlannerPolicy()
+    for planner in (kept, idle):
+        run(planner, 12, weights=[34, 33, 33], rps=[50.0] * 3, p99=[90.0] * 3, caps=caps)
+        run(
+            planner, 2, weights=[34, 33, 33], rps=[50.0] * 3, slow=[0.6, 0.0, 0.0],
+            errors=[0.2, 0.0, 0.0], caps=caps,
+        )  # fmt: skip
+    est = kept.estimates(ROUTE)["v1"]
+    fault = (est.health, est.error)
+    assert fault[0] < 0.7 and fault[1] > 0.05
+    assert (idle.estimates(ROUTE)["v1"].health, idle.estimates(ROUTE)["v1"].error) == fault
+    for k in range(24):
+        dropped = SubsetStats(math.nan, math.nan, math.nan, 20)
+        rest = [SubsetStats(75.0, 0.0, 90.0, 40, slow_ratio=0.0) for _ in range(2)]
+        t_s = 70.0 + 5.0 * k
+        kept.decide(
+            replace(observe(t_s, [20, 40, 40], [0.0] * 3, caps=caps), stats=(dropped, *rest))
+        )
+    run(idle, 24, weights=[0, 50, 50], rps=[0.0, 75.0, 75.0], p99=[math.nan, 90, 90], caps=caps)
+    held = kept.estimates(ROUTE)["v1"]
+    assert (held.health, held.error) == fault
+    relaxed = idle.estimates(ROUTE)["v1"]
+    assert relaxed.health > fault[0] and relaxed.error < fault[1]
+
+
 def _after_a_fault(caps: tuple[float, ...]) -> PlannerPolicy:
     """A planner that saw v1 healthy for a minute, then miss the SLO on 30 % of its requests
     at 120 rps: its health estimate is well below nominal."""
