@@ -136,36 +136,32 @@ def test_a_saturated_version_is_cut_below_what_it_receives(
         assert health > bound
 
 
+def _v1_health_after_stray_slow_requests(rps: float, window_s: float = math.nan) -> float:
+    """v1's health after a minute of healthy telemetry at `rps` per version and then half a
+    minute where one request in 300 of v1's misses the SLO (windows of `window_s` s)."""
+    planner = PlannerPolicy()
+    common = {"rps": [rps] * 3, "caps": (600.0, 600.0, 600.0), "window_s": window_s}
+    run(planner, 12, weights=[34, 33, 33], p99=[90.0] * 3, **common)
+    run(
+        planner, 6, weights=[34, 33, 33], slow=[1 / 300, 0.0, 0.0], p99=[200.0, 90.0, 90.0],
+        **common,
+    )  # fmt: skip
+    return planner.estimates(ROUTE)["v1"].health
+
+
 def test_a_few_stray_slow_requests_on_a_lightly_used_version_are_not_a_fault() -> None:
     """One slow request in the 300 of a window (0.33 % at 10 rps): within the noise of so few
     requests, v1's health stays nominal. The same ratio over 30 times the requests is
     evidence, and lowers the estimate."""
-    quiet, busy = PlannerPolicy(), PlannerPolicy()
-    caps = (600.0, 600.0, 600.0)
-    for planner, rps in ((quiet, 10.0), (busy, 300.0)):
-        run(planner, 12, weights=[34, 33, 33], rps=[rps] * 3, p99=[90.0] * 3, caps=caps)
-        run(
-            planner, 6, weights=[34, 33, 33], rps=[rps] * 3, slow=[1 / 300, 0.0, 0.0],
-            p99=[200.0, 90.0, 90.0], caps=caps,
-        )  # fmt: skip
-    assert quiet.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
-    assert busy.estimates(ROUTE)["v1"].health < 0.95
+    assert _v1_health_after_stray_slow_requests(10.0) == pytest.approx(1.0)
+    assert _v1_health_after_stray_slow_requests(300.0) < 0.95
 
 
 def test_the_request_count_comes_from_the_observations_own_window() -> None:
     """The stray-slow-requests case at 10 rps, once over a 30 s window (300 requests: noise)
     and once over a 900 s one (9,000 requests, 30 slow: evidence of a loss)."""
-    short, long = PlannerPolicy(), PlannerPolicy()
-    caps = (600.0, 600.0, 600.0)
-    for planner, window_s in ((short, 30.0), (long, 900.0)):
-        common = {"rps": [10.0] * 3, "caps": caps, "window_s": window_s}
-        run(planner, 12, weights=[34, 33, 33], p99=[90.0] * 3, **common)
-        run(
-            planner, 6, weights=[34, 33, 33], slow=[1 / 300, 0.0, 0.0],
-            p99=[200.0, 90.0, 90.0], **common,
-        )  # fmt: skip
-    assert short.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
-    assert long.estimates(ROUTE)["v1"].health < 0.95
+    assert _v1_health_after_stray_slow_requests(10.0, window_s=30.0) == pytest.approx(1.0)
+    assert _v1_health_after_stray_slow_requests(10.0, window_s=900.0) < 0.95
 
 
 @pytest.mark.parametrize("unknown", [math.nan, 0.0, -1.0, math.inf])
@@ -173,17 +169,8 @@ def test_a_short_window_is_counted_short_and_an_unknown_one_as_30_s(unknown: flo
     """One slow request in 300 at 60 rps: over a 10 s window (the lab's) that is 600
     requests, noise; read as 30 s (1,800 requests) it is evidence of a loss. A window that is
     unknown, not positive or infinite counts as `RATE_WINDOW_S`."""
-    lab, assumed = PlannerPolicy(), PlannerPolicy()
-    caps = (600.0, 600.0, 600.0)
-    for planner, window_s in ((lab, 10.0), (assumed, unknown)):
-        common = {"rps": [60.0] * 3, "caps": caps, "window_s": window_s}
-        run(planner, 12, weights=[34, 33, 33], p99=[90.0] * 3, **common)
-        run(
-            planner, 6, weights=[34, 33, 33], slow=[1 / 300, 0.0, 0.0],
-            p99=[200.0, 90.0, 90.0], **common,
-        )  # fmt: skip
-    assert lab.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
-    assert assumed.estimates(ROUTE)["v1"].health < 0.95
+    assert _v1_health_after_stray_slow_requests(60.0, window_s=10.0) == pytest.approx(1.0)
+    assert _v1_health_after_stray_slow_requests(60.0, window_s=unknown) < 0.95
 
 
 @given(
