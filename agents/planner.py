@@ -452,12 +452,7 @@ class _Updates:
             self.relaxed.append((est, before, cap, svc, rps, p99))
 
     def observe(
-        self,
-        est: VersionEstimate,
-        stats: SubsetStats,
-        cap: float,
-        slo_ms: float,
-        window_s: float = math.nan,
+        self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float, window_s: float
     ) -> None:
         """Take one version's stats of a window of `window_s` seconds (NaN: unknown) as
         evidence: the error ratio at once; the service-time fit, the slow ratio's health
@@ -480,8 +475,7 @@ class _Updates:
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms))
         if _finite(stats.slow_ratio):
-            bound = slow_ratio_bound(stats.slow_ratio, rps, window_s)
-            evidence = min(bound, SLOW_SATURATED)
+            evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             self.slow.append((est, cap, rps, evidence, slo_ms))
             recent = stats.recent_slow_ratio
             if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:
