@@ -25,7 +25,10 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
   its lower confidence bound for the window's request count (`SLOW_EVIDENCE_Z`), so a few
   stray slow requests on a lightly used version are not a fault. A version saturated in the
   newest interval, and slow in the window, is capped at once at `SATURATED_SHED` of its rate
-  over C, so its backlog drains instead of holding at the edge of overload.
+  over C, so its backlog drains instead of holding at the edge of overload. Where the window
+  shows no slow requests beyond noise and the observed p99 is far below the model's at h
+  (`RAISE_P99`), h rises at once to the least value that p99 allows: the slow ratio of a
+  loose SLO cannot show that a backlog has drained.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 The split is planned for the route's rate over the window, or over the newest interval
@@ -122,6 +125,18 @@ RELAX_P99 = 1.2
 """A version with traffic relaxes toward nominal health only while its observed p99 is at
 most this many times the model's p99 at the relaxed health (chosen on 180 meshes of the
 validation range against 1.0 and 1.5: a tolerance for the noise of a histogram's p99)."""
+RAISE_P99 = 3.0
+"""A version with traffic whose health estimate is below nominal, and whose observed p99 is
+less than the model's p99 at that health and its rate divided by this, is faster than the
+estimate allows: its health rises at once to the least (up to nominal) at which the model's
+p99 is within `RELAX_P99` of the observed one. Only while its window's slow ratio shows no
+slow requests beyond noise (`SLOW_EVIDENCE_Z`); where it does, the slow ratio is the
+evidence. Why: after a burst or a fault, the slow ratio of
+a loose SLO says nothing until a version is at the edge of overload, so an estimate lowered by
+a transient backlog only relaxed at `recovery_s`, and the planner meanwhile believed the mesh
+full and sacrificed a small version as the place for the overflow. The p99 shows the
+headroom; the margin keeps a version that lost replicas (faster per request than the model's
+slower service at the same capacity) from reading as recovered."""
 BURST_RATIO = 1.1
 """The newest interval's rate replaces the window's as the rate to plan for when it is more
 than this many times higher (chosen on 180 meshes of the validation range: 1.05 did as well,
@@ -433,6 +448,7 @@ class _Updates:
         self.fits: list[tuple[VersionEstimate, float, float, float]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
+        self.p99s: list[tuple[VersionEstimate, float, float, float, float]] = []
 
     def relax(
         self, est: VersionEstimate, factor: float, stats: SubsetStats, cap: float, slo_ms: float
@@ -474,9 +490,15 @@ class _Updates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms))
+        evidence = math.nan
         if _finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             self.slow.append((est, cap, rps, evidence, slo_ms))
+        if not evidence > 0 and _finite(stats.p99_ms) and stats.p99_ms > 0:
+            # The slow ratio says nothing (none beyond noise, or unknown): the p99 may.
+            svc = PlannerPolicy.model_service_ms(est, cap, slo_ms)
+            self.p99s.append((est, cap, svc, rps, stats.p99_ms))
+        if _finite(stats.slow_ratio):
             recent = stats.recent_slow_ratio
             if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
@@ -485,6 +507,7 @@ class _Updates:
         self._check_relaxations()
         self._fit_service_times()
         self._infer_health()
+        self._raise_to_the_p99()
         for est, bound in self.saturated:
             est.health = max(min(est.health, bound), HEALTH_RANGE[0])
 
@@ -501,6 +524,26 @@ class _Updates:
         for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
             if observed > RELAX_P99 * model:
                 est.health = before
+
+    def _raise_to_the_p99(self, steps: int = 16) -> None:
+        """Raise the health of versions whose observed p99 is below the model's at their
+        health over `RAISE_P99` (see there) to the least of `steps` evenly spaced values up to
+        nominal (1) at which the model's p99 is at most `RELAX_P99` times the observed one, or
+        to nominal where none is."""
+        below = [row for row in self.p99s if row[0].health < 1.0]
+        if not below:
+            return
+        ests, *columns = zip(*below, strict=True)
+        caps, svcs, rates, p99s = (np.asarray(col, dtype=np.float64) for col in columns)
+        now = np.array([est.health for est in ests], dtype=np.float64)
+        # Column 0: the current health; then `steps` values up to 1.
+        health = now[:, None] + (1.0 - now)[:, None] * np.linspace(0.0, 1.0, steps + 1)[None, :]
+        modelled = model_p99_ms_each(caps[:, None] * health, svcs[:, None] / health, rates[:, None])
+        contradicted = modelled[:, 0] > RAISE_P99 * p99s
+        fits = modelled <= RELAX_P99 * p99s[:, None]
+        first = np.where(fits.any(axis=1), fits.argmax(axis=1), steps)
+        for i in np.flatnonzero(contradicted):
+            ests[i].health = float(health[i, first[i]])
 
     def _fit_service_times(self) -> None:
         if self.fits:

@@ -420,7 +420,10 @@ class Guard:
         # even when max_step makes each step smaller than min_change.
         change = target.l1_distance(current)
         below_floor = any(current[s] < f for s, f in floors.items())
-        if change < cfg.min_change and not below_floor:
+        # Taking weight off a subset in distress is never jitter: a version overloaded at one
+        # point would otherwise keep that point, and its overload, for as long as it lasts.
+        sheds_sick = any(target[s] < current[s] for s in sick)
+        if change < cfg.min_change and not below_floor and not sheds_sick:
             reason = f"change of {change} points < min_change {cfg.min_change}: not written"
             return Verdict(current, False, "active", reason)
         notes.append(f"{current} -> {moved}")

@@ -72,6 +72,20 @@ def test_a_fault_the_window_does_not_show_yet_is_relieved_from_the_newest_interv
     assert healthy(observation(current, v2=slowing), 0.2) == {"v1"}
 
 
+@pytest.mark.parametrize(("slow", "written"), [(0.7, True), (0.1, False)])
+def test_the_last_point_off_a_subset_in_distress_is_written_under_min_change(
+    slow: float, written: bool
+) -> None:
+    """A version overloaded at one point: moving that point is a change of 2 (< min_change
+    3), yet it is not jitter, and without it the version stays overloaded. Without distress
+    the same move is jitter and is not written."""
+    current = w(v1=1, v2=99)
+    obs = observation(current, v1=stats(1, slow=slow, rps=8.0))
+    verdict = review(current, w(v1=0, v2=100), obs, min_change=3)
+    assert verdict.write is written
+    assert verdict.weights == (w(v1=0, v2=100) if written else current)
+
+
 def test_weight_goes_fast_only_to_subsets_seen_healthy() -> None:
     # v2 is itself half slow and v3 has no data: only v4 may take v1's weight at once.
     current = w(v1=70, v2=10, v3=0, v4=20)
