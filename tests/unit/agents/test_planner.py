@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.planner import (
+from agents.planner import PlannerPolicy, impaired
+from agents.registry import make_policy
+from agents.version_estimates import (
     RATE_WINDOW_S,
     RELAX_P99,
     SATURATED_SHED,
-    PlannerPolicy,
     VersionEstimate,
-    impaired,
+    model_service_ms,
     slow_ratio_bound,
 )
-from agents.registry import make_policy
 from agents.version_model import fit_service_ms, infer_health, model_p99_ms
 from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, SubsetStats
@@ -198,7 +198,7 @@ def test_a_version_a_little_below_nominal_is_seen_so() -> None:
     planner = PlannerPolicy()
     run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3)
     est = planner.estimates(ROUTE)["v1"]
-    svc = PlannerPolicy.model_service_ms(est, 200.0, 250.0)
+    svc = model_service_ms(est, 200.0, 250.0)
     lo, hi = 1e-6, 0.5  # the slow ratio the model reads as health 0.9 at 180 rps
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -273,7 +273,7 @@ def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
     caps = (200.0, 200.0, 200.0)
     planner = _after_a_fault(caps)
     est = planner.estimates(ROUTE)["v1"]
-    svc = PlannerPolicy.model_service_ms(est, caps[0], 250.0)
+    svc = model_service_ms(est, caps[0], 250.0)
     at_80 = model_p99_ms(0.8 * caps[0], svc / 0.8, 120.0)
     healthy = model_p99_ms(caps[0], svc, 120.0)
     assert RELAX_P99 * healthy < 1.3 * at_80 < 250.0  # within the SLO: no slow requests
@@ -296,7 +296,7 @@ def test_a_version_far_faster_than_its_estimate_is_raised_at_once() -> None:
     caps = (200.0, 200.0, 200.0)
     planner = _after_a_fault(caps)
     est = planner.estimates(ROUTE)["v1"]
-    low, svc = est.health, PlannerPolicy.model_service_ms(est, caps[0], 250.0)
+    low, svc = est.health, model_service_ms(est, caps[0], 250.0)
     healthy = model_p99_ms(caps[0], svc, 150.0)
     planner.decide(observe(10.0, [34, 33, 33], [150.0, 66.0, 66.0], p99=[healthy, 90, 90]))
     assert planner.estimates(ROUTE)["v1"].health > 0.9

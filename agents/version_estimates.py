@@ -1,0 +1,264 @@
+"""How the planner's estimates of one version move with one tick's telemetry.
+
+`VersionEstimate` is what `agents.planner.PlannerPolicy` knows of a version (its service
+time, health and error rate; the planner's module docstring says how each is read), and
+`EstimateUpdates` takes one tick's evidence for many versions at once: the relaxation toward
+healthy and the error ratio at once, then, as arrays, the p99 checks of the relaxations, the
+service-time fits, the health inversions of the slow ratios and the raises the p99 allows.
+Why a module of its own: these are the planner's reading of telemetry, with their own
+constants, each chosen on the validation range; the planner plans on what they produce.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.version_model import (
+    HEALTH_RANGE,
+    fit_service_ms_each,
+    infer_health_each,
+    model_p99_ms_each,
+)
+from meshcore.model import SubsetStats
+
+MIN_RPS = 0.5
+"""Below this rate (rps) a version's ratios are too noisy to update its estimates."""
+SERVICE_FITS = 12
+"""Healthy observations averaged into a version's first service-time estimate; later ones move
+it with weight 1 / SERVICE_FITS."""
+HEALTHY_SLOW = 0.05
+"""Largest slow ratio of a window that looks healthy: the only windows the service-time fit
+trusts (a faulty or overloaded version's p99 would make its healthy service time look slow,
+and keep it out for good), and the most a window may show while a saturated newest interval
+is taken for one noisy interval (`SATURATED_SHED`)."""
+FAULT_DROP = 0.7
+"""A health estimate below this fraction of the current one is a fault, believed at once;
+smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split."""
+HEALTH_GAIN = 0.3
+SLOW_SATURATED = 0.9
+"""Slow ratios above this only say the version is saturated (health at most its rate over its
+nominal capacity), not by how much: the inversion reads them as this value, so one overloaded
+window does not drive the estimate to the floor and the split to the other extreme."""
+SATURATED_SHED = 0.9
+"""A version whose newest-interval slow ratio is above `SLOW_SATURATED` while its window's is
+above `HEALTHY_SLOW` receives more than it serves and builds a backlog: its health is at once
+set to at most this fraction of its rate over its nominal capacity, so the split sheds enough
+to drain the backlog instead of holding the version at the edge of overload (each saturated
+tick sheds again). The window's ratio lags: a capacity loss that saturates a version shows in
+full in the newest interval a tick later, in a 60 s window's only after a minute, while the
+backlog grows; the window only has to agree that the version is slow, so one noisy interval
+does not cut it (chosen on the validation range against both ratios above `SLOW_SATURATED`;
+docs/benchmarks.md, "How the serving defaults were chosen")."""
+NOMINAL_BAND = (1.0, 1.2)
+"""Health readings within this band count as nominal (1): a version that looks a little faster
+than nominal is not given more than its nominal share. Readings below 1 are kept (smoothed by
+`HEALTH_GAIN`): a version served at 95 % of its capacity by a balancer the model does not know
+(random picks queue more than least-request) shows it only as a reading a little below 1."""
+RELAX_P99 = 1.2
+"""A version with traffic relaxes toward nominal health only while its observed p99 is at
+most this many times the model's p99 at the relaxed health (chosen on 180 meshes of the
+validation range against 1.0 and 1.5: a tolerance for the noise of a histogram's p99)."""
+RAISE_P99 = 3.0
+"""A version with traffic whose health estimate is below nominal, and whose observed p99 is
+less than the model's p99 at that health and its rate divided by this, is faster than the
+estimate allows: its health rises at once to the least (up to nominal) at which the model's
+p99 is within `RELAX_P99` of the observed one. Only while its window's slow ratio shows no
+slow requests beyond noise (`SLOW_EVIDENCE_Z`); where it does, the slow ratio is the
+evidence. Why: after a burst or a fault, the slow ratio of a loose SLO says nothing until a
+version is at the edge of overload, so an estimate lowered by a transient backlog relaxed
+only at the planner's `recovery_s`, and the planner meanwhile believed the mesh full and
+used a small version as the place for the overflow. The p99 shows the headroom; the margin
+keeps a version that lost replicas (faster per request than the model's slower service at
+the same capacity) from reading as recovered (3 chosen on the validation range; the same
+check on the newest interval's p99 while the window is still slow did worse)."""
+SLOW_EVIDENCE_Z = 2.0
+"""The health inversion reads a window's slow ratio r of n requests as its lower bound
+``r - z sqrt(r / n)`` (at least 0: the count of slow requests is about Poisson). One slow
+request among the 300 a lightly used version serves in a window is 0.3 %, which the model
+at a loose SLO can only explain as a large capacity loss; a heavy-tailed version shows such
+strays all the time (chosen on the validation range against 0, 1 and 3)."""
+RATE_WINDOW_S = 30.0
+"""The rate window (s) the planner assumes when it counts a window's requests (rate x
+window) for an observation that does not say its own (`Observation.window_s`): the default
+of `meshpilot serve` on Prometheus and of the simulator."""
+
+
+@dataclass
+class VersionEstimate:
+    """What the planner has learned about one version (see the module docstring)."""
+
+    service_ms: float = math.nan
+    health: float = 1.0
+    error: float = 0.0
+    fits: int = 0
+    healthy_seen: int = 0
+    idle_since_s: float = math.nan
+    """When the split in force last took this version to 0 points (s, the observation's
+    clock); NaN while it has traffic."""
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def service_ms(est: VersionEstimate, slo_ms: float) -> float:
+    """The healthy service time the model uses (ms): the fit, at most a third of the SLO;
+    a tenth of the SLO before any fit."""
+    return min(est.service_ms, slo_ms / 3.0) if _finite(est.service_ms) else slo_ms / 10.0
+
+
+def model_service_ms(est: VersionEstimate, capacity_rps: float, slo_ms: float) -> float:
+    """`service_ms`, at least one replica's worth of the nominal capacity (ms): the service
+    time every use of the model starts from."""
+    return max(service_ms(est, slo_ms), 1000.0 / capacity_rps)
+
+
+def slow_ratio_bound(slow_ratio: float, rps: float, window_s: float = math.nan) -> float:
+    """The lower bound (0..1) the health inversion reads for a window's `slow_ratio` at
+    `rps` requests per second over `window_s` seconds (`SLOW_EVIDENCE_Z`; `RATE_WINDOW_S`
+    where the window is unknown, not positive or infinite)."""
+    ratio = min(max(slow_ratio, 0.0), 1.0)
+    requests = rps * (window_s if _finite(window_s) and window_s > 0 else RATE_WINDOW_S)
+    if not requests > 0:
+        return 0.0  # no requests, no evidence
+    return max(ratio - SLOW_EVIDENCE_Z * math.sqrt(ratio / requests), 0.0)
+
+
+class EstimateUpdates:
+    """One tick's evidence for many versions: the relaxation and the error ratio are taken at
+    once; the p99 checks of the relaxations, the fits and then the health inversions are
+    computed as arrays (`apply`)."""
+
+    def __init__(self) -> None:
+        self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float]] = []
+        self.fits: list[tuple[VersionEstimate, float, float, float]] = []
+        self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
+        self.saturated: list[tuple[VersionEstimate, float]] = []
+        self.p99s: list[tuple[VersionEstimate, float, float, float, float]] = []
+
+    def relax(
+        self, est: VersionEstimate, factor: float, stats: SubsetStats, cap: float, slo_ms: float
+    ) -> None:
+        """Move `est`'s health and error rate toward healthy (log health and error times
+        `factor`); a health that rose on a version with traffic and a p99 is checked against
+        that p99 in `apply`. A version with weight whose sample is missing (a dropped scrape)
+        keeps both: it is not known to be idle, and nothing says its fault is over."""
+        rps, p99 = stats.rps, stats.p99_ms
+        if stats.weight > 0 and not _finite(rps):
+            return
+        before = est.health
+        est.health = math.exp(math.log(est.health) * factor)
+        est.error *= factor
+        if est.health > before and _finite(rps) and rps >= MIN_RPS and _finite(p99) and p99 > 0:
+            svc = model_service_ms(est, cap, slo_ms)
+            self.relaxed.append((est, before, cap, svc, rps, p99))
+
+    def observe(
+        self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float, window_s: float
+    ) -> None:
+        """Take one version's stats of a window of `window_s` seconds (NaN: unknown) as
+        evidence: the error ratio at once; the service-time fit, the slow ratio's health
+        inversion and the saturation cap in `apply`."""
+        rps = stats.rps
+        if not (_finite(rps) and rps >= MIN_RPS):
+            return
+        if _finite(stats.error_ratio):
+            est.error = 0.5 * est.error + 0.5 * min(max(stats.error_ratio, 0.0), 1.0)
+        healthy = (
+            _finite(stats.slow_ratio)
+            and stats.slow_ratio <= HEALTHY_SLOW
+            and _finite(stats.p99_ms)
+            and 0 < stats.p99_ms <= slo_ms
+        )
+        if healthy:
+            est.healthy_seen += 1
+        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
+        due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
+        if healthy and due:
+            self.fits.append((est, cap, rps, stats.p99_ms))
+        evidence = math.nan
+        if _finite(stats.slow_ratio):
+            evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
+            self.slow.append((est, cap, rps, evidence, slo_ms))
+        if not evidence > 0 and _finite(stats.p99_ms) and stats.p99_ms > 0:
+            # The slow ratio says nothing (none beyond noise, or unknown): the p99 may.
+            svc = model_service_ms(est, cap, slo_ms)
+            self.p99s.append((est, cap, svc, rps, stats.p99_ms))
+        if _finite(stats.slow_ratio):
+            recent = stats.recent_slow_ratio
+            if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:
+                self.saturated.append((est, SATURATED_SHED * rps / cap))
+
+    def apply(self) -> None:
+        self._check_relaxations()
+        self._fit_service_times()
+        self._infer_health()
+        self._raise_to_the_p99()
+        for est, bound in self.saturated:
+            est.health = max(min(est.health, bound), HEALTH_RANGE[0])
+
+    def _check_relaxations(self) -> None:
+        """Undo this tick's relaxation where the observed p99 is above `RELAX_P99` times the
+        model's at the relaxed health h (capacity C h, service time m / h, same replicas)."""
+        if not self.relaxed:
+            return
+        ests, befores, caps, svcs, rates, p99s = zip(*self.relaxed, strict=True)
+        health = np.array([est.health for est in ests], dtype=np.float64)
+        modelled = model_p99_ms_each(
+            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates)
+        ).tolist()
+        for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
+            if observed > RELAX_P99 * model:
+                est.health = before
+
+    def _raise_to_the_p99(self, steps: int = 16) -> None:
+        """Raise the health of versions whose observed p99 is below the model's at their
+        health over `RAISE_P99` (see there) to the least of `steps` evenly spaced values up to
+        nominal (1) at which the model's p99 is at most `RELAX_P99` times the observed one, or
+        to nominal where none is."""
+        below = [row for row in self.p99s if row[0].health < 1.0]
+        if not below:
+            return
+        ests, *columns = zip(*below, strict=True)
+        caps, svcs, rates, p99s = (np.asarray(col, dtype=np.float64) for col in columns)
+        now = np.array([est.health for est in ests], dtype=np.float64)
+        # Column 0: the current health; then `steps` values up to 1.
+        health = now[:, None] + (1.0 - now)[:, None] * np.linspace(0.0, 1.0, steps + 1)[None, :]
+        modelled = model_p99_ms_each(caps[:, None] * health, svcs[:, None] / health, rates[:, None])
+        contradicted = modelled[:, 0] > RAISE_P99 * p99s
+        fits = modelled <= RELAX_P99 * p99s[:, None]
+        first = np.where(fits.any(axis=1), fits.argmax(axis=1), steps)
+        for i in np.flatnonzero(contradicted):
+            ests[i].health = float(health[i, first[i]])
+
+    def _fit_service_times(self) -> None:
+        if self.fits:
+            _, caps, rates, p99s = zip(*self.fits, strict=True)
+            fits = fit_service_ms_each(caps, rates, p99s).tolist()
+            for (est, *_), fit in zip(self.fits, fits, strict=True):
+                if not math.isnan(fit):
+                    est.fits += 1
+                    gain = 1.0 / min(est.fits, SERVICE_FITS)
+                    previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
+                    est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
+
+    def _infer_health(self) -> None:
+        if not self.slow:
+            return
+        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo in self.slow]
+        _, caps, rates, slows, slos = zip(*self.slow, strict=True)
+        inferred = infer_health_each(caps, svcs, rates, slows, slos).tolist()
+        for (est, *_), observed in zip(self.slow, inferred, strict=True):
+            if math.isnan(observed):
+                continue
+            if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:
+                observed = 1.0
+            if observed < FAULT_DROP * est.health:  # a fault: believe it at once
+                est.health = observed
+            else:
+                est.health = math.exp(
+                    (1 - HEALTH_GAIN) * math.log(est.health) + HEALTH_GAIN * math.log(observed)
+                )
