@@ -72,8 +72,9 @@ version is at the edge of overload, so an estimate lowered by a transient backlo
 only at the planner's `recovery_s`, and the planner meanwhile believed the mesh full and
 used a small version as the place for the overflow. The p99 shows the headroom; the margin
 keeps a version that lost replicas (faster per request than the model's slower service at
-the same capacity) from reading as recovered (3 chosen on the validation range; the same
-check on the newest interval's p99 while the window is still slow did worse)."""
+the same capacity) from reading as recovered (3 is the one value measured on the validation
+range; the same check on the newest interval's p99 while the window is still slow did
+worse)."""
 SLOW_EVIDENCE_Z = 2.0
 """The health inversion reads a window's slow ratio r of n requests as its lower bound
 ``r - z sqrt(r / n)`` (at least 0: the count of slow requests is about Poisson). One slow
