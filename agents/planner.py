@@ -25,10 +25,7 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
   its lower confidence bound for the window's request count (`SLOW_EVIDENCE_Z`), so a few
   stray slow requests on a lightly used version are not a fault. A version saturated in the
   newest interval, and slow in the window, is capped at once at `SATURATED_SHED` of its rate
-  over C, so its backlog drains instead of holding at the edge of overload. Where the window
-  shows no slow requests beyond noise and the observed p99 is far below the model's at h
-  (`RAISE_P99`), h rises at once to the least value that p99 allows: the slow ratio of a
-  loose SLO cannot show that a backlog has drained.
+  over C, so its backlog drains instead of holding at the edge of overload.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 The split is planned for the route's rate over the window, or over the newest interval
@@ -59,8 +56,8 @@ pulls each share toward the square-root split of the estimated capacities (`pull
 share distance): a hedge that the model overrides only for a clear gain (a failing or
 overloaded version).
 
-The estimates and the constants that read them (`HEALTHY_SLOW`, `SATURATED_SHED`, `RAISE_P99`,
-`RELAX_P99`, ...) are `agents.version_estimates`; the queueing model of one version is
+The estimates and the constants that read them (`HEALTHY_SLOW`, `SATURATED_SHED`, `RELAX_P99`,
+...) are `agents.version_estimates`; the queueing model of one version is
 `agents.version_model`.
 """
 

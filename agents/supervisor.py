@@ -7,11 +7,10 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
 
 * **harm** is a tick where a version shows trouble the primary's proposal does not relieve:
   it is overloaded (the planner's estimated capacity is below its observed rate, or more than
-  `overload_slow` of its requests miss the SLO, in the rate window or in the newest scrape
-  interval, which shows a fault the window still averages with the healthy seconds before
-  it) or a 5xx outlier (error ratio at least `error_outlier` and three times the others'
-  median), and the proposal does not take at least `min_relief` points off it (a token cut
-  of a point or two a tick leaves it in trouble for minutes);
+  `overload_slow` of its requests miss the SLO) or a 5xx outlier (error ratio at least
+  `error_outlier` and three times the others' median), and the proposal does not take at
+  least `min_relief` points off it (a token cut of a point or two a tick leaves it in
+  trouble for minutes);
   or its split's modelled bad fraction (the planner's queueing model at its estimates) is more
   than `model_ratio` times the planner's own split's plus `model_margin`; or it is so at
   `surge` times the current load with every version at its configured capacity (a split that
@@ -174,12 +173,6 @@ class SupervisedPolicy:
             if _finite(stats.slow_ratio) and stats.slow_ratio >= self.overload_slow:
                 return (
                     f"{name} misses the SLO on {stats.slow_ratio:.0%} of requests and keeps "
-                    f"{proposal[name]} points"
-                )
-            recent = stats.recent_slow_ratio
-            if _finite(recent) and recent >= self.overload_slow:
-                return (
-                    f"{name} misses the SLO on {recent:.0%} of its newest requests and keeps "
                     f"{proposal[name]} points"
                 )
             if _finite(stats.error_ratio) and stats.error_ratio >= self.error_outlier:

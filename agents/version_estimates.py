@@ -4,7 +4,7 @@
 time, health and error rate; the planner's module docstring says how each is read), and
 `EstimateUpdates` takes one tick's evidence for many versions at once: the relaxation toward
 healthy and the error ratio at once, then, as arrays, the p99 checks of the relaxations, the
-service-time fits, the health inversions of the slow ratios and the raises the p99 allows.
+service-time fits and the health inversions of the slow ratios.
 Why a module of its own: these are the planner's reading of telemetry, with their own
 constants, each chosen on the validation range; the planner plans on what they produce.
 """
@@ -61,20 +61,6 @@ RELAX_P99 = 1.2
 """A version with traffic relaxes toward nominal health only while its observed p99 is at
 most this many times the model's p99 at the relaxed health (chosen on 180 meshes of the
 validation range against 1.0 and 1.5: a tolerance for the noise of a histogram's p99)."""
-RAISE_P99 = 3.0
-"""A version with traffic whose health estimate is below nominal, and whose observed p99 is
-less than the model's p99 at that health and its rate divided by this, is faster than the
-estimate allows: its health rises at once to the least (up to nominal) at which the model's
-p99 is within `RELAX_P99` of the observed one. Only while its window's slow ratio shows no
-slow requests beyond noise (`SLOW_EVIDENCE_Z`); where it does, the slow ratio is the
-evidence. Why: after a burst or a fault, the slow ratio of a loose SLO says nothing until a
-version is at the edge of overload, so an estimate lowered by a transient backlog relaxed
-only at the planner's `recovery_s`, and the planner meanwhile believed the mesh full and
-used a small version as the place for the overflow. The p99 shows the headroom; the margin
-keeps a version that lost replicas (faster per request than the model's slower service at
-the same capacity) from reading as recovered (3 is the one value measured on the validation
-range; the same check on the newest interval's p99 while the window is still slow did
-worse)."""
 SLOW_EVIDENCE_Z = 2.0
 """The health inversion reads a window's slow ratio r of n requests as its lower bound
 ``r - z sqrt(r / n)`` (at least 0: the count of slow requests is about Poisson). One slow
@@ -138,7 +124,6 @@ class EstimateUpdates:
         self.fits: list[tuple[VersionEstimate, float, float, float]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
-        self.p99s: list[tuple[VersionEstimate, float, float, float, float]] = []
 
     def relax(
         self, est: VersionEstimate, factor: float, stats: SubsetStats, cap: float, slo_ms: float
@@ -180,15 +165,9 @@ class EstimateUpdates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms))
-        evidence = math.nan
         if _finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             self.slow.append((est, cap, rps, evidence, slo_ms))
-        if not evidence > 0 and _finite(stats.p99_ms) and stats.p99_ms > 0:
-            # The slow ratio says nothing (none beyond noise, or unknown): the p99 may.
-            svc = model_service_ms(est, cap, slo_ms)
-            self.p99s.append((est, cap, svc, rps, stats.p99_ms))
-        if _finite(stats.slow_ratio):
             recent = stats.recent_slow_ratio
             if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
@@ -197,7 +176,6 @@ class EstimateUpdates:
         self._check_relaxations()
         self._fit_service_times()
         self._infer_health()
-        self._raise_to_the_p99()
         for est, bound in self.saturated:
             est.health = max(min(est.health, bound), HEALTH_RANGE[0])
 
@@ -214,26 +192,6 @@ class EstimateUpdates:
         for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
             if observed > RELAX_P99 * model:
                 est.health = before
-
-    def _raise_to_the_p99(self, steps: int = 16) -> None:
-        """Raise the health of versions whose observed p99 is below the model's at their
-        health over `RAISE_P99` (see there) to the least of `steps` evenly spaced values up to
-        nominal (1) at which the model's p99 is at most `RELAX_P99` times the observed one, or
-        to nominal where none is."""
-        below = [row for row in self.p99s if row[0].health < 1.0]
-        if not below:
-            return
-        ests, *columns = zip(*below, strict=True)
-        caps, svcs, rates, p99s = (np.asarray(col, dtype=np.float64) for col in columns)
-        now = np.array([est.health for est in ests], dtype=np.float64)
-        # Column 0: the current health; then `steps` values up to 1.
-        health = now[:, None] + (1.0 - now)[:, None] * np.linspace(0.0, 1.0, steps + 1)[None, :]
-        modelled = model_p99_ms_each(caps[:, None] * health, svcs[:, None] / health, rates[:, None])
-        contradicted = modelled[:, 0] > RAISE_P99 * p99s
-        fits = modelled <= RELAX_P99 * p99s[:, None]
-        first = np.where(fits.any(axis=1), fits.argmax(axis=1), steps)
-        for i in np.flatnonzero(contradicted):
-            ests[i].health = float(health[i, first[i]])
 
     def _fit_service_times(self) -> None:
         if self.fits:

@@ -287,26 +287,6 @@ def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
         assert check(health), (p99, health)
 
 
-def test_a_version_far_faster_than_its_estimate_is_raised_at_once() -> None:
-    """After a backlog the slow ratio of a loose SLO says nothing until a version is at the
-    edge of overload. v1 serves 150 rps with a healthy version's p99, where the model at its
-    estimate (below 0.7: under 140 rps of capacity) is overloaded: one tick raises it near
-    nominal. A p99 only half the model's (within `RAISE_P99`, as a version that lost replicas
-    shows) moves it no further than the tick's relaxation and smoothing."""
-    caps = (200.0, 200.0, 200.0)
-    planner = _after_a_fault(caps)
-    est = planner.estimates(ROUTE)["v1"]
-    low, svc = est.health, model_service_ms(est, caps[0], 250.0)
-    healthy = model_p99_ms(caps[0], svc, 150.0)
-    planner.decide(observe(10.0, [34, 33, 33], [150.0, 66.0, 66.0], p99=[healthy, 90, 90]))
-    assert planner.estimates(ROUTE)["v1"].health > 0.9
-
-    planner = _after_a_fault(caps)
-    at_low = model_p99_ms(low * caps[0], svc / low, 100.0)
-    planner.decide(observe(10.0, [34, 33, 33], [100.0, 66.0, 66.0], p99=[at_low / 2, 90, 90]))
-    assert planner.estimates(ROUTE)["v1"].health < 0.75
-
-
 def test_a_burst_in_the_newest_interval_is_planned_for_before_the_window_shows_it() -> None:
     """The window says 150 rps, the newest interval 450 rps (a burst that began a tick ago):
     the planner splits as it does when the window says 450 (it spreads the load); a newest

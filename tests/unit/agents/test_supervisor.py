@@ -183,26 +183,6 @@ def test_a_token_cut_off_a_failing_version_is_not_relief(cut: int, harmful: bool
         assert "v1" in why and "5xx" in why
 
 
-@pytest.mark.parametrize(("recent", "harmful"), [(0.0, False), (0.2, False), (0.3, True)])
-def test_a_version_slow_in_its_newest_interval_that_keeps_its_traffic_is_harm(
-    recent: float, harmful: bool
-) -> None:
-    """A version that just lost capacity: its window's slow ratio still averages the healthy
-    seconds before (10 %), its newest scrape interval shows the fault. At `overload_slow` (25 %)
-    of its newest requests missing the SLO, a proposal that keeps its points is harm."""
-    sup = SupervisedPolicy(Stubborn([60, 20, 20]), overload_slow=0.25)
-    base = observe(0.0, (60, 20, 20), [0.001, 0.001, 0.001])
-    sup.decide(base)  # the planner's estimates
-    stats = list(base.stats)
-    stats[0] = replace(stats[0], slow_ratio=0.1, recent_slow_ratio=recent)
-    obs = replace(base, stats=tuple(stats), timestamp_s=5.0)
-    why = sup.harm(obs, Weights(NAMES, [60, 20, 20]))
-    assert (why is not None) is harmful
-    if why is not None:
-        assert "v1" in why and "newest" in why
-    assert sup.harm(obs, Weights(NAMES, [40, 30, 30])) is None, "a real cut is relief"
-
-
 def test_stays_in_fallback_while_the_model_sees_the_policy_overload_a_version() -> None:
     """After a fault the primary wants 60 points on v1, which is still at a third of its
     capacity: no telemetry shows it (the fallback keeps v1 light), but the planner's model

@@ -86,6 +86,13 @@ def test_the_last_point_off_a_subset_in_distress_is_written_under_min_change(
     assert verdict.weights == (w(v1=0, v2=100) if written else current)
 
 
+def test_a_point_moved_between_two_subsets_in_distress_is_jitter_under_min_change() -> None:
+    current = w(v1=50, v2=50)
+    obs = observation(current, v1=stats(50, slow=0.4), v2=stats(50, slow=0.3))
+    verdict = review(current, w(v1=49, v2=51), obs, min_change=3)
+    assert not verdict.write and verdict.weights == current
+
+
 def test_weight_goes_fast_only_to_subsets_seen_healthy() -> None:
     # v2 is itself half slow and v3 has no data: only v4 may take v1's weight at once.
     current = w(v1=70, v2=10, v3=0, v4=20)
