@@ -420,9 +420,10 @@ class Guard:
         # even when max_step makes each step smaller than min_change.
         change = target.l1_distance(current)
         below_floor = any(current[s] < f for s, f in floors.items())
-        # Taking weight off a subset in distress, giving none to another, is never jitter: a
-        # version overloaded at one point would otherwise keep that point, and its overload,
-        # for as long as it lasts. A point moved between two subsets in distress is jitter.
+        # Weight taken off a subset in distress, none given to another, is written whatever
+        # its size: a version overloaded at one point would otherwise keep that point, and its
+        # overload, for as long as it lasts. A point moved between two subsets in distress is
+        # jitter and stays below min_change.
         sheds_sick = any(target[s] < current[s] for s in sick) and all(
             target[s] <= current[s] for s in sick
         )

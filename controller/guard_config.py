@@ -80,8 +80,8 @@ class GuardConfig:
     same bad fraction) - every write makes istiod push new config to the proxies. It leaves
     the split at most one point per subset from the proposal. Guard-initiated moves (pins,
     decay, floor repair) ignore it, and so does a proposal that takes weight off a subset in
-    distress (see `relief_ratio`): the last point of an overloaded version is not jitter.
-    1..200."""
+    distress (see `relief_ratio`) and gives none to another in distress: the last point of an
+    overloaded version is not jitter. 1..200."""
 
     relief_ratio: float = 0.2
     """A subset whose observed slow ratio (requests over the SLO, over the rate window or the
