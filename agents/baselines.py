@@ -27,16 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, largest_remainder
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, finite, largest_remainder
 
 
 def _capacities(obs: Observation) -> list[float]:
     """Nominal capacity per subset (rps); all ones when the hint is missing or unusable."""
-    caps = [c if _finite(c) and c > 0 else 0.0 for c in obs.capacity_hint_rps]
+    caps = [c if finite(c) and c > 0 else 0.0 for c in obs.capacity_hint_rps]
     return caps if caps and sum(caps) > 0 else [1.0] * len(obs.subsets)
 
 
@@ -50,13 +46,13 @@ def route_rps(obs: Observation) -> float:
     Subsets whose sample was dropped are filled in from the configured weights: the known
     rates are scaled by 100 / (their weights). NaN when nothing usable was seen.
     """
-    known_rps = [s.rps for s in obs.stats if _finite(s.rps)]
+    known_rps = [s.rps for s in obs.stats if finite(s.rps)]
     if not known_rps:
         return math.nan
     total = math.fsum(known_rps)
     if len(known_rps) == len(obs.stats):
         return total
-    known_weight = sum(s.weight for s in obs.stats if _finite(s.rps))
+    known_weight = sum(s.weight for s in obs.stats if finite(s.rps))
     if known_weight <= 0:
         return math.nan
     return total * WEIGHT_TOTAL / known_weight
@@ -141,12 +137,12 @@ class SqrtPolicy:
 
     def decide(self, obs: Observation) -> Weights:
         rate = route_rps(obs)
-        if _finite(rate) and rate > 0:
+        if finite(rate) and rate > 0:
             self._last_rps[obs.route] = rate
         else:
             rate = self._last_rps.get(obs.route, math.nan)
         caps = _capacities(obs)
-        if not (_finite(rate) and 0 < rate < math.fsum(caps)):
+        if not (finite(rate) and 0 < rate < math.fsum(caps)):
             return _proportional(obs)
         rates = sqrt_rule(caps, rate)
         if not any(x > 0 for x in rates):  # rate below float resolution of the capacities
@@ -204,7 +200,7 @@ class GreedyPolicy:
         self._routes.clear()
 
     def _smooth(self, table: dict[str, float], name: str, value: float) -> None:
-        if not _finite(value):
+        if not finite(value):
             return
         old = table.get(name)
         table[name] = value if old is None else self.alpha * value + (1 - self.alpha) * old
@@ -221,7 +217,7 @@ class GreedyPolicy:
     def decide(self, obs: Observation) -> Weights:
         st = self._routes.setdefault(obs.route, _GreedyRoute())
         for name, s in zip(obs.subsets, obs.stats, strict=True):
-            if _finite(s.rps) and s.rps > 0:
+            if finite(s.rps) and s.rps > 0:
                 self._smooth(st.p99_ms, name, s.p99_ms)
                 self._smooth(st.error_ratio, name, s.error_ratio)
         current = obs.weights.as_dict()
@@ -333,11 +329,11 @@ class CanaryPolicy:
         for name, s in zip(obs.subsets[1:], obs.stats[1:], strict=True):
             if weights[name] <= 0:
                 continue
-            if not (_finite(s.rps) and s.rps > 0 and _finite(s.error_ratio)):
+            if not (finite(s.rps) and s.rps > 0 and finite(s.error_ratio)):
                 return False  # no values found
             if 100.0 * (1.0 - s.error_ratio) < self.min_success_rate_pct:
                 return False
-            if not _finite(s.p99_ms) or s.p99_ms > self.max_p99_ms:
+            if not finite(s.p99_ms) or s.p99_ms > self.max_p99_ms:
                 return False
         return True
 
@@ -433,7 +429,7 @@ class EwmaPolicy:
     def decide(self, obs: Observation) -> Weights:
         st = self._routes.setdefault(obs.route, _EwmaRoute())
         for name, s in zip(obs.subsets, obs.stats, strict=True):
-            if _finite(s.p99_ms) and s.p99_ms >= 0 and _finite(s.rps) and s.rps > 0:
+            if finite(s.p99_ms) and s.p99_ms >= 0 and finite(s.rps) and s.rps > 0:
                 self._update(st, name, s.p99_ms, obs.timestamp_s)
         known = sorted(st.latency_ms[n] for n in obs.subsets if n in st.latency_ms)
         if not known:
@@ -445,12 +441,12 @@ class EwmaPolicy:
         costs = []
         for i, (name, s) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
             lat = max(st.latency_ms.get(name, fallback), 1e-3)
-            if not (_finite(s.rps) and s.rps >= 0):
+            if not (finite(s.rps) and s.rps >= 0):
                 load = 0.0
             elif has_hint:
                 load = s.rps / caps[i] if caps[i] > 0 else 0.0
             else:
-                load = s.rps * len(obs.subsets) / total if _finite(total) and total > 0 else 0.0
+                load = s.rps * len(obs.subsets) / total if finite(total) and total > 0 else 0.0
             costs.append(lat * (1.0 + load))
         size = caps if has_hint else [1.0] * len(caps)
         target = [z / c for z, c in zip(size, costs, strict=True)]

@@ -73,7 +73,7 @@ from agents.baselines import SqrtPolicy, route_rps, sqrt_shares
 from agents.queueing import LeastRequestQueues, least_request_cost_tables, min_plus_splits
 from agents.version_estimates import EstimateUpdates, VersionEstimate, model_service_ms
 from agents.version_model import VersionModel, shape
-from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights
+from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, finite
 
 PROBE_COST = 1.0
 """Cost (bad-fraction units) per point a probed version gets below `probe_points`: more than
@@ -101,10 +101,6 @@ class _RouteState:
     models: tuple[VersionModel, ...] = ()
     rate_rps: float = math.nan
     slo_ms: float = math.nan
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def anchor_penalty(capacity_rps: list[float], load_rps: float) -> np.ndarray:
@@ -189,12 +185,12 @@ class PlannerPolicy:
         work = EstimateUpdates()
         for i, obs in enumerate(run):
             caps = obs.capacity_hint_rps
-            if len(caps) != len(obs.subsets) or not all(_finite(c) and c > 0 for c in caps):
+            if len(caps) != len(obs.subsets) or not all(finite(c) and c > 0 for c in caps):
                 decided[i] = self._fallback.decide(obs)
                 continue
             st = self._routes.setdefault(obs.route, _RouteState())
-            slo_ms = obs.slo_ms if _finite(obs.slo_ms) and obs.slo_ms > 0 else DEFAULT_SLO_MS
-            dt = obs.timestamp_s - st.last_t_s if _finite(st.last_t_s) else 0.0
+            slo_ms = obs.slo_ms if finite(obs.slo_ms) and obs.slo_ms > 0 else DEFAULT_SLO_MS
+            dt = obs.timestamp_s - st.last_t_s if finite(st.last_t_s) else 0.0
             st.last_t_s = obs.timestamp_s
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
@@ -206,9 +202,9 @@ class PlannerPolicy:
                 work.relax(est, relax, stats, cap, slo_ms)
                 work.observe(est, stats, cap, slo_ms, obs.window_s)
             rate = planning_rps(obs)
-            if _finite(rate) and rate > 0:
+            if finite(rate) and rate > 0:
                 st.last_rps = rate
-            if _finite(st.last_rps) and st.last_rps > 0:
+            if finite(st.last_rps) and st.last_rps > 0:
                 planned.append((i, st, slo_ms, st.last_rps))
             else:
                 decided[i] = current_split(obs) or self._fallback.decide(obs)
@@ -249,7 +245,7 @@ class PlannerPolicy:
         due = []
         for name in obs.subsets:
             est = st.versions[name]
-            idle = _finite(est.idle_since_s) and obs.timestamp_s - est.idle_since_s >= self.probe_s
+            idle = finite(est.idle_since_s) and obs.timestamp_s - est.idle_since_s >= self.probe_s
             due.append(idle and impaired(est))
         return np.array(due, dtype=bool)
 
@@ -307,7 +303,7 @@ def planning_rps(obs: Observation) -> float:
     times that; NaN when nothing usable was seen."""
     rate = route_rps(obs)
     recent = [stats.recent_rps for stats in obs.stats]
-    if _finite(rate) and all(_finite(r) and r >= 0 for r in recent):
+    if finite(rate) and all(finite(r) and r >= 0 for r in recent):
         newest = math.fsum(recent)
         if newest > BURST_RATIO * rate:
             return newest

@@ -57,7 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.planner import PlannerPolicy, current_split, route_runs
-from meshcore.model import Observation, RouteRef, Weights
+from meshcore.model import Observation, RouteRef, Weights, finite
 from meshcore.ports import Policy
 
 MODE_POLICY = "policy"
@@ -70,10 +70,6 @@ class _RouteWatch:
     harmful: int = 0
     clear: int = 0
     in_fallback: int = 0
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 class SupervisedPolicy:
@@ -146,40 +142,40 @@ class SupervisedPolicy:
         capacity = []  # estimated capacity per version (rps), NaN where unknown
         for i, name in enumerate(obs.subsets):
             est = estimates.get(name)
-            if est is None or not caps or not (_finite(caps[i]) and caps[i] > 0):
+            if est is None or not caps or not (finite(caps[i]) and caps[i] > 0):
                 capacity.append(math.nan)
             else:
                 capacity.append(caps[i] * est.health)
         # Whether a version could take load: below 80 % of its estimated capacity (or
         # unknown); when no other version could, no split is to blame.
         room = [
-            not _finite(cap) or not _finite(s.rps) or s.rps < 0.8 * cap
+            not finite(cap) or not finite(s.rps) or s.rps < 0.8 * cap
             for cap, s in zip(capacity, obs.stats, strict=True)
         ]
         rooms = sum(room)
 
         for i, (name, stats) in enumerate(zip(obs.subsets, obs.stats, strict=True)):
             relieved = proposal[name] <= max(stats.weight - self.min_relief, 0)
-            if not (_finite(stats.rps) and stats.rps > 0) or relieved:
+            if not (finite(stats.rps) and stats.rps > 0) or relieved:
                 continue
             if rooms - room[i] <= 0:
                 continue
             cap_i = capacity[i]
-            if _finite(cap_i) and stats.rps > cap_i:
+            if finite(cap_i) and stats.rps > cap_i:
                 return (
                     f"{name} is overloaded ({stats.rps:.0f} rps over an estimated "
                     f"{cap_i:.0f}) and keeps {proposal[name]} points"
                 )
-            if _finite(stats.slow_ratio) and stats.slow_ratio >= self.overload_slow:
+            if finite(stats.slow_ratio) and stats.slow_ratio >= self.overload_slow:
                 return (
                     f"{name} misses the SLO on {stats.slow_ratio:.0%} of requests and keeps "
                     f"{proposal[name]} points"
                 )
-            if _finite(stats.error_ratio) and stats.error_ratio >= self.error_outlier:
+            if finite(stats.error_ratio) and stats.error_ratio >= self.error_outlier:
                 others = [
                     s.error_ratio
                     for j, s in enumerate(obs.stats)
-                    if j != i and _finite(s.error_ratio) and _finite(s.rps) and s.rps > 0
+                    if j != i and finite(s.error_ratio) and finite(s.rps) and s.rps > 0
                 ]
                 if not others:
                     continue
@@ -215,8 +211,8 @@ class SupervisedPolicy:
     def _much_worse(self, mine: float, theirs: float) -> bool:
         """Whether modelled bad fraction `mine` is more than `model_ratio` times `theirs` plus
         `model_margin` (False when either is not a number)."""
-        finite = _finite(mine) and _finite(theirs)
-        return finite and mine > self.model_ratio * theirs + self.model_margin
+        numbers = finite(mine) and finite(theirs)
+        return numbers and mine > self.model_ratio * theirs + self.model_margin
 
     def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:
         """Why `proposal`, a small move from `obs`'s current split, is not worth a write
@@ -229,12 +225,12 @@ class SupervisedPolicy:
             return None
         for st in obs.stats:
             for ratio in (st.slow_ratio, st.recent_slow_ratio):
-                if _finite(ratio) and ratio >= self.quiet_slow:
+                if finite(ratio) and ratio >= self.quiet_slow:
                     return None  # not calm: the model lags what the policy may see
         before = self.fallback.modelled_bad(obs.route, current)
         ordered = Weights(obs.subsets, [proposal[n] for n in obs.subsets])
         after = self.fallback.modelled_bad(obs.route, ordered)
-        if not (_finite(before) and _finite(after)):
+        if not (finite(before) and finite(after)):
             return None
         if before - after > max(self.quiet_gain * before, self.quiet_gain_abs):
             return None

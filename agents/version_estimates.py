@@ -6,7 +6,7 @@ time, health and error rate; the planner's module docstring says how each is rea
 healthy and the error ratio at once, then, as arrays, the p99 checks of the relaxations, the
 service-time fits and the health inversions of the slow ratios.
 Why a module of its own: these are the planner's reading of telemetry, with their own
-constants, each chosen on the validation range; the planner plans on what they produce.
+constants; the planner plans on what they produce.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from agents.version_model import (
     infer_health_each,
     model_p99_ms_each,
 )
-from meshcore.model import SubsetStats
+from meshcore.model import SubsetStats, finite
 
 MIN_RPS = 0.5
 """Below this rate (rps) a version's ratios are too noisy to update its estimates."""
@@ -87,14 +87,10 @@ class VersionEstimate:
     clock); NaN while it has traffic."""
 
 
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def service_ms(est: VersionEstimate, slo_ms: float) -> float:
     """The healthy service time the model uses (ms): the fit, at most a third of the SLO;
     a tenth of the SLO before any fit."""
-    return min(est.service_ms, slo_ms / 3.0) if _finite(est.service_ms) else slo_ms / 10.0
+    return min(est.service_ms, slo_ms / 3.0) if finite(est.service_ms) else slo_ms / 10.0
 
 
 def model_service_ms(est: VersionEstimate, capacity_rps: float, slo_ms: float) -> float:
@@ -108,7 +104,7 @@ def slow_ratio_bound(slow_ratio: float, rps: float, window_s: float = math.nan) 
     `rps` requests per second over `window_s` seconds (`SLOW_EVIDENCE_Z`; `RATE_WINDOW_S`
     where the window is unknown, not positive or infinite)."""
     ratio = min(max(slow_ratio, 0.0), 1.0)
-    requests = rps * (window_s if _finite(window_s) and window_s > 0 else RATE_WINDOW_S)
+    requests = rps * (window_s if finite(window_s) and window_s > 0 else RATE_WINDOW_S)
     if not requests > 0:
         return 0.0  # no requests, no evidence
     return max(ratio - SLOW_EVIDENCE_Z * math.sqrt(ratio / requests), 0.0)
@@ -133,12 +129,12 @@ class EstimateUpdates:
         that p99 in `apply`. A version with weight whose sample is missing (a dropped scrape)
         keeps both: it is not known to be idle, and nothing says its fault is over."""
         rps, p99 = stats.rps, stats.p99_ms
-        if stats.weight > 0 and not _finite(rps):
+        if stats.weight > 0 and not finite(rps):
             return
         before = est.health
         est.health = math.exp(math.log(est.health) * factor)
         est.error *= factor
-        if est.health > before and _finite(rps) and rps >= MIN_RPS and _finite(p99) and p99 > 0:
+        if est.health > before and finite(rps) and rps >= MIN_RPS and finite(p99) and p99 > 0:
             svc = model_service_ms(est, cap, slo_ms)
             self.relaxed.append((est, before, cap, svc, rps, p99))
 
@@ -149,14 +145,14 @@ class EstimateUpdates:
         evidence: the error ratio at once; the service-time fit, the slow ratio's health
         inversion and the saturation cap in `apply`."""
         rps = stats.rps
-        if not (_finite(rps) and rps >= MIN_RPS):
+        if not (finite(rps) and rps >= MIN_RPS):
             return
-        if _finite(stats.error_ratio):
+        if finite(stats.error_ratio):
             est.error = 0.5 * est.error + 0.5 * min(max(stats.error_ratio, 0.0), 1.0)
         healthy = (
-            _finite(stats.slow_ratio)
+            finite(stats.slow_ratio)
             and stats.slow_ratio <= HEALTHY_SLOW
-            and _finite(stats.p99_ms)
+            and finite(stats.p99_ms)
             and 0 < stats.p99_ms <= slo_ms
         )
         if healthy:
@@ -165,11 +161,11 @@ class EstimateUpdates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms))
-        if _finite(stats.slow_ratio):
+        if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             self.slow.append((est, cap, rps, evidence, slo_ms))
             recent = stats.recent_slow_ratio
-            if stats.slow_ratio > HEALTHY_SLOW and _finite(recent) and recent > SLOW_SATURATED:
+            if stats.slow_ratio > HEALTHY_SLOW and finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
 
     def apply(self) -> None:
@@ -201,7 +197,7 @@ class EstimateUpdates:
                 if not math.isnan(fit):
                     est.fits += 1
                     gain = 1.0 / min(est.fits, SERVICE_FITS)
-                    previous = math.log(est.service_ms) if _finite(est.service_ms) else 0.0
+                    previous = math.log(est.service_ms) if finite(est.service_ms) else 0.0
                     est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
 
     def _infer_health(self) -> None:

@@ -206,6 +206,12 @@ class Weights(Mapping[str, int]):
         )
 
 
+def finite(x: object) -> bool:
+    """True for an int or a float that is neither NaN nor infinite: the check every reader of
+    telemetry makes before it trusts a value (stats are NaN where nothing was measured)."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def largest_remainder(shares: Sequence[float], total: int = WEIGHT_TOTAL) -> list[int]:
     """Round non-negative shares to integers summing to `total` (Hamilton's method).
 
