@@ -17,10 +17,9 @@ from functools import lru_cache
 import numpy as np
 
 from agents.baselines import sqrt_shares
-from agents.obs_extensions import planner_offset
 from meshcore.features import PER_SUBSET, FeatureSpec
 
-ACTION_PRIOR = "planner"
+ACTION_PRIOR = "sqrt"
 """The prior's name, as policy files record it (``action_prior``)."""
 
 
@@ -85,8 +84,7 @@ def prior_action(obs_vec: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, bo
     an ensemble computes it once for all its members."""
     if not has_any_data(obs_vec, spec):
         return capacity_prior(obs_vec, spec), False
-    base, _ = prior_actions(np.asarray(obs_vec, dtype=np.float64).reshape(1, -1), spec)
-    return base[0], True
+    return sqrt_prior(obs_vec, spec), True
 
 
 def corrected_action(action: np.ndarray, prior: tuple[np.ndarray, bool]) -> np.ndarray:
@@ -192,14 +190,8 @@ def prior_actions(obs_vecs: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, 
     out = capacity.copy()
     rows = np.flatnonzero(consulted)
     if rows.size:
-        start = planner_offset(spec)
-        shares = vecs[rows, start : start + k]
-        planned = _logit_prior(
-            np.log(np.maximum(shares, 1e-12)) / spec.action_temperature,
-            present[rows],
-            (np.where(present[rows], shares, 0.0).sum(axis=1) > 0.5),
-        )
-        out[rows] = np.where(np.isnan(planned[:, :1]), capacity[rows], planned)
+        sqrt = _sqrt_priors(vecs[rows], present[rows], spec)
+        out[rows] = np.where(np.isnan(sqrt[:, :1]), capacity[rows], sqrt)
     return out, consulted
 
 

@@ -2,9 +2,8 @@
 
 Training (`agents.training`) exports the actor network of a stable-baselines3 PPO model and
 its `VecNormalize` observation statistics; `NumpyPolicy` runs
-``encode -> extend -> normalize -> actor -> action prior -> decode`` for every decision,
-exactly as the training env did (parity with SB3's deterministic ``predict`` is tested; the
-actor is the flat MLP or the set actor of `agents.set_network`), and
+``encode -> extend -> normalize -> MLP -> action prior -> decode`` for every decision, exactly
+as the training env did (parity with SB3's deterministic ``predict`` is tested), and
 `EnsemblePolicy` writes the split of several such networks' mean action. Reading and writing
 the `.npz` files they come from is `agents.policy_file`.
 """
@@ -24,18 +23,9 @@ from agents.action_prior import (
     prior_actions,
 )
 from agents.obs_extensions import TrendMemory, extension_size
-from agents.set_network import ARCHITECTURE as SET_ARCHITECTURE
-from agents.set_network import check_set_layers, set_mean_action
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
 from meshcore.model import WEIGHT_TOTAL, Observation, Weights
-
-MLP_ARCHITECTURE = "mlp"
-"""The flat network: every input slot with weights of its own (files without an
-``architecture`` entry hold one)."""
-
-ARCHITECTURES = (MLP_ARCHITECTURE, SET_ARCHITECTURE)
-"""The actor networks `NumpyPolicy` serves (`agents.set_network` for the set actor)."""
 
 ACTIVATION = "tanh"
 """The hidden layers' activation (SB3's ``activation_fn`` torch.nn.Tanh), as policy files
@@ -62,20 +52,22 @@ class NumpyPolicy:
         clip_obs: float,
         eps: float,
         source: str = "<memory>",
-        architecture: str = MLP_ARCHITECTURE,
     ) -> None:
         if not layers:
             raise ConfigError(f"{source}: the network has no layers")
-        if architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"{source}: unknown network architecture {architecture!r} (this version "
-                f"serves {', '.join(ARCHITECTURES)})"
-            )
         n_in = spec.obs_size + extension_size(spec)
-        if architecture == SET_ARCHITECTURE:
-            check_set_layers(layers, spec, source)
-        else:
-            _check_mlp_layers(layers, n_in, spec, source)
+        width = n_in
+        for i, (w, b) in enumerate(layers):
+            if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[1] != width:
+                raise ConfigError(
+                    f"{source}: layer {i} has shape {w.shape}/{b.shape}, expected input {width}"
+                )
+            width = w.shape[0]
+        if width != spec.max_subsets:
+            raise ConfigError(
+                f"{source}: the network outputs {width} values, the spec has "
+                f"{spec.max_subsets} subset slots"
+            )
         if obs_mean.shape != (n_in,) or obs_var.shape != (n_in,):
             raise ConfigError(
                 f"{source}: normalization statistics have shape {obs_mean.shape}, "
@@ -83,7 +75,6 @@ class NumpyPolicy:
             )
         self.spec = spec
         self.source = source
-        self.architecture = architecture
         self._layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in layers]
         self._mean = obs_mean.astype(np.float64)
         self._std = np.sqrt(obs_var.astype(np.float64) + eps)
@@ -99,9 +90,7 @@ class NumpyPolicy:
         return np.clip(x, -self._clip, self._clip).astype(np.float32)
 
     def mean_action(self, normalized_obs: np.ndarray) -> np.ndarray:
-        """Actor on normalized observations (shape (obs,) or (n, obs)) -> Gaussian mean."""
-        if self.architecture == SET_ARCHITECTURE:
-            return set_mean_action(self._layers, normalized_obs, self.spec)
+        """Actor MLP on normalized observations (shape (obs,) or (n, obs)) -> Gaussian mean."""
         x = np.asarray(normalized_obs, dtype=np.float64)
         last = len(self._layers) - 1
         for i, (w, b) in enumerate(self._layers):
@@ -140,23 +129,6 @@ class NumpyPolicy:
         self.last_raw_action = []
         self.last_raw_actions = []
         self._memory.clear()
-
-
-def _check_mlp_layers(
-    layers: list[tuple[np.ndarray, np.ndarray]], n_in: int, spec: FeatureSpec, source: str
-) -> None:
-    width = n_in
-    for i, (w, b) in enumerate(layers):
-        if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[1] != width:
-            raise ConfigError(
-                f"{source}: layer {i} has shape {w.shape}/{b.shape}, expected input {width}"
-            )
-        width = w.shape[0]
-    if width != spec.max_subsets:
-        raise ConfigError(
-            f"{source}: the network outputs {width} values, the spec has "
-            f"{spec.max_subsets} subset slots"
-        )
 
 
 def _decode_for(action: np.ndarray, obs: Observation, spec: FeatureSpec) -> Weights:

@@ -30,10 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from meshcore.features import PER_SUBSET, FeatureSpec
-from agents.planner import PlannerPolicy
-from meshcore.model import Observation, Weights
+from meshcore.model import Observation
 
-OBS_EXTENSION = "utilization-trend-ema2-recent-planner"
+OBS_EXTENSION = "utilization-trend-ema2-recent"
 """The extension's name, as policy files record it (``obs_extension``)."""
 
 TREND_FEATURES = (2, 4, 6)
@@ -49,59 +48,11 @@ EMA_ALPHAS = (0.2, 0.05)
 ~5 ticks, 0.05 of ~20 ticks."""
 
 
-def telemetry_size(spec: FeatureSpec) -> int:
-    """How many values `extend_observation` appends (the blocks read from telemetry)."""
+def extension_size(spec: FeatureSpec) -> int:
+    """How many values `extend_observation` appends."""
     k = spec.max_subsets
     averaged = (k + 1) + len(EMA_FEATURES) * k
     return 2 * (k + 1) + len(TREND_FEATURES) * k + 2 * k + len(EMA_ALPHAS) * averaged
-
-
-def extension_size(spec: FeatureSpec) -> int:
-    """How many values `TrendMemory` appends to `encode`'s vector: the telemetry blocks and
-    the planner's split (one share per slot, the last block)."""
-    return telemetry_size(spec) + spec.max_subsets
-
-
-def planner_offset(spec: FeatureSpec) -> int:
-    """Where the planner's split (one share in [0, 1] per slot) starts in an extended vector."""
-    return spec.obs_size + telemetry_size(spec)
-
-
-def slot_layout(spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Where each subset slot's inputs sit in the extended vector, for networks that read a
-    route as a set of versions (`agents.set_network`).
-
-    Returns (slot_index, route_index): ``slot_index[i, f]`` is the position of slot i's input
-    f (`SLOT_INPUTS` of them, the same order for every slot), ``route_index`` the positions of
-    the route-wide inputs; together they name every position of the extended vector once.
-    """
-    k, e = spec.max_subsets, spec.obs_size
-    slot = np.arange(k)
-    columns = [slot * PER_SUBSET + f for f in range(PER_SUBSET)]
-    route = [k * PER_SUBSET, k * PER_SUBSET + 1]
-    columns.append(e + slot)  # utilization
-    route.append(e + k)
-    trend = e + k + 1
-    columns.append(trend + slot)
-    route.append(trend + k)
-    columns += [trend + k + 1 + j * k + slot for j in range(len(TREND_FEATURES))]
-    recent = trend + k + 1 + len(TREND_FEATURES) * k
-    columns += [recent + slot, recent + k + slot]
-    block = recent + 2 * k
-    for _ in EMA_ALPHAS:
-        columns.append(block + slot)
-        route.append(block + k)
-        columns += [block + k + 1 + j * k + slot for j in range(len(EMA_FEATURES))]
-        block += k + 1 + len(EMA_FEATURES) * k
-    columns.append(block + slot)  # the planner's share
-    return np.stack(columns, axis=1), np.asarray(route)
-
-
-SLOT_INPUTS = (
-    PER_SUBSET + 2 + len(TREND_FEATURES) + 2 + len(EMA_ALPHAS) * (1 + len(EMA_FEATURES)) + 1
-)
-"""Inputs per subset slot in `slot_layout` (encode's, utilization and its trend, the trends,
-the newest interval, the moving averages)."""
 
 
 def extension_low(spec: FeatureSpec) -> float:
@@ -249,19 +200,16 @@ class TrendMemory:
 
     def __init__(self) -> None:
         self._last: dict[tuple[object, tuple[str, ...]], np.ndarray] = {}
-        self._planner = PlannerPolicy()
 
     def clear(self) -> None:
         self._last.clear()
-        self._planner.reset()
 
     def extend(self, vec: np.ndarray, obs: Observation, spec: FeatureSpec) -> np.ndarray:
-        """`extend_observation` with this route's previous tick, remembered for the next,
-        then the planner's split."""
+        """`extend_observation` with this route's previous tick, remembered for the next."""
         key = (obs.route, tuple(obs.subsets))
         out = extend_observation(vec, obs, spec, self._last.get(key))
         self._last[key] = out
-        return np.concatenate([out, _planned([self._planner.decide(obs)], spec)[0]])
+        return out
 
     def extend_many(self, observations: Sequence[Observation], spec: FeatureSpec) -> np.ndarray:
         """`extend(encode(obs, spec), obs, spec)` of each observation in order, one row each,
@@ -272,7 +220,7 @@ class TrendMemory:
             if not 1 <= len(obs.subsets) <= spec.max_subsets:
                 spec.mask(len(obs.subsets))  # raises, naming the limits
         keys = [(obs.route, tuple(obs.subsets)) for obs in observations]
-        width = spec.obs_size + telemetry_size(spec)
+        width = spec.obs_size + extension_size(spec)
         out = np.empty((len(observations), width), dtype=np.float32)
         start = 0
         while start < len(keys):
@@ -286,15 +234,7 @@ class TrendMemory:
             kept = out[start:stop].copy()  # rows the caller cannot modify
             self._last.update(zip(keys[start:stop], kept, strict=True))
             start = stop
-        return np.concatenate([out, _planned(self._planner.decide_many(observations), spec)], 1)
-
-
-def _planned(splits: Sequence[Weights], spec: FeatureSpec) -> np.ndarray:
-    """The planner block: each split's shares in [0, 1], one row per split, 0 in empty slots."""
-    out = np.zeros((len(splits), spec.max_subsets), dtype=np.float32)
-    for i, w in enumerate(splits):
-        out[i, : len(w.values_tuple)] = np.asarray(w.values_tuple, dtype=np.float32) / 100.0
-    return out
+        return out
 
 
 # ---- many routes at once: the functions above, as arrays with one row per route -------------
@@ -399,7 +339,7 @@ def _extend_slots(
 ) -> np.ndarray:
     k = spec.max_subsets
     head = np.concatenate([base, _utilization_many(d, spec).astype(np.float32)], axis=1)
-    width = head.shape[1] + telemetry_size(spec) - (k + 1)
+    width = head.shape[1] + extension_size(spec) - (k + 1)
     before = np.zeros((len(d.n), width), dtype=np.float32)
     known = np.zeros(len(d.n), dtype=bool)
     for i, p in enumerate(previous):

@@ -24,8 +24,6 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  obs_extension     `agents.obs_extensions.OBS_EXTENSION`: the inputs appended to `encode`
                    (see `extend_observation`)
  action_gain       optional, 1.0 if present (files of older versions carry it)
- architecture      optional: "mlp" (the flat network, also when absent) or "set" (the set
-                   actor of `agents.set_network`, layers stored as that module says)
  metadata_json     free-form JSON (training config, versions) for humans; optional
  n_members         number of networks of an `EnsemblePolicy` (optional, 1); member 0 is the
                    entries above, member j >= 1 the same per-network entries (activation to
@@ -48,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from agents.action_prior import ACTION_PRIOR
-from agents.network import ACTIVATION, MLP_ARCHITECTURE, EnsemblePolicy, NumpyPolicy
+from agents.network import ACTIVATION, EnsemblePolicy, NumpyPolicy
 from agents.obs_extensions import OBS_EXTENSION
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
@@ -91,7 +89,6 @@ def save_npz(
     clip_obs: float,
     eps: float,
     metadata: Mapping[str, Any] | None = None,
-    architecture: str = MLP_ARCHITECTURE,
 ) -> Path:
     """Write a policy file in the format of the module docstring (float32 weights)."""
     arrays: dict[str, np.ndarray] = {
@@ -106,7 +103,6 @@ def save_npz(
         "eps": np.asarray(eps, dtype=np.float64),
         "action_prior": np.asarray(ACTION_PRIOR),
         "obs_extension": np.asarray(OBS_EXTENSION),
-        "architecture": np.asarray(architecture),
         "metadata_json": np.asarray(json.dumps(dict(metadata or {}), sort_keys=True, default=str)),
     }
     for i, (w, b) in enumerate(layers):
@@ -129,7 +125,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not a readable policy .npz file ({err})") from err
 
 
-_MEMBER_KEYS = (*_MEMBER_REQUIRED, "action_gain", "architecture")
+_MEMBER_KEYS = (*_MEMBER_REQUIRED, "action_gain")
 """Per-network entries of a policy file; an ensemble's member j >= 1 stores them (and its
 ``w{i}``/``b{i}``) under the prefix ``m{j}.``, member 0 without a prefix."""
 
@@ -197,9 +193,6 @@ def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: 
         clip_obs=clip_obs,
         eps=eps,
         source=source,
-        architecture=(
-            _text(arrays["architecture"]) if "architecture" in arrays else MLP_ARCHITECTURE
-        ),
     )
 
 

@@ -11,10 +11,8 @@ that need them, so `config.TrainConfig` (and `meshpilot train --help`) work with
 
 Modules: `config` (TrainConfig, the option help), `wrappers` (the training envs), `teacher`
 (the teacher's labels), `imitation` (the DAgger warm start and the imitation loss),
-`callbacks` (progress, episode log, checkpoints, imitation during PPO), `set_policy` (the set
-actor of ``--architecture set`` in SB3, with its slot-tied normalizer; imports torch, so it is
-imported only where a set actor is built), `artifacts` (run directory, checkpoints, export),
-`init_from` (``--init``: a policy file back into a fresh
+`callbacks` (progress, episode log, checkpoints, imitation during PPO), `artifacts` (run
+directory, checkpoints, export), `init_from` (``--init``: a policy file back into a fresh
 model), `ppo` (`train`: one run) and `ensemble` (`train_ensemble`: ``--members N`` runs and
 their ensemble).
 

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.network import ACTIVATION, MLP_ARCHITECTURE
+from agents.network import ACTIVATION
 from agents.policy_file import save_npz
-from agents.set_network import ARCHITECTURE as SET_ARCHITECTURE
 from agents.training.config import TrainConfig
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
@@ -72,35 +71,18 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, episodes: Sequence[Epis
     return ckpt
 
 
-def actor_linears(policy: Any) -> list[Any]:
-    """The actor's torch Linear layers in the order a policy file stores them: the MLP's
-    hidden layers then its action head, or the set actor's (`agents.set_network`)."""
+def actor_layers(model: PPO) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The actor's Linear layers (policy_net, then action_net) as numpy (out, in) / (out,)."""
     import torch
 
-    from agents.training.set_policy import SetExtractor, set_actor_linears
-
-    if isinstance(policy.mlp_extractor, SetExtractor):
-        return set_actor_linears(policy)
-    modules = [*policy.mlp_extractor.policy_net, policy.action_net]
-    return [m for m in modules if isinstance(m, torch.nn.Linear)]
-
-
-def actor_architecture(policy: Any) -> str:
-    """What `agents.network.NumpyPolicy` calls the actor of an SB3 `policy`."""
-    from agents.training.set_policy import SetExtractor
-
-    return SET_ARCHITECTURE if isinstance(policy.mlp_extractor, SetExtractor) else MLP_ARCHITECTURE
-
-
-def actor_layers(model: PPO) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The actor's Linear layers (`actor_linears`) as numpy (out, in) / (out,)."""
-    return [
-        (
-            module.weight.detach().cpu().numpy().copy(),
-            module.bias.detach().cpu().numpy().copy(),
-        )
-        for module in actor_linears(model.policy)
-    ]
+    policy = model.policy
+    layers: list[tuple[np.ndarray, np.ndarray]] = []
+    for module in [*policy.mlp_extractor.policy_net, policy.action_net]:
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight.detach().cpu().numpy().copy()
+            bias = module.bias.detach().cpu().numpy().copy()
+            layers.append((weight, bias))
+    return layers
 
 
 def export_npz(
@@ -113,9 +95,8 @@ def export_npz(
 ) -> Path:
     """Export the actor and the observation normalizer of `model` for `agents.policy_file`.
 
-    `model` must be what `agents.network.NumpyPolicy` computes: a Gaussian actor (the flat MLP
-    or the set actor) with tanh hidden layers on the extended observation of
-    `agents.obs_extensions`.
+    `model` must be what `agents.network.NumpyPolicy` computes: a Gaussian MLP actor with tanh
+    hidden layers on the extended observation of `agents.obs_extensions`.
     """
     import torch
 
@@ -140,7 +121,6 @@ def export_npz(
         clip_obs=float(vecnormalize.clip_obs),
         eps=float(vecnormalize.epsilon),
         metadata=metadata,
-        architecture=actor_architecture(model.policy),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.training.artifacts import Episode, actor_linears, save_checkpoint
+from agents.training.artifacts import Episode, save_checkpoint
 from agents.training.imitation import actor_mean, imitation_loss
 
 
@@ -55,7 +55,10 @@ def run_callback(
             if bc_lr <= 0 or len(self._targets) != buffer.buffer_size:
                 return
             policy: Any = model.policy
-            actor = [p for layer in actor_linears(policy) for p in layer.parameters()]
+            actor = [
+                *policy.mlp_extractor.policy_net.parameters(),
+                *policy.action_net.parameters(),
+            ]
             if self._bc_optimizer is None:
                 self._bc_optimizer = torch.optim.Adam(actor, lr=bc_lr)
             lr = bc_lr * max(0.0, 1.0 - model.num_timesteps / max(total_steps, 1))

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.network import ARCHITECTURES
 from envs.mesh_env import Randomization
-from envs.simulator.generator import seed_range
 from envs.simulator.scenario import suite_paths
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
@@ -44,12 +42,7 @@ class TrainConfig:
     """
 
     scenarios: tuple[str, ...] = ()
-    """Scenario files or suite names to train on; one is drawn per episode (empty: the
-    generated meshes when `generated` > 0, else the whole suite)."""
-    generated: int = 0
-    """Also train on the first this many generated meshes of the train seed range (seeds
-    0..N-1 of envs.simulator.generator, as `meshpilot scenarios sample --seed 0 --count N`
-    writes them); without scenario files, on those alone (0: none)."""
+    """Scenario files or suite names to train on; one is drawn per episode (empty: whole suite)."""
     exp_name: str = "shipped"
     """Experiment name, the second part of the run directory name."""
     seed: int = 1
@@ -77,8 +70,7 @@ class TrainConfig:
     """Randomization range of the probability added to the scenario's sample-drop probability."""
     permute_subsets: int = 4
     """Add this many random reorderings of each scenario's subsets to each env's pool, so every
-    observation slot of an 'mlp' actor sees every kind of subset (scenarios tend to list the
-    biggest first); the 'set' actor treats every order alike and needs none."""
+    observation slot sees every kind of subset (scenarios tend to list the biggest first)."""
     churn_cost: float = CHURN_COST
     """Reward lost per 100 weight points moved (see meshcore.reward); higher values give
     calmer policies."""
@@ -106,13 +98,8 @@ class TrainConfig:
     """Value loss weight (in PPO and in the imitation fits)."""
     max_grad_norm: float = 0.5
     """Gradient norm clipping."""
-    architecture: str = "mlp"
-    """The actor network: 'mlp' (one flat network over every slot's inputs) or 'set' (the
-    same weights score every version from its own inputs and a mean over the route, so one
-    network fits any route of 1..max_subsets versions in any order; agents.set_network)."""
     net_arch: tuple[int, ...] = (128, 128)
-    """Hidden layer widths (tanh) of the (separate) critic and of the actor: the MLP's hidden
-    layers, or the set actor's shared encoder (its head layer takes the last width)."""
+    """Hidden layer widths (tanh) of the actor and of the (separate) critic."""
     log_std_init: float = -3.0
     """Initial log std of the Gaussian policy (action units; Box is [-1, 1])."""
     imitation_steps: int = 500_000
@@ -184,10 +171,6 @@ class TrainConfig:
         """Raise ConfigError for values that would fail later, deep inside SB3."""
         checks = [
             (self.seed >= 0, "seed must be >= 0"),
-            (
-                0 <= self.generated <= len(seed_range("train")),
-                f"generated must be 0..{len(seed_range('train'))}",
-            ),
             (self.total_steps >= 0, "total_steps must be >= 0"),
             (1 <= self.members <= 16, "members must be 1..16"),
             (
@@ -232,12 +215,6 @@ class TrainConfig:
             ],
             (self.load_scale[0] > 0 and self.service_scale[0] > 0, "scales must be positive"),
             (all(w > 0 for w in self.net_arch), "net_arch widths must be positive"),
-            (len(self.net_arch) >= 1, "net_arch needs at least one hidden layer"),
-            (
-                self.architecture in ARCHITECTURES,
-                f"architecture must be one of {', '.join(ARCHITECTURES)}, got "
-                f"{self.architecture!r}",
-            ),
             (
                 self.episode_steps is None or self.episode_steps >= 1,
                 "episode_steps must be >= 1",
@@ -292,27 +269,17 @@ class TrainConfig:
         return FeatureSpec.from_dict(dict(self.spec))
 
     def scenario_paths(self) -> list[str]:
-        """The scenario files of the set (the generated meshes are `generated_seeds`)."""
-        if self.scenarios or self.generated:
-            return list(self.scenarios)
-        return [str(p) for p in suite_paths()]
-
-    def generated_seeds(self) -> range:
-        """The generator seeds of the generated meshes of the set."""
-        first = seed_range("train").start
-        return range(first, first + self.generated)
+        return list(self.scenarios) if self.scenarios else [str(p) for p in suite_paths()]
 
     @property
     def scenario_set(self) -> str:
         """Short name of the scenario set for the run directory."""
         if self.mesh != "sim":
             return self.mesh
-        generated = f"generated{self.generated}" if self.generated else ""
         if not self.scenarios:
-            return generated or "suite"
+            return "suite"
         names = [Path(s).stem for s in self.scenarios]
-        files = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
-        return f"{files}+{generated}" if generated else files
+        return names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

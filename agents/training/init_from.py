@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.network import MLP_ARCHITECTURE
 from agents.policy_file import load_numpy_policy
-from agents.set_network import ARCHITECTURE as SET_ARCHITECTURE
-from agents.training.artifacts import actor_architecture, actor_layers, actor_linears
+from agents.training.artifacts import actor_layers
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 
@@ -45,38 +43,22 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"--init {path}: not a readable policy .npz file ({err})") from err
 
 
-def _hidden_widths(shapes: list[tuple[int, ...]], architecture: str) -> list[int]:
-    """What ``net_arch`` built layers of these shapes: the MLP's hidden layers, or the set
-    actor's encoder layers (its head and output follow them)."""
-    ends = 2 if architecture == SET_ARCHITECTURE else 1
-    return [int(s[0]) for s in shapes[:-ends]]
+def _hidden_widths(shapes: list[tuple[int, ...]]) -> list[int]:
+    return [int(s[0]) for s in shapes[:-1]]
 
 
-def _file_architecture(arrays: dict[str, np.ndarray]) -> str:
-    return str(arrays["architecture"]) if "architecture" in arrays else MLP_ARCHITECTURE
-
-
-def check_init(
-    path: str | Path, spec: FeatureSpec, net_arch: tuple[int, ...], architecture: str
-) -> None:
-    """Refuse, before any work, a policy file that `init_from_npz` could not load into an
-    `architecture` network of hidden layers `net_arch` trained on `spec` (a `ConfigError`
-    naming the file)."""
+def check_init(path: str | Path, spec: FeatureSpec, net_arch: tuple[int, ...]) -> None:
+    """Refuse, before any work, a policy file that `init_from_npz` could not load into a
+    network of hidden layers `net_arch` trained on `spec` (a `ConfigError` naming the file)."""
     p = Path(path)
     load_numpy_policy(p, expected_spec=spec)
     arrays = _arrays(p)
-    have = _file_architecture(arrays)
-    if have != architecture:
-        raise ConfigError(
-            f"--init {p}: the file holds a {have} network, this run builds a {architecture} "
-            f"one; train with --architecture {have}"
-        )
     shapes = [arrays[f"w{i}"].shape for i in range(int(arrays["n_layers"]))]
-    if _hidden_widths(shapes, architecture) != list(net_arch):
+    if _hidden_widths(shapes) != list(net_arch):
         raise ConfigError(
-            f"--init {p}: the file's actor has hidden layers "
-            f"{_hidden_widths(shapes, architecture)}, this run builds {list(net_arch)}; train "
-            f"with --net-arch {' '.join(map(str, _hidden_widths(shapes, architecture)))}"
+            f"--init {p}: the file's actor has hidden layers {_hidden_widths(shapes)}, this "
+            f"run builds {list(net_arch)}; train with "
+            f"--net-arch {' '.join(map(str, _hidden_widths(shapes)))}"
         )
 
 
@@ -99,18 +81,11 @@ def init_from_npz(
     arrays = _arrays(p)
     n_layers = int(arrays["n_layers"])
     loaded = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(n_layers)]
-    architecture = actor_architecture(model.policy)
-    if _file_architecture(arrays) != architecture:
-        raise ConfigError(
-            f"--init {p}: the file holds a {_file_architecture(arrays)} network, this run "
-            f"builds a {architecture} one"
-        )
     wanted = actor_layers(model)
     have_shapes = [w.shape for w, _ in loaded]
     want_shapes = [w.shape for w, _ in wanted]
     if have_shapes != want_shapes:
-        have_hidden = _hidden_widths(have_shapes, architecture)
-        want_hidden = _hidden_widths(want_shapes, architecture)
+        have_hidden, want_hidden = _hidden_widths(have_shapes), _hidden_widths(want_shapes)
         raise ConfigError(
             f"--init {p}: the file's actor has hidden layers {have_hidden} (layer shapes "
             f"{have_shapes}), this run builds {want_hidden} ({want_shapes}); train with "
@@ -122,7 +97,11 @@ def init_from_npz(
             f"--init {p}: the file normalizes {arrays['obs_mean'].shape} observations, the "
             f"training env gives {np.shape(getattr(rms, 'mean', ()))}"
         )
-    linears = actor_linears(model.policy)
+    linears = [
+        m
+        for m in [*model.policy.mlp_extractor.policy_net, model.policy.action_net]
+        if isinstance(m, torch.nn.Linear)
+    ]
     with torch.no_grad():
         for module, (w, b) in zip(linears, loaded, strict=True):
             module.weight.copy_(torch.as_tensor(w, dtype=module.weight.dtype))

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.obs_extensions import extension_size
-from agents.set_network import ARCHITECTURE as SET_ARCHITECTURE
 from agents.training.artifacts import (
     Episode,
     export_npz,
@@ -108,24 +106,15 @@ def new_model(config: TrainConfig, venv: VecEnv) -> tuple[PPO, VecNormalize]:
         clip_obs=config.clip_obs,
         gamma=config.gamma,
     )
-    policy: Any = "MlpPolicy"
-    policy_kwargs: dict[str, Any] = {
-        "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
-        "activation_fn": torch.nn.Tanh,  # agents.network.ACTIVATION
-        "log_std_init": config.log_std_init,
-    }
-    if config.architecture == SET_ARCHITECTURE:
-        from agents.training.set_policy import SetActorCriticPolicy, TiedRunningMeanStd
-
-        policy = SetActorCriticPolicy
-        policy_kwargs["feature_spec"] = dict(config.spec)
-        width = config.feature_spec.obs_size + extension_size(config.feature_spec)
-        vecnorm.obs_rms = TiedRunningMeanStd(dict(config.spec), (width,))  # type: ignore[assignment]
     model = PPO(
-        policy,
+        "MlpPolicy",
         vecnorm,
         n_steps=config.n_steps,
-        policy_kwargs=policy_kwargs,
+        policy_kwargs={
+            "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
+            "activation_fn": torch.nn.Tanh,  # agents.network.ACTIVATION
+            "log_std_init": config.log_std_init,
+        },
         tensorboard_log=config.tensorboard_dir,
         seed=config.seed,
         device="cpu",
@@ -161,7 +150,7 @@ def train(config: TrainConfig, *, live: LiveMesh | None = None) -> Path:
     if live is None:
         check_scenarios(config)
     if config.init is not None:
-        check_init(config.init, config.feature_spec, config.net_arch, config.architecture)
+        check_init(config.init, config.feature_spec, config.net_arch)
     if config.tensorboard_dir is not None:
         try:
             import tensorboard  # noqa: F401

@@ -26,7 +26,6 @@ from agents.obs_extensions import TrendMemory, extension_low, extension_size
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
 from envs.registration import LIVE_ENV_ID, SIM_ENV_ID
-from envs.simulator.generator import sample_scenario
 from envs.simulator.scenario import Scenario, load_scenario
 from meshcore.features import FeatureSpec
 from meshcore.model import Observation, RouteRef, Weights
@@ -77,7 +76,6 @@ def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
 def scenario_pool(config: TrainConfig, rank: int) -> list[Scenario]:
     """The scenarios env `rank` draws from: the set, plus `permute_subsets` reorderings each."""
     base = [load_scenario(p) for p in config.scenario_paths()]
-    base += [sample_scenario(seed) for seed in config.generated_seeds()]
     rng = np.random.default_rng([config.seed, rank])
     pool = list(base)
     for sc in base:

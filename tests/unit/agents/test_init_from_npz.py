@@ -115,12 +115,12 @@ def test_a_file_of_another_feature_spec_is_refused(tmp_path: Path) -> None:
         eps=1e-8,
     )
     with pytest.raises(ConfigError, match="feature-spec hash mismatch"):
-        check_init(path, FeatureSpec(), (16,), "mlp")
+        check_init(path, FeatureSpec(), (16,))
 
 
 def test_a_file_of_other_hidden_layers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"hidden layers \[128, 128\].*--net-arch 128 128"):
-        check_init(DEFAULT_MODEL, FeatureSpec(), (16, 16), "mlp")
+        check_init(DEFAULT_MODEL, FeatureSpec(), (16, 16))
     config = _config(tmp_path)
     model, vecnorm = new_model(config, make_vec_env(config))
     with pytest.raises(ConfigError, match="hidden layers"):

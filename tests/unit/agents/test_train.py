@@ -13,8 +13,6 @@ Cases:
   with imitation after every rollout (bc_lr) trains and exports;
 - the teacher's imitation target, put through the action prior, decodes to the teacher's
   weights (within one point of rounding);
-- `--generated N` adds the first N meshes of the generator's train range (alone without
-  scenario files), and a set actor trained on them exports a policy that serves;
 - every TrainConfig field has a documented option, and bad values (retired options included)
   exit with one clear line before any work;
 - training leaves nothing in the temp directory (no SB3-<time> folders): in process, and as
@@ -69,7 +67,6 @@ def _train(out: Path, *extra: str) -> Path:
 
 SHIPPED_RECIPE: dict[str, Any] = {
     "scenarios": (),
-    "generated": 0,
     "exp_name": "shipped",
     "seed": 1,
     "total_steps": 49152,
@@ -94,7 +91,6 @@ SHIPPED_RECIPE: dict[str, Any] = {
     "ent_coef": 0.0,
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
-    "architecture": "mlp",
     "net_arch": (128, 128),
     "log_std_init": -3.0,
     "imitation_steps": 500000,
@@ -120,10 +116,9 @@ SHIPPED_RECIPE: dict[str, Any] = {
 """Every TrainConfig field at the value the shipped model was trained with (docs/benchmarks.md,
 "How the shipped policy was trained")."""
 
-NEWER_THAN_THE_SHIPPED_MODEL = frozenset({"init", "mesh", "generated", "architecture"})
+NEWER_THAN_THE_SHIPPED_MODEL = frozenset({"init", "mesh"})
 """Fields added after the shipped model was trained: its config lacks them, and their
-defaults (no policy file to start from, the simulator, no generated meshes, the flat MLP)
-are what it was trained with."""
+defaults (no policy file to start from, the simulator) are what it was trained with."""
 
 RECIPE_COMMAND = """
     --members 2 --seed 1 --imitation-steps 500000 --imitation-rounds 6
@@ -233,68 +228,6 @@ def test_tiny_train_writes_every_artifact(tmp_path, capsys):
         assert isinstance(weights, Weights)
         sim.step(weights)
     assert str(run_dir) in capsys.readouterr().out
-
-
-def test_generated_meshes_are_the_first_seeds_of_the_train_range():
-    from agents.training.wrappers import scenario_pool
-    from envs.simulator.generator import sample_scenario, seed_range
-    from meshcore.errors import ConfigError
-
-    assert seed_range("train").start == 0
-    config = TrainConfig(generated=3, permute_subsets=0)
-    assert config.scenario_paths() == []
-    assert [sc.name for sc in scenario_pool(config, 0)] == [
-        sample_scenario(s).name for s in range(3)
-    ]
-    assert config.scenario_set == "generated3"
-    both = TrainConfig(scenarios=("steady-80",), generated=2, permute_subsets=0)
-    assert [sc.name for sc in scenario_pool(both, 0)] == ["steady-80"] + [
-        sample_scenario(s).name for s in range(2)
-    ]
-    assert both.scenario_set == "steady-80+generated2"
-    # the default: no generated meshes, the whole suite
-    assert TrainConfig().generated_seeds() == range(0)
-    assert TrainConfig().scenario_set == "suite"
-    assert len(TrainConfig().scenario_paths()) == 9
-    with pytest.raises(ConfigError, match="generated must be"):
-        TrainConfig(generated=-1).validate()
-
-
-def test_a_set_actor_trains_on_generated_meshes_and_serves(tmp_path):
-    out = tmp_path / "runs"
-    out.mkdir()
-    assert (
-        main(
-            [
-                "train",
-                *TINY[1:],
-                "--out-dir",
-                str(out),
-                "--total-steps",
-                "128",
-                "--generated",
-                "2",
-                "--architecture",
-                "set",
-            ]
-        )
-        == 0
-    )
-    (run_dir,) = out.iterdir()
-    assert run_dir.name.startswith("generated2__tiny__7__")
-    meta = json.loads((run_dir / "config.json").read_text())
-    assert meta["config"]["architecture"] == "set"
-    assert meta["config"]["generated"] == 2
-    policy = load_ppo_policy(str(run_dir / "policy.npz"))
-    assert getattr(policy, "architecture", None) == "set"
-    from envs.simulator.generator import sample_scenario
-
-    episodes = read_episodes(run_dir / "episodes.csv")
-    assert episodes
-    assert {e[3] for e in episodes} <= {sample_scenario(s).name for s in range(2)}
-    sim = MeshSimulator(load_scenario("many-subsets"), seed=0)
-    for _ in range(3):
-        sim.step(policy.decide(sim.observe()))
 
 
 def test_resume_continues_steps_and_episode_log(tmp_path):
