@@ -138,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--range", default="test", choices=("train", "validation", "test"),
                    help="seed range of the generated scenarios (test)")  # fmt: skip
     p.add_argument("--count", type=int, default=200, help="generated scenarios (200)")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start this many seeds into the range (0): a second, fresh set of the validation "
+        "range is `--skip 180 --count 120`",
+    )
     p.add_argument("--seeds", type=int, default=2, help="simulator seeds per scenario (2)")
     p.add_argument("--suite-seeds", type=int, default=0,
                    help="also run the public suite with this many seeds (0: skip)")  # fmt: skip
@@ -158,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup = served_candidates if args.as_served else raw_setup
     policies = [x for x in args.policies.split(",") if x]
-    first = seed_range(args.range).start
+    seeds = seed_range(args.range)
+    if args.count < 1 or args.skip < 0 or args.skip + args.count > len(seeds):
+        p.error(f"--skip {args.skip} --count {args.count} is not within the {args.range} range "
+                f"({len(seeds)} seeds)")  # fmt: skip
+    first = seeds.start + args.skip
     generated = [sample_scenario(first + i) for i in range(args.count)]
     started = time.monotonic()
     results = run_evaluation(
