@@ -48,6 +48,11 @@ requests until it is overloaded, so without this a lasting loss is forgotten in 
 minutes and found again only by overloading the version, over and over; its p99 shows the
 loss long before.
 
+The model queues each version as the route's balancer does (`Observation.balancer`): behind
+least-request a version near its capacity queues far less than behind random balancing,
+where every replica queues on its own; a planner that took one for the other would misread
+the same slow ratio as a capacity loss, or load a version of many slow replicas too far.
+
 Without capacity hints the model has no scale: the planner then writes the square-root rule's
 split (`agents.baselines.SqrtPolicy`). To keep a settled route still, the current split is kept
 unless the new one lowers the modelled bad fraction by more than `min_gain` (relative) and
@@ -70,7 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.baselines import SqrtPolicy, route_rps, sqrt_shares
-from agents.queueing import LeastRequestQueues, least_request_cost_tables, min_plus_splits
+from agents.queueing import BalancedQueues, exponential_cost_tables, min_plus_splits
 from agents.version_estimates import EstimateUpdates, VersionEstimate, model_service_ms
 from agents.version_model import VersionModel, shape
 from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, finite
@@ -101,6 +106,7 @@ class _RouteState:
     models: tuple[VersionModel, ...] = ()
     rate_rps: float = math.nan
     slo_ms: float = math.nan
+    random: bool = False
 
 
 def anchor_penalty(capacity_rps: list[float], load_rps: float) -> np.ndarray:
@@ -193,14 +199,15 @@ class PlannerPolicy:
             dt = obs.timestamp_s - st.last_t_s if finite(st.last_t_s) else 0.0
             st.last_t_s = obs.timestamp_s
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
+            st.random = obs.balancer == "random"
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
                 est = st.versions.setdefault(name, VersionEstimate())
                 if stats.weight > 0:
                     est.idle_since_s = math.nan
                 elif math.isnan(est.idle_since_s):
                     est.idle_since_s = obs.timestamp_s
-                work.relax(est, relax, stats, cap, slo_ms)
-                work.observe(est, stats, cap, slo_ms, obs.window_s)
+                work.relax(est, relax, stats, cap, slo_ms, st.random)
+                work.observe(est, stats, cap, slo_ms, obs.window_s, st.random)
             rate = planning_rps(obs)
             if finite(rate) and rate > 0:
                 st.last_rps = rate
@@ -217,7 +224,7 @@ class PlannerPolicy:
                 for n, c in zip(obs.subsets, obs.capacity_hint_rps, strict=True)
             ]
             tables.append((models, rate, slo_ms))
-        costs = least_request_cost_tables(tables)
+        costs = exponential_cost_tables(tables, [st.random for _, st, _, _ in planned])
         pulled = []
         for (i, st, slo_ms, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
             st.subsets, st.bad_table = run[i].subsets, cost
@@ -281,7 +288,8 @@ class PlannerPolicy:
         replicas = np.array([m.replicas for m in st.models], dtype=np.int64)
         mu = np.array([1000.0 / m.service_ms for m in st.models], dtype=np.float64)
         rate = share * st.rate_rps * load_factor
-        return float(np.sum(share * LeastRequestQueues(replicas, mu, rate).slow(st.slo_ms)))
+        queues = BalancedQueues(replicas, mu, rate, st.random)
+        return float(np.sum(share * queues.slow(st.slo_ms)))
 
     def model(self, est: VersionEstimate, capacity_rps: float, slo_ms: float) -> VersionModel:
         """The queueing model of a version with estimates `est`, nominal capacity (rps) and

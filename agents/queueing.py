@@ -292,14 +292,21 @@ class _ExpQueue:
         return np.where(self.stable, _unit(svc_tail + self.wait * conv), 1.0)
 
 
-class LeastRequestQueues:
-    """Versions with exponential service behind Envoy's least-request balancer, each fed a
-    fixed rate: `slow_probability` (``balancer="least_request"``) elementwise over arrays of
-    replicas, per-replica service rate (rps) and arrival rate (rps) that broadcast together,
-    the parts that do not depend on the latency bound computed once (a search over the bound
-    reuses them). The per-replica and the pooled queue are one stacked array."""
+class BalancedQueues:
+    """Versions with exponential service behind Envoy's least-request balancer, or a random
+    one where `random` is true, each fed a fixed rate: `slow_probability` elementwise over
+    arrays of replicas, per-replica service rate (rps), arrival rate (rps) and balancer flags
+    that broadcast together, the parts that do not depend on the latency bound computed once
+    (a search over the bound reuses them). The per-replica and the pooled queue are one
+    stacked array; random balancing is the per-replica queue alone (alpha 0)."""
 
-    def __init__(self, replicas: np.ndarray, mu_rps: np.ndarray, rate_rps: np.ndarray) -> None:
+    def __init__(
+        self,
+        replicas: np.ndarray,
+        mu_rps: np.ndarray,
+        rate_rps: np.ndarray,
+        random: np.ndarray | bool = False,
+    ) -> None:
         c = np.asarray(replicas)
         mu = np.asarray(mu_rps, dtype=np.float64)
         rate = np.asarray(rate_rps, dtype=np.float64)
@@ -314,7 +321,8 @@ class LeastRequestQueues:
         self._single = c == 1
         self._queues = _ExpQueue(pair(np.ones_like(c), c), pair(mu, mu), pair(rate / c, rate))
         bonus = np.where(c == 2, 0.05, 0.0)
-        self._alpha = np.minimum(1.0, 0.5 + 1.25 * np.maximum(rate / (c * mu) - 0.8, 0.0) + bonus)
+        alpha = np.minimum(1.0, 0.5 + 1.25 * np.maximum(rate / (c * mu) - 0.8, 0.0) + bonus)
+        self._alpha = np.where(random, 0.0, alpha)
 
     def slow(self, slo_ms: np.ndarray | float) -> np.ndarray:
         """Modelled P(response time > slo_ms) per element."""
@@ -371,16 +379,18 @@ def min_plus_splits(costs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
     return [s for s in out if s is not None]
 
 
-def least_request_cost_tables(
+def exponential_cost_tables(
     tables: Sequence[tuple[Sequence[QueueParams], float, float]],
+    random: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
-    """`cost_table(subsets, load_rps, slo_ms=slo_ms, balancer="least_request")` of each
-    (subsets, load_rps, slo_ms) whose subsets all have exponential service, as one array."""
+    """`cost_table(subsets, load_rps, slo_ms=slo_ms, balancer=...)` of each (subsets,
+    load_rps, slo_ms) whose subsets all have exponential service, as one array; the balancer
+    is least-request, or random where `random` (one flag per table) says so."""
     if not tables:
         return []
     params = [s for subsets, _, _ in tables for s in subsets]
     if any(s.service_dist != "exponential" for s in params):
-        raise ValueError("least_request_cost_tables models exponential service only")
+        raise ValueError("exponential_cost_tables models exponential service only")
     sizes = [len(subsets) for subsets, _, _ in tables]
     w = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64)
     frac = w / WEIGHT_TOTAL
@@ -394,6 +404,7 @@ def least_request_cost_tables(
         caps = [s.capacity_rps for s in subsets]
         refs.extend(largest_remainder(caps) if sum(caps) > 0 else [0] * len(caps))
     ref = np.asarray(refs, dtype=np.float64)[:, None]
-    slow = LeastRequestQueues(replicas, mu, frac * load).slow(slo)
+    flags = np.repeat(list(random) if random is not None else [False] * len(tables), sizes)
+    slow = BalancedQueues(replicas, mu, frac * load, flags[:, None]).slow(slo)
     rows = frac * (e + (1.0 - e) * slow) + _TIE_BREAK * ((w - ref) / WEIGHT_TOTAL) ** 2
     return np.split(rows, np.cumsum(sizes)[:-1])

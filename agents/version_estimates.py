@@ -116,18 +116,25 @@ class EstimateUpdates:
     computed as arrays (`apply`)."""
 
     def __init__(self) -> None:
-        self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float]] = []
-        self.fits: list[tuple[VersionEstimate, float, float, float]] = []
-        self.slow: list[tuple[VersionEstimate, float, float, float, float]] = []
+        self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float, bool]] = []
+        self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
+        self.slow: list[tuple[VersionEstimate, float, float, float, float, bool]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
 
     def relax(
-        self, est: VersionEstimate, factor: float, stats: SubsetStats, cap: float, slo_ms: float
+        self,
+        est: VersionEstimate,
+        factor: float,
+        stats: SubsetStats,
+        cap: float,
+        slo_ms: float,
+        random: bool = False,
     ) -> None:
         """Move `est`'s health and error rate toward healthy (log health and error times
         `factor`); a health that rose on a version with traffic and a p99 is checked against
         that p99 in `apply`. A version with weight whose sample is missing (a dropped scrape)
-        keeps both: it is not known to be idle, and nothing says its fault is over."""
+        keeps both: it is not known to be idle, and nothing says its fault is over. `random`:
+        the version's replicas are behind a random balancer (else least-request)."""
         rps, p99 = stats.rps, stats.p99_ms
         if stats.weight > 0 and not finite(rps):
             return
@@ -136,14 +143,21 @@ class EstimateUpdates:
         est.error *= factor
         if est.health > before and finite(rps) and rps >= MIN_RPS and finite(p99) and p99 > 0:
             svc = model_service_ms(est, cap, slo_ms)
-            self.relaxed.append((est, before, cap, svc, rps, p99))
+            self.relaxed.append((est, before, cap, svc, rps, p99, random))
 
     def observe(
-        self, est: VersionEstimate, stats: SubsetStats, cap: float, slo_ms: float, window_s: float
+        self,
+        est: VersionEstimate,
+        stats: SubsetStats,
+        cap: float,
+        slo_ms: float,
+        window_s: float,
+        random: bool = False,
     ) -> None:
         """Take one version's stats of a window of `window_s` seconds (NaN: unknown) as
         evidence: the error ratio at once; the service-time fit, the slow ratio's health
-        inversion and the saturation cap in `apply`."""
+        inversion and the saturation cap in `apply` (behind a random balancer where
+        `random`)."""
         rps = stats.rps
         if not (finite(rps) and rps >= MIN_RPS):
             return
@@ -160,10 +174,10 @@ class EstimateUpdates:
         # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
-            self.fits.append((est, cap, rps, stats.p99_ms))
+            self.fits.append((est, cap, rps, stats.p99_ms, random))
         if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
-            self.slow.append((est, cap, rps, evidence, slo_ms))
+            self.slow.append((est, cap, rps, evidence, slo_ms, random))
             recent = stats.recent_slow_ratio
             if stats.slow_ratio > HEALTHY_SLOW and finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
@@ -180,10 +194,10 @@ class EstimateUpdates:
         model's at the relaxed health h (capacity C h, service time m / h, same replicas)."""
         if not self.relaxed:
             return
-        ests, befores, caps, svcs, rates, p99s = zip(*self.relaxed, strict=True)
+        ests, befores, caps, svcs, rates, p99s, rnd = zip(*self.relaxed, strict=True)
         health = np.array([est.health for est in ests], dtype=np.float64)
         modelled = model_p99_ms_each(
-            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates)
+            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates), np.array(rnd)
         ).tolist()
         for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
             if observed > RELAX_P99 * model:
@@ -191,8 +205,8 @@ class EstimateUpdates:
 
     def _fit_service_times(self) -> None:
         if self.fits:
-            _, caps, rates, p99s = zip(*self.fits, strict=True)
-            fits = fit_service_ms_each(caps, rates, p99s).tolist()
+            _, caps, rates, p99s, rnd = zip(*self.fits, strict=True)
+            fits = fit_service_ms_each(caps, rates, p99s, np.array(rnd)).tolist()
             for (est, *_), fit in zip(self.fits, fits, strict=True):
                 if not math.isnan(fit):
                     est.fits += 1
@@ -203,9 +217,9 @@ class EstimateUpdates:
     def _infer_health(self) -> None:
         if not self.slow:
             return
-        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo in self.slow]
-        _, caps, rates, slows, slos = zip(*self.slow, strict=True)
-        inferred = infer_health_each(caps, svcs, rates, slows, slos).tolist()
+        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo, _ in self.slow]
+        _, caps, rates, slows, slos, rnd = zip(*self.slow, strict=True)
+        inferred = infer_health_each(caps, svcs, rates, slows, slos, np.array(rnd)).tolist()
         for (est, *_), observed in zip(self.slow, inferred, strict=True):
             if math.isnan(observed):
                 continue

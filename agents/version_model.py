@@ -1,12 +1,14 @@
 """The planner's model of one version, and its fits to telemetry.
 
 A version is modelled as `replicas` FCFS servers of exponential service time behind Envoy's
-least-request balancer (`agents.queueing.LeastRequestQueues`), at `capacity_factor` (its
-health) times its nominal capacity. The planner (`agents.planner`) fits two numbers per
-version from telemetry with the functions here: the healthy service time (from a p99 at a
-rate, `fit_service_ms_each`) and the health (from a slow ratio at a rate,
-`infer_health_each`). Each works on arrays, so a tick's versions of every route are fitted
-at once; the scalar forms serve tests and one-off checks.
+least-request balancer, or a random one (`agents.queueing.BalancedQueues`), at
+`capacity_factor` (its health) times its nominal capacity. The planner (`agents.planner`)
+fits two numbers per version from telemetry with the functions here: the healthy service
+time (from a p99 at a rate, `fit_service_ms_each`) and the health (from a slow ratio at a
+rate, `infer_health_each`). Each works on arrays, so a tick's versions of every route are
+fitted at once; the scalar forms serve tests and one-off checks. A route's balancer
+(`Observation.balancer`) sets how much a version near its capacity queues: each replica
+fed at random queues alone, while least-request sends a request to the shorter of two.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agents.queueing import LeastRequestQueues
+from agents.queueing import BalancedQueues
 
 HEALTH_RANGE = (0.02, 1.5)
 """Bounds of the estimated capacity factor."""
@@ -108,52 +110,70 @@ def _bisect(
 
 
 def model_p99_ms_each(
-    capacity_rps: npt.ArrayLike, service_ms: npt.ArrayLike, rate_rps: npt.ArrayLike
+    capacity_rps: npt.ArrayLike,
+    service_ms: npt.ArrayLike,
+    rate_rps: npt.ArrayLike,
+    random: npt.ArrayLike = False,
 ) -> np.ndarray:
-    """The model's p99 latency (ms) of healthy versions fed `rate_rps` (arrays that broadcast
-    together; bisection on the tail, to 1.3 % of its 1e6 range: p99 only needs to be near)."""
-    cap, service, rate = np.broadcast_arrays(*_arrays(capacity_rps, service_ms, rate_rps))
+    """The model's p99 latency (ms) of healthy versions fed `rate_rps` behind a least-request
+    balancer, or a random one where `random` (arrays that broadcast together; bisection on
+    the tail, to 1.3 % of its 1e6 range: p99 only needs to be near)."""
+    cap, service, rate, rnd = np.broadcast_arrays(
+        *_arrays(capacity_rps, service_ms, rate_rps), np.atleast_1d(np.asarray(random, dtype=bool))
+    )
     replicas, svc = _shape_each(cap.ravel(), service.ravel())
-    queues = LeastRequestQueues(replicas[:, None], (1000.0 / svc)[:, None], rate.reshape(-1, 1))
+    queues = BalancedQueues(
+        replicas[:, None], (1000.0 / svc)[:, None], rate.reshape(-1, 1), rnd.reshape(-1, 1)
+    )
     _, hi = _bisect(
         _log_each(svc * 0.01), _log_each(svc * 1e4), 10, lambda mid: queues.slow(np.exp(mid)) > 0.01
     )
     return _exp_each(hi).reshape(cap.shape)
 
 
-def model_p99_ms(capacity_rps: float, service_ms: float, rate_rps: float) -> float:
+def model_p99_ms(
+    capacity_rps: float, service_ms: float, rate_rps: float, random: bool = False
+) -> float:
     """`model_p99_ms_each` of one version (ms)."""
-    return float(model_p99_ms_each(capacity_rps, service_ms, rate_rps)[0])
+    return float(model_p99_ms_each(capacity_rps, service_ms, rate_rps, random)[0])
 
 
 def fit_service_ms_each(
-    capacity_rps: npt.ArrayLike, rate_rps: npt.ArrayLike, p99_ms: npt.ArrayLike
+    capacity_rps: npt.ArrayLike,
+    rate_rps: npt.ArrayLike,
+    p99_ms: npt.ArrayLike,
+    random: npt.ArrayLike = False,
 ) -> np.ndarray:
     """Mean service times (ms) at which healthy versions of nominal capacity `capacity_rps`
-    fed `rate_rps` have p99 `p99_ms` in the model; NaN from 95 % of capacity on, where the
-    p99 says nothing about it. Searched from one replica up to 64 (bisection in log space to
-    1.6 %)."""
+    fed `rate_rps` behind a least-request balancer (a random one where `random`) have p99
+    `p99_ms` in the model; NaN from 95 % of capacity on, where the p99 says nothing about it.
+    Searched from one replica up to 64 (bisection in log space to 1.6 %)."""
     cap, rate, p99 = _arrays(capacity_rps, rate_rps, p99_ms)
+    rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)
     out = np.full(cap.shape, np.nan)
     todo = np.flatnonzero(~(rate >= 0.95 * cap))
     if not todo.size:
         return out
-    cap, rate, p99 = cap[todo], rate[todo], p99[todo]
+    cap, rate, p99, rnd = cap[todo], rate[todo], p99[todo], rnd[todo]
     floor = _log_each(1000.0 / cap)
-    at_floor = model_p99_ms_each(cap, np.exp(floor), rate) >= p99
+    at_floor = model_p99_ms_each(cap, np.exp(floor), rate, rnd) >= p99
     lo, _ = _bisect(
         floor,
         _log_each(64 * 1000.0 / cap),
         8,
-        lambda mid: model_p99_ms_each(cap[:, None], np.exp(mid), rate[:, None]) < p99[:, None],
+        lambda mid: (
+            model_p99_ms_each(cap[:, None], np.exp(mid), rate[:, None], rnd[:, None]) < p99[:, None]
+        ),
     )
     out[todo] = _exp_each(np.where(at_floor, floor, lo))
     return out
 
 
-def fit_service_ms(capacity_rps: float, rate_rps: float, p99_ms: float) -> float | None:
+def fit_service_ms(
+    capacity_rps: float, rate_rps: float, p99_ms: float, random: bool = False
+) -> float | None:
     """`fit_service_ms_each` of one observation; None where it is NaN."""
-    fit = float(fit_service_ms_each(capacity_rps, rate_rps, p99_ms)[0])
+    fit = float(fit_service_ms_each(capacity_rps, rate_rps, p99_ms, random)[0])
     return None if math.isnan(fit) else fit
 
 
@@ -167,9 +187,10 @@ def infer_health_each(
     rate_rps: npt.ArrayLike,
     slow_ratio: npt.ArrayLike,
     slo_ms: npt.ArrayLike,
+    random: npt.ArrayLike = False,
 ) -> np.ndarray:
     """Capacity factors at which the model's P(latency > slo_ms) at `rate_rps` is
-    `slow_ratio` (arrays of one shape).
+    `slow_ratio` (arrays of one shape; a random balancer where `random`, else least-request).
 
     Clipped below to `HEALTH_RANGE`; NaN where even the best health in range predicts as many
     slow requests (a lightly loaded version: the ratio says nothing). The modelled slow
@@ -177,10 +198,11 @@ def infer_health_each(
     cap, service, rate, ratio, slo = _arrays(capacity_rps, service_ms, rate_rps, slow_ratio, slo_ms)
     replicas, svc = _shape_each(cap, service)
     base_mu = 1000.0 / svc
+    rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)[:, None]
 
     def slow(log_h: np.ndarray) -> np.ndarray:
         mu = base_mu[:, None] * np.exp(log_h)
-        return LeastRequestQueues(replicas[:, None], mu, rate[:, None]).slow(slo[:, None])
+        return BalancedQueues(replicas[:, None], mu, rate[:, None], rnd).slow(slo[:, None])
 
     lo = np.full(cap.shape, _HEALTH_LOG[0])
     hi = np.full(cap.shape, _HEALTH_LOG[1])
@@ -193,8 +215,15 @@ def infer_health_each(
 
 
 def infer_health(
-    capacity_rps: float, service_ms: float, rate_rps: float, slow_ratio: float, slo_ms: float
+    capacity_rps: float,
+    service_ms: float,
+    rate_rps: float,
+    slow_ratio: float,
+    slo_ms: float,
+    random: bool = False,
 ) -> float | None:
     """`infer_health_each` of one observation; None where it is NaN."""
-    health = float(infer_health_each(capacity_rps, service_ms, rate_rps, slow_ratio, slo_ms)[0])
+    health = float(
+        infer_health_each(capacity_rps, service_ms, rate_rps, slow_ratio, slo_ms, random)[0]
+    )
     return None if math.isnan(health) else health

@@ -96,6 +96,7 @@ def read_route(
     leader: bool,
     hints: Mapping[str, float] | None,
     slo_ms: float,
+    balancer: str | None = None,
 ) -> Read | Plan | Unreadable:
     """Read `route` for its decision (module docstring). hint: the guard's phase hint (the
     loop's mode, ``"shadow"`` for a follower); hints: nominal capacity per subset (rps);
@@ -120,7 +121,7 @@ def read_route(
         notes.append(f"route changed outside meshpilot: wrote {rt.last_written}, reads {current}")
         rt.pending.clear()
         rt.last_written = None
-    obs = with_hints(obs, hints, slo_ms=slo_ms)
+    obs = with_hints(obs, hints, slo_ms=slo_ms, balancer=balancer)
     return Read(route, obs, current, notes, leader, obs_error)
 
 

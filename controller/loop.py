@@ -82,7 +82,9 @@ class ControlLoop:
     (s; one rate window); verify_tolerance: max distance between observed share and written
     weight (points); mode: ``"shadow"`` never writes (decide and record only); tick_s: the
     scheduling interval of `start` (s); capacity_hints: nominal capacity per route and subset
-    (rps), filled into observations that carry none; recheck_failed_every: ticks between
+    (rps), filled into observations that carry none; balancers: the load-balancing policy per
+    route (`Observation.balancer`), set on its observations (default: what the observer
+    says, least-request for Prometheus); recheck_failed_every: ticks between
     re-checks of a failed route; max_parallel_writes: how many routes are written at once
     (threads; 1 writes one after the other). The actuator must be thread-safe when > 1.
     hooks: run before and after every tick (`TickHook`); with hooks `routes` may be empty.
@@ -107,6 +109,7 @@ class ControlLoop:
         mode: Mode = "active",
         tick_s: float = 5.0,
         capacity_hints: Mapping[RouteRef, Mapping[str, float]] | None = None,
+        balancers: Mapping[RouteRef, str] | None = None,
         recheck_failed_every: int = 12,
         max_parallel_writes: int = 8,
         hooks: Sequence[TickHook] = (),
@@ -151,6 +154,7 @@ class ControlLoop:
         self.leading = False
         """Whether this tick's leadership check said leader (hooks read it in before_tick)."""
         self._hints = {r: dict(h) for r, h in (capacity_hints or {}).items()}
+        self._balancers = dict(balancers or {})
         self._book = RouteBook(self.routes)
         self._by_key = {r.key: r for r in self.routes}
         self._tick_lock = threading.Lock()
@@ -352,6 +356,7 @@ class ControlLoop:
             leader=leader,
             hints=self._hints.get(route),
             slo_ms=self.slo_ms,
+            balancer=self._balancers.get(route),
         )
         if not isinstance(item, Unreadable):
             return item

@@ -76,6 +76,13 @@ class RouteSettings(_Group):
     """Nominal capacity per subset (rps), given to the policy when telemetry has none (the
     Prometheus observer does not know capacity; ``proportional`` and PPO use it). Default none."""
 
+    balancer: Literal["least_request", "random"] | None = None
+    """How the subsets' sidecars spread requests over their replicas, as the route's
+    DestinationRule sets it: ``least_request`` (LEAST_REQUEST, Istio's default) or ``random``
+    (RANDOM, and ROUND_ROBIN, whose per-replica queues behave alike); the planner and the
+    supervisor model how much a version near its capacity queues with it. Default None:
+    least-request."""
+
     @field_validator("route")
     @classmethod
     def _route(cls, value: str | int) -> str | int:

@@ -93,15 +93,22 @@ def _observe_one_by_one(observer: Observer, routes: Sequence[RouteRef]) -> Obser
 
 
 def with_hints(
-    obs: Observation | None, hints: Mapping[str, float] | None, *, slo_ms: float
+    obs: Observation | None,
+    hints: Mapping[str, float] | None,
+    *,
+    slo_ms: float,
+    balancer: str | None = None,
 ) -> Observation | None:
     """`obs` with what the controller knows beyond telemetry filled in where it carries none:
     the nominal capacity per subset (rps, when `hints` names every subset) and the SLO behind
-    its slow ratios (ms)."""
+    its slow ratios (ms); and the route's configured balancer (`Observation.balancer`), when
+    one is configured, since telemetry does not say it."""
     if obs is None:
         return obs
     if math.isnan(obs.slo_ms):
         obs = replace(obs, slo_ms=slo_ms)
+    if balancer is not None and balancer != obs.balancer:
+        obs = replace(obs, balancer=balancer)
     if obs.capacity_hint_rps or not hints or not all(s in hints for s in obs.subsets):
         return obs
     return replace(obs, capacity_hint_rps=tuple(float(hints[s]) for s in obs.subsets))

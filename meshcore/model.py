@@ -70,6 +70,10 @@ class SubsetStats:
         return not math.isnan(self.rps)
 
 
+BALANCERS = ("least_request", "random")
+"""Load-balancing policies an `Observation` can name (`Observation.balancer`)."""
+
+
 @dataclass(frozen=True)
 class Observation:
     """One route at one instant: ordered subsets, their stats, and how old the data is (s).
@@ -77,7 +81,10 @@ class Observation:
     capacity_hint_rps: nominal capacity per subset (rps), empty when not configured; slo_ms:
     the latency bound behind `SubsetStats.slow_ratio` (ms), NaN when unknown; window_s: the
     span of the rate window behind the stats (s; rate x window_s is the window's request
-    count), NaN when unknown.
+    count), NaN when unknown; balancer: how each subset's requests are spread over its
+    replicas (`BALANCERS`: Envoy's least-request, Istio's default, or random, which queues
+    like round robin's independent per-replica streams), which sets how much a subset near
+    its capacity queues.
     """
 
     route: RouteRef
@@ -88,6 +95,7 @@ class Observation:
     capacity_hint_rps: tuple[float, ...] = field(default=())
     slo_ms: float = math.nan
     window_s: float = math.nan
+    balancer: str = "least_request"
 
     def __post_init__(self) -> None:
         if len(self.subsets) != len(self.stats):
@@ -99,6 +107,11 @@ class Observation:
             raise ValueError(f"observation of {self.route.key}: duplicate subset names")
         if self.capacity_hint_rps and len(self.capacity_hint_rps) != len(self.subsets):
             raise ValueError("capacity_hint_rps must give one value per subset")
+        if self.balancer not in BALANCERS:
+            raise ValueError(
+                f"observation of {self.route.key}: balancer {self.balancer!r} is not one of "
+                f"{list(BALANCERS)}"
+            )
 
     @property
     def weights(self) -> Weights:

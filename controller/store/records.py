@@ -48,6 +48,7 @@ def encode_observation(obs: Observation) -> dict[str, Any]:
         "capacity_hint_rps": json_safe(obs.capacity_hint_rps),
         "slo_ms": json_safe(obs.slo_ms),
         "window_s": json_safe(obs.window_s),
+        "balancer": obs.balancer,
     }
 
 

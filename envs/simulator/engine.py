@@ -454,6 +454,7 @@ class MeshSimulator:
             capacity_hint_rps=self.nominal_capacity_rps(),
             slo_ms=self.scenario.slo_ms,
             window_s=span_s if span_s > 0 else math.nan,
+            balancer=self.scenario.balancer,
         )
 
     def observe(self) -> Observation:

@@ -254,6 +254,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
         tick_s=settings.tick_s,
         capacity_hints=mesh.capacity_hints
         | {r.ref(): r.capacity_rps for r in settings.routes if r.capacity_rps},
+        balancers={r.ref(): r.balancer for r in settings.routes if r.balancer},
         recheck_failed_every=settings.recheck_failed_every,
         max_parallel_writes=settings.max_parallel_writes,
         hooks=hooks,

@@ -23,7 +23,7 @@ from agents.version_estimates import (
 )
 from agents.version_model import fit_service_ms, infer_health, model_p99_ms
 from envs.simulator.scenario import parse_scenario
-from meshcore.model import Observation, RouteRef, SubsetStats
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
 ROUTE = RouteRef("shop", "product", 0, "product")
 
@@ -38,6 +38,7 @@ def observe(
     p99: list[float] | None = None,
     caps: tuple[float, ...] = (200.0, 200.0, 200.0),
     window_s: float = math.nan,
+    balancer: str = "least_request",
 ) -> Observation:
     n = len(weights)
     errors = errors or [0.0] * n
@@ -53,6 +54,7 @@ def observe(
         capacity_hint_rps=caps[:n],
         slo_ms=250.0,
         window_s=window_s,
+        balancer=balancer,
     )
 
 
@@ -331,6 +333,45 @@ def test_health_inference_is_monotone_in_the_slow_ratio() -> None:
     assert all(v is not None for v in values)
     assert values == sorted(values, reverse=True)  # type: ignore[type-var]
     assert infer_health(200.0, 20.0, 20.0, 0.0, 250.0) is None  # light load: no evidence
+
+
+def test_a_random_balancer_queues_more_and_the_planner_knows_it() -> None:
+    # the same slow ratio at the same rate: behind a random balancer the version's own
+    # queueing explains more of it, so it reads as a smaller capacity loss
+    for ratio in (0.02, 0.1):
+        lr = infer_health(200.0, 40.0, 170.0, ratio, 250.0)
+        rnd = infer_health(200.0, 40.0, 170.0, ratio, 250.0, random=True)
+        assert lr is not None and rnd is not None and rnd > lr
+    assert model_p99_ms(200.0, 40.0, 170.0, random=True) > model_p99_ms(200.0, 40.0, 170.0)
+
+
+def test_the_planner_plans_for_the_balancer_the_observation_names() -> None:
+    from agents.rollout import run_episode
+
+    class ToldLeastRequest(PlannerPolicy):
+        def decide(self, obs: Observation) -> Weights:
+            return super().decide(replace(obs, balancer="least_request"))
+
+    # behind a random balancer each of the fast version's 7 replicas queues on its own:
+    # near 80 % of the route's capacity the slow version must take more than least-request's
+    # pooling would need
+    sc = parse_scenario(
+        {
+            "name": "random-balancer",
+            "duration_s": 300,
+            "slo_ms": 150,
+            "load": {"rps": 1100},
+            "balancer": "random",
+            "subsets": [
+                {"name": "slow", "replicas": 5, "service_ms": 27.5},
+                {"name": "fast", "replicas": 7, "service_ms": 5.5},
+            ],
+            "initial_weights": {"slow": 50, "fast": 50},
+        }
+    )
+    knows, _ = run_episode(sc, PlannerPolicy(), seed=0)
+    told, _ = run_episode(sc, ToldLeastRequest(), seed=0)
+    assert knows.bad_fraction < 0.6 * told.bad_fraction
 
 
 def test_planner_sheds_a_failing_canary_in_the_simulator() -> None:

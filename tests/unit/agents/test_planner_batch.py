@@ -2,9 +2,10 @@
 planner and the supervisor.
 
 Cases:
-- `LeastRequestQueues.slow` is `slow_probability(..., balancer="least_request")` of
-  exponential versions to rounding (1e-12 relative), over replicas 1..40, loads up to past
-  capacity and latency bounds from 1 to 2000 ms;
+- `BalancedQueues.slow` is `slow_probability(..., balancer=...)` of exponential versions to
+  rounding (1e-12 relative), over replicas 1..40, loads up to past capacity and latency
+  bounds from 1 to 2000 ms, for the least-request and the random balancer (one flag per
+  element);
 - the service-time fit and the health inversion equal the one-version-at-a-time bisections
   they replace (written out here with `slow_probability` and `math`), for one version and for
   hundreds at once;
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 from agents.planner import PlannerPolicy
-from agents.queueing import LeastRequestQueues, min_plus_split, min_plus_splits, slow_probability
+from agents.queueing import BalancedQueues, min_plus_split, min_plus_splits, slow_probability
 from agents.registry import make_policy
 from agents.supervisor import SupervisedPolicy
 from agents.version_model import (
@@ -41,8 +42,10 @@ from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, Weights
 
 
-def _slow(model: VersionModel, rate: float, slo_ms: float) -> float:
-    return float(slow_probability(model, rate, slo_ms=slo_ms, balancer="least_request")[0])
+def _slow(
+    model: VersionModel, rate: float, slo_ms: float, balancer: str = "least_request"
+) -> float:
+    return float(slow_probability(model, rate, slo_ms=slo_ms, balancer=balancer)[0])
 
 
 def reference_p99(cap: float, service_ms: float, rate: float) -> float:
@@ -93,13 +96,25 @@ def test_the_tail_as_arrays_is_slow_probability() -> None:
     mu = 1000.0 / service * health
     rate = rng.uniform(0.0, 1.2, n) * replicas * mu
     slo = rng.uniform(1.0, 2000.0, n)
-    got = LeastRequestQueues(replicas, mu, rate).slow(slo)
+    random = rng.random(n) < 0.5
+    got = BalancedQueues(replicas, mu, rate, random).slow(slo)
     expected = [
-        _slow(VersionModel(int(c), float(s), 0.0, float(h)), float(x), float(t))
-        for c, s, h, x, t in zip(replicas, service, health, rate, slo, strict=True)
+        _slow(
+            VersionModel(int(c), float(s), 0.0, float(h)),
+            float(x),
+            float(t),
+            "random" if r else "least_request",
+        )
+        for c, s, h, x, t, r in zip(replicas, service, health, rate, slo, random, strict=True)
     ]
     assert np.allclose(got, expected, rtol=1e-12, atol=1e-300)
     assert 0.05 < np.mean(np.asarray(expected) == 1.0) < 0.5  # past capacity and below
+    several = (replicas > 1) & (rate > 0.8 * replicas * mu) & (rate < replicas * mu)
+    queued = np.asarray(expected) > 1e-6
+    # where replicas share the load near capacity, random queues more than least-request
+    lr = BalancedQueues(replicas, mu, rate).slow(slo)
+    assert np.all((got >= lr * (1 - 1e-12))[several & random & queued])
+    assert np.any((got > 1.5 * lr)[several & random & queued])
 
 
 @pytest.mark.parametrize("count", [1, 150])

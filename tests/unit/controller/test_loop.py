@@ -420,11 +420,13 @@ def test_shadow_mode_never_reaches_the_mesh() -> None:
     assert shadow.would_write == {A.key: split(50, 50)} and mesh.configured[A] == split(90, 10)
 
 
-def test_records_reward_raw_action_and_capacity_hints() -> None:
+def test_records_reward_raw_action_capacity_hints_and_balancer() -> None:
     clock = FakeClock()
     mesh = FakeMesh({A: split(90, 10)}, clock=clock)
     policy = FixedPolicy({"v1": 80, "v2": 20})
-    loop = make_loop(mesh, policy, capacity_hints={A: {"v1": 300.0, "v2": 100.0}})
+    loop = make_loop(
+        mesh, policy, capacity_hints={A: {"v1": 300.0, "v2": 100.0}}, balancers={A: "random"}
+    )
     first, second = (t[0] for t in run(loop, clock, 2))
     assert first.reward is None
     assert second.reward is not None and math.isfinite(second.reward)
@@ -435,6 +437,7 @@ def test_records_reward_raw_action_and_capacity_hints() -> None:
     assert record.policy == "fixed" and record.writer == "pod-a"
     assert record.observation is not None and record.observation["capacity_hint_rps"] == [300, 100]
     assert policy.seen[0].capacity_hint_rps == (300.0, 100.0)
+    assert policy.seen[0].balancer == "random" and record.observation["balancer"] == "random"
 
 
 def test_a_change_made_outside_meshpilot_is_reported() -> None:

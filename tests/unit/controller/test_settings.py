@@ -81,7 +81,7 @@ mesh: k8s
 tick_s: 10
 routes:
   - {namespace: shop, virtual_service: reviews, route: 1, host: reviews, subsets: [v1, v2],
-     capacity_rps: {v1: 300, v2: 100}}
+     capacity_rps: {v1: 300, v2: 100}, balancer: random}
 guard: {max_step: 20, floors: {v1: 10}}
 prometheus: {url: "http://prom:9090", window_s: 60}
 """,
@@ -93,7 +93,7 @@ prometheus: {url: "http://prom:9090", window_s: 60}
     assert s.prometheus.url == "http://prom:9090" and s.prometheus.window_s == 60.0
     (route,) = s.routes
     assert route.ref() == RouteRef("shop", "reviews", 1, "reviews")
-    assert route.capacity_rps == {"v1": 300.0, "v2": 100.0}
+    assert route.capacity_rps == {"v1": 300.0, "v2": 100.0} and route.balancer == "random"
     assert s.guard.to_config() == GuardConfig(max_step=5, floors={"v1": 10})
 
 
@@ -123,6 +123,10 @@ def test_a_numeric_route_name_is_an_index() -> None:
             "capacity_rps names 'v2'",
         ),
         ("api: {port: 70000}\n", "field 'api.port'"),
+        (
+            "routes: [{virtual_service: x, balancer: ROUND_ROBIN}]\n",
+            "field 'routes.0.balancer': Input should be 'least_request' or 'random'",
+        ),
     ],
 )
 def test_malformed_file_names_file_and_field(tmp_path: Path, text: str, expected: str) -> None:

@@ -120,6 +120,7 @@ def test_nan_is_stored_as_null_and_reads_back_as_documented(tmp_path: Path) -> N
     }
     assert got.observation["subsets"][0]["p99_ms"] == 180.0
     assert got.observation["slo_ms"] is None and got.observation["window_s"] is None
+    assert got.observation["balancer"] == "least_request"
     assert math.isnan(got.raw_action[0]) and got.raw_action[1] == 0.5
     assert got.reward is None
     assert got.to_dict()["raw_action"] == [None, 0.5]

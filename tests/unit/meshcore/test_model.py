@@ -89,6 +89,15 @@ def test_observation_rejects_mismatched_lengths() -> None:
         Observation(ref, ("a", "b"), (SubsetStats(1, 0, 1, 100),), 0.0)
 
 
+def test_observation_rejects_an_unknown_balancer() -> None:
+    ref = RouteRef("ns", "vs", "r", "h")
+    stats = (SubsetStats(1, 0, 1, 100),)
+    assert Observation(ref, ("a",), stats, 0.0).balancer == "least_request"
+    assert Observation(ref, ("a",), stats, 0.0, balancer="random").balancer == "random"
+    with pytest.raises(ValueError, match="balancer 'round_robin' is not one of"):
+        Observation(ref, ("a",), stats, 0.0, balancer="round_robin")
+
+
 def test_a_split_prints_as_operators_read_it() -> None:
     assert str(Weights.from_dict({"v1": 90, "v2": 10})) == "{v1: 90, v2: 10}"
     assert repr(Weights.from_dict({"v1": 90, "v2": 10})) == "Weights({'v1': 90, 'v2': 10})"

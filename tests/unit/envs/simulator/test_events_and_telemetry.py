@@ -75,6 +75,13 @@ def test_an_observation_says_the_span_its_window_covers() -> None:
     assert spans == [min((i + 1) * step, 20.0) for i in range(6)]
 
 
+@pytest.mark.parametrize("balancer", ["least_request", "random"])
+def test_an_observation_names_the_scenarios_balancer(balancer: str) -> None:
+    sim = MeshSimulator(parse_scenario(dict(BASE, balancer=balancer)), seed=0)
+    sim.step(sim.weights)
+    assert sim.observe().balancer == balancer == sim.observe_last_step().balancer
+
+
 def test_noise_changes_only_the_seen_p99() -> None:
     clean = MeshSimulator(parse_scenario(BASE), seed=4)
     noisy = MeshSimulator(parse_scenario(dict(BASE, telemetry={"noise": 0.5})), seed=4)
