@@ -51,12 +51,13 @@ tick sheds again). The window's ratio lags: a capacity loss that saturates a ver
 full in the newest interval a tick later, in a 60 s window's only after a minute, while the
 backlog grows; the window only has to agree that the version is slow, so one noisy interval
 does not cut it (chosen on the validation range against both ratios above `SLOW_SATURATED`;
-docs/benchmarks.md, "How the serving defaults were chosen")."""
+docs/experiments.md, "How the serving defaults were chosen")."""
 NOMINAL_BAND = (1.0, 1.2)
 """Health readings within this band count as nominal (1): a version that looks a little faster
 than nominal is not given more than its nominal share. Readings below 1 are kept (smoothed by
-`HEALTH_GAIN`): a version served at 95 % of its capacity by a balancer the model does not know
-(random picks queue more than least-request) shows it only as a reading a little below 1."""
+`HEALTH_GAIN`): a version served at 95 % of its capacity whose queues the model underrates (a
+heavy tail, or random balancing on a route configured as least-request) shows it only as a
+reading a little below 1."""
 RELAX_P99 = 1.2
 """A version with traffic relaxes toward nominal health only while its observed p99 is at
 most this many times the model's p99 at the relaxed health (chosen on 180 meshes of the
