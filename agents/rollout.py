@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agents.planner import PlannerPolicy
 from envs.simulator.engine import EpisodeSummary, MeshSimulator, StepCounts
 from envs.simulator.mesh import SimulatedMesh
 from envs.simulator.scenario import Scenario
@@ -80,6 +81,9 @@ class EpisodeTrace:
     split (None: it proposed nothing); wrote: new weights were written this step; reason: the
     supervisor's note and the gate's reason, joined by "; " (empty when neither gave one);
     intervened: the split in force is not the policy's own proposal, or the supervisor spoke.
+    estimates: what the planner believed of each version after the step's decision, as
+    (health: capacity factor, 1 = nominal; error: 5xx rate 0..1), for the planner and for a
+    supervised policy (its fallback planner); None for policies that keep no planner.
     """
 
     t_s: list[float] = field(default_factory=list)
@@ -95,6 +99,7 @@ class EpisodeTrace:
     wrote: list[bool] = field(default_factory=list)
     reason: list[str] = field(default_factory=list)
     intervened: list[bool] = field(default_factory=list)
+    estimates: list[dict[str, tuple[float, float]] | None] = field(default_factory=list)
 
     @property
     def subsets(self) -> list[str]:
@@ -110,6 +115,7 @@ class EpisodeTrace:
         wrote: bool,
         reason: str,
         intervened: bool,
+        estimates: dict[str, tuple[float, float]] | None,
     ) -> None:
         names, dt = sim.subsets, sim.scenario.step_s
         total = counts.total
@@ -131,12 +137,23 @@ class EpisodeTrace:
         self.wrote.append(wrote)
         self.reason.append(reason)
         self.intervened.append(intervened)
+        self.estimates.append(estimates)
 
 
 def _note(policy: Policy) -> str:
     """The supervisor's note for the last decision (empty for policies that keep none)."""
     note = getattr(policy, "last_note", None)
     return note if isinstance(note, str) else ""
+
+
+def _planner_estimates(policy: Policy, route: RouteRef) -> dict[str, tuple[float, float]] | None:
+    """(health, error rate) per version as the planner in `policy` holds them for `route`:
+    the policy itself if it is the planner, else its fallback (the supervisor's); None when
+    it keeps no planner."""
+    for holder in (policy, getattr(policy, "fallback", None)):
+        if isinstance(holder, PlannerPolicy):
+            return {name: (e.health, e.error) for name, e in holder.estimates(route).items()}
+    return None
 
 
 def run_episode(
@@ -181,5 +198,7 @@ def run_episode(
             reason = "; ".join(r for r in (note, why) if r)
             changed = weights != proposed
             wrote_new = wrote and weights != current
-            record._record(sim, counts, weights, proposed, wrote_new, reason, changed or bool(note))
+            estimates = _planner_estimates(policy, route)
+            intervened = changed or bool(note)
+            record._record(sim, counts, weights, proposed, wrote_new, reason, intervened, estimates)
     return sim.summary(), record

@@ -67,7 +67,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "(requests/s), p99_ms_<v> (ms) and err_<v> (5xx ratio; both empty without "
             "requests), requests, bad_fraction, wrote (1: new weights written), intervened "
             "(1: guard or supervisor changed the outcome), reason (the guard's and the "
-            "supervisor's, as serve records them; empty when none)"
+            "supervisor's, as serve records them; empty when none), then what the planner "
+            "believed after the step's decision: est_health_<v> (capacity factor, 1 = "
+            "nominal) and est_error_<v> (5xx rate), for the planner and every policy behind "
+            "the supervisor (empty for other policies)"
         ),
     )
     p.add_argument(
@@ -119,7 +122,8 @@ def trace_columns(subsets: Sequence[str]) -> list[str]:
     """The CSV header of `write_trace_csv` for these versions."""
     per_version = ("w", "proposed", "rps", "p99_ms", "err")
     cols = [f"{kind}_{v}" for kind in per_version for v in subsets]
-    return ["t_s", *cols, "requests", "bad_fraction", "wrote", "intervened", "reason"]
+    estimates = [f"{kind}_{v}" for kind in ("est_health", "est_error") for v in subsets]
+    return ["t_s", *cols, "requests", "bad_fraction", "wrote", "intervened", "reason", *estimates]
 
 
 def _cell(x: float | int | None) -> str:
@@ -143,6 +147,9 @@ def trace_rows(trace: EpisodeTrace) -> list[list[str]]:
         row += [_cell(trace.error_ratio[i][v]) for v in subsets]
         row += [_cell(trace.requests[i]), _cell(trace.bad_fraction[i])]
         row += [_cell(int(trace.wrote[i])), _cell(int(trace.intervened[i])), trace.reason[i]]
+        est = trace.estimates[i] or {}
+        row += [_cell(est[v][0] if v in est else None) for v in subsets]
+        row += [_cell(est[v][1] if v in est else None) for v in subsets]
         rows.append(row)
     return rows
 

@@ -1,8 +1,11 @@
 """`meshpilot simulate ... --trace FILE.csv --plot FILE.png`: what a policy did, step by step.
 
 Cases:
-- the CSV has the documented columns (per version: w_, proposed_, rps_, p99_ms_, err_) and
-  one row per control step, at the end of each step;
+- the CSV has the documented columns (per version: w_, proposed_, rps_, p99_ms_, err_,
+  then est_health_ and est_error_) and one row per control step, at the end of each step;
+- the planner's estimates are in the trace for the planner and for a policy behind the
+  supervisor (a version that loses half its capacity reads below nominal health after it),
+  and empty for a policy that keeps no planner;
 - its values add up to the JSON summary of the same run: requests, bad fraction, 5xx
   fraction and churn; rps times the step is the step's requests; a raw run gives no reasons;
 - ``--plot`` writes a PNG (alone or with ``--trace``);
@@ -56,7 +59,8 @@ def test_trace_has_the_columns_and_one_row_per_step(
     header, rows = _rows(trace)
     per_version = [f"{k}_{v}" for k in ("w", "proposed", "rps", "p99_ms", "err") for v in VERSIONS]
     tail = ["requests", "bad_fraction", "wrote", "intervened", "reason"]
-    assert header == ["t_s", *per_version, *tail]
+    estimates = [f"{k}_{v}" for k in ("est_health", "est_error") for v in VERSIONS]
+    assert header == ["t_s", *per_version, *tail, *estimates]
     assert len(rows) == 24
     assert [float(r["t_s"]) for r in rows] == [5.0 * (i + 1) for i in range(24)]
 
@@ -92,6 +96,26 @@ def test_trace_values_add_up_to_the_summary(
         prev = now
     assert moved / len(rows) == pytest.approx(summary["churn"])
     assert summary["as_served"] is False
+
+
+@pytest.mark.parametrize(("policy", "served"), [("planner", False), ("ewma", True)])
+def test_the_planners_estimates_are_in_the_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str, served: bool
+) -> None:
+    events = [{"at_s": 40, "subset": "v1", "set": {"capacity_factor": 0.5}}]
+    scenario = str(_scenario(tmp_path, events=events))
+    trace, plain = tmp_path / "trace.csv", tmp_path / "plain.csv"
+    _run(capsys, scenario, "--policy", policy, *(["--as-served"] if served else []),
+         "--trace", str(trace))  # fmt: skip
+    _, rows = _rows(trace)
+    health = [float(r["est_health_v1"]) for r in rows]
+    assert all(0.0 < h <= 1.5 for h in health)
+    assert all(0.0 <= float(r[f"est_error_{v}"]) <= 1.0 for r in rows for v in VERSIONS)
+    assert health[5] > 0.8 and min(health[9:]) < 0.8  # steps end at 5 s, 10 s, ...: fault at 40 s
+    _run(capsys, scenario, "--policy", "ewma", "--trace", str(plain))
+    _, raw_rows = _rows(plain)
+    cells = [r[f"{k}_{v}"] for r in raw_rows for k in ("est_health", "est_error") for v in VERSIONS]
+    assert set(cells) == {""}
 
 
 def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
