@@ -36,7 +36,10 @@ and keep it out for good), and the most a window may show while a saturated newe
 is taken for one noisy interval (`SATURATED_SHED`)."""
 FAULT_DROP = 0.7
 """A health estimate below this fraction of the current one is a fault, believed at once;
-smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split."""
+smaller moves are smoothed with weight `HEALTH_GAIN`, so queue noise does not move the split.
+Only while the newest interval agrees (its slow ratio above `HEALTHY_SLOW`, where it has
+one): a window that is slow while its newest interval is clean holds a slowdown that has
+passed (a stall of the client or the machine, a fault that ended), and is smoothed too."""
 HEALTH_GAIN = 0.3
 SLOW_SATURATED = 0.9
 """Slow ratios above this only say the version is saturated (health at most its rate over its
@@ -119,7 +122,7 @@ class EstimateUpdates:
     def __init__(self) -> None:
         self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float, bool]] = []
         self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
-        self.slow: list[tuple[VersionEstimate, float, float, float, float, bool]] = []
+        self.slow: list[tuple[VersionEstimate, float, float, float, float, bool, bool]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
 
     def relax(
@@ -178,8 +181,9 @@ class EstimateUpdates:
             self.fits.append((est, cap, rps, stats.p99_ms, random))
         if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
-            self.slow.append((est, cap, rps, evidence, slo_ms, random))
             recent = stats.recent_slow_ratio
+            passed = finite(recent) and recent <= HEALTHY_SLOW
+            self.slow.append((est, cap, rps, evidence, slo_ms, random, not passed))
             if stats.slow_ratio > HEALTHY_SLOW and finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
 
@@ -218,15 +222,15 @@ class EstimateUpdates:
     def _infer_health(self) -> None:
         if not self.slow:
             return
-        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo, _ in self.slow]
-        _, caps, rates, slows, slos, rnd = zip(*self.slow, strict=True)
+        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo, _, _ in self.slow]
+        _, caps, rates, slows, slos, rnd, current = zip(*self.slow, strict=True)
         inferred = infer_health_each(caps, svcs, rates, slows, slos, np.array(rnd)).tolist()
-        for (est, *_), observed in zip(self.slow, inferred, strict=True):
+        for (est, *_), observed, now in zip(self.slow, inferred, current, strict=True):
             if math.isnan(observed):
                 continue
             if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:
                 observed = 1.0
-            if observed < FAULT_DROP * est.health:  # a fault: believe it at once
+            if now and observed < FAULT_DROP * est.health:  # a fault: believe it at once
                 est.health = observed
             else:
                 est.health = math.exp(

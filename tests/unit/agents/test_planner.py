@@ -39,6 +39,7 @@ def observe(
     caps: tuple[float, ...] = (200.0, 200.0, 200.0),
     window_s: float = math.nan,
     balancer: str = "least_request",
+    recent_slow: list[float] | None = None,
 ) -> Observation:
     n = len(weights)
     errors = errors or [0.0] * n
@@ -48,7 +49,15 @@ def observe(
         route=ROUTE,
         subsets=tuple(f"v{i + 1}" for i in range(n)),
         stats=tuple(
-            SubsetStats(rps[i], errors[i], p99[i], weights[i], slow_ratio=slow[i]) for i in range(n)
+            SubsetStats(
+                rps[i],
+                errors[i],
+                p99[i],
+                weights[i],
+                slow_ratio=slow[i],
+                recent_slow_ratio=recent_slow[i] if recent_slow else math.nan,
+            )
+            for i in range(n)
         ),
         timestamp_s=t_s,
         capacity_hint_rps=caps[:n],
@@ -208,6 +217,22 @@ def test_a_version_a_little_below_nominal_is_seen_so() -> None:
         lo, hi = (mid, hi) if health is None or health > 0.9 else (lo, mid)
     run(planner, 15, weights=[34, 33, 33], rps=[180.0, 66.0, 66.0], slow=[hi, 0.0, 0.0])
     assert 0.85 < planner.estimates(ROUTE)["v1"].health < 0.95
+
+
+@pytest.mark.parametrize(("newest", "at_once"), [(0.5, True), (0.0, False)])
+def test_a_slow_window_drops_health_at_once_only_while_the_newest_interval_agrees(
+    newest: float, at_once: bool
+) -> None:
+    """A window 40 % slow on every version: a fault while the newest interval is slow too; a
+    slowdown that has passed (a stalled client, a fault that ended) when it is clean."""
+    planner = PlannerPolicy()
+    telemetry = {"weights": [34, 33, 33], "rps": [100.0, 100.0, 100.0], "p99": [60.0] * 3}
+    run(planner, 6, **telemetry)  # type: ignore[arg-type]
+    before = planner.estimates(ROUTE)["v1"].health
+    planner.decide(observe(30.0, slow=[0.4] * 3, recent_slow=[newest] * 3, **telemetry))  # type: ignore[arg-type]
+    after = planner.estimates(ROUTE)["v1"].health
+    assert (after < 0.7 * before) is at_once
+    assert after < before
 
 
 def test_an_unobserved_version_recovers_toward_nominal() -> None:
