@@ -21,11 +21,12 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 * **health** h (the capacity factor, 1 = nominal): the h at which the model's
   P(latency > SLO) at the version's observed rate equals its observed slow ratio (bisection in
   log h; the model is monotone in h). A drop below `FAULT_DROP` of the current estimate is
-  taken at once (overload compounds); smaller moves are smoothed. The slow ratio is read as
-  its lower confidence bound for the window's request count (`SLOW_EVIDENCE_Z`), so a few
-  stray slow requests on a lightly used version are not a fault. A version saturated in the
-  newest interval, and slow in the window, is capped at once at `SATURATED_SHED` of its rate
-  over C, so its backlog drains instead of holding at the edge of overload.
+  taken at once (overload compounds) while the newest interval agrees the version is slow;
+  smaller moves, and a slow window over a clean newest interval, are smoothed. The slow ratio
+  is read as its lower confidence bound for the window's request count (`SLOW_EVIDENCE_Z`), so
+  a few stray slow requests on a lightly used version are not a fault. A version saturated in
+  the newest interval, and slow in the window, is capped at once at `SATURATED_SHED` of its
+  rate over C, so its backlog drains instead of holding at the edge of overload.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 The split is planned for the route's rate over the window, or over the newest interval

@@ -4,6 +4,7 @@ the scalar fits of its model of one version (agents.version_model)."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import replace
 
@@ -394,9 +395,20 @@ def test_the_planner_plans_for_the_balancer_the_observation_names() -> None:
             "initial_weights": {"slow": 50, "fast": 50},
         }
     )
-    knows, _ = run_episode(sc, PlannerPolicy(), seed=0)
-    told, _ = run_episode(sc, ToldLeastRequest(), seed=0)
-    assert knows.bad_fraction < 0.6 * told.bad_fraction
+    for seed in (0, 1):
+        runs = []
+        for policy in (PlannerPolicy(), ToldLeastRequest()):
+            summary, trace = run_episode(sc, policy, seed=seed, trace=True)
+            assert trace is not None
+            late = [w["slow"] for t, w in zip(trace.t_s, trace.weights, strict=True) if t > 60]
+            moves = sum(a != b for a, b in itertools.pairwise(late))
+            runs.append((sum(late) / len(late), moves, summary.bad_fraction))
+        (knows_slow, knows_moves, knows_bad), (told_slow, told_moves, told_bad) = runs
+        # told least-request, the planner reads the fast version's queueing as a capacity
+        # loss now and then: it keeps too little on the slow version and keeps moving
+        assert knows_slow > told_slow + 2.0
+        assert knows_moves < told_moves
+        assert knows_bad < told_bad
 
 
 def test_planner_sheds_a_failing_canary_in_the_simulator() -> None:
