@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -67,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130  # Ctrl-C or SIGTERM
+    except BrokenPipeError:
+        # the reader went away (`meshpilot simulate ... | head`): stop quietly, as a shell
+        # tool killed by SIGPIPE would; stdout goes to /dev/null so the exit flush cannot
+        # raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

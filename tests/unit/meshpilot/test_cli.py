@@ -7,6 +7,9 @@ ports, non-finite numbers, unknown subcommands, missing positionals, a malformed
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,34 @@ def test_a_malformed_scenario_file_is_one_line_and_exit_2(
     assert err.count("\n") == 1, err
     assert err.startswith("meshpilot simulate: error: "), err
     assert "bad.yaml" in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `meshpilot ... | head -1`: the pipe closes before the command has printed everything
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshpilot.cli",
+                "scenarios",
+                "sample",
+                "--count",
+                "3",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""
+    # like a shell tool killed by SIGPIPE it stops at the first line it cannot print
+    assert len(list((tmp_path / "out").glob("*.yaml"))) == 1
