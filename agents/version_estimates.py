@@ -20,7 +20,6 @@ from agents.version_model import (
     HEALTH_RANGE,
     fit_service_ms_each,
     infer_health_each,
-    infer_health_from_p99_each,
     model_p99_ms_each,
 )
 from meshcore.model import SubsetStats, finite
@@ -72,21 +71,6 @@ SLOW_EVIDENCE_Z = 2.0
 request among the 300 a lightly used version serves in a window is 0.3 %, which the model
 at a loose SLO can only explain as a large capacity loss; a heavy-tailed version shows such
 strays all the time (chosen on the validation range against 0, 1 and 3)."""
-P99_ALARM = 4.0
-"""A newest interval whose p99 is at least this many times the model's at the version's
-current estimate and that interval's rate is a fault the slow ratio has not shown yet (a
-loose SLO is crossed only once a backlog is minutes deep): the health is at once set to the
-one whose modelled p99 matches, where that is lower."""
-P99_ALARM_WINDOW = 2.0
-"""`P99_ALARM` holds only while the window's p99 is at least this many times the model's at
-the window's rate: one interval's p99 of a heavy-tailed version is a handful of requests."""
-P99_ALARM_RPS = 40.0
-"""Least newest-interval rate (rps) for `P99_ALARM`: at the default 5 s scrape, 200 requests,
-so the p99 is not one stray slow request."""
-ALARM_RATE_KEPT = 0.8
-"""`P99_ALARM` holds only while the newest interval's rate is at least this fraction of the
-window's: a rate that fell leaves a backlog (a burst or an overload that ended) whose
-draining p99 is no stationary queue's."""
 RATE_WINDOW_S = 30.0
 """The rate window (s) the planner assumes when it counts a window's requests (rate x
 window) for an observation that does not say its own (`Observation.window_s`): the default
@@ -140,9 +124,6 @@ class EstimateUpdates:
         self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float, bool, bool]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
-        self.alarms: list[
-            tuple[VersionEstimate, float, float, float, float, float, float, bool]
-        ] = []
 
     def relax(
         self,
@@ -198,11 +179,6 @@ class EstimateUpdates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms, random))
-        recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
-        steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)
-        if finite(recent_p99) and steady:
-            svc = model_service_ms(est, cap, slo_ms)
-            self.alarms.append((est, cap, svc, recent_rps, recent_p99, rps, stats.p99_ms, random))
         if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             recent = stats.recent_slow_ratio
@@ -215,7 +191,6 @@ class EstimateUpdates:
         self._check_relaxations()
         self._fit_service_times()
         self._infer_health()
-        self._p99_alarms()
         for est, bound in self.saturated:
             est.health = max(min(est.health, bound), HEALTH_RANGE[0])
 
@@ -243,34 +218,6 @@ class EstimateUpdates:
                     gain = 1.0 / min(est.fits, SERVICE_FITS)
                     previous = math.log(est.service_ms) if finite(est.service_ms) else 0.0
                     est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
-
-    def _p99_alarms(self) -> None:
-        """Lower at once the health of versions whose newest p99 is `P99_ALARM` times the
-        model's at their estimate, to the health whose modelled p99 matches it."""
-        if not self.alarms:
-            return
-        ests, caps, svcs, rates, p99s, window_rates, window_p99s, rnd = zip(
-            *self.alarms, strict=True
-        )
-        health = np.array([est.health for est in ests], dtype=np.float64)
-        cap, svc, rate = np.asarray(caps), np.asarray(svcs), np.asarray(rates)
-        flags = np.array(rnd)
-        both = model_p99_ms_each(
-            np.tile(cap * health, 2),
-            np.tile(svc / health, 2),
-            np.concatenate([rate, np.asarray(window_rates)]),
-            np.tile(flags, 2),
-        )
-        newest, window = both[: len(ests)], both[len(ests) :]
-        agree = np.nan_to_num(np.asarray(window_p99s)) >= P99_ALARM_WINDOW * window
-        hit = np.flatnonzero((np.asarray(p99s) >= P99_ALARM * newest) & agree)
-        if not hit.size:
-            return
-        read = infer_health_from_p99_each(
-            cap[hit], svc[hit], rate[hit], np.asarray(p99s)[hit], flags[hit]
-        ).tolist()
-        for i, h in zip(hit.tolist(), read, strict=True):
-            ests[i].health = min(ests[i].health, h)
 
     def _infer_health(self) -> None:
         if not self.slow:
