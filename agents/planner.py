@@ -26,7 +26,12 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
   is read as its lower confidence bound for the window's request count (`SLOW_EVIDENCE_Z`), so
   a few stray slow requests on a lightly used version are not a fault. A version saturated in
   the newest interval, and slow in the window, is capped at once at `SATURATED_SHED` of its
-  rate over C, so its backlog drains instead of holding at the edge of overload.
+  rate over C, so its backlog drains instead of holding at the edge of overload. Where the
+  SLO is many service times the slow ratio shows a capacity loss only once the backlog is
+  seconds deep; the newest interval's p99 shows it at once. A newest p99 far above its
+  modelled value, judged against how far that version's p99 strays while healthy
+  (`P99_ALARM_Z`), with a window that agrees, is read as a fault at once: the health whose
+  modelled p99 matches it.
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 The split is planned for the route's rate over the window, or over the newest interval

@@ -4,7 +4,7 @@
 time, health and error rate; the planner's module docstring says how each is read), and
 `EstimateUpdates` takes one tick's evidence for many versions at once: the relaxation toward
 healthy and the error ratio at once, then, as arrays, the p99 checks of the relaxations, the
-service-time fits and the health inversions of the slow ratios.
+service-time fits, the health inversions of the slow ratios and the p99 alarms.
 Why a module of its own: these are the planner's reading of telemetry, with their own
 constants; the planner plans on what they produce.
 """
@@ -20,6 +20,7 @@ from agents.version_model import (
     HEALTH_RANGE,
     fit_service_ms_each,
     infer_health_each,
+    infer_health_from_p99_each,
     model_p99_ms_each,
 )
 from meshcore.model import SubsetStats, finite
@@ -71,6 +72,28 @@ SLOW_EVIDENCE_Z = 2.0
 request among the 300 a lightly used version serves in a window is 0.3 %, which the model
 at a loose SLO can only explain as a large capacity loss; a heavy-tailed version shows such
 strays all the time (chosen on the validation range against 0, 1 and 3)."""
+P99_ALARM_Z = 4.0
+"""A newest interval whose p99, over the model's at the version's current estimate and that
+interval's rate, is this many standard deviations above what that ratio (in log) was while
+the version was healthy is a fault the slow ratio has not shown yet (a loose SLO is crossed
+only once a backlog is seconds deep): the health is at once set to the one whose modelled
+p99 matches, where that is lower. A heavy-tailed version's p99 wanders far, a light-tailed
+one's little; each is judged against its own spread."""
+P99_ALARM_MIN = 2.0
+"""The least ratio of the newest p99 to its healthy level that `P99_ALARM_Z` acts on."""
+P99_SPREAD_FITS = 12
+"""Healthy intervals a version's p99 spread is learned from before `P99_ALARM_Z` acts; later
+ones move it with weight 1 / (2 x P99_SPREAD_FITS)."""
+P99_ALARM_WINDOW = 2.0
+"""`P99_ALARM_Z` holds only while the window's p99 is at least this many times the model's at
+the window's rate: one interval's p99 of a heavy-tailed version is a handful of requests."""
+P99_ALARM_RPS = 40.0
+"""Least newest-interval rate (rps) for `P99_ALARM_Z`: at the default 5 s scrape, 200 requests,
+so the p99 is not one stray slow request."""
+ALARM_RATE_KEPT = 0.8
+"""`P99_ALARM_Z` holds only while the newest interval's rate is at least this fraction of the
+window's: a rate that fell leaves a backlog (a burst or an overload that ended) whose
+draining p99 is no stationary queue's."""
 RATE_WINDOW_S = 30.0
 """The rate window (s) the planner assumes when it counts a window's requests (rate x
 window) for an observation that does not say its own (`Observation.window_s`): the default
@@ -86,6 +109,11 @@ class VersionEstimate:
     error: float = 0.0
     fits: int = 0
     healthy_seen: int = 0
+    p99_spread_n: int = 0
+    p99_resid_mean: float = 0.0
+    p99_resid_var: float = 0.0
+    """How far (log of observed over modelled) the newest-interval p99 strays while the
+    version is healthy: exponentially weighted mean and variance (`P99_ALARM_Z`)."""
     idle_since_s: float = math.nan
     """When the split in force last took this version to 0 points (s, the observation's
     clock); NaN while it has traffic."""
@@ -124,6 +152,9 @@ class EstimateUpdates:
         self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float, bool, bool]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
+        self.alarms: list[
+            tuple[VersionEstimate, float, float, float, float, float, float, bool, bool]
+        ] = []
 
     def relax(
         self,
@@ -179,6 +210,15 @@ class EstimateUpdates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
             self.fits.append((est, cap, rps, stats.p99_ms, random))
+        recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
+        steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)
+        if finite(recent_p99) and steady:
+            svc = model_service_ms(est, cap, slo_ms)
+            calm = healthy and finite(stats.recent_slow_ratio)
+            calm = calm and stats.recent_slow_ratio <= HEALTHY_SLOW
+            self.alarms.append(
+                (est, cap, svc, recent_rps, recent_p99, rps, stats.p99_ms, random, calm)
+            )
         if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             recent = stats.recent_slow_ratio
@@ -191,6 +231,7 @@ class EstimateUpdates:
         self._check_relaxations()
         self._fit_service_times()
         self._infer_health()
+        self._p99_alarms()
         for est, bound in self.saturated:
             est.health = max(min(est.health, bound), HEALTH_RANGE[0])
 
@@ -218,6 +259,48 @@ class EstimateUpdates:
                     gain = 1.0 / min(est.fits, SERVICE_FITS)
                     previous = math.log(est.service_ms) if finite(est.service_ms) else 0.0
                     est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
+
+    def _p99_alarms(self) -> None:
+        """Lower at once the health of versions whose newest p99 is `P99_ALARM_Z` deviations
+        above its healthy level, to the health whose modelled p99 matches it; a version
+        whose newest interval is calm adds that interval to its healthy level instead."""
+        if not self.alarms:
+            return
+        ests, caps, svcs, rates, p99s, window_rates, window_p99s, rnd, calm = zip(
+            *self.alarms, strict=True
+        )
+        health = np.array([est.health for est in ests], dtype=np.float64)
+        cap, svc, rate = np.asarray(caps), np.asarray(svcs), np.asarray(rates)
+        flags = np.array(rnd)
+        both = model_p99_ms_each(
+            np.tile(cap * health, 2),
+            np.tile(svc / health, 2),
+            np.concatenate([rate, np.asarray(window_rates)]),
+            np.tile(flags, 2),
+        )
+        newest, window = both[: len(ests)], both[len(ests) :]
+        agree = (np.nan_to_num(np.asarray(window_p99s)) >= P99_ALARM_WINDOW * window).tolist()
+        resid = np.log(np.maximum(np.asarray(p99s), 1e-9) / newest).tolist()
+        hits = []
+        for i, (est, r) in enumerate(zip(ests, resid, strict=True)):
+            sd = math.sqrt(est.p99_resid_var)
+            level = est.p99_resid_mean + max(P99_ALARM_Z * sd, math.log(P99_ALARM_MIN))
+            if est.p99_spread_n >= P99_SPREAD_FITS and agree[i] and r >= level:
+                hits.append(i)
+            elif calm[i] and math.isfinite(r):
+                est.p99_spread_n += 1
+                gain = 1.0 / min(est.p99_spread_n, 2 * P99_SPREAD_FITS)
+                delta = r - est.p99_resid_mean
+                est.p99_resid_mean += gain * delta
+                est.p99_resid_var = (1 - gain) * (est.p99_resid_var + gain * delta * delta)
+        if not hits:
+            return
+        hit = np.asarray(hits)
+        read = infer_health_from_p99_each(
+            cap[hit], svc[hit], rate[hit], np.asarray(p99s)[hit], flags[hit]
+        ).tolist()
+        for i, h in zip(hit.tolist(), read, strict=True):
+            ests[i].health = min(ests[i].health, h)
 
     def _infer_health(self) -> None:
         if not self.slow:

@@ -214,6 +214,33 @@ def infer_health_each(
     return np.where(no_evidence, np.nan, found)
 
 
+def infer_health_from_p99_each(
+    capacity_rps: npt.ArrayLike,
+    service_ms: npt.ArrayLike,
+    rate_rps: npt.ArrayLike,
+    p99_ms: npt.ArrayLike,
+    random: npt.ArrayLike = False,
+) -> np.ndarray:
+    """Capacity factors at which the model's p99 at `rate_rps` is `p99_ms` (arrays of one
+    shape; a random balancer where `random`, else least-request), within `HEALTH_RANGE`: the
+    model's p99 falls as the factor rises (capacity C h, service time m / h), so a bisection
+    in log space finds it (to 0.4 %)."""
+    cap, service, rate, p99 = _arrays(capacity_rps, service_ms, rate_rps, p99_ms)
+    rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)
+    lo = np.full(cap.shape, _HEALTH_LOG[0])
+    hi = np.full(cap.shape, _HEALTH_LOG[1])
+
+    def above(mid: np.ndarray) -> np.ndarray:
+        h = np.exp(mid)
+        modelled = model_p99_ms_each(
+            cap[:, None] * h, service[:, None] / h, rate[:, None], rnd[:, None]
+        )
+        return modelled > p99[:, None]
+
+    _, hi = _bisect(lo, hi, 10, above)
+    return _exp_each(hi)
+
+
 def infer_health(
     capacity_rps: float,
     service_ms: float,

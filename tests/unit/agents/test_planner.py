@@ -8,6 +8,7 @@ import itertools
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +23,13 @@ from agents.version_estimates import (
     model_service_ms,
     slow_ratio_bound,
 )
-from agents.version_model import fit_service_ms, infer_health, model_p99_ms
+from agents.version_model import (
+    fit_service_ms,
+    infer_health,
+    infer_health_from_p99_each,
+    model_p99_ms,
+    model_p99_ms_each,
+)
 from envs.simulator.scenario import parse_scenario
 from meshcore.model import Observation, RouteRef, SubsetStats, Weights
 
@@ -41,6 +48,8 @@ def observe(
     window_s: float = math.nan,
     balancer: str = "least_request",
     recent_slow: list[float] | None = None,
+    recent_p99: list[float] | None = None,
+    recent_rps: list[float] | None = None,
 ) -> Observation:
     n = len(weights)
     errors = errors or [0.0] * n
@@ -57,6 +66,8 @@ def observe(
                 weights[i],
                 slow_ratio=slow[i],
                 recent_slow_ratio=recent_slow[i] if recent_slow else math.nan,
+                recent_p99_ms=recent_p99[i] if recent_p99 else math.nan,
+                recent_rps=recent_rps[i] if recent_rps else math.nan,
             )
             for i in range(n)
         ),
@@ -107,6 +118,52 @@ def test_an_overloaded_version_is_shed() -> None:
     )  # fmt: skip
     assert sick["v1"] <= 20
     assert planner.estimates(ROUTE)["v1"].health < 0.7
+
+
+def warm(planner: PlannerPolicy, recent_p99: list[float]) -> None:
+    """14 calm ticks (5 s) of three healthy versions at a third of their capacity; v1's
+    newest-interval p99 takes the values of `recent_p99` in turn."""
+    for k in range(14):
+        planner.decide(
+            observe(
+                5.0 * k, [34, 33, 33], [68.0, 66.0, 66.0], p99=[90.0] * 3,
+                recent_p99=[recent_p99[k % len(recent_p99)], 90.0, 90.0],
+                recent_rps=[68.0, 66.0, 66.0], recent_slow=[0.0] * 3,
+            )
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spread", "p99", "window_p99", "rps", "window_rps", "alarm"),
+    [
+        ([90.0], 900.0, 300.0, 68.0, 68.0, True),
+        ([90.0], 400.0, 300.0, 68.0, 68.0, True),
+        ([60.0, 150.0], 400.0, 300.0, 68.0, 68.0, False),  # a p99 that always wandered
+        ([60.0, 150.0], 2000.0, 300.0, 68.0, 68.0, True),
+        ([90.0], 150.0, 300.0, 68.0, 68.0, False),  # not far enough off
+        ([90.0], 900.0, 120.0, 68.0, 68.0, False),  # the window does not agree
+        ([90.0], 900.0, 300.0, 30.0, 30.0, False),  # too few requests in the newest interval
+        ([90.0], 900.0, 300.0, 50.0, 68.0, False),  # a falling rate: a backlog draining
+    ],
+)
+def test_a_newest_p99_far_above_its_healthy_spread_is_a_fault_at_once(
+    spread: list[float], p99: float, window_p99: float, rps: float, window_rps: float,
+    alarm: bool,
+) -> None:  # fmt: skip
+    """A loose SLO shows a capacity loss in the slow ratio only once a backlog is deep; a
+    newest-interval p99 `P99_ALARM_Z` deviations above the version's own healthy spread, with
+    enough requests behind it and a window p99 that agrees, lowers the health at once."""
+    planner = PlannerPolicy()
+    warm(planner, spread)
+    assert planner.estimates(ROUTE)["v1"].health == pytest.approx(1.0)
+    planner.decide(
+        observe(
+            70.0, [34, 33, 33], [window_rps, 66.0, 66.0], p99=[window_p99, 90.0, 90.0],
+            recent_p99=[p99, 90.0, 90.0], recent_rps=[rps, 66.0, 66.0], recent_slow=[0.0] * 3,
+        )
+    )  # fmt: skip
+    health = planner.estimates(ROUTE)["v1"].health
+    assert (health < 0.8) if alarm else (health > 0.95)
 
 
 @pytest.mark.parametrize(
@@ -352,6 +409,18 @@ def test_service_time_fit_inverts_the_model_p99() -> None:
         fit = fit_service_ms(200.0, 120.0, p99)
         assert fit is not None and fit == pytest.approx(service_ms, rel=0.3)
     assert fit_service_ms(200.0, 199.0, 500.0) is None  # at capacity the p99 says nothing
+
+
+@pytest.mark.parametrize("random", [False, True])
+def test_health_from_a_p99_inverts_the_model_p99(random: bool) -> None:
+    # a version of 200 rps nominal capacity fed 60 rps, at health h: capacity 200 h, service
+    # time 20 / h ms; the health read back from the model's own p99 is h
+    healths = np.array([0.4, 0.7, 1.0])
+    p99 = model_p99_ms_each(200.0 * healths, 20.0 / healths, np.full(3, 60.0), random)
+    read = infer_health_from_p99_each(
+        np.full(3, 200.0), np.full(3, 20.0), 60.0 * np.ones(3), p99, random
+    )
+    assert read == pytest.approx(healths, rel=0.05)
 
 
 def test_health_inference_is_monotone_in_the_slow_ratio() -> None:
