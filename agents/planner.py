@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.baselines import SqrtPolicy, route_rps, sqrt_shares
-from agents.queueing import BalancedQueues, batched_cost_tables, min_plus_splits
+from agents.queueing import BalancedQueues, exponential_cost_tables, min_plus_splits
 from agents.version_estimates import EstimateUpdates, VersionEstimate, model_service_ms
 from agents.version_model import VersionModel, shape
 from meshcore.model import WEIGHT_TOTAL, Observation, RouteRef, Weights, finite
@@ -230,7 +230,7 @@ class PlannerPolicy:
                 for n, c in zip(obs.subsets, obs.capacity_hint_rps, strict=True)
             ]
             tables.append((models, rate, slo_ms))
-        costs = batched_cost_tables(tables, [st.random for _, st, _, _ in planned])
+        costs = exponential_cost_tables(tables, [st.random for _, st, _, _ in planned])
         pulled = []
         for (i, st, slo_ms, rate), (models, _, _), cost in zip(planned, tables, costs, strict=True):
             st.subsets, st.bad_table = run[i].subsets, cost
@@ -294,18 +294,14 @@ class PlannerPolicy:
         replicas = np.array([m.replicas for m in st.models], dtype=np.int64)
         mu = np.array([1000.0 / m.service_ms for m in st.models], dtype=np.float64)
         rate = share * st.rate_rps * load_factor
-        cv = np.array([m.cv if m.service_dist == "lognormal" else 1.0 for m in st.models])
-        queues = BalancedQueues(replicas, mu, rate, st.random, cv)
+        queues = BalancedQueues(replicas, mu, rate, st.random)
         return float(np.sum(share * queues.slow(st.slo_ms)))
 
     def model(self, est: VersionEstimate, capacity_rps: float, slo_ms: float) -> VersionModel:
         """The queueing model of a version with estimates `est`, nominal capacity (rps) and
         the route's SLO (ms)."""
         replicas, svc = shape(capacity_rps, model_service_ms(est, capacity_rps, slo_ms))
-        error = min(max(est.error, 0.0), 1.0)
-        if est.cv == 1.0:
-            return VersionModel(replicas, svc, error, est.health)
-        return VersionModel(replicas, svc, error, est.health, "lognormal", est.cv)
+        return VersionModel(replicas, svc, min(max(est.error, 0.0), 1.0), est.health)
 
 
 def impaired(est: VersionEstimate) -> bool:

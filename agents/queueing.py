@@ -269,75 +269,36 @@ def _erlang_c_each(servers: np.ndarray, offered_erlangs: np.ndarray) -> np.ndarr
     return out.reshape(shape)
 
 
-class _FcfsQueue:
-    """FCFS queues at fixed arrival rates: what `queue_tail` computes before it looks at the
-    latency bound (elementwise arrays). Service is exponential, or lognormal with the M/G/c
-    stretch of the conditional wait where `cv` (coefficient of variation, broadcast with the
-    rest) is not 1."""
+class _ExpQueue:
+    """FCFS queues of exponential servers at fixed arrival rates: what `queue_tail` computes
+    before it looks at the latency bound (elementwise arrays)."""
 
-    def __init__(
-        self, servers: np.ndarray, mu: np.ndarray, rate: np.ndarray, cv: np.ndarray | None = None
-    ) -> None:
+    def __init__(self, servers: np.ndarray, mu: np.ndarray, rate: np.ndarray) -> None:
         capacity = servers * mu
         self.stable = rate < capacity * (1.0 - 1e-9)
         x = np.where(self.stable, rate, 0.0)
         self.wait = _erlang_c_each(servers, x / mu)
         self.theta = capacity - x
         self.mu = mu
-        self.stretch: np.ndarray | float = 1.0  # the M/G/c factor on the conditional wait
-        self._lognormal: tuple[np.ndarray, ...] | None = None
-        if cv is not None and np.any(cv != 1.0):
-            cv = np.broadcast_to(cv, self.theta.shape)
-            sigma2 = np.log1p(cv * cv)
-            log_median = -np.log(np.broadcast_to(mu, self.theta.shape)) - sigma2 / 2.0
-            stretch = (1.0 + cv * cv) / 2.0
-            self._lognormal = (cv != 1.0, log_median, np.sqrt(sigma2), self.theta / stretch)
-            self.stretch = stretch
-
-    def mean_wait_s(self) -> np.ndarray:
-        """Mean time in queue (s): P(wait) times the conditional wait's mean; inf at or
-        above capacity."""
-        with np.errstate(divide="ignore"):
-            return np.where(self.stable, self.wait * self.stretch / self.theta, np.inf)
 
     def tail(self, t: np.ndarray | float) -> np.ndarray:
-        """`queue_tail` at latency bound t (s)."""
+        """`queue_tail` (exponential service) at latency bound t (s)."""
         mu, theta = self.mu, self.theta
         svc_tail = np.exp(-mu * t)
         d = theta - mu
         small = np.abs(d * t) < 1e-7
         safe_d = np.where(small, 1.0, d)
         conv = np.where(small, mu * t * svc_tail, mu * (svc_tail - np.exp(-theta * t)) / safe_d)
-        tail = svc_tail + self.wait * conv
-        if self._lognormal is not None:
-            tail = np.where(self._lognormal[0], self._lognormal_tail(t), tail)
-        return np.where(self.stable, _unit(tail), 1.0)
-
-    def _lognormal_tail(self, t: np.ndarray | float) -> np.ndarray:
-        """`queue_tail`'s lognormal branch elementwise: the service law's tail plus the
-        exponential wait convolved with it (Gauss-Legendre in log-service space)."""
-        from scipy.special import ndtr  # deferred: only routes with a fitted tail shape
-
-        assert self._lognormal is not None
-        _, log_median, sigma, theta = self._lognormal
-        t = np.asarray(t, dtype=np.float64)
-        z_t = (np.log(np.maximum(t, 1e-300)) - log_median) / sigma
-        half = np.maximum(z_t - _Z_LOW, 0.0) / 2.0
-        z = _Z_LOW + half[..., None] * (_GL_NODES + 1.0)
-        s = np.exp(log_median[..., None] + sigma[..., None] * z)
-        weights = half[..., None] * _GL_WEIGHTS * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-        conv = np.sum(weights * np.exp(-theta[..., None] * (t[..., None] - s)), axis=-1)
-        return ndtr(-z_t) + self.wait * conv
+        return np.where(self.stable, _unit(svc_tail + self.wait * conv), 1.0)
 
 
 class BalancedQueues:
-    """Versions behind Envoy's least-request balancer, or a random one where `random` is
-    true, each fed a fixed rate: `slow_probability` elementwise over arrays of replicas,
-    per-replica service rate (rps), arrival rate (rps), balancer flags and service-time cv
-    (1: exponential, else lognormal; `None`: exponential everywhere) that broadcast together,
-    the parts that do not depend on the latency bound computed once (a search over the bound
-    reuses them). The per-replica and the pooled queue are one stacked array; random
-    balancing is the per-replica queue alone (alpha 0)."""
+    """Versions with exponential service behind Envoy's least-request balancer, or a random
+    one where `random` is true, each fed a fixed rate: `slow_probability` elementwise over
+    arrays of replicas, per-replica service rate (rps), arrival rate (rps) and balancer flags
+    that broadcast together, the parts that do not depend on the latency bound computed once
+    (a search over the bound reuses them). The per-replica and the pooled queue are one
+    stacked array; random balancing is the per-replica queue alone (alpha 0)."""
 
     def __init__(
         self,
@@ -345,7 +306,6 @@ class BalancedQueues:
         mu_rps: np.ndarray,
         rate_rps: np.ndarray,
         random: np.ndarray | bool = False,
-        cv: np.ndarray | None = None,
     ) -> None:
         c = np.asarray(replicas)
         mu = np.asarray(mu_rps, dtype=np.float64)
@@ -359,13 +319,7 @@ class BalancedQueues:
             return both.reshape((2,) + (1,) * (ndim - first.ndim) + first.shape)
 
         self._single = c == 1
-        shape_cv = None
-        if cv is not None:
-            cv_array = np.asarray(cv, dtype=np.float64)
-            shape_cv = pair(cv_array, cv_array)
-        self._queues = _FcfsQueue(
-            pair(np.ones_like(c), c), pair(mu, mu), pair(rate / c, rate), shape_cv
-        )
+        self._queues = _ExpQueue(pair(np.ones_like(c), c), pair(mu, mu), pair(rate / c, rate))
         bonus = np.where(c == 2, 0.05, 0.0)
         alpha = np.minimum(1.0, 0.5 + 1.25 * np.maximum(rate / (c * mu) - 0.8, 0.0) + bonus)
         self._alpha = np.where(random, 0.0, alpha)
@@ -376,16 +330,6 @@ class BalancedQueues:
         logs = np.log(np.maximum(tails, 1e-300))
         mixed = np.exp(self._alpha * logs[1] + (1.0 - self._alpha) * logs[0])
         return np.where(self._single, tails[0], _unit(mixed))
-
-    def mean_wait_s(self) -> np.ndarray:
-        """Modelled mean time in queue (s) per element, the pooled and the per-replica
-        queue's mixed as their tails are (geometrically, by alpha); inf at or above
-        capacity."""
-        waits = self._queues.mean_wait_s()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(np.maximum(waits, 1e-300))
-            mixed = np.exp(self._alpha * logs[1] + (1.0 - self._alpha) * logs[0])
-        return np.where(self._single, waits[0], mixed)
 
 
 _CERTAIN_GAP = 1e-12
@@ -435,16 +379,18 @@ def min_plus_splits(costs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
     return [s for s in out if s is not None]
 
 
-def batched_cost_tables(
+def exponential_cost_tables(
     tables: Sequence[tuple[Sequence[QueueParams], float, float]],
     random: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
     """`cost_table(subsets, load_rps, slo_ms=slo_ms, balancer=...)` of each (subsets,
-    load_rps, slo_ms), as one array; the balancer is least-request, or random where `random`
-    (one flag per table) says so."""
+    load_rps, slo_ms) whose subsets all have exponential service, as one array; the balancer
+    is least-request, or random where `random` (one flag per table) says so."""
     if not tables:
         return []
     params = [s for subsets, _, _ in tables for s in subsets]
+    if any(s.service_dist != "exponential" for s in params):
+        raise ValueError("exponential_cost_tables models exponential service only")
     sizes = [len(subsets) for subsets, _, _ in tables]
     w = np.arange(WEIGHT_TOTAL + 1, dtype=np.float64)
     frac = w / WEIGHT_TOTAL
@@ -453,15 +399,12 @@ def batched_cost_tables(
     replicas = np.array([s.replicas for s in params], dtype=np.int64)[:, None]
     mu = np.array([s.mu_rps for s in params], dtype=np.float64)[:, None]
     e = np.array([s.error_rate for s in params], dtype=np.float64)[:, None]
-    cv = np.array(
-        [s.cv if s.service_dist == "lognormal" else 1.0 for s in params], dtype=np.float64
-    )[:, None]
     refs = []
     for subsets, _, _ in tables:
         caps = [s.capacity_rps for s in subsets]
         refs.extend(largest_remainder(caps) if sum(caps) > 0 else [0] * len(caps))
     ref = np.asarray(refs, dtype=np.float64)[:, None]
     flags = np.repeat(list(random) if random is not None else [False] * len(tables), sizes)
-    slow = BalancedQueues(replicas, mu, frac * load, flags[:, None], cv).slow(slo)
+    slow = BalancedQueues(replicas, mu, frac * load, flags[:, None]).slow(slo)
     rows = frac * (e + (1.0 - e) * slow) + _TIE_BREAK * ((w - ref) / WEIGHT_TOTAL) ** 2
     return np.split(rows, np.cumsum(sizes)[:-1])

@@ -18,9 +18,7 @@ import numpy as np
 
 from agents.version_model import (
     HEALTH_RANGE,
-    SHAPE_REPLICAS,
     fit_service_ms_each,
-    fit_shape_each,
     infer_health_each,
     infer_health_from_p99_each,
     model_p99_ms_each,
@@ -32,16 +30,6 @@ MIN_RPS = 0.5
 SERVICE_FITS = 12
 """Healthy observations averaged into a version's first service-time estimate; later ones move
 it with weight 1 / SERVICE_FITS."""
-SHAPE_FITS = 6
-"""Tail-shape fits (`fit_shape_each`) a version needs before its shape replaces the
-exponential service-time fit: one window's mean and p99 fit several shapes about as well;
-windows at different rates tell them apart."""
-SHAPE_HEAVY_CV = 1.5
-"""Least fitted cv for which a version's tail shape replaces the exponential fit of its p99:
-lighter tails are fitted with too little accuracy to beat it."""
-SHAPE_UTILIZATION = 0.6
-"""Highest rate, as a fraction of the nominal capacity, of a window the tail-shape fit reads
-(`fit_shape_each`): nearer capacity the model's queueing errors are as large as a tail's."""
 HEALTHY_SLOW = 0.05
 """Largest slow ratio of a window that looks healthy: the only windows the service-time fit
 trusts (a faulty or overloaded version's p99 would make its healthy service time look slow,
@@ -117,18 +105,9 @@ class VersionEstimate:
     """What the planner has learned about one version (see the module docstring)."""
 
     service_ms: float = math.nan
-    cv: float = 1.0
-    """The service time's coefficient of variation (1: exponential, else lognormal); fitted
-    only where telemetry reports a mean latency (`SubsetStats.mean_ms`)."""
     health: float = 1.0
     error: float = 0.0
     fits: int = 0
-    shape_fits: int = 0
-    shape_misfit: tuple[float, ...] = ()
-    """Per candidate replica count 1..`SHAPE_REPLICAS`: the averaged squared log misfit of
-    the modelled mean latency at the cv that explains the p99 (`fit_shape_each`)."""
-    shape_log_cv: tuple[float, ...] = ()
-    """Per candidate replica count: the averaged log of that cv."""
     healthy_seen: int = 0
     p99_spread_n: int = 0
     p99_resid_mean: float = 0.0
@@ -171,7 +150,6 @@ class EstimateUpdates:
     def __init__(self) -> None:
         self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float, bool]] = []
         self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
-        self.shape_fits: list[tuple[VersionEstimate, float, float, float, float, bool]] = []
         self.slow: list[tuple[VersionEstimate, float, float, float, float, bool, bool]] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
         self.alarms: list[
@@ -231,10 +209,7 @@ class EstimateUpdates:
         # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
-            if finite(stats.mean_ms) and stats.mean_ms > 0 and rps <= SHAPE_UTILIZATION * cap:
-                self.shape_fits.append((est, cap, rps, stats.mean_ms, stats.p99_ms, random))
-            if est.cv == 1.0:
-                self.fits.append((est, cap, rps, stats.p99_ms, random))
+            self.fits.append((est, cap, rps, stats.p99_ms, random))
         recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
         steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)
         if finite(recent_p99) and steady:
@@ -255,7 +230,6 @@ class EstimateUpdates:
     def apply(self) -> None:
         self._check_relaxations()
         self._fit_service_times()
-        self._fit_shapes()
         self._infer_health()
         self._p99_alarms()
         for est, bound in self.saturated:
@@ -269,11 +243,7 @@ class EstimateUpdates:
         ests, befores, caps, svcs, rates, p99s, rnd = zip(*self.relaxed, strict=True)
         health = np.array([est.health for est in ests], dtype=np.float64)
         modelled = model_p99_ms_each(
-            np.asarray(caps) * health,
-            np.asarray(svcs) / health,
-            np.asarray(rates),
-            np.array(rnd),
-            np.array([est.cv for est in ests]),
+            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates), np.array(rnd)
         ).tolist()
         for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
             if observed > RELAX_P99 * model:
@@ -290,31 +260,6 @@ class EstimateUpdates:
                     previous = math.log(est.service_ms) if finite(est.service_ms) else 0.0
                     est.service_ms = math.exp((1 - gain) * previous + gain * math.log(fit))
 
-    def _fit_shapes(self) -> None:
-        """Average each fit's misfit and cv per candidate replica count into the version's,
-        then take the best-fitting count's service time and cv (`fit_shape_each`)."""
-        if not self.shape_fits:
-            return
-        _, caps, rates, means, p99s, rnd = zip(*self.shape_fits, strict=True)
-        cvs, resids = fit_shape_each(caps, rates, means, p99s, np.array(rnd))
-        for (est, cap, *_), cv, resid in zip(self.shape_fits, cvs, resids, strict=True):
-            if np.isnan(resid).all():
-                continue
-            est.shape_fits += 1
-            gain = 1.0 / min(est.shape_fits, SERVICE_FITS)
-            old_misfit = np.asarray(est.shape_misfit or [0.0] * SHAPE_REPLICAS)
-            old_log_cv = np.asarray(est.shape_log_cv or [0.0] * SHAPE_REPLICAS)
-            misfit = (1 - gain) * old_misfit + gain * resid * resid
-            log_cv = (1 - gain) * old_log_cv + gain * np.log(cv)
-            est.shape_misfit, est.shape_log_cv = tuple(misfit.tolist()), tuple(log_cv.tolist())
-            best = int(np.argmin(misfit))
-            heavy = est.shape_fits >= SHAPE_FITS and log_cv[best] >= math.log(SHAPE_HEAVY_CV)
-            if heavy:
-                est.service_ms = (best + 1) * 1000.0 / cap
-                est.cv = math.exp(float(log_cv[best]))
-            elif est.cv != 1.0:  # back to the exponential fit of the p99
-                est.cv, est.fits, est.service_ms = 1.0, 0, math.nan
-
     def _p99_alarms(self) -> None:
         """Lower at once the health of versions whose newest p99 is `P99_ALARM_Z` deviations
         above its healthy level, to the health whose modelled p99 matches it; a version
@@ -327,13 +272,11 @@ class EstimateUpdates:
         health = np.array([est.health for est in ests], dtype=np.float64)
         cap, svc, rate = np.asarray(caps), np.asarray(svcs), np.asarray(rates)
         flags = np.array(rnd)
-        cv = np.array([est.cv for est in ests])
         both = model_p99_ms_each(
             np.tile(cap * health, 2),
             np.tile(svc / health, 2),
             np.concatenate([rate, np.asarray(window_rates)]),
             np.tile(flags, 2),
-            np.tile(cv, 2),
         )
         newest, window = both[: len(ests)], both[len(ests) :]
         agree = (np.nan_to_num(np.asarray(window_p99s)) >= P99_ALARM_WINDOW * window).tolist()
@@ -354,7 +297,7 @@ class EstimateUpdates:
             return
         hit = np.asarray(hits)
         read = infer_health_from_p99_each(
-            cap[hit], svc[hit], rate[hit], np.asarray(p99s)[hit], flags[hit], cv[hit]
+            cap[hit], svc[hit], rate[hit], np.asarray(p99s)[hit], flags[hit]
         ).tolist()
         for i, h in zip(hit.tolist(), read, strict=True):
             ests[i].health = min(ests[i].health, h)
@@ -364,8 +307,7 @@ class EstimateUpdates:
             return
         svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo, _, _ in self.slow]
         _, caps, rates, slows, slos, rnd, current = zip(*self.slow, strict=True)
-        cvs = np.array([est.cv for est, *_ in self.slow])
-        inferred = infer_health_each(caps, svcs, rates, slows, slos, np.array(rnd), cvs).tolist()
+        inferred = infer_health_each(caps, svcs, rates, slows, slos, np.array(rnd)).tolist()
         for (est, *_), observed, now in zip(self.slow, inferred, current, strict=True):
             if math.isnan(observed):
                 continue

@@ -109,33 +109,21 @@ def _bisect(
     return lo, hi
 
 
-def _cv_or_none(cv: np.ndarray) -> np.ndarray | None:
-    """`cv` for `BalancedQueues`, None where every version is exponential (the fast path)."""
-    return None if bool(np.all(cv == 1.0)) else cv
-
-
 def model_p99_ms_each(
     capacity_rps: npt.ArrayLike,
     service_ms: npt.ArrayLike,
     rate_rps: npt.ArrayLike,
     random: npt.ArrayLike = False,
-    cv: npt.ArrayLike = 1.0,
 ) -> np.ndarray:
     """The model's p99 latency (ms) of healthy versions fed `rate_rps` behind a least-request
-    balancer, or a random one where `random`, with service times of coefficient of variation
-    `cv` (1: exponential, else lognormal; arrays that broadcast together; bisection on the
-    tail, to 1.3 % of its 1e6 range: p99 only needs to be near)."""
-    cap, service, rate, shape_cv, rnd = np.broadcast_arrays(
-        *_arrays(capacity_rps, service_ms, rate_rps, cv),
-        np.atleast_1d(np.asarray(random, dtype=bool)),
+    balancer, or a random one where `random` (arrays that broadcast together; bisection on
+    the tail, to 1.3 % of its 1e6 range: p99 only needs to be near)."""
+    cap, service, rate, rnd = np.broadcast_arrays(
+        *_arrays(capacity_rps, service_ms, rate_rps), np.atleast_1d(np.asarray(random, dtype=bool))
     )
     replicas, svc = _shape_each(cap.ravel(), service.ravel())
     queues = BalancedQueues(
-        replicas[:, None],
-        (1000.0 / svc)[:, None],
-        rate.reshape(-1, 1),
-        rnd.reshape(-1, 1),
-        _cv_or_none(shape_cv.reshape(-1, 1)),
+        replicas[:, None], (1000.0 / svc)[:, None], rate.reshape(-1, 1), rnd.reshape(-1, 1)
     )
     _, hi = _bisect(
         _log_each(svc * 0.01), _log_each(svc * 1e4), 10, lambda mid: queues.slow(np.exp(mid)) > 0.01
@@ -144,85 +132,10 @@ def model_p99_ms_each(
 
 
 def model_p99_ms(
-    capacity_rps: float, service_ms: float, rate_rps: float, random: bool = False, cv: float = 1.0
+    capacity_rps: float, service_ms: float, rate_rps: float, random: bool = False
 ) -> float:
     """`model_p99_ms_each` of one version (ms)."""
-    return float(model_p99_ms_each(capacity_rps, service_ms, rate_rps, random, cv)[0])
-
-
-def model_mean_ms_each(
-    capacity_rps: npt.ArrayLike,
-    service_ms: npt.ArrayLike,
-    rate_rps: npt.ArrayLike,
-    random: npt.ArrayLike = False,
-    cv: npt.ArrayLike = 1.0,
-) -> np.ndarray:
-    """The model's mean latency (ms) of healthy versions fed `rate_rps` (arguments as
-    `model_p99_ms_each`): the service time plus the mean wait; inf at or above capacity."""
-    cap, service, rate, shape_cv, rnd = np.broadcast_arrays(
-        *_arrays(capacity_rps, service_ms, rate_rps, cv),
-        np.atleast_1d(np.asarray(random, dtype=bool)),
-    )
-    replicas, svc = _shape_each(cap, service)
-    queues = BalancedQueues(replicas, 1000.0 / svc, rate, rnd, _cv_or_none(shape_cv))
-    return svc + 1000.0 * queues.mean_wait_s()
-
-
-CV_RANGE = (0.3, 4.0)
-"""Bounds of the fitted coefficient of variation of a version's service time."""
-_CV_LOG = (math.log(CV_RANGE[0]), math.log(CV_RANGE[1]))
-
-
-SHAPE_REPLICAS = 16
-"""Most replicas `fit_shape_each` considers for a version (its candidates are 1..this)."""
-
-
-def fit_shape_each(
-    capacity_rps: npt.ArrayLike,
-    rate_rps: npt.ArrayLike,
-    mean_ms: npt.ArrayLike,
-    p99_ms: npt.ArrayLike,
-    random: npt.ArrayLike = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """How well each shape explains healthy versions of nominal capacity `capacity_rps` fed
-    `rate_rps` whose mean latency is `mean_ms` and p99 `p99_ms` (1-d arrays of length n).
-
-    A shape is r replicas (candidates 1..`SHAPE_REPLICAS`; the capacity fixes their service
-    time, r x 1000 / C ms) and a service-time cv: per candidate r, the cv (within `CV_RANGE`,
-    bisection in log space to 1.2 %) at which the model's p99 is the observed one, and the
-    log of the model's mean latency over the observed mean at that cv. Returns (cv,
-    residual), each (n, SHAPE_REPLICAS); NaN rows from 95 % of capacity on, where the wait
-    swamps the service time. One window cannot tell few fast replicas with a heavy tail
-    from many slow ones with a light tail (both explain a mean and a p99); windows at
-    different rates can, so the caller sums the residuals over windows."""
-    cap, rate, mean, p99 = np.broadcast_arrays(*_arrays(capacity_rps, rate_rps, mean_ms, p99_ms))
-    rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)
-    n, k = cap.shape[0], SHAPE_REPLICAS
-    cv_out, resid_out = np.full((n, k), np.nan), np.full((n, k), np.nan)
-    todo = np.flatnonzero(~(rate >= 0.95 * cap))
-    if not todo.size:
-        return cv_out, resid_out
-    replicas = np.tile(np.arange(1, k + 1, dtype=np.float64), todo.size)
-    cap_f, rate_f, mean_f, p99_f, rnd_f = (
-        np.repeat(a[todo], k) for a in (cap, rate, mean, p99, rnd)
-    )
-    svc = replicas * 1000.0 / cap_f
-    _, hi = _bisect(
-        np.full(svc.shape, _CV_LOG[0]),
-        np.full(svc.shape, _CV_LOG[1]),
-        7,
-        lambda mid: (
-            model_p99_ms_each(
-                cap_f[:, None], svc[:, None], rate_f[:, None], rnd_f[:, None], np.exp(mid)
-            )
-            < p99_f[:, None]
-        ),
-    )
-    cv = _exp_each(hi)
-    modelled = model_mean_ms_each(cap_f, svc, rate_f, rnd_f, cv)
-    cv_out[todo] = cv.reshape(-1, k)
-    resid_out[todo] = np.log(modelled / mean_f).reshape(-1, k)
-    return cv_out, resid_out
+    return float(model_p99_ms_each(capacity_rps, service_ms, rate_rps, random)[0])
 
 
 def fit_service_ms_each(
@@ -275,11 +188,9 @@ def infer_health_each(
     slow_ratio: npt.ArrayLike,
     slo_ms: npt.ArrayLike,
     random: npt.ArrayLike = False,
-    cv: npt.ArrayLike = 1.0,
 ) -> np.ndarray:
     """Capacity factors at which the model's P(latency > slo_ms) at `rate_rps` is
-    `slow_ratio` (arrays of one shape; a random balancer where `random`, else least-request;
-    service-time cv `cv`).
+    `slow_ratio` (arrays of one shape; a random balancer where `random`, else least-request).
 
     Clipped below to `HEALTH_RANGE`; NaN where even the best health in range predicts as many
     slow requests (a lightly loaded version: the ratio says nothing). The modelled slow
@@ -288,12 +199,10 @@ def infer_health_each(
     replicas, svc = _shape_each(cap, service)
     base_mu = 1000.0 / svc
     rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)[:, None]
-    shape_cv = _cv_or_none(np.broadcast_to(np.asarray(cv, dtype=np.float64), cap.shape)[:, None])
 
     def slow(log_h: np.ndarray) -> np.ndarray:
         mu = base_mu[:, None] * np.exp(log_h)
-        queues = BalancedQueues(replicas[:, None], mu, rate[:, None], rnd, shape_cv)
-        return queues.slow(slo[:, None])
+        return BalancedQueues(replicas[:, None], mu, rate[:, None], rnd).slow(slo[:, None])
 
     lo = np.full(cap.shape, _HEALTH_LOG[0])
     hi = np.full(cap.shape, _HEALTH_LOG[1])
@@ -311,23 +220,20 @@ def infer_health_from_p99_each(
     rate_rps: npt.ArrayLike,
     p99_ms: npt.ArrayLike,
     random: npt.ArrayLike = False,
-    cv: npt.ArrayLike = 1.0,
 ) -> np.ndarray:
     """Capacity factors at which the model's p99 at `rate_rps` is `p99_ms` (arrays of one
-    shape; a random balancer where `random`, else least-request; service-time cv `cv`),
-    within `HEALTH_RANGE`: the
+    shape; a random balancer where `random`, else least-request), within `HEALTH_RANGE`: the
     model's p99 falls as the factor rises (capacity C h, service time m / h), so a bisection
     in log space finds it (to 0.4 %)."""
     cap, service, rate, p99 = _arrays(capacity_rps, service_ms, rate_rps, p99_ms)
     rnd = np.broadcast_to(np.asarray(random, dtype=bool), cap.shape)
-    shape_cv = np.broadcast_to(np.asarray(cv, dtype=np.float64), cap.shape)
     lo = np.full(cap.shape, _HEALTH_LOG[0])
     hi = np.full(cap.shape, _HEALTH_LOG[1])
 
     def above(mid: np.ndarray) -> np.ndarray:
         h = np.exp(mid)
         modelled = model_p99_ms_each(
-            cap[:, None] * h, service[:, None] / h, rate[:, None], rnd[:, None], shape_cv[:, None]
+            cap[:, None] * h, service[:, None] / h, rate[:, None], rnd[:, None]
         )
         return modelled > p99[:, None]
 

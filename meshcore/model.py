@@ -52,9 +52,7 @@ class SubsetStats:
     last two samples), NaN when unknown: they show a backlog that builds or drains now, which
     the window's average mixes with the previous 25 s. recent_rps: requests per second over
     that newest interval, NaN when unknown: a burst shows in it a tick after it starts, in
-    `rps` only as the window fills with it. mean_ms: mean latency over the window (ms; the
-    duration histogram's sum over its count), NaN when unknown: with the p99 it tells a
-    heavy-tailed service time from a slow one.
+    `rps` only as the window fills with it.
     """
 
     rps: float
@@ -65,7 +63,6 @@ class SubsetStats:
     recent_p99_ms: float = math.nan
     recent_slow_ratio: float = math.nan
     recent_rps: float = math.nan
-    mean_ms: float = math.nan
 
     @property
     def has_data(self) -> bool:

@@ -426,13 +426,11 @@ class MeshSimulator:
                 continue
             hist = np.sum([s.hist[i] for s in steps], axis=0)
             p99 = quantile_ms(hist, 0.99)
-            mean = sum(float(s.lat_sum_ms[i]) for s in steps) / c
             newest = steps[-1]
             recent_c = int(newest.count[i])
             recent_p99 = quantile_ms(newest.hist[i], 0.99)
             if noise:
                 p99 = max(p99 * (1.0 + tel.noise * noise), 0.0)
-                mean = max(mean * (1.0 + tel.noise * noise), 0.0)
                 if recent_c:
                     recent_p99 = max(recent_p99 * (1.0 + tel.noise * noise), 0.0)
             stats.append(
@@ -445,7 +443,6 @@ class MeshSimulator:
                     recent_p99_ms=recent_p99,
                     recent_slow_ratio=int(newest.slow[i]) / recent_c if recent_c else math.nan,
                     recent_rps=recent_c / self.scenario.step_s,
-                    mean_ms=mean,
                 )
             )
         return Observation(
