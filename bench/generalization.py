@@ -137,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--range", default="test", choices=("train", "validation", "test"),
                    help="seed range of the generated scenarios (test)")  # fmt: skip
-    p.add_argument("--count", type=int, default=200, help="generated scenarios (200)")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=200,
+        help="generated scenarios (200; 0 runs the public suite alone, with --suite-seeds)",
+    )
     p.add_argument(
         "--skip",
         type=int,
@@ -166,27 +171,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = served_candidates if args.as_served else raw_setup
     policies = [x for x in args.policies.split(",") if x]
     seeds = seed_range(args.range)
-    if args.count < 1 or args.skip < 0 or args.skip + args.count > len(seeds):
+    if args.count < 0 or args.skip < 0 or args.skip + args.count > len(seeds):
         p.error(f"--skip {args.skip} --count {args.count} is not within the {args.range} range "
                 f"({len(seeds)} seeds)")  # fmt: skip
-    first = seeds.start + args.skip
-    generated = [sample_scenario(first + i) for i in range(args.count)]
+    if args.count == 0 and args.suite_seeds < 1:
+        p.error("--count 0 runs the public suite alone: give --suite-seeds N (N >= 1)")
     started = time.monotonic()
-    results = run_evaluation(
-        generated,
-        policies,
-        list(range(args.seeds)),
-        workers=args.workers,
-        progress=True,
-        setup=setup,
-    )
-    report = summarize(results, generated, policies)
-    out: dict[str, Any] = {"command": " ".join(sys.argv), "generated": report}
+    out: dict[str, Any] = {"command": " ".join(sys.argv), "generated": {}}
     out["as_served"] = args.as_served
-    out["generated_summary"] = describe(
-        f"{args.range} range, seeds {first}..{first + args.count - 1}, {args.seeds} sim seeds",
-        generated, report, policies, args.floor,
-    )  # fmt: skip
+    out["generated_summary"] = None
+    if args.count > 0:
+        first = seeds.start + args.skip
+        generated = [sample_scenario(first + i) for i in range(args.count)]
+        results = run_evaluation(
+            generated,
+            policies,
+            list(range(args.seeds)),
+            workers=args.workers,
+            progress=True,
+            setup=setup,
+        )
+        report = summarize(results, generated, policies)
+        out["generated"] = report
+        out["generated_summary"] = describe(
+            f"{args.range} range, seeds {first}..{first + args.count - 1}, {args.seeds} sim "
+            "seeds", generated, report, policies, args.floor,
+        )  # fmt: skip
     if args.suite_seeds > 0:
         suite = resolve_scenarios([str(p) for p in suite_paths()])
         results = run_evaluation(

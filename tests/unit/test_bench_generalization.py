@@ -1,0 +1,34 @@
+"""`bench/generalization.py` with `--count 0`: the public suite alone.
+
+Cases: without `--suite-seeds` there is nothing to run and the command says so; with it, the
+report has the suite's nine scenarios, each scored against the best rule run (`sqrt` alone
+here, so 1.0), and an empty generated part (the keys stay, so readers of the JSON need no
+special case).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.generalization import main
+
+
+def test_count_0_without_the_suite_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--count", "0"])
+    assert stop.value.code == 2
+    assert "--count 0 runs the public suite alone" in capsys.readouterr().err
+
+
+def test_count_0_runs_the_suite_alone(tmp_path: Path) -> None:
+    out = tmp_path / "suite.json"
+    argv = ["--count", "0", "--suite-seeds", "1", "--policies", "sqrt", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["generated"] == {} and report["generated_summary"] is None
+    assert len(report["suite"]) == 9
+    assert all(set(row) == {"sqrt"} for row in report["suite"].values())
+    assert report["suite_summary"]["sqrt"]["geomean_vs_best_rule"] == pytest.approx(1.0)
