@@ -142,19 +142,74 @@ def slow_ratio_bound(slow_ratio: float, rps: float, window_s: float = math.nan) 
     return max(ratio - SLOW_EVIDENCE_Z * math.sqrt(ratio / requests), 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Relaxation:
+    """A health that relaxed upward this tick on a version with traffic, to check against
+    its p99 (`EstimateUpdates._check_relaxations`): rates in rps, times in ms."""
+
+    est: VersionEstimate
+    health_before: float
+    cap: float
+    service_ms: float
+    rps: float
+    p99_ms: float
+    random: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _P99Fit:
+    """A healthy window's p99 at its rate, for the service-time fit."""
+
+    est: VersionEstimate
+    cap: float
+    rps: float
+    p99_ms: float
+    random: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowReading:
+    """A window's slow ratio (its lower bound, `slow_ratio_bound`) at its rate, for the health
+    inversion; `current`: the newest interval agrees the version is slow (or has no data)."""
+
+    est: VersionEstimate
+    cap: float
+    rps: float
+    slow_ratio: float
+    slo_ms: float
+    random: bool
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _P99Reading:
+    """The newest interval's p99 and rate, and the window's, for the p99 alarm
+    (`P99_ALARM_Z`); `service_ms` as the model used it when the stats came in; `calm`: the
+    window and the newest interval look healthy, so the interval adds to the version's
+    healthy spread."""
+
+    est: VersionEstimate
+    cap: float
+    service_ms: float
+    recent_rps: float
+    recent_p99_ms: float
+    rps: float
+    p99_ms: float
+    random: bool
+    calm: bool
+
+
 class EstimateUpdates:
     """One tick's evidence for many versions: the relaxation and the error ratio are taken at
     once; the p99 checks of the relaxations, the fits and then the health inversions are
     computed as arrays (`apply`)."""
 
     def __init__(self) -> None:
-        self.relaxed: list[tuple[VersionEstimate, float, float, float, float, float, bool]] = []
-        self.fits: list[tuple[VersionEstimate, float, float, float, bool]] = []
-        self.slow: list[tuple[VersionEstimate, float, float, float, float, bool, bool]] = []
+        self.relaxed: list[_Relaxation] = []
+        self.fits: list[_P99Fit] = []
+        self.slow: list[_SlowReading] = []
         self.saturated: list[tuple[VersionEstimate, float]] = []
-        self.alarms: list[
-            tuple[VersionEstimate, float, float, float, float, float, float, bool, bool]
-        ] = []
+        self.alarms: list[_P99Reading] = []
 
     def relax(
         self,
@@ -178,7 +233,7 @@ class EstimateUpdates:
         est.error *= factor
         if est.health > before and finite(rps) and rps >= MIN_RPS and finite(p99) and p99 > 0:
             svc = model_service_ms(est, cap, slo_ms)
-            self.relaxed.append((est, before, cap, svc, rps, p99, random))
+            self.relaxed.append(_Relaxation(est, before, cap, svc, rps, p99, random))
 
     def observe(
         self,
@@ -209,7 +264,7 @@ class EstimateUpdates:
         # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due:
-            self.fits.append((est, cap, rps, stats.p99_ms, random))
+            self.fits.append(_P99Fit(est, cap, rps, stats.p99_ms, random))
         recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
         steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)
         if finite(recent_p99) and steady:
@@ -217,13 +272,13 @@ class EstimateUpdates:
             calm = healthy and finite(stats.recent_slow_ratio)
             calm = calm and stats.recent_slow_ratio <= HEALTHY_SLOW
             self.alarms.append(
-                (est, cap, svc, recent_rps, recent_p99, rps, stats.p99_ms, random, calm)
+                _P99Reading(est, cap, svc, recent_rps, recent_p99, rps, stats.p99_ms, random, calm)
             )
         if finite(stats.slow_ratio):
             evidence = min(slow_ratio_bound(stats.slow_ratio, rps, window_s), SLOW_SATURATED)
             recent = stats.recent_slow_ratio
             passed = finite(recent) and recent <= HEALTHY_SLOW
-            self.slow.append((est, cap, rps, evidence, slo_ms, random, not passed))
+            self.slow.append(_SlowReading(est, cap, rps, evidence, slo_ms, random, not passed))
             if stats.slow_ratio > HEALTHY_SLOW and finite(recent) and recent > SLOW_SATURATED:
                 self.saturated.append((est, SATURATED_SHED * rps / cap))
 
@@ -240,20 +295,26 @@ class EstimateUpdates:
         model's at the relaxed health h (capacity C h, service time m / h, same replicas)."""
         if not self.relaxed:
             return
-        ests, befores, caps, svcs, rates, p99s, rnd = zip(*self.relaxed, strict=True)
-        health = np.array([est.health for est in ests], dtype=np.float64)
+        health = np.array([r.est.health for r in self.relaxed], dtype=np.float64)
         modelled = model_p99_ms_each(
-            np.asarray(caps) * health, np.asarray(svcs) / health, np.asarray(rates), np.array(rnd)
+            np.array([r.cap for r in self.relaxed]) * health,
+            np.array([r.service_ms for r in self.relaxed]) / health,
+            np.array([r.rps for r in self.relaxed]),
+            np.array([r.random for r in self.relaxed]),
         ).tolist()
-        for est, before, model, observed in zip(ests, befores, modelled, p99s, strict=True):
-            if observed > RELAX_P99 * model:
-                est.health = before
+        for r, model in zip(self.relaxed, modelled, strict=True):
+            if r.p99_ms > RELAX_P99 * model:
+                r.est.health = r.health_before
 
     def _fit_service_times(self) -> None:
         if self.fits:
-            _, caps, rates, p99s, rnd = zip(*self.fits, strict=True)
-            fits = fit_service_ms_each(caps, rates, p99s, np.array(rnd)).tolist()
-            for (est, *_), fit in zip(self.fits, fits, strict=True):
+            fits = fit_service_ms_each(
+                [f.cap for f in self.fits],
+                [f.rps for f in self.fits],
+                [f.p99_ms for f in self.fits],
+                np.array([f.random for f in self.fits]),
+            ).tolist()
+            for est, fit in zip((f.est for f in self.fits), fits, strict=True):
                 if not math.isnan(fit):
                     est.fits += 1
                     gain = 1.0 / min(est.fits, SERVICE_FITS)
@@ -266,28 +327,31 @@ class EstimateUpdates:
         whose newest interval is calm adds that interval to its healthy level instead."""
         if not self.alarms:
             return
-        ests, caps, svcs, rates, p99s, window_rates, window_p99s, rnd, calm = zip(
-            *self.alarms, strict=True
-        )
-        health = np.array([est.health for est in ests], dtype=np.float64)
-        cap, svc, rate = np.asarray(caps), np.asarray(svcs), np.asarray(rates)
-        flags = np.array(rnd)
+        alarms = self.alarms
+        health = np.array([a.est.health for a in alarms], dtype=np.float64)
+        cap = np.array([a.cap for a in alarms])
+        svc = np.array([a.service_ms for a in alarms])
+        rate = np.array([a.recent_rps for a in alarms])
+        p99s = np.array([a.recent_p99_ms for a in alarms])
+        flags = np.array([a.random for a in alarms])
         both = model_p99_ms_each(
             np.tile(cap * health, 2),
             np.tile(svc / health, 2),
-            np.concatenate([rate, np.asarray(window_rates)]),
+            np.concatenate([rate, np.array([a.rps for a in alarms])]),
             np.tile(flags, 2),
         )
-        newest, window = both[: len(ests)], both[len(ests) :]
-        agree = (np.nan_to_num(np.asarray(window_p99s)) >= P99_ALARM_WINDOW * window).tolist()
-        resid = np.log(np.maximum(np.asarray(p99s), 1e-9) / newest).tolist()
+        newest, window = both[: len(alarms)], both[len(alarms) :]
+        window_p99s = np.nan_to_num(np.array([a.p99_ms for a in alarms]))
+        agree = (window_p99s >= P99_ALARM_WINDOW * window).tolist()
+        resid = np.log(np.maximum(p99s, 1e-9) / newest).tolist()
         hits = []
-        for i, (est, r) in enumerate(zip(ests, resid, strict=True)):
+        for i, (alarm, r) in enumerate(zip(alarms, resid, strict=True)):
+            est = alarm.est
             sd = math.sqrt(est.p99_resid_var)
             level = est.p99_resid_mean + max(P99_ALARM_Z * sd, math.log(P99_ALARM_MIN))
             if est.p99_spread_n >= P99_SPREAD_FITS and agree[i] and r >= level:
                 hits.append(i)
-            elif calm[i] and math.isfinite(r):
+            elif alarm.calm and math.isfinite(r):
                 est.p99_spread_n += 1
                 gain = 1.0 / min(est.p99_spread_n, 2 * P99_SPREAD_FITS)
                 delta = r - est.p99_resid_mean
@@ -297,23 +361,30 @@ class EstimateUpdates:
             return
         hit = np.asarray(hits)
         read = infer_health_from_p99_each(
-            cap[hit], svc[hit], rate[hit], np.asarray(p99s)[hit], flags[hit]
+            cap[hit], svc[hit], rate[hit], p99s[hit], flags[hit]
         ).tolist()
         for i, h in zip(hit.tolist(), read, strict=True):
-            ests[i].health = min(ests[i].health, h)
+            alarms[i].est.health = min(alarms[i].est.health, h)
 
     def _infer_health(self) -> None:
         if not self.slow:
             return
-        svcs = [model_service_ms(est, cap, slo) for est, cap, _, _, slo, _, _ in self.slow]
-        _, caps, rates, slows, slos, rnd, current = zip(*self.slow, strict=True)
-        inferred = infer_health_each(caps, svcs, rates, slows, slos, np.array(rnd)).tolist()
-        for (est, *_), observed, now in zip(self.slow, inferred, current, strict=True):
+        readings = self.slow
+        inferred = infer_health_each(
+            [r.cap for r in readings],
+            [model_service_ms(r.est, r.cap, r.slo_ms) for r in readings],
+            [r.rps for r in readings],
+            [r.slow_ratio for r in readings],
+            [r.slo_ms for r in readings],
+            np.array([r.random for r in readings]),
+        ).tolist()
+        for reading, observed in zip(readings, inferred, strict=True):
             if math.isnan(observed):
                 continue
+            est = reading.est
             if NOMINAL_BAND[0] <= observed <= NOMINAL_BAND[1]:
                 observed = 1.0
-            if now and observed < FAULT_DROP * est.health:  # a fault: believe it at once
+            if reading.current and observed < FAULT_DROP * est.health:  # a fault: at once
                 est.health = observed
             else:
                 est.health = math.exp(
