@@ -180,39 +180,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: dict[str, Any] = {"command": " ".join(sys.argv), "generated": {}}
     out["as_served"] = args.as_served
     out["generated_summary"] = None
+
+    def measure(title: str, scenarios: Sequence[Scenario], sim_seeds: int) -> tuple[Any, Any]:
+        """Every policy on `scenarios` with seeds 0..sim_seeds-1: the per-scenario report and
+        its printed tables."""
+        results = run_evaluation(
+            scenarios,
+            policies,
+            list(range(sim_seeds)),
+            workers=args.workers,
+            progress=True,
+            setup=setup,
+        )
+        report = summarize(results, scenarios, policies)
+        return report, describe(title, scenarios, report, policies, args.floor)
+
     if args.count > 0:
         first = seeds.start + args.skip
         generated = [sample_scenario(first + i) for i in range(args.count)]
-        results = run_evaluation(
+        out["generated"], out["generated_summary"] = measure(
+            f"{args.range} range, seeds {first}..{first + args.count - 1}, {args.seeds} sim seeds",
             generated,
-            policies,
-            list(range(args.seeds)),
-            workers=args.workers,
-            progress=True,
-            setup=setup,
+            args.seeds,
         )
-        report = summarize(results, generated, policies)
-        out["generated"] = report
-        out["generated_summary"] = describe(
-            f"{args.range} range, seeds {first}..{first + args.count - 1}, {args.seeds} sim "
-            "seeds", generated, report, policies, args.floor,
-        )  # fmt: skip
     if args.suite_seeds > 0:
         suite = resolve_scenarios([str(p) for p in suite_paths()])
-        results = run_evaluation(
-            suite,
-            policies,
-            list(range(args.suite_seeds)),
-            workers=args.workers,
-            progress=True,
-            setup=setup,
+        out["suite"], out["suite_summary"] = measure(
+            f"public suite, {args.suite_seeds} sim seeds", suite, args.suite_seeds
         )
-        suite_report = summarize(results, suite, policies)
-        out["suite"] = suite_report
-        out["suite_summary"] = describe(
-            f"public suite, {args.suite_seeds} sim seeds", suite, suite_report, policies,
-            args.floor,
-        )  # fmt: skip
     print(f"\n{time.monotonic() - started:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
