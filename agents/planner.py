@@ -15,7 +15,9 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
   has the observed p99 at the observed rate, from observations that look healthy (slow ratio
   at most `HEALTHY_SLOW`, p99 within the SLO), averaged geometrically over the first
   `SERVICE_FITS` of them and then followed slowly, from every `SERVICE_FITS`-th (a new build
-  under an old name); at most a third of the SLO; before any fit, a tenth of the SLO.
+  under an old name) while the health estimate is at least `FIT_HEALTH` (a fit at nominal
+  capacity would absorb a capacity loss into the service time); at most a third of the SLO;
+  before any fit, a tenth of the SLO.
   Replicas r = round(C m / 1000) >= 1, and m is then set so that r / m = C exactly. It fixes
   the shape of the tail (few fast or many slow servers).
 * **health** h (the capacity factor, 1 = nominal): the h at which the model's

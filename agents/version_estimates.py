@@ -30,6 +30,14 @@ MIN_RPS = 0.5
 SERVICE_FITS = 12
 """Healthy observations averaged into a version's first service-time estimate; later ones move
 it with weight 1 / SERVICE_FITS."""
+FIT_HEALTH = 0.9
+"""Least health estimate at which a version's healthy-looking windows keep refitting its
+service time once it has `SERVICE_FITS` fits: the fit assumes the nominal capacity, so a
+version the estimates blame for a capacity loss would have the loss absorbed, fit after fit,
+into a longer service time (more, slower replicas in the model, which queue less near
+capacity), the loss forgotten and the version loaded to the edge of its real capacity
+(chosen on the validation range; docs/experiments.md, "The service-time fit of a version
+the estimates blame")."""
 HEALTHY_SLOW = 0.05
 """Largest slow ratio of a window that looks healthy: the only windows the service-time fit
 trusts (a faulty or overloaded version's p99 would make its healthy service time look slow,
@@ -261,9 +269,10 @@ class EstimateUpdates:
         )
         if healthy:
             est.healthy_seen += 1
-        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th.
+        # The first SERVICE_FITS healthy observations, then every SERVICE_FITS-th while the
+        # estimates do not blame the version for a capacity loss (FIT_HEALTH).
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
-        if healthy and due:
+        if healthy and due and (est.fits < SERVICE_FITS or est.health >= FIT_HEALTH):
             self.fits.append(_P99Fit(est, cap, rps, stats.p99_ms, random))
         recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
         steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)

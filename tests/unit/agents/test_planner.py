@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from agents.planner import PlannerPolicy, impaired
 from agents.registry import make_policy
 from agents.version_estimates import (
+    FIT_HEALTH,
     RATE_WINDOW_S,
     RELAX_P99,
     SATURATED_SHED,
@@ -352,7 +353,7 @@ def _after_a_fault(caps: tuple[float, ...]) -> PlannerPolicy:
 def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
     """No request misses the SLO any more (the slow ratio says nothing), but v1's p99 is well
     above what the model gives a version at 80 % of its capacity at that rate: the estimate
-    does not relax much past it (the p99 also moves the service-time fit a little); without
+    does not relax much past it (and, blamed, it keeps its service time: `FIT_HEALTH`); without
     the check it would be at 0.94 after these 4 minutes. With a healthy p99 it relaxes toward
     nominal as before."""
     caps = (200.0, 200.0, 200.0)
@@ -370,6 +371,29 @@ def test_a_capacity_loss_the_p99_still_shows_is_not_forgotten() -> None:
         )  # fmt: skip
         health = planner.estimates(ROUTE)["v1"].health
         assert check(health), (p99, health)
+
+
+def test_a_version_blamed_for_a_capacity_loss_keeps_its_service_time() -> None:
+    """After the fault, v1's windows look healthy again (no slow request, p99 within the SLO)
+    but its p99 is that of a version at 80 % of its capacity, so its health stays below
+    `FIT_HEALTH` for the 4 minutes: its service time is not refitted, where a fit at nominal
+    capacity would read the loss as a longer service time (more, slower replicas) and forget
+    it. The same windows from a version with nominal health do move its service time."""
+    caps = (200.0, 200.0, 200.0)
+    telemetry = {"weights": [34, 33, 33], "rps": [120.0, 66.0, 66.0], "caps": caps}
+    blamed = _after_a_fault(caps)
+    before = blamed.estimates(ROUTE)["v1"].service_ms
+    svc = model_service_ms(blamed.estimates(ROUTE)["v1"], caps[0], 250.0)
+    p99 = 1.3 * model_p99_ms(0.8 * caps[0], svc / 0.8, 120.0)
+    run(blamed, 48, p99=[p99, 90.0, 90.0], **telemetry)  # type: ignore[arg-type]
+    est = blamed.estimates(ROUTE)["v1"]
+    assert est.health < FIT_HEALTH
+    assert est.service_ms == before
+    healthy = PlannerPolicy()
+    run(healthy, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3, caps=caps)
+    before = healthy.estimates(ROUTE)["v1"].service_ms
+    run(healthy, 48, p99=[p99, 90.0, 90.0], **telemetry)  # type: ignore[arg-type]
+    assert healthy.estimates(ROUTE)["v1"].service_ms > 1.05 * before
 
 
 def test_a_burst_in_the_newest_interval_is_planned_for_before_the_window_shows_it() -> None:
