@@ -337,11 +337,17 @@ def test_a_version_with_weight_and_no_sample_keeps_its_estimates() -> None:
     assert relaxed.health > fault[0] and relaxed.error < fault[1]
 
 
+def _warmed(caps: tuple[float, ...]) -> PlannerPolicy:
+    """A planner that saw every version healthy for a minute (its first service-time fits)."""
+    planner = PlannerPolicy()
+    run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3, caps=caps)
+    return planner
+
+
 def _after_a_fault(caps: tuple[float, ...]) -> PlannerPolicy:
     """A planner that saw v1 healthy for a minute, then miss the SLO on 30 % of its requests
     at 120 rps: its health estimate is well below nominal."""
-    planner = PlannerPolicy()
-    run(planner, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3, caps=caps)
+    planner = _warmed(caps)
     run(
         planner, 2, weights=[34, 33, 33], rps=[120.0, 66.0, 66.0],
         slow=[0.3, 0.0, 0.0], p99=[400.0, 90.0, 90.0], caps=caps,
@@ -389,8 +395,7 @@ def test_a_version_blamed_for_a_capacity_loss_keeps_its_service_time() -> None:
     est = blamed.estimates(ROUTE)["v1"]
     assert est.health < FIT_HEALTH
     assert est.service_ms == before
-    healthy = PlannerPolicy()
-    run(healthy, 12, weights=[34, 33, 33], rps=[68.0, 66.0, 66.0], p99=[90.0] * 3, caps=caps)
+    healthy = _warmed(caps)
     before = healthy.estimates(ROUTE)["v1"].service_ms
     run(healthy, 48, p99=[p99, 90.0, 90.0], **telemetry)  # type: ignore[arg-type]
     assert healthy.estimates(ROUTE)["v1"].service_ms > 1.05 * before
