@@ -33,7 +33,6 @@ from agents.training.config import TrainConfig
 from agents.training.imitation import imitate_oracle
 from agents.training.init_from import check_init, init_from_npz
 from agents.training.wrappers import LiveMesh, make_live_vec_env, make_vec_env
-from envs.simulator.scenario import load_scenario
 from meshcore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -66,8 +65,7 @@ def _resume_files(resume: str) -> tuple[Path, Path, Path]:
 
 def check_scenarios(config: TrainConfig) -> None:
     """Load every scenario of the set once, so a bad one fails before any work, naming it."""
-    for path in config.scenario_paths():
-        load_scenario(path)
+    config.load_scenarios()
 
 
 def _learning_rate(config: TrainConfig) -> Any:

@@ -26,7 +26,7 @@ from agents.obs_extensions import TrendMemory, extension_low, extension_size
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
 from envs.registration import LIVE_ENV_ID, SIM_ENV_ID
-from envs.simulator.scenario import Scenario, load_scenario
+from envs.simulator.scenario import Scenario
 from meshcore.features import FeatureSpec
 from meshcore.model import Observation, RouteRef, Weights
 from meshcore.ports import Actuator, Clock, Observer
@@ -73,9 +73,9 @@ def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
     return scenario.with_changes(subsets=subsets)
 
 
-def scenario_pool(config: TrainConfig, rank: int) -> list[Scenario]:
-    """The scenarios env `rank` draws from: the set, plus `permute_subsets` reorderings each."""
-    base = [load_scenario(p) for p in config.scenario_paths()]
+def scenario_pool(config: TrainConfig, rank: int, base: Sequence[Scenario]) -> list[Scenario]:
+    """The scenarios env `rank` draws from: the set `base`, plus `permute_subsets` reorderings
+    of each."""
     rng = np.random.default_rng([config.seed, rank])
     pool = list(base)
     for sc in base:
@@ -136,12 +136,19 @@ class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
         return obs, float(r), terminated, truncated, info
 
 
-def make_env(config: TrainConfig, rank: int = 0) -> gym.Env[np.ndarray, np.ndarray]:
+def make_env(
+    config: TrainConfig, rank: int = 0, base: Sequence[Scenario] | None = None
+) -> gym.Env[np.ndarray, np.ndarray]:
     """One training env: MeshSim-v0 over the scenario pool, the observation extension, the
-    action prior, the teacher's labels (when `bc_lr` > 0) and the episode Monitor."""
+    action prior, the teacher's labels (when `bc_lr` > 0) and the episode Monitor.
+
+    `base` is the config's scenario set when the caller has loaded it already (None: load it).
+    """
     from stable_baselines3.common.monitor import Monitor
 
-    scenarios = scenario_pool(config, rank)
+    if base is None:
+        base = config.load_scenarios()
+    scenarios = scenario_pool(config, rank, base)
     env = gym.make(
         SIM_ENV_ID,
         scenarios=scenarios,
@@ -162,7 +169,10 @@ def make_vec_env(config: TrainConfig) -> DummyVecEnv:
     the other cores)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    vec = DummyVecEnv([functools.partial(make_env, config, rank) for rank in range(config.n_envs)])
+    base = config.load_scenarios()  # once: generating or parsing 300 meshes takes seconds
+    vec = DummyVecEnv(
+        [functools.partial(make_env, config, rank, base) for rank in range(config.n_envs)]
+    )
     vec.seed(config.seed)
     return vec
 

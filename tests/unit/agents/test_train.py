@@ -67,6 +67,7 @@ def _train(out: Path, *extra: str) -> Path:
 
 SHIPPED_RECIPE: dict[str, Any] = {
     "scenarios": (),
+    "generated": 0,
     "exp_name": "shipped",
     "seed": 1,
     "total_steps": 49152,
@@ -116,9 +117,10 @@ SHIPPED_RECIPE: dict[str, Any] = {
 """Every TrainConfig field at the value the shipped model was trained with (docs/benchmarks.md,
 "How the shipped policy was trained")."""
 
-NEWER_THAN_THE_SHIPPED_MODEL = frozenset({"init", "mesh"})
+NEWER_THAN_THE_SHIPPED_MODEL = frozenset({"init", "mesh", "generated"})
 """Fields added after the shipped model was trained: its config lacks them, and their
-defaults (no policy file to start from, the simulator) are what it was trained with."""
+defaults (no policy file to start from, the simulator, the suite) are what it was trained
+with."""
 
 RECIPE_COMMAND = """
     --members 2 --seed 1 --imitation-steps 500000 --imitation-rounds 6
