@@ -37,10 +37,11 @@ Estimates per version, from `SubsetStats` and the nominal capacity hint C (rps):
 * **error rate** e: exponentially smoothed 5xx ratio.
 
 The split is planned for the route's rate over the window, or over the newest interval
-(`SubsetStats.recent_rps`) when that is more than `BURST_RATIO` times higher: a burst
-overloads versions a tick after it starts, and shows in full in the window's average only
-after a whole window (30 s); a falling load is followed at the window's pace, so one
-interval's noise does not move the split.
+(`SubsetStats.recent_rps`; 0 for a version without requests) when that is more than
+`BURST_RATIO` times higher: a burst overloads versions a tick after it starts, and shows in
+full in the window's average only after a whole window (30 s); a falling load is followed at
+the window's pace, so one interval's noise does not move the split. A tick whose samples
+cover less than `KNOWN_SHARE` of the weight leaves the rate where it was.
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
 then move with the evidence; a version without traffic gives none, so traffic returns to it
@@ -100,6 +101,11 @@ BURST_RATIO = 1.1
 """The newest interval's rate replaces the window's as the rate to plan for when it is more
 than this many times higher (chosen on 180 meshes of the validation range: 1.05 did as well,
 1.2 worse; planning for the newest rate always moved the split more for less)."""
+KNOWN_SHARE = 0.5
+"""The route's rate is re-estimated only from a tick whose versions with a sample hold at least
+this share of the weight in force; otherwise the last rate stands. Scaling a small version's
+rate up by its weight (a dropped scrape of the big ones) multiplies its noise and its backlog
+into the whole route's load."""
 DEFAULT_SLO_MS = 250.0
 """SLO (ms) used when an observation does not say which one its slow ratios refer to."""
 
@@ -316,9 +322,13 @@ def impaired(est: VersionEstimate) -> bool:
 def planning_rps(obs: Observation) -> float:
     """The rate (rps) the planner plans `obs`'s route for: `route_rps` (the window's), or the
     newest interval's total when every version reports one and it is more than `BURST_RATIO`
-    times that; NaN when nothing usable was seen."""
+    times that; NaN when nothing usable was seen, or too little of it (`KNOWN_SHARE`)."""
+    known = sum(stats.weight for stats in obs.stats if finite(stats.rps))
+    if known < KNOWN_SHARE * sum(stats.weight for stats in obs.stats):
+        return math.nan
     rate = route_rps(obs)
-    recent = [stats.recent_rps for stats in obs.stats]
+    # a version without requests in the window had none in its newest interval either
+    recent = [0.0 if stats.rps == 0 else stats.recent_rps for stats in obs.stats]
     if finite(rate) and all(finite(r) and r >= 0 for r in recent):
         newest = math.fsum(recent)
         if newest > BURST_RATIO * rate:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.planner import PlannerPolicy, impaired
+from agents.planner import PlannerPolicy, impaired, planning_rps
 from agents.registry import make_policy
 from agents.version_estimates import (
     FIT_HEALTH,
@@ -106,6 +106,31 @@ def test_a_version_with_30_percent_5xx_loses_traffic() -> None:
     )  # fmt: skip
     assert split["v2"] <= 5
     assert split["v1"] + split["v3"] >= 95
+
+
+def test_a_small_versions_rate_is_not_taken_for_the_routes() -> None:
+    """A dropped scrape of the big versions leaves only a 5 % version's sample: scaled up by
+    its weight it would say 1,200 rps (its noise and backlog times 20) and the planner would
+    plan for an overload that is not there. The rate of the last tick stands until versions
+    with half the weight or more report; then the known rates are scaled up."""
+    nan = math.nan
+    caps = (200.0, 700.0, 50.0)
+    full = observe(0.0, [18, 77, 5], [150.0, 650.0, 43.0], caps=caps)
+    small = observe(5.0, [18, 77, 5], [nan, nan, 60.0], p99=[nan, nan, 300.0], caps=caps)
+    half = observe(5.0, [18, 77, 5], [nan, 650.0, 43.0], p99=[nan, 90.0, 90.0], caps=caps)
+    assert planning_rps(full) == pytest.approx(843.0)
+    assert math.isnan(planning_rps(small))
+    assert planning_rps(half) == pytest.approx(693.0 * 100 / 82)
+
+    warm = PlannerPolicy()
+    weights = [18, 77, 5]
+    for k in range(12):
+        obs = observe(5.0 * k, weights, [8.43 * w for w in weights], caps=caps)
+        weights = list(warm.decide(obs).values_tuple)
+    small = replace(small, timestamp_s=60.0, stats=tuple(
+        replace(s, weight=w) for s, w in zip(small.stats, weights, strict=True)
+    ))  # fmt: skip
+    assert copy.deepcopy(warm).decide(small).values_tuple == tuple(weights)
 
 
 def test_an_overloaded_version_is_shed() -> None:
@@ -292,6 +317,14 @@ def test_a_slow_window_drops_health_at_once_only_while_the_newest_interval_agree
     after = planner.estimates(ROUTE)["v1"].health
     assert (after < 0.7 * before) is at_once
     assert after < before
+
+
+def test_an_idle_version_does_not_hide_a_burst() -> None:
+    """A version at 0 points has no newest-interval rate: it had no requests. The burst on
+    the others (200 rps each in the newest interval, 100 over the window) is planned for."""
+    nan = math.nan
+    obs = observe(0.0, [0, 50, 50], [0.0, 100.0, 100.0], recent_rps=[nan, 200.0, 200.0])
+    assert planning_rps(obs) == pytest.approx(400.0)
 
 
 def test_an_unobserved_version_recovers_toward_nominal() -> None:
