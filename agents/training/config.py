@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from envs.mesh_env import Randomization
-from envs.simulator.generator import sample_scenarios, seed_range
 from envs.simulator.scenario import Scenario, load_scenario, suite_paths
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
@@ -43,13 +42,7 @@ class TrainConfig:
     """
 
     scenarios: tuple[str, ...] = ()
-    """Scenario files or suite names to train on; one is drawn per episode (empty: the
-    `generated` meshes, or the whole suite)."""
-    generated: int = 0
-    """With no scenarios given, train on this many generated meshes: the first seeds of the
-    train seed range, ordered by name (the files `meshpilot scenarios sample --seed 0 --count N
-    --out DIR` writes), so the validation and test ranges and the public suite stay held out
-    (0: the whole public suite, the shipped model's set)."""
+    """Scenario files or suite names to train on; one is drawn per episode (empty: whole suite)."""
     exp_name: str = "shipped"
     """Experiment name, the second part of the run directory name."""
     seed: int = 1
@@ -186,7 +179,6 @@ class TrainConfig:
                 "ensemble's run directory) with members 1, then combine their policy.npz "
                 "files with `meshpilot ensemble`",
             ),
-            (self.generated >= 0, "generated must be >= 0"),
             (self.n_envs >= 1, "n_envs must be at least 1"),
             (self.n_steps >= 2, "n_steps must be at least 2"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
@@ -277,14 +269,9 @@ class TrainConfig:
         return FeatureSpec.from_dict(dict(self.spec))
 
     def load_scenarios(self) -> list[Scenario]:
-        """The scenario set, loaded (or generated) and checked; a bad file raises ScenarioError
-        naming it."""
-        if self.scenarios:
-            return [load_scenario(p) for p in self.scenarios]
-        if self.generated:
-            meshes = sample_scenarios(seed_range("train").start, self.generated)
-            return sorted(meshes, key=lambda sc: sc.name)
-        return [load_scenario(p) for p in suite_paths()]
+        """The scenario set, loaded and checked; a bad file raises ScenarioError naming it."""
+        paths = self.scenarios or tuple(str(p) for p in suite_paths())
+        return [load_scenario(p) for p in paths]
 
     @property
     def scenario_set(self) -> str:
@@ -292,7 +279,7 @@ class TrainConfig:
         if self.mesh != "sim":
             return self.mesh
         if not self.scenarios:
-            return f"generated{self.generated}" if self.generated else "suite"
+            return "suite"
         names = [Path(s).stem for s in self.scenarios]
         return names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
 

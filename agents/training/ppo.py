@@ -145,8 +145,7 @@ def train(config: TrainConfig, *, live: LiveMesh | None = None) -> Path:
             f"train trains one policy; members {config.members} is "
             "agents.training.ensemble.train_ensemble"
         )
-    if live is None:
-        check_scenarios(config)
+    scenarios = config.load_scenarios() if live is None else None  # fails before any work
     if config.init is not None:
         check_init(config.init, config.feature_spec, config.net_arch)
     if config.tensorboard_dir is not None:
@@ -188,7 +187,7 @@ def train(config: TrainConfig, *, live: LiveMesh | None = None) -> Path:
         }
     write_json(run_dir / "config.json", meta)
 
-    venv = make_vec_env(config) if live is None else make_live_vec_env(config, live)
+    venv = make_vec_env(config, scenarios) if live is None else make_live_vec_env(config, live)
     episodes: list[Episode] = []
     hyper = _hyperparameters(config)
     if config.resume is not None:

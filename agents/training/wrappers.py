@@ -164,12 +164,13 @@ def make_env(
     return Monitor(env, info_keywords=("scenario",))  # logs the unscaled reward
 
 
-def make_vec_env(config: TrainConfig) -> DummyVecEnv:
+def make_vec_env(config: TrainConfig, base: Sequence[Scenario] | None = None) -> DummyVecEnv:
     """`n_envs` envs in one process (DummyVecEnv: no subprocesses; an ensemble's members use
-    the other cores)."""
+    the other cores), over the scenario set `base` (None: the config's, loaded here)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    base = config.load_scenarios()  # once: generating or parsing 300 meshes takes seconds
+    if base is None:
+        base = config.load_scenarios()  # once for all envs, not once per env
     vec = DummyVecEnv(
         [functools.partial(make_env, config, rank, base) for rank in range(config.n_envs)]
     )

@@ -86,9 +86,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "export it for serving",
         description=(
             "Train a PPO policy (stable-baselines3, CPU, one torch thread) on the simulated "
-            "mesh (meshpilot/MeshSim-v0) with domain randomization over a scenario set (the "
-            "files given, --generated N meshes of the generator's train seed range, or the "
-            "whole public suite): "
+            "mesh (meshpilot/MeshSim-v0) with domain randomization over a scenario set: "
             "DAgger imitation of the teacher, then PPO fine-tuning; then export its actor and "
             "observation normalizer to policy.npz for numpy-only serving (--policy ppo:PATH). "
             "The defaults are the shipped model's recipe: with no other option than "
