@@ -2,10 +2,11 @@
 
 Training (`agents.training`) exports the actor network of a stable-baselines3 PPO model and
 its `VecNormalize` observation statistics; `NumpyPolicy` runs
-``encode -> extend -> normalize -> MLP -> action prior -> decode`` for every decision, exactly
-as the training env did (parity with SB3's deterministic ``predict`` is tested), and
-`EnsemblePolicy` writes the split of several such networks' mean action. Reading and writing
-the `.npz` files they come from is `agents.policy_file`.
+``encode -> extend -> canonical slot order -> normalize -> MLP -> action prior -> the route's
+own slot order -> decode`` for every decision, exactly as the training env did (parity with
+SB3's deterministic ``predict`` is tested), and `EnsemblePolicy` writes the split of several
+such networks' mean action. Reading and writing the `.npz` files they come from is
+`agents.policy_file`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agents.action_prior import (
     prior_actions,
 )
 from agents.obs_extensions import TrendMemory, extension_size
+from agents.slot_order import canonical_orders, canonical_vectors, original_actions
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
 from meshcore.model import WEIGHT_TOTAL, Observation, Weights
@@ -104,8 +106,14 @@ class NumpyPolicy:
         return np.clip(self.mean_action(self.normalize(obs_vec)), -1.0, 1.0)
 
     def action_for(self, obs_vec: np.ndarray) -> np.ndarray:
-        """Network input (encoded, extended observation) -> the action `decode` receives."""
-        return apply_action_prior(self.predict(obs_vec), obs_vec, self.spec)
+        """Encoded, extended observation (the route's slot order) -> the action `decode`
+        receives: the network and the action prior see the slots in canonical order
+        (`agents.slot_order`)."""
+        vec = np.asarray(obs_vec)[None, :]
+        orders = canonical_orders(vec, self.spec)
+        canonical = canonical_vectors(vec, orders, self.spec)
+        action = apply_action_prior(self.predict(canonical[0]), canonical[0], self.spec)
+        return original_actions(action[None, :], orders, canonical, self.spec)[0]
 
     def observation_action(self, obs: Observation) -> np.ndarray:
         """`action_for` of the observation as this policy's network sees it (extended with the
@@ -122,8 +130,10 @@ class NumpyPolicy:
         """`decide` of each observation in order (the same weights and memory), with one
         forward pass for all of them; `last_raw_actions` holds their raw actions."""
         vecs = self._memory.extend_many(observations, self.spec)
-        actions = corrected_actions(self.predict(vecs), prior_actions(vecs, self.spec))
-        return _decided(self, actions, observations)
+        orders = canonical_orders(vecs, self.spec)
+        canonical = canonical_vectors(vecs, orders, self.spec)
+        actions = corrected_actions(self.predict(canonical), prior_actions(canonical, self.spec))
+        return _decided(self, original_actions(actions, orders, canonical, self.spec), observations)
 
     def reset(self) -> None:
         self.last_raw_action = []
@@ -208,9 +218,12 @@ class EnsemblePolicy:
         """The members' mean action. Encoding, the observation extension and the action prior
         are the same for every member, so each is computed once per tick; only the networks
         run per member (the same numbers as each member's `observation_action`)."""
-        vec = self._memory.extend(encode(obs, self.spec), obs, self.spec)
-        prior = prior_action(vec, self.spec)
-        action = np.mean([corrected_action(m.predict(vec), prior) for m in self.members], axis=0)
+        vec = self._memory.extend(encode(obs, self.spec), obs, self.spec)[None, :]
+        orders = canonical_orders(vec, self.spec)
+        canonical = canonical_vectors(vec, orders, self.spec)
+        prior = prior_action(canonical[0], self.spec)
+        mean = np.mean([corrected_action(m.predict(canonical[0]), prior) for m in self.members], 0)
+        action = original_actions(mean[None, :], orders, canonical, self.spec)[0]
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
@@ -218,9 +231,11 @@ class EnsemblePolicy:
         """`decide` of each observation in order (the same weights and memory): one forward
         pass per member for all of them; `last_raw_actions` holds their raw actions."""
         vecs = self._memory.extend_many(observations, self.spec)
-        prior = prior_actions(vecs, self.spec)
-        actions = np.mean([corrected_actions(m.predict(vecs), prior) for m in self.members], axis=0)
-        return _decided(self, actions, observations)
+        orders = canonical_orders(vecs, self.spec)
+        canonical = canonical_vectors(vecs, orders, self.spec)
+        prior = prior_actions(canonical, self.spec)
+        mean = np.mean([corrected_actions(m.predict(canonical), prior) for m in self.members], 0)
+        return _decided(self, original_actions(mean, orders, canonical, self.spec), observations)
 
     def reset(self) -> None:
         self.last_raw_action = []

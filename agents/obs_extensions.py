@@ -55,6 +55,28 @@ def extension_size(spec: FeatureSpec) -> int:
     return 2 * (k + 1) + len(TREND_FEATURES) * k + 2 * k + len(EMA_ALPHAS) * averaged
 
 
+def slot_block_starts(spec: FeatureSpec) -> tuple[int, ...]:
+    """Where each per-slot block of the extension starts in the extended vector: slot j's value
+    of a block is at its start + j. The route's values (its utilization, their trend and moving
+    averages) are the ones no block covers."""
+    k = spec.max_subsets
+    util = spec.obs_size
+    trend = util + k + 1
+    trend_blocks = [trend, *(trend + k + 1 + j * k for j in range(len(TREND_FEATURES)))]
+    recent = trend + k + 1 + len(TREND_FEATURES) * k
+    averages = recent + 2 * k
+    size = k + 1 + len(EMA_FEATURES) * k
+    average_blocks = [
+        start
+        for i in range(len(EMA_ALPHAS))
+        for start in (
+            averages + i * size,
+            *(averages + i * size + k + 1 + j * k for j in range(len(EMA_FEATURES))),
+        )
+    ]
+    return (util, *trend_blocks, recent, recent + k, *average_blocks)
+
+
 def extension_low(spec: FeatureSpec) -> float:
     """Lower bound of every extended input: trends are changes, so they can be negative."""
     return -spec.p99_clip

@@ -23,6 +23,8 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  action_prior      `agents.action_prior.ACTION_PRIOR` ("sqrt", see `apply_action_prior`)
  obs_extension     `agents.obs_extensions.OBS_EXTENSION`: the inputs appended to `encode`
                    (see `extend_observation`)
+ slot_order        `agents.slot_order.SLOT_ORDER` ("canonical"): the order in which the
+                   network reads a route's versions
  action_gain       optional, 1.0 if present (files of older versions carry it)
  metadata_json     free-form JSON (training config, versions) for humans; optional
  n_members         number of networks of an `EnsemblePolicy` (optional, 1); member 0 is the
@@ -30,8 +32,8 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
                    action_gain, w{i}, b{i}) prefixed ``m{j}.``
 =================  ==========================================================================
 
-The activation, prior and extension entries name what this version serves; a file that names
-anything else is refused.
+The activation, prior, extension and slot order entries name what this version serves; a file
+that names anything else is refused.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ import numpy as np
 from agents.action_prior import ACTION_PRIOR
 from agents.network import ACTIVATION, EnsemblePolicy, NumpyPolicy
 from agents.obs_extensions import OBS_EXTENSION
+from agents.slot_order import SLOT_ORDER
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 
-FORMAT_VERSION = 1
-"""Version of the `.npz` layout above; bumped on any incompatible change."""
+FORMAT_VERSION = 2
+"""Version of the `.npz` layout above; bumped on any incompatible change (2: the network reads
+a route's versions in canonical slot order, ``slot_order``)."""
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.npz"
 """The policy shipped with meshpilot (what ``--policy ppo`` serves)."""
@@ -68,9 +72,15 @@ _MEMBER_REQUIRED = (
     "eps",
     "action_prior",
     "obs_extension",
+    "slot_order",
 )
 """Entries every network of a file must have (besides its ``w{i}``/``b{i}``)."""
-_SERVED = {"activation": ACTIVATION, "action_prior": ACTION_PRIOR, "obs_extension": OBS_EXTENSION}
+_SERVED = {
+    "activation": ACTIVATION,
+    "action_prior": ACTION_PRIOR,
+    "obs_extension": OBS_EXTENSION,
+    "slot_order": SLOT_ORDER,
+}
 """The value each of these entries must have: what `NumpyPolicy` computes."""
 _REQUIRED = (*_HEADER_KEYS, *_MEMBER_REQUIRED)
 
@@ -103,6 +113,7 @@ def save_npz(
         "eps": np.asarray(eps, dtype=np.float64),
         "action_prior": np.asarray(ACTION_PRIOR),
         "obs_extension": np.asarray(OBS_EXTENSION),
+        "slot_order": np.asarray(SLOT_ORDER),
         "metadata_json": np.asarray(json.dumps(dict(metadata or {}), sort_keys=True, default=str)),
     }
     for i, (w, b) in enumerate(layers):
@@ -199,17 +210,29 @@ def _member_policy(arrays: Mapping[str, np.ndarray], spec: FeatureSpec, source: 
 def _checked_spec(
     arrays: Mapping[str, np.ndarray], p: Path, expected_spec: FeatureSpec | None
 ) -> FeatureSpec:
+    if "format_version" not in arrays:
+        raise ConfigError(f"{p}: policy file lacks format_version")
+    try:
+        version = int(arrays["format_version"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{p}: malformed policy metadata ({err})") from err
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"{p}: policy format {version}; this meshpilot reads {FORMAT_VERSION}"
+            + (
+                " (format 1 networks read a route's versions in its own order: retrain)"
+                if version == 1
+                else ""
+            )
+        )
     missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
         raise ConfigError(f"{p}: policy file lacks {', '.join(missing)}")
     try:
-        version = int(arrays["format_version"])
         spec_dict = json.loads(_text(arrays["spec_json"]))
         spec = FeatureSpec.from_dict(spec_dict)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{p}: malformed policy metadata ({err})") from err
-    if version != FORMAT_VERSION:
-        raise ConfigError(f"{p}: policy format {version}; this meshpilot reads {FORMAT_VERSION}")
     stored_hash = _text(arrays["spec_hash"])
     if spec.hash != stored_hash:
         raise ConfigError(

@@ -68,9 +68,6 @@ class TrainConfig:
     """Randomization range of the relative p99 noise added to the scenario's telemetry noise."""
     drop_add: tuple[float, float] = (0.0, 0.02)
     """Randomization range of the probability added to the scenario's sample-drop probability."""
-    permute_subsets: int = 4
-    """Add this many random reorderings of each scenario's subsets to each env's pool, so every
-    observation slot sees every kind of subset (scenarios tend to list the biggest first)."""
     churn_cost: float = CHURN_COST
     """Reward lost per 100 weight points moved (see meshcore.reward); higher values give
     calmer policies."""
@@ -188,7 +185,6 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (self.churn_cost >= 0, "churn_cost must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (self.permute_subsets >= 0, "permute_subsets must be >= 0"),
             (self.imitation_steps >= 0, "imitation_steps must be >= 0"),
             (self.imitation_rounds >= 1, "imitation_rounds must be >= 1"),
             (self.imitation_epochs >= 1, "imitation_epochs must be >= 1"),
@@ -247,7 +243,6 @@ class TrainConfig:
             imitation_steps=0,
             bc_lr=0.0,
             randomize=False,
-            permute_subsets=0,
             n_steps=n_steps,
             batch_size=batch if rollout % batch == 0 else rollout,
         )

@@ -20,7 +20,8 @@ def oracle_target(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(network output that makes the env write the teacher's weights, mask of present slots).
 
-    `env` is a training env (its base is a MeshEnv) and `obs_vec` its extended observation;
+    `env` is a training env (its base is a MeshEnv) and `obs_vec` its extended observation
+    in canonical slot order (`CanonicalSlots`), the order the target is in;
     the target undoes the action prior, so ``apply_action_prior(target) ==
     encode_weights(teacher's weights)`` up to clipping. The mask is empty where the network
     is not consulted (no telemetry yet).
@@ -33,7 +34,8 @@ def oracle_target(
     spec = config.feature_spec
     state = sim.true_state()  # the coming interval's, at its middle
     best, _ = drain_aware_weights(sim, state, config.teacher_drain_s, config.teacher_pull)
-    full = encode_weights(Weights(sim.subsets, best), spec).astype(np.float64)
+    own = encode_weights(Weights(sim.subsets, best), spec).astype(np.float64)
+    full = own[env.get_wrapper_attr("slot_order")]  # the network's (canonical) slot order
     prior, consulted = prior_action(obs_vec, spec)
     mask = spec.mask(len(sim.subsets))
     if not consulted:

@@ -2,7 +2,8 @@
 live mesh, wrapped as the policy will be served.
 
 Why a module of its own: the wrappers are where training must agree with serving (the same
-observation extension with the same memory, the same action prior before `decode`), and where
+observation extension with the same memory, the same canonical slot order, the same action
+prior before `decode`), and where
 the episode log and the teacher's labels for imitation during PPO (`bc_lr`) come from. A live
 mesh comes in as its ports (`LiveMesh`), built by the command line: training never imports
 the controller's adapters or the lab.
@@ -23,6 +24,7 @@ import numpy as np
 
 from agents.action_prior import apply_action_prior
 from agents.obs_extensions import TrendMemory, extension_low, extension_size
+from agents.slot_order import canonical_orders, canonical_vectors, original_actions
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
 from envs.registration import LIVE_ENV_ID, SIM_ENV_ID
@@ -67,25 +69,6 @@ class PriorActionWrapper(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
         return obs, float(r), terminated, truncated, info
 
 
-def permuted(scenario: Scenario, order: Sequence[int]) -> Scenario:
-    """`scenario` with its subsets listed in `order` (same mesh, other observation slots)."""
-    subsets = [scenario.subsets[i].model_dump() for i in order]
-    return scenario.with_changes(subsets=subsets)
-
-
-def scenario_pool(config: TrainConfig, rank: int, base: Sequence[Scenario]) -> list[Scenario]:
-    """The scenarios env `rank` draws from: the set `base`, plus `permute_subsets` reorderings
-    of each."""
-    rng = np.random.default_rng([config.seed, rank])
-    pool = list(base)
-    for sc in base:
-        if len(sc.subsets) < 2:
-            continue
-        for _ in range(config.permute_subsets):
-            pool.append(permuted(sc, [int(i) for i in rng.permutation(len(sc.subsets))]))
-    return pool
-
-
 class ExtendObservation(gym.ObservationWrapper[np.ndarray, np.ndarray, np.ndarray]):
     """Appends `agents.obs_extensions.extend_observation`'s inputs, as serving does (with the
     same `TrendMemory`, cleared at every reset like a policy's)."""
@@ -107,6 +90,42 @@ class ExtendObservation(gym.ObservationWrapper[np.ndarray, np.ndarray, np.ndarra
     def observation(self, observation: np.ndarray) -> np.ndarray:
         obs = self.env.unwrapped.observation  # type: ignore[attr-defined]
         return self._memory.extend(observation, obs, self._spec)
+
+
+class CanonicalSlots(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """Hands the policy the extended observation in canonical slot order and the env the
+    action back in the route's own order (`agents.slot_order`), as serving does.
+
+    `slot_order` is the order of the last observation (position -> the route's slot), which
+    the teacher needs to put its labels in the network's order.
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec):
+        super().__init__(env)
+        self._spec = spec
+        self._canonical: np.ndarray | None = None
+        self.slot_order = np.arange(spec.max_subsets)
+
+    def _sorted(self, obs: np.ndarray) -> np.ndarray:
+        vec = np.asarray(obs)[None, :]
+        orders = canonical_orders(vec, self._spec)
+        self._canonical = canonical_vectors(vec, orders, self._spec)
+        self.slot_order = orders[0]
+        return self._canonical[0]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._sorted(obs), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._canonical is None:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action, dtype=np.float64)[None, :]
+        own = original_actions(a, self.slot_order[None, :], self._canonical, self._spec)[0]
+        obs, r, terminated, truncated, info = self.env.step(own.astype(np.float32))
+        return self._sorted(obs), float(r), terminated, truncated, info
 
 
 class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
@@ -140,7 +159,8 @@ def make_env(
     config: TrainConfig, rank: int = 0, base: Sequence[Scenario] | None = None
 ) -> gym.Env[np.ndarray, np.ndarray]:
     """One training env: MeshSim-v0 over the scenario pool, the observation extension, the
-    action prior, the teacher's labels (when `bc_lr` > 0) and the episode Monitor.
+    canonical slot order, the action prior, the teacher's labels (when `bc_lr` > 0) and the
+    episode Monitor.
 
     `base` is the config's scenario set when the caller has loaded it already (None: load it).
     """
@@ -148,7 +168,7 @@ def make_env(
 
     if base is None:
         base = config.load_scenarios()
-    scenarios = scenario_pool(config, rank, base)
+    scenarios = list(base)
     env = gym.make(
         SIM_ENV_ID,
         scenarios=scenarios,
@@ -158,6 +178,7 @@ def make_env(
         churn_cost=config.churn_cost,
     )
     env = ExtendObservation(env, config.feature_spec)
+    env = CanonicalSlots(env, config.feature_spec)
     env = PriorActionWrapper(env, config.feature_spec)
     if config.bc_lr > 0:
         env = OracleLabel(env, config)
@@ -220,8 +241,9 @@ class _SerializedPorts:
 def make_live_env(
     config: TrainConfig, live: LiveMesh, rank: int, ports: _SerializedPorts
 ) -> gym.Env[np.ndarray, np.ndarray]:
-    """MeshLive-v0 on route `rank` of `live`, with the observation extension, the action prior
-    and the episode Monitor (episodes are logged under the route's key)."""
+    """MeshLive-v0 on route `rank` of `live`, with the observation extension, the canonical
+    slot order, the action prior and the episode Monitor (episodes are logged under the
+    route's key)."""
     from stable_baselines3.common.monitor import Monitor
 
     kwargs: dict[str, Any] = {}
@@ -240,6 +262,7 @@ def make_live_env(
         **kwargs,
     )
     env = ExtendObservation(env, config.feature_spec)
+    env = CanonicalSlots(env, config.feature_spec)
     env = PriorActionWrapper(env, config.feature_spec)
     return Monitor(env, info_keywords=("scenario",))
 

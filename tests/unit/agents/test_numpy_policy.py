@@ -52,8 +52,9 @@ from agents.obs_extensions import (
     extension_size,
 )
 from agents.policy_file import DEFAULT_MODEL, load_numpy_policy, load_ppo_policy, save_ensemble_npz
+from agents.slot_order import canonical_orders, canonical_vectors, original_actions
 from agents.training.artifacts import export_npz
-from agents.training.wrappers import ExtendObservation
+from agents.training.wrappers import CanonicalSlots, ExtendObservation, PriorActionWrapper
 from envs.simulator.engine import MeshSimulator
 from envs.simulator.scenario import load_scenario, suite_paths
 from meshcore.errors import ConfigError
@@ -140,24 +141,28 @@ def test_numpy_actor_matches_sb3_deterministic_predict(tmp_path, arch):
 
 
 def test_decide_writes_the_weights_the_training_env_would(tmp_path):
+    """The served policy and the training env stack (extension, canonical slot order, prior,
+    decode) write the same split from the same network, on every suite scenario (two of them
+    have versions the canonical order moves)."""
     model, vecnorm = _tiny_model([16, 16], seed=5)
     policy = load_numpy_policy(export_npz(model, vecnorm, SPEC, tmp_path / "p.npz"))
     assert policy.name == "ppo"
+    moved = 0
     for scenario_path in suite_paths():
-        memory = TrendMemory()
+        base = gym.make("meshpilot/MeshSim-v0", scenario=scenario_path.stem)
+        canonical = CanonicalSlots(ExtendObservation(base, SPEC), SPEC)
+        env = PriorActionWrapper(canonical, SPEC)
+        vec, _ = env.reset(seed=1)
         policy.reset()
-        sim = MeshSimulator(load_scenario(scenario_path), seed=1)
-        for _ in range(3):
-            obs = sim.observe()
-            vec = memory.extend(encode(obs, SPEC), obs, SPEC)
-            sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
-            full = apply_action_prior(sb3_action[0], vec, SPEC)
-            expected = decode(full, SPEC.mask(len(obs.subsets)), obs.subsets)
+        for _ in range(4):
+            obs = env.unwrapped.observation  # type: ignore[attr-defined]
             weights = policy.decide(obs)
-            assert weights == expected
             assert len(policy.last_raw_action) == SPEC.max_subsets
-            assert np.allclose(policy.last_raw_action, full, atol=1e-5)
-            sim.step(weights)
+            sb3_action, _ = model.predict(vecnorm.normalize_obs(vec[None]), deterministic=True)
+            moved += bool(np.any(canonical.slot_order != np.arange(SPEC.max_subsets)))
+            vec, _, _, _, info = env.step(sb3_action[0])
+            assert weights.as_dict() == info["weights"]
+    assert moved >= 2
     policy.reset()
     assert policy.last_raw_action == []
 
@@ -211,6 +216,7 @@ def test_model_for_another_feature_spec_is_refused_naming_both_hashes(exported):
         ("action_prior", "none"),
         ("obs_extension", "utilization"),
         ("obs_extension", "none"),
+        ("slot_order", "given"),
     ],
 )
 def test_a_file_naming_what_this_version_does_not_serve_is_refused(exported, tmp_path, key, value):
@@ -322,7 +328,9 @@ def test_missing_truncated_and_non_zip_files_are_config_errors(exported, tmp_pat
         load_numpy_policy(garbage)
 
 
-@pytest.mark.parametrize("key", ["spec_hash", "obs_var", "w1", "activation", "obs_extension"])
+@pytest.mark.parametrize(
+    "key", ["spec_hash", "obs_var", "w1", "activation", "obs_extension", "slot_order"]
+)
 def test_missing_arrays_are_named(exported, tmp_path, key):
     path = _rewrite(exported, tmp_path / "missing.npz", **{key: None})
     with pytest.raises(ConfigError, match=key):
@@ -528,9 +536,14 @@ def test_before_any_telemetry_the_split_is_capacity_proportional(exported):
         sim.step(weights)
         later = sim.observe()
         policy.decide(later)  # with data the network decides again
-        vec = _extend(memory, later)
-        consulted = corrected_action(policy.predict(vec), (sqrt_prior(vec, SPEC), True))
-        assert policy.last_raw_action == pytest.approx(consulted.tolist())
+        vec = _extend(memory, later)[None, :]
+        orders = canonical_orders(vec, SPEC)
+        canonical = canonical_vectors(vec, orders, SPEC)
+        consulted = corrected_action(
+            policy.predict(canonical[0]), (sqrt_prior(canonical[0], SPEC), True)
+        )
+        served = original_actions(consulted[None, :], orders, canonical, SPEC)[0]
+        assert policy.last_raw_action == pytest.approx(served.tolist())
 
 
 @pytest.mark.parametrize("scenario", ["steady-90", "many-subsets", "diurnal-bursts"])
