@@ -3,10 +3,9 @@ live mesh, wrapped as the policy will be served.
 
 Why a module of its own: the wrappers are where training must agree with serving (the same
 observation extension with the same memory, the same canonical slot order, the same action
-prior before `decode`), and where
-the episode log and the teacher's labels for imitation during PPO (`bc_lr`) come from. A live
-mesh comes in as its ports (`LiveMesh`), built by the command line: training never imports
-the controller's adapters or the lab.
+prior before `decode`), and where the episode log and the teacher's labels for imitation
+during PPO (`bc_lr`) come from. A live mesh comes in as its ports (`LiveMesh`), built by the
+command line: training never imports the controller's adapters or the lab.
 """
 
 from __future__ import annotations
@@ -156,9 +155,9 @@ class OracleLabel(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
 
 
 def make_env(
-    config: TrainConfig, rank: int = 0, base: Sequence[Scenario] | None = None
+    config: TrainConfig, base: Sequence[Scenario] | None = None
 ) -> gym.Env[np.ndarray, np.ndarray]:
-    """One training env: MeshSim-v0 over the scenario pool, the observation extension, the
+    """One training env: MeshSim-v0 over the scenario set, the observation extension, the
     canonical slot order, the action prior, the teacher's labels (when `bc_lr` > 0) and the
     episode Monitor.
 
@@ -168,10 +167,9 @@ def make_env(
 
     if base is None:
         base = config.load_scenarios()
-    scenarios = list(base)
     env = gym.make(
         SIM_ENV_ID,
-        scenarios=scenarios,
+        scenarios=list(base),
         randomize=config.randomization(),
         spec=config.feature_spec,
         max_steps=config.episode_steps,
@@ -192,9 +190,7 @@ def make_vec_env(config: TrainConfig, base: Sequence[Scenario] | None = None) ->
 
     if base is None:
         base = config.load_scenarios()  # once for all envs, not once per env
-    vec = DummyVecEnv(
-        [functools.partial(make_env, config, rank, base) for rank in range(config.n_envs)]
-    )
+    vec = DummyVecEnv([functools.partial(make_env, config, base) for _ in range(config.n_envs)])
     vec.seed(config.seed)
     return vec
 
