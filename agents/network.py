@@ -24,7 +24,7 @@ from agents.action_prior import (
     prior_actions,
 )
 from agents.obs_extensions import TrendMemory, extension_size
-from agents.slot_order import canonical_orders, canonical_vectors, original_actions
+from agents.slot_order import sort_slots
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec, decode, encode
 from meshcore.model import WEIGHT_TOTAL, Observation, Weights
@@ -109,11 +109,10 @@ class NumpyPolicy:
         """Encoded, extended observation (the route's slot order) -> the action `decode`
         receives: the network and the action prior see the slots in canonical order
         (`agents.slot_order`)."""
-        vec = np.asarray(obs_vec)[None, :]
-        orders = canonical_orders(vec, self.spec)
-        canonical = canonical_vectors(vec, orders, self.spec)
-        action = apply_action_prior(self.predict(canonical[0]), canonical[0], self.spec)
-        return original_actions(action[None, :], orders, canonical, self.spec)[0]
+        slots = sort_slots(np.asarray(obs_vec)[None, :], self.spec)
+        canonical = slots.vectors[0]
+        action = apply_action_prior(self.predict(canonical), canonical, self.spec)
+        return slots.original_actions(action[None, :])[0]
 
     def observation_action(self, obs: Observation) -> np.ndarray:
         """`action_for` of the observation as this policy's network sees it (extended with the
@@ -129,11 +128,10 @@ class NumpyPolicy:
     def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
         """`decide` of each observation in order (the same weights and memory), with one
         forward pass for all of them; `last_raw_actions` holds their raw actions."""
-        vecs = self._memory.extend_many(observations, self.spec)
-        orders = canonical_orders(vecs, self.spec)
-        canonical = canonical_vectors(vecs, orders, self.spec)
+        slots = sort_slots(self._memory.extend_many(observations, self.spec), self.spec)
+        canonical = slots.vectors
         actions = corrected_actions(self.predict(canonical), prior_actions(canonical, self.spec))
-        return _decided(self, original_actions(actions, orders, canonical, self.spec), observations)
+        return _decided(self, slots.original_actions(actions), observations)
 
     def reset(self) -> None:
         self.last_raw_action = []
@@ -219,23 +217,22 @@ class EnsemblePolicy:
         are the same for every member, so each is computed once per tick; only the networks
         run per member (the same numbers as each member's `observation_action`)."""
         vec = self._memory.extend(encode(obs, self.spec), obs, self.spec)[None, :]
-        orders = canonical_orders(vec, self.spec)
-        canonical = canonical_vectors(vec, orders, self.spec)
-        prior = prior_action(canonical[0], self.spec)
-        mean = np.mean([corrected_action(m.predict(canonical[0]), prior) for m in self.members], 0)
-        action = original_actions(mean[None, :], orders, canonical, self.spec)[0]
+        slots = sort_slots(vec, self.spec)
+        canonical = slots.vectors[0]
+        prior = prior_action(canonical, self.spec)
+        mean = np.mean([corrected_action(m.predict(canonical), prior) for m in self.members], 0)
+        action = slots.original_actions(mean[None, :])[0]
         self.last_raw_action = [float(v) for v in action]
         return _decode_for(action, obs, self.spec)
 
     def decide_many(self, observations: Sequence[Observation]) -> list[Weights]:
         """`decide` of each observation in order (the same weights and memory): one forward
         pass per member for all of them; `last_raw_actions` holds their raw actions."""
-        vecs = self._memory.extend_many(observations, self.spec)
-        orders = canonical_orders(vecs, self.spec)
-        canonical = canonical_vectors(vecs, orders, self.spec)
+        slots = sort_slots(self._memory.extend_many(observations, self.spec), self.spec)
+        canonical = slots.vectors
         prior = prior_actions(canonical, self.spec)
         mean = np.mean([corrected_actions(m.predict(canonical), prior) for m in self.members], 0)
-        return _decided(self, original_actions(mean, orders, canonical, self.spec), observations)
+        return _decided(self, slots.original_actions(mean), observations)
 
     def reset(self) -> None:
         self.last_raw_action = []

@@ -17,6 +17,7 @@ observation extension and the action prior) and serving (`agents.network`), nump
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -50,18 +51,41 @@ def slot_columns(spec: FeatureSpec) -> np.ndarray:
     return cols
 
 
-def _signatures(vecs: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """(rows, max_subsets, values per slot) float32: each slot's values in comparison order
-    (the extended vectors are float32; -0.0 reads as 0.0)."""
-    rows = np.asarray(vecs, dtype=np.float32)
-    return np.ascontiguousarray(rows[:, slot_columns(spec)]) + np.float32(0.0)
+@dataclass(frozen=True)
+class SortedSlots:
+    """Extended vectors (one row per route) with their slots in canonical order.
+
+    `orders[r, p]` is the slot of row `r` whose values sit at canonical position `p`;
+    `vectors` are the rows with their slots moved there (the route's values stay where they
+    are); `ties[r, p]` says position `p` is identical to position `p - 1` in every value."""
+
+    orders: np.ndarray
+    vectors: np.ndarray
+    ties: np.ndarray
+
+    def original_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Actions decided in canonical order (one row per route, one value per position)
+        moved back to the route's own slots, each value averaged over the positions whose
+        slots are identical."""
+        a = np.asarray(actions, dtype=np.float64)
+        n, k = a.shape
+        group = np.cumsum(~self.ties, axis=1) - 1 + (np.arange(n) * k)[:, None]
+        sums = np.bincount(group.reshape(-1), weights=a.reshape(-1), minlength=n * k)
+        counts = np.bincount(group.reshape(-1), minlength=n * k)
+        averaged = (sums / np.maximum(counts, 1))[group]
+        out = np.empty_like(averaged)
+        np.put_along_axis(out, self.orders, averaged, axis=1)
+        return out
 
 
-def canonical_orders(vecs: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """(rows, max_subsets) for extended vectors `vecs` (one row each): the slot each position
-    of the canonical order takes its values from (largest values first, compared in
-    `slot_columns`' order; identical slots keep their order)."""
-    sig = _signatures(vecs, spec)
+def sort_slots(vecs: np.ndarray, spec: FeatureSpec) -> SortedSlots:
+    """Extended vectors `vecs` (rows, vector size) in canonical order: largest values first,
+    compared in `slot_columns`' order; identical slots keep their order."""
+    rows = np.asarray(vecs)
+    cols = slot_columns(spec)
+    # Each slot's values as float32 in comparison order (the extended vectors are float32;
+    # adding 0.0 turns -0.0 into 0.0).
+    sig = np.ascontiguousarray(rows.astype(np.float32, copy=False)[:, cols]) + np.float32(0.0)
     n, k, m = sig.shape
     # Each float as an unsigned integer that sorts like it, complemented so the largest value
     # comes first, big-endian: a slot's values are then one byte string whose byte order is
@@ -69,35 +93,13 @@ def canonical_orders(vecs: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     bits = sig.view(np.uint32)
     ascending = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
     keys = (~ascending).astype(">u4").view(f"S{4 * m}").reshape(n, k)
-    return np.argsort(keys, axis=1, kind="stable").astype(np.int64)
+    orders = np.argsort(keys, axis=1, kind="stable").astype(np.int64)
 
-
-def canonical_vectors(vecs: np.ndarray, orders: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """`vecs` with each row's slots moved to their canonical positions (`orders` from
-    `canonical_orders`); the route's values stay where they are."""
-    rows = np.asarray(vecs)
-    out = rows.copy()
-    cols = slot_columns(spec)
+    vectors = rows.copy()
     taken = cols[orders]  # (rows, k, values): source columns of each canonical position
-    out[:, cols.reshape(-1)] = np.take_along_axis(rows, taken.reshape(len(rows), -1), axis=1)
-    return out
+    vectors[:, cols.reshape(-1)] = np.take_along_axis(rows, taken.reshape(n, -1), axis=1)
 
-
-def original_actions(
-    actions: np.ndarray, orders: np.ndarray, canonical: np.ndarray, spec: FeatureSpec
-) -> np.ndarray:
-    """Actions decided in canonical order (one row per route, one value per position) moved
-    back to the route's own slots, each value averaged over the positions whose slots are
-    identical in `canonical` (the canonical vectors the actions were decided on)."""
-    a = np.asarray(actions, dtype=np.float64)
-    n, k = a.shape
-    sig = _signatures(canonical, spec)
-    same = np.zeros((n, k), dtype=bool)
-    same[:, 1:] = np.all(sig[:, 1:] == sig[:, :-1], axis=2)
-    group = np.cumsum(~same, axis=1) - 1 + (np.arange(n) * k)[:, None]
-    sums = np.bincount(group.reshape(-1), weights=a.reshape(-1), minlength=n * k)
-    counts = np.bincount(group.reshape(-1), minlength=n * k)
-    averaged = (sums / np.maximum(counts, 1))[group]
-    out = np.empty_like(averaged)
-    np.put_along_axis(out, orders, averaged, axis=1)
-    return out
+    ranked = np.take_along_axis(sig, orders[:, :, None], axis=1)
+    ties = np.zeros((n, k), dtype=bool)
+    ties[:, 1:] = np.all(ranked[:, 1:] == ranked[:, :-1], axis=2)
+    return SortedSlots(orders, vectors, ties)

@@ -23,7 +23,7 @@ import numpy as np
 
 from agents.action_prior import apply_action_prior
 from agents.obs_extensions import TrendMemory, extension_low, extension_size
-from agents.slot_order import canonical_orders, canonical_vectors, original_actions
+from agents.slot_order import SortedSlots, sort_slots
 from agents.training.config import TrainConfig
 from agents.training.teacher import oracle_target
 from envs.registration import LIVE_ENV_ID, SIM_ENV_ID
@@ -102,15 +102,13 @@ class CanonicalSlots(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray], spec: FeatureSpec):
         super().__init__(env)
         self._spec = spec
-        self._canonical: np.ndarray | None = None
+        self._slots: SortedSlots | None = None
         self.slot_order = np.arange(spec.max_subsets)
 
     def _sorted(self, obs: np.ndarray) -> np.ndarray:
-        vec = np.asarray(obs)[None, :]
-        orders = canonical_orders(vec, self._spec)
-        self._canonical = canonical_vectors(vec, orders, self._spec)
-        self.slot_order = orders[0]
-        return self._canonical[0]
+        self._slots = sort_slots(np.asarray(obs)[None, :], self._spec)
+        self.slot_order = self._slots.orders[0]
+        return self._slots.vectors[0]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -119,10 +117,9 @@ class CanonicalSlots(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         return self._sorted(obs), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._canonical is None:
+        if self._slots is None:
             raise RuntimeError("call reset() before step()")
-        a = np.asarray(action, dtype=np.float64)[None, :]
-        own = original_actions(a, self.slot_order[None, :], self._canonical, self._spec)[0]
+        own = self._slots.original_actions(np.asarray(action, dtype=np.float64)[None, :])[0]
         obs, r, terminated, truncated, info = self.env.step(own.astype(np.float32))
         return self._sorted(obs), float(r), terminated, truncated, info
 

@@ -52,7 +52,7 @@ from agents.obs_extensions import (
     extension_size,
 )
 from agents.policy_file import DEFAULT_MODEL, load_numpy_policy, load_ppo_policy, save_ensemble_npz
-from agents.slot_order import canonical_orders, canonical_vectors, original_actions
+from agents.slot_order import sort_slots
 from agents.training.artifacts import export_npz
 from agents.training.wrappers import CanonicalSlots, ExtendObservation, PriorActionWrapper
 from envs.simulator.engine import MeshSimulator
@@ -537,12 +537,10 @@ def test_before_any_telemetry_the_split_is_capacity_proportional(exported):
         later = sim.observe()
         policy.decide(later)  # with data the network decides again
         vec = _extend(memory, later)[None, :]
-        orders = canonical_orders(vec, SPEC)
-        canonical = canonical_vectors(vec, orders, SPEC)
-        consulted = corrected_action(
-            policy.predict(canonical[0]), (sqrt_prior(canonical[0], SPEC), True)
-        )
-        served = original_actions(consulted[None, :], orders, canonical, SPEC)[0]
+        slots = sort_slots(vec, SPEC)
+        canonical = slots.vectors[0]
+        consulted = corrected_action(policy.predict(canonical), (sqrt_prior(canonical, SPEC), True))
+        served = slots.original_actions(consulted[None, :])[0]
         assert policy.last_raw_action == pytest.approx(served.tolist())
 
 

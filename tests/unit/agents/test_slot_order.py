@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from agents.network import EnsemblePolicy, NumpyPolicy
 from agents.obs_extensions import extension_size, slot_block_starts
 from agents.policy_file import load_numpy_policy, save_npz
-from agents.slot_order import canonical_orders, canonical_vectors, original_actions, slot_columns
+from agents.slot_order import slot_columns, sort_slots
 from meshcore.errors import ConfigError
 from meshcore.features import FeatureSpec
 from meshcore.model import Observation, RouteRef, SubsetStats
@@ -185,11 +185,10 @@ def test_the_order_is_by_capacity_share_then_weight():
     from meshcore.features import encode
 
     vec = TrendMemory().extend(encode(obs, SPEC), obs, SPEC)[None, :]
-    orders = canonical_orders(vec, SPEC)
-    assert orders[0, :4].tolist() == [1, 3, 2, 0]
-    assert orders[0, 4:].tolist() == [4, 5, 6, 7]  # absent slots last, as they were
-    canonical = canonical_vectors(vec, orders, SPEC)
-    back = original_actions(np.arange(K, dtype=float)[None, :], orders, canonical, SPEC)
+    slots = sort_slots(vec, SPEC)
+    assert slots.orders[0, :4].tolist() == [1, 3, 2, 0]
+    assert slots.orders[0, 4:].tolist() == [4, 5, 6, 7]  # absent slots last, as they were
+    back = slots.original_actions(np.arange(K, dtype=float)[None, :])
     assert back[0, :4].tolist() == [3.0, 0.0, 2.0, 1.0]
 
 
@@ -232,4 +231,4 @@ def test_the_order_is_the_lexicographic_one_largest_first(values, seed):
         vec[cols[j, : len(values[j])]] = values[j][: cols.shape[1]]
     signature = [tuple(-float(x) + 0.0 for x in vec[cols[j]]) for j in range(K)]
     expected = sorted(range(K), key=lambda j: (signature[j], j))
-    assert canonical_orders(vec[None, :], SPEC)[0].tolist() == expected
+    assert sort_slots(vec[None, :], SPEC).orders[0].tolist() == expected
