@@ -24,10 +24,14 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
 * the route returns to the primary after `hold_ticks` ticks in fallback, once the primary's
   proposal has shown no harm, in telemetry or in the planner's model, for `clear_ticks` ticks
   in a row (hysteresis: no flapping). The model's view counts too: a primary that would
-  overload a version again must not get the route back to show it. It cannot hold a route for
-  ever on stale evidence: a version the fallback keeps without traffic relaxes toward its
-  nominal health in the planner (its ``recovery_s``), and gets a probe of a few points after
-  ``probe_s`` if the planner still blames it, so its answers tell whether the fault is over.
+  overload a version again must not get the route back to show it. On the way back the
+  model's bar is higher (`back_ratio` and `back_margin` in place of `model_ratio` and
+  `model_margin`): a proposal modelled right at the fallback threshold would otherwise hand
+  the route back and forth, every hand-over a write, on a mesh where nothing changes.
+  The supervisor cannot hold a route for ever on stale evidence: a version the fallback
+  keeps without traffic relaxes toward its nominal health in the planner (its
+  ``recovery_s``), and gets a probe of a few points after ``probe_s`` if the planner still
+  blames it, so its answers tell whether the fault is over.
 * **small moves must buy something**: while the primary steers, a proposal that moves no
   version by more than `quiet_points` from the current split is written only if the planner's
   model sees it lower the modelled bad fraction by more than `quiet_gain` (relative) and
@@ -87,6 +91,8 @@ class SupervisedPolicy:
         error_outlier: float = 0.05,
         model_ratio: float = 2.0,
         model_margin: float = 0.005,
+        back_ratio: float = 1.5,
+        back_margin: float = 0.0025,
         min_relief: int = 3,
         quiet_points: int = 5,
         quiet_gain: float = 0.05,
@@ -104,6 +110,8 @@ class SupervisedPolicy:
         self.error_outlier = error_outlier
         self.model_ratio = model_ratio
         self.model_margin = model_margin
+        self.back_ratio = back_ratio
+        self.back_margin = back_margin
         self.min_relief = min_relief
         self.quiet_points = quiet_points
         self.quiet_gain = quiet_gain
@@ -187,12 +195,19 @@ class SupervisedPolicy:
                     )
         return None
 
-    def modelled_harm(self, route: RouteRef, proposal: Weights, safe: Weights) -> str | None:
+    def modelled_harm(
+        self, route: RouteRef, proposal: Weights, safe: Weights, *, returning: bool = False
+    ) -> str | None:
         """Why `proposal` is much worse than the planner's `safe` split in the planner's model,
-        or None."""
+        or None; `returning` applies the way back's higher bar (`back_ratio`, `back_margin`)."""
+        ratio, margin = (
+            (self.back_ratio, self.back_margin)
+            if returning
+            else (self.model_ratio, self.model_margin)
+        )
         mine = self.fallback.modelled_bad(route, proposal)
         theirs = self.fallback.modelled_bad(route, safe)
-        if self._much_worse(mine, theirs):
+        if _much_worse(mine, theirs, ratio, margin):
             return (
                 f"the split {proposal} is modelled at {mine:.1%} bad requests, "
                 f"the planner's {safe} at {theirs:.1%}"
@@ -200,19 +215,13 @@ class SupervisedPolicy:
         if self.surge > 1.0:
             mine = self.fallback.nominal_bad(route, proposal, self.surge)
             theirs = self.fallback.nominal_bad(route, safe, self.surge)
-            if self._much_worse(mine, theirs):
+            if _much_worse(mine, theirs, ratio, margin):
                 return (
                     f"at {self.surge:g}x the load on the configured capacities the split "
                     f"{proposal} is modelled at {mine:.1%} bad requests, the planner's {safe} at "
                     f"{theirs:.1%}"
                 )
         return None
-
-    def _much_worse(self, mine: float, theirs: float) -> bool:
-        """Whether modelled bad fraction `mine` is more than `model_ratio` times `theirs` plus
-        `model_margin` (False when either is not a number)."""
-        numbers = finite(mine) and finite(theirs)
-        return numbers and mine > self.model_ratio * theirs + self.model_margin
 
     def worth_moving(self, obs: Observation, proposal: Weights) -> str | None:
         """Why `proposal`, a small move from `obs`'s current split, is not worth a write
@@ -301,7 +310,8 @@ class SupervisedPolicy:
             self.last_note = f"supervisor: {self.fallback.name} failed ({safe}); policy unchecked"
             return proposal
         seen = self.harm(obs, proposal)
-        why = seen or self.modelled_harm(obs.route, proposal, safe)
+        returning = watch.mode == MODE_FALLBACK
+        why = seen or self.modelled_harm(obs.route, proposal, safe, returning=returning)
         if watch.mode == MODE_POLICY:
             watch.harmful = watch.harmful + 1 if why else 0
             if watch.harmful < self.harm_ticks:
@@ -330,3 +340,9 @@ class SupervisedPolicy:
         if safe_note:
             self.last_note += f"; {safe_note}"
         return safe
+
+
+def _much_worse(mine: float, theirs: float, ratio: float, margin: float) -> bool:
+    """Whether modelled bad fraction `mine` is more than `ratio` times `theirs` plus `margin`
+    (False when either is not a number)."""
+    return finite(mine) and finite(theirs) and mine > ratio * theirs + margin

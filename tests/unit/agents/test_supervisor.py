@@ -217,6 +217,48 @@ def test_stays_in_fallback_while_the_model_sees_the_policy_overload_a_version() 
     assert notes[-1] is not None and "modelled" in notes[-1]
 
 
+class Script:
+    """A primary that writes `first` once, then `then` for ever."""
+
+    name = "script"
+
+    def __init__(self, first: list[int], then: list[int]) -> None:
+        self.first, self.then, self.ticks = first, then, 0
+
+    def decide(self, obs: Observation) -> Weights:
+        self.ticks += 1
+        return Weights(obs.subsets, self.first if self.ticks == 1 else self.then)
+
+    def reset(self) -> None:
+        self.ticks = 0
+
+
+@pytest.mark.parametrize("same_bar", [False, True])
+def test_the_way_back_has_a_higher_bar_than_the_way_out(same_bar: bool) -> None:
+    """At 80 % load the primary first overloads v1 (the route falls back), then proposes
+    36/32/32: not bad enough in the model to fall back for (against the planner's even split),
+    but not clearly within it either, so the route stays with the planner; with the same bar
+    both ways it would go back, and a noisy estimate could send it out again (a write each
+    way)."""
+    bars = {"back_ratio": 2.0, "back_margin": 0.005} if same_bar else {}
+    sup = SupervisedPolicy(
+        Script([60, 20, 20], [36, 32, 32]), hold_ticks=4, clear_ticks=2, surge=1.0, **bars
+    )
+    weights: tuple[int, ...] = (34, 33, 33)
+    modes = []
+    for k in range(12):
+        weights = sup.decide(loaded(5.0 * k, weights, 240.0)).values_tuple
+        modes.append(sup.modes()[ROUTE])
+    proposal, safe = Weights(NAMES, [36, 32, 32]), sup.fallback.decide(loaded(60.0, weights, 240.0))
+    assert sup.modelled_harm(ROUTE, proposal, safe) is None
+    assert modes[0] == MODE_FALLBACK
+    if same_bar:
+        assert modes[-1] == MODE_POLICY and weights == (36, 32, 32)
+    else:
+        assert sup.modelled_harm(ROUTE, proposal, safe, returning=True) is not None
+        assert modes == [MODE_FALLBACK] * 12
+
+
 class Jitter:
     """A primary that answers a stationary route with moves of `points` points back and
     forth between v1 and v2 (what a learned policy does with telemetry noise)."""
