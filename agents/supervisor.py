@@ -40,8 +40,10 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   Envoy push that buys nothing. The gate only holds on a calm route: while some version misses
   the SLO on `quiet_slow` or more of its requests, in the window or in the newest interval, the
   model's estimates lag what the policy may be reacting to (a fault or a burst shows in the
-  newest interval a tick or more before the planner believes it), so every move goes through.
-  Bigger moves go through untouched.
+  newest interval a tick or more before the planner believes it), so every move goes through,
+  except one of at most `quiet_floor` points: a point of traffic buys nothing a later tick
+  cannot buy, and near capacity, where some version is always a little slow, a policy
+  answers the noise with one-point moves. Bigger moves go through untouched.
 
 Overload and slowness count only while some other version has room (below 80 % of its
 estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
@@ -98,6 +100,7 @@ class SupervisedPolicy:
         quiet_gain: float = 0.05,
         quiet_gain_abs: float = 1e-4,
         quiet_slow: float = 0.05,
+        quiet_floor: int = 1,
         surge: float = 1.3,
     ) -> None:
         self.primary = primary
@@ -117,6 +120,7 @@ class SupervisedPolicy:
         self.quiet_gain = quiet_gain
         self.quiet_gain_abs = quiet_gain_abs
         self.quiet_slow = quiet_slow
+        self.quiet_floor = quiet_floor
         self.surge = surge
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
@@ -232,6 +236,8 @@ class SupervisedPolicy:
         moved = max(abs(proposal[n] - current[n]) for n in obs.subsets)
         if moved == 0 or moved > self.quiet_points:
             return None
+        if moved <= self.quiet_floor:
+            return f"{proposal} is a {moved}-point move: the current split stays"
         for st in obs.stats:
             for ratio in (st.slow_ratio, st.recent_slow_ratio):
                 if finite(ratio) and ratio >= self.quiet_slow:

@@ -350,6 +350,20 @@ def test_the_quiet_gate_lets_every_move_through_while_a_version_is_slow(field: s
     assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is not None
 
 
+def test_a_one_point_move_is_held_even_while_a_version_is_slow() -> None:
+    """Near capacity some version is always a little slow, and a policy answers the noise
+    with one-point moves: those are held, calm or not; two points go through on a busy route."""
+    sup = SupervisedPolicy(Jitter(1))
+    calm = loaded(0.0, (34, 33, 33), 100.0)
+    sup.decide(calm)
+    stats = list(calm.stats)
+    stats[2] = replace(stats[2], slow_ratio=0.1, recent_slow_ratio=0.1)
+    busy = replace(calm, stats=tuple(stats))
+    note = sup.worth_moving(busy, Weights(NAMES, [35, 32, 33]))
+    assert note is not None and "1-point move" in note
+    assert sup.worth_moving(busy, Weights(NAMES, [36, 31, 33])) is None
+
+
 def test_the_quiet_gate_reads_a_proposal_by_version_name_not_position() -> None:
     sup = SupervisedPolicy(Jitter(3))
     calm = loaded(0.0, (34, 33, 33), 100.0)
