@@ -41,7 +41,11 @@ The split is planned for the route's rate over the window, or over the newest in
 `BURST_RATIO` times higher: a burst overloads versions a tick after it starts, and shows in
 full in the window's average only after a whole window (30 s); a falling load is followed at
 the window's pace, so one interval's noise does not move the split. A tick whose samples
-cover less than `KNOWN_SHARE` of the weight leaves the rate where it was.
+cover less than `KNOWN_SHARE` of the weight leaves the rate where it was. While such a burst
+shows, slow ratios and p99s are not read as health: the backlog a burst builds
+before the split follows it is load, not lost capacity, and read as a capacity loss it
+leaves the planner short of capacity for minutes, overflowing into one small version
+(docs/experiments.md, "Health readings held during a burst").
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
 then move with the evidence; a version without traffic gives none, so traffic returns to it
@@ -214,6 +218,8 @@ class PlannerPolicy:
             st.last_t_s = obs.timestamp_s
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
             st.random = obs.balancer == "random"
+            window_rate = route_rps(obs)
+            burst = finite(window_rate) and planning_rps(obs) > window_rate
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
                 est = st.versions.setdefault(name, VersionEstimate())
                 if stats.weight > 0:
@@ -221,7 +227,7 @@ class PlannerPolicy:
                 elif math.isnan(est.idle_since_s):
                     est.idle_since_s = obs.timestamp_s
                 work.relax(est, relax, stats, cap, slo_ms, st.random)
-                work.observe(est, stats, cap, slo_ms, obs.window_s, st.random)
+                work.observe(est, stats, cap, slo_ms, obs.window_s, st.random, burst)
             rate = planning_rps(obs)
             if finite(rate) and rate > 0:
                 st.last_rps = rate

@@ -251,11 +251,13 @@ class EstimateUpdates:
         slo_ms: float,
         window_s: float,
         random: bool = False,
+        burst: bool = False,
     ) -> None:
         """Take one version's stats of a window of `window_s` seconds (NaN: unknown) as
         evidence: the error ratio at once; the service-time fit, the slow ratio's health
         inversion and the saturation cap in `apply` (behind a random balancer where
-        `random`)."""
+        `random`). During a `burst` of the route's rate only the error ratio and the fit are
+        taken: the slowness a burst causes is load (the planner's module docstring)."""
         rps = stats.rps
         if not (finite(rps) and rps >= MIN_RPS):
             return
@@ -274,6 +276,8 @@ class EstimateUpdates:
         due = est.healthy_seen <= SERVICE_FITS or est.healthy_seen % SERVICE_FITS == 0
         if healthy and due and (est.fits < SERVICE_FITS or est.health >= FIT_HEALTH):
             self.fits.append(_P99Fit(est, cap, rps, stats.p99_ms, random))
+        if burst:
+            return
         recent_p99, recent_rps = stats.recent_p99_ms, stats.recent_rps
         steady = finite(recent_rps) and recent_rps >= max(P99_ALARM_RPS, ALARM_RATE_KEPT * rps)
         if finite(recent_p99) and steady:

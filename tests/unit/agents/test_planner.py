@@ -460,6 +460,34 @@ def test_a_burst_in_the_newest_interval_is_planned_for_before_the_window_shows_i
     assert decide(150.0, 160.0) == decide(150.0, 100.0) == calm
 
 
+@pytest.mark.parametrize(("recent_total", "held"), [(720.0, True), (330.0, False)])
+def test_slowness_during_a_burst_is_not_read_as_lost_capacity(
+    recent_total: float, held: bool
+) -> None:
+    """The window says 300 rps, the newest interval 720 rps: every version is slow because
+    the split has not followed the burst yet. That is load: the health estimates stay. The
+    same slowness without the burst (the newest interval at 330 rps) is a capacity loss."""
+    planner = PlannerPolicy()
+    run(planner, 12, weights=[34, 33, 33], rps=[100.0] * 3, p99=[40.0] * 3)
+    before = {n: e.health for n, e in planner.estimates(ROUTE).items()}
+    slow = observe(
+        60.0,
+        [34, 33, 33],
+        [100.0] * 3,
+        slow=[0.4] * 3,
+        p99=[900.0] * 3,
+        recent_slow=[0.6] * 3,
+        recent_p99=[1500.0] * 3,
+        recent_rps=[recent_total / 3] * 3,
+    )
+    planner.decide(slow)
+    after = {n: e.health for n, e in planner.estimates(ROUTE).items()}
+    if held:
+        assert all(after[n] >= before[n] for n in after)
+    else:
+        assert all(after[n] < 0.9 * before[n] for n in after)
+
+
 def test_without_capacity_hints_it_writes_the_square_root_split() -> None:
     obs = observe(0.0, [50, 50], [50.0, 50.0], caps=())
     assert PlannerPolicy().decide(obs) == make_policy("sqrt").decide(obs)
