@@ -45,7 +45,8 @@ cover less than `KNOWN_SHARE` of the weight leaves the rate where it was. While 
 shows, slow ratios and p99s are not read as health: the backlog a burst builds
 before the split follows it is load, not lost capacity, and read as a capacity loss it
 leaves the planner short of capacity for minutes, overflowing into one small version
-(docs/experiments.md, "Health readings held during a burst").
+(docs/experiments.md, "The supervisor's way back, one-point moves, and health readings
+held during a burst").
 
 Every tick h and e first relax toward the healthy prior with time constant `recovery_s`,
 then move with the evidence; a version without traffic gives none, so traffic returns to it
@@ -218,8 +219,9 @@ class PlannerPolicy:
             st.last_t_s = obs.timestamp_s
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
             st.random = obs.balancer == "random"
+            rate = planning_rps(obs)
             window_rate = route_rps(obs)
-            burst = finite(window_rate) and planning_rps(obs) > window_rate
+            burst = finite(window_rate) and rate > window_rate
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
                 est = st.versions.setdefault(name, VersionEstimate())
                 if stats.weight > 0:
@@ -228,7 +230,6 @@ class PlannerPolicy:
                     est.idle_since_s = obs.timestamp_s
                 work.relax(est, relax, stats, cap, slo_ms, st.random)
                 work.observe(est, stats, cap, slo_ms, obs.window_s, st.random, burst)
-            rate = planning_rps(obs)
             if finite(rate) and rate > 0:
                 st.last_rps = rate
             if finite(st.last_rps) and st.last_rps > 0:
