@@ -117,7 +117,7 @@ def test_a_harmful_policy_is_overruled_by_the_supervisor_as_served() -> None:
 @pytest.mark.parametrize("supervise", [False, True])
 def test_a_jittery_policy_churns_less_as_served(supervise: bool) -> None:
     """A one-point jitter is never written: the guard's min_change holds it, and before that
-    (as served) the supervisor's quiet gate, which sees no gain in it."""
+    (as served) the supervisor's quiet gate, which holds every one-point move."""
     sc = _twins()
     jitter = [{"a": 50, "b": 50}, {"a": 51, "b": 49}]
     raw, _ = run_episode(sc, Scripted(jitter), seed=3)
@@ -127,7 +127,7 @@ def test_a_jittery_policy_churns_less_as_served(supervise: bool) -> None:
     assert raw.churn > 0.9  # one point moved on (almost) every step
     assert served.churn == 0.0
     assert not any(trace.wrote)
-    held_by = "the model sees no gain in" if supervise else "< min_change 3: not written"
+    held_by = "1-point move: the current split stays" if supervise else "< min_change 3"
     assert any(held_by in r for r in trace.reason)
 
 
