@@ -15,6 +15,10 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
  format_version    int, `FORMAT_VERSION`
  spec_json         `FeatureSpec.to_dict()` as JSON
  spec_hash         `FeatureSpec.hash` of that spec (checked against it on load)
+ inputs_hash       `inputs_hash(spec)`: every input the network reads and how its action is
+                   read (the spec, the observation extension and its constants, the slot
+                   order, the action prior); checked on load. Files written before it existed
+                   carry none and are checked by the named entries below only
  activation        hidden-layer activation: `agents.network.ACTIVATION` ("tanh")
  n_layers          number of Linear layers, hidden ones plus the action head
  w{i}, b{i}        Linear layer i: weight (out, in) and bias (out,), as in torch
@@ -33,11 +37,14 @@ File format (every entry a plain numpy array; strings are 0-d unicode arrays):
 =================  ==========================================================================
 
 The activation, prior, extension and slot order entries name what this version serves; a file
-that names anything else is refused.
+that names anything else is refused. The names alone would let a changed extension (another
+moving-average weight, say) serve a network trained on the old one; ``inputs_hash`` changes
+with any of the values the inputs are computed from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zipfile
@@ -47,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from agents import obs_extensions, slot_order
 from agents.action_prior import ACTION_PRIOR
 from agents.network import ACTIVATION, EnsemblePolicy, NumpyPolicy
 from agents.obs_extensions import OBS_EXTENSION
@@ -85,6 +93,28 @@ _SERVED = {
 _REQUIRED = (*_HEADER_KEYS, *_MEMBER_REQUIRED)
 
 
+def inputs_hash(spec: FeatureSpec) -> str:
+    """Stable id (16 hex chars) of what a network served with `spec` reads and how its action is
+    read: the `FeatureSpec` hash, the observation extension's name, constants and size, the slot
+    order's name and sort keys, and the action prior's name. It changes whenever any of them
+    would change a served decision of the same weights."""
+    payload = json.dumps(
+        {
+            "feature_spec": spec.hash,
+            "obs_extension": OBS_EXTENSION,
+            "trend_features": list(obs_extensions.TREND_FEATURES),
+            "ema_features": list(obs_extensions.EMA_FEATURES),
+            "ema_alphas": list(obs_extensions.EMA_ALPHAS),
+            "extension_size": obs_extensions.extension_size(spec),
+            "slot_order": SLOT_ORDER,
+            "slot_first_keys": list(slot_order.FIRST_KEYS),
+            "action_prior": ACTION_PRIOR,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def _text(value: object) -> str:
     return str(np.asarray(value).item()) if np.asarray(value).ndim == 0 else str(value)
 
@@ -105,6 +135,7 @@ def save_npz(
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "spec_json": np.asarray(json.dumps(spec.to_dict(), sort_keys=True)),
         "spec_hash": np.asarray(spec.hash),
+        "inputs_hash": np.asarray(inputs_hash(spec)),
         "activation": np.asarray(ACTIVATION),
         "n_layers": np.asarray(len(layers), dtype=np.int64),
         "obs_mean": np.asarray(obs_mean, dtype=np.float64),
@@ -245,6 +276,12 @@ def _checked_spec(
             f"controller encodes observations with {expected_spec.hash}; retrain or export the "
             "model for this feature spec"
         )
+    if "inputs_hash" in arrays and _text(arrays["inputs_hash"]) != inputs_hash(spec):
+        raise ConfigError(
+            f"{p}: inputs hash mismatch: the model was trained on inputs "
+            f"{_text(arrays['inputs_hash'])}, this meshpilot computes {inputs_hash(spec)} (its "
+            "observation extension, slot order or action prior differ); retrain the model"
+        )
     return spec
 
 
@@ -298,6 +335,9 @@ def save_ensemble_npz(
             f"ensemble members were trained on different feature specs: {sorted(spec_hashes)}"
         )
     out_arrays: dict[str, np.ndarray] = {**head, **nets[0]}
+    # Every member passed the loader's checks against this meshpilot's inputs.
+    spec = FeatureSpec.from_dict(json.loads(_text(head["spec_json"])))
+    out_arrays["inputs_hash"] = np.asarray(inputs_hash(spec))
     for j, net in enumerate(nets[1:], start=1):
         out_arrays.update({f"m{j}.{k}": v for k, v in net.items()})
     out_arrays["n_members"] = np.asarray(len(nets), dtype=np.int64)

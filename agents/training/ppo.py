@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agents.policy_file import inputs_hash
 from agents.training.artifacts import (
     Episode,
     export_npz,
@@ -178,6 +179,7 @@ def train(config: TrainConfig, *, live: LiveMesh | None = None) -> Path:
             "numpy": np.__version__,
         },
         "feature_spec_hash": config.feature_spec.hash,
+        "inputs_hash": inputs_hash(config.feature_spec),
     }
     if live is not None:
         meta["live"] = {

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from agents.network import EnsemblePolicy
-from agents.policy_file import load_numpy_policy, save_ensemble_npz
+from agents.policy_file import inputs_hash, load_numpy_policy, save_ensemble_npz
 from meshpilot.commands.arg_types import output_file
 
 
@@ -38,5 +38,11 @@ def run(args: argparse.Namespace) -> int:
     out = save_ensemble_npz(args.out, args.policies)
     policy = load_numpy_policy(out)
     members = len(policy.members) if isinstance(policy, EnsemblePolicy) else 1
-    print(json.dumps({"out": str(out), "members": members, "feature_spec": policy.spec.hash}))
+    summary = {
+        "out": str(out),
+        "members": members,
+        "feature_spec": policy.spec.hash,
+        "inputs_hash": inputs_hash(policy.spec),
+    }
+    print(json.dumps(summary))
     return 0

@@ -10,6 +10,10 @@ Cases:
   refused with both hashes in the message;
 - a file that names another activation, action prior or observation extension, lacks the
   extension's name, or carries an action gain other than 1 is refused;
+- the inputs hash: written with every file (the shipped one too), changed by every input it
+  covers (extension constants, slot order, prior), a file whose hash differs from this
+  meshpilot's is refused even where the names agree, and a file written before the hash
+  existed loads on its named entries;
 - files are loaded with allow_pickle=False: a pickled array is refused and never unpickled;
 - missing, truncated, non-zip files and missing arrays are ConfigErrors;
 - the shipped default model loads (an ensemble of two), is small, and decides valid weights on
@@ -42,6 +46,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import envs  # noqa: F401
+from agents import obs_extensions, policy_file, slot_order
 from agents.action_prior import apply_action_prior, corrected_action, sqrt_prior
 from agents.network import EnsemblePolicy
 from agents.obs_extensions import (
@@ -51,7 +56,13 @@ from agents.obs_extensions import (
     extension_low,
     extension_size,
 )
-from agents.policy_file import DEFAULT_MODEL, load_numpy_policy, load_ppo_policy, save_ensemble_npz
+from agents.policy_file import (
+    DEFAULT_MODEL,
+    inputs_hash,
+    load_numpy_policy,
+    load_ppo_policy,
+    save_ensemble_npz,
+)
 from agents.slot_order import sort_slots
 from agents.training.artifacts import export_npz
 from agents.training.wrappers import CanonicalSlots, ExtendObservation, PriorActionWrapper
@@ -208,6 +219,52 @@ def test_model_for_another_feature_spec_is_refused_naming_both_hashes(exported):
     assert load_ppo_policy(str(exported)).spec == FeatureSpec()
 
 
+def test_a_file_carries_the_hash_of_every_input_and_a_changed_input_is_refused(
+    exported, tmp_path, monkeypatch
+):
+    with np.load(exported, allow_pickle=False) as data:
+        assert str(data["inputs_hash"]) == inputs_hash(SPEC)
+    # The names in the file stay the same; the moving averages' weights do not.
+    monkeypatch.setattr(obs_extensions, "EMA_ALPHAS", (0.3, 0.05))
+    changed = inputs_hash(SPEC)
+    assert changed != str(np.load(exported, allow_pickle=False)["inputs_hash"])
+    with pytest.raises(ConfigError, match="inputs hash mismatch") as err:
+        load_numpy_policy(exported)
+    assert changed in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.setattr(obs_extensions, "TREND_FEATURES", (2, 4)),
+        lambda m: m.setattr(obs_extensions, "EMA_FEATURES", (6,)),
+        lambda m: m.setattr(slot_order, "FIRST_KEYS", (0, 2, 7)),
+        lambda m: m.setattr(policy_file, "SLOT_ORDER", "given"),
+        lambda m: m.setattr(policy_file, "ACTION_PRIOR", "capacity"),
+        lambda m: m.setattr(policy_file, "OBS_EXTENSION", "none"),
+    ],
+)
+def test_the_inputs_hash_changes_with_every_input_it_covers(monkeypatch, change):
+    before = inputs_hash(SPEC)
+    change(monkeypatch)
+    assert inputs_hash(SPEC) != before
+    assert inputs_hash(FeatureSpec(slo_ms=100.0)) != inputs_hash(SPEC)
+
+
+def test_a_file_written_before_the_inputs_hash_loads_on_its_named_entries(exported, tmp_path):
+    older = _rewrite(exported, tmp_path / "older.npz", inputs_hash=None)
+    assert load_numpy_policy(older).spec == SPEC
+    renamed = _rewrite(older, tmp_path / "renamed.npz", obs_extension=np.asarray("none"))
+    with pytest.raises(ConfigError, match="obs_extension"):
+        load_numpy_policy(renamed)
+
+
+def test_an_edited_inputs_hash_is_refused(exported, tmp_path):
+    edited = _rewrite(exported, tmp_path / "edited.npz", inputs_hash=np.asarray("0" * 16))
+    with pytest.raises(ConfigError, match="inputs hash mismatch"):
+        load_numpy_policy(edited)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -276,6 +333,7 @@ def test_ensemble_refuses_bad_members(tmp_path, exported):
         tmp_path / "other.npz",
         spec_json=np.asarray(json.dumps(FeatureSpec(slo_ms=500.0).to_dict())),
         spec_hash=np.asarray(FeatureSpec(slo_ms=500.0).hash),
+        inputs_hash=np.asarray(inputs_hash(FeatureSpec(slo_ms=500.0))),
     )
     with pytest.raises(ConfigError, match="different feature specs"):
         save_ensemble_npz(tmp_path / "mixed.npz", [one, other_spec])
@@ -355,6 +413,8 @@ def test_shipped_default_model_is_small_and_decides_valid_weights():
     policy = load_ppo_policy(None)
     assert isinstance(policy, EnsemblePolicy) and len(policy.members) == 2
     assert policy.spec.hash == "8d261afdbdab1223"  # the FeatureSpec() it was trained on
+    with np.load(DEFAULT_MODEL, allow_pickle=False) as data:
+        assert str(data["inputs_hash"]) == inputs_hash(policy.spec)
     for path in suite_paths():
         sim = MeshSimulator(load_scenario(path), seed=0)
         for _ in range(3):

@@ -1,8 +1,9 @@
 """`meshpilot ensemble`: combine policy files into one ensemble file.
 
 Cases: the combined file serves the decode of its members' mean action and the command prints
-a JSON summary; an ensemble given as input is flattened; one input, an input of another feature
-spec and a missing input exit 2 with one line and write nothing. Training members end to end
+a JSON summary (with the inputs hash, which the file carries too); an ensemble given as input
+is flattened; one input, an input of another feature spec and a missing input exit 2 with one
+line and write nothing. Training members end to end
 (`meshpilot train --members`) is tests/unit/agents/test_ensemble.py.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from agents.obs_extensions import extension_size
-from agents.policy_file import save_npz
+from agents.policy_file import inputs_hash, save_npz
 from meshcore.features import FeatureSpec
 from meshpilot.cli import main
 from tests.unit.agents.ensemble_checks import assert_decides_members_mean
@@ -48,7 +49,14 @@ def test_combined_file_serves_the_members_mean_action(tmp_path, capsys):
     files = [_policy_file(tmp_path / f"p{s}.npz", s) for s in (1, 2)]
     out = tmp_path / "pair.npz"
     assert main(["ensemble", *map(str, files), "--out", str(out)]) == 0
-    assert _summary(capsys) == {"out": str(out), "members": 2, "feature_spec": FeatureSpec().hash}
+    assert _summary(capsys) == {
+        "out": str(out),
+        "members": 2,
+        "feature_spec": FeatureSpec().hash,
+        "inputs_hash": inputs_hash(FeatureSpec()),
+    }
+    with np.load(out, allow_pickle=False) as data:
+        assert str(data["inputs_hash"]) == inputs_hash(FeatureSpec())
     assert_decides_members_mean(out, files, scenario="diurnal-bursts", seed=0, ticks=8)
 
     third = _policy_file(tmp_path / "p3.npz", 3)
