@@ -219,9 +219,7 @@ class PlannerPolicy:
             st.last_t_s = obs.timestamp_s
             relax = math.exp(-max(dt, 0.0) / self.recovery_s)
             st.random = obs.balancer == "random"
-            rate = planning_rps(obs)
-            window_rate = route_rps(obs)
-            burst = finite(window_rate) and rate > window_rate
+            rate, burst = planning_rate(obs)
             for name, stats, cap in zip(obs.subsets, obs.stats, caps, strict=True):
                 est = st.versions.setdefault(name, VersionEstimate())
                 if stats.weight > 0:
@@ -327,20 +325,26 @@ def impaired(est: VersionEstimate) -> bool:
 
 
 def planning_rps(obs: Observation) -> float:
-    """The rate (rps) the planner plans `obs`'s route for: `route_rps` (the window's), or the
-    newest interval's total when every version reports one and it is more than `BURST_RATIO`
-    times that; NaN when nothing usable was seen, or too little of it (`KNOWN_SHARE`)."""
+    """The rate (rps) the planner plans `obs`'s route for (see `planning_rate`)."""
+    return planning_rate(obs)[0]
+
+
+def planning_rate(obs: Observation) -> tuple[float, bool]:
+    """The rate (rps) the planner plans `obs`'s route for, and whether the route is bursting:
+    `route_rps` (the window's), or, bursting, the newest interval's total when every version
+    reports one and it is more than `BURST_RATIO` times that; NaN when nothing usable was seen,
+    or too little of it (`KNOWN_SHARE`)."""
     known = sum(stats.weight for stats in obs.stats if finite(stats.rps))
     if known < KNOWN_SHARE * sum(stats.weight for stats in obs.stats):
-        return math.nan
+        return math.nan, False
     rate = route_rps(obs)
     # a version without requests in the window had none in its newest interval either
     recent = [0.0 if stats.rps == 0 else stats.recent_rps for stats in obs.stats]
     if finite(rate) and all(finite(r) and r >= 0 for r in recent):
         newest = math.fsum(recent)
         if newest > BURST_RATIO * rate:
-            return newest
-    return rate
+            return newest, True
+    return rate, False
 
 
 def current_split(obs: Observation) -> Weights | None:

@@ -103,11 +103,16 @@ class CanonicalSlots(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         super().__init__(env)
         self._spec = spec
         self._slots: SortedSlots | None = None
-        self.slot_order = np.arange(spec.max_subsets)
+
+    @property
+    def slot_order(self) -> np.ndarray:
+        """Position -> the route's slot, for the last observation (identity before any)."""
+        if self._slots is None:
+            return np.arange(self._spec.max_subsets)
+        return self._slots.orders[0]
 
     def _sorted(self, obs: np.ndarray) -> np.ndarray:
         self._slots = sort_slots(np.asarray(obs)[None, :], self._spec)
-        self.slot_order = self._slots.orders[0]
         return self._slots.vectors[0]
 
     def reset(
