@@ -467,10 +467,27 @@ class ControlLoop:
         """The scheduled tick job while started (for tests and diagnostics)."""
         return None if self._scheduler is None else self._scheduler.job
 
-    def stop(self, *, wait: bool = True) -> None:
-        """Stop scheduling; with `wait`, let a running tick finish first (idempotent)."""
+    def stop(self, *, wait: bool = True, timeout_s: float | None = None) -> bool:
+        """Stop scheduling; with `wait`, let a running tick finish first, for at most
+        `timeout_s` seconds when given (a tick stuck on an unanswering API must not hold a
+        shutdown past the Pod's grace period). True when no tick is left running; idempotent."""
         scheduler, self._scheduler = self._scheduler, None
+        if not wait or timeout_s is None:
+            if scheduler is not None:
+                scheduler.stop(wait=wait)
+            self._writes.shutdown(wait=wait)
+            self._started_mono = None
+            return wait
         if scheduler is not None:
-            scheduler.stop(wait=wait)
-        self._writes.shutdown(wait=wait)
+            scheduler.stop(wait=False)  # no new tick; a running one goes on
+        finished = self._tick_lock.acquire(timeout=max(timeout_s, 0.0))
+        if finished:
+            self._tick_lock.release()
+        else:
+            _log.warning(
+                "a control tick was still running %.1f s after the stop; stopping without it",
+                timeout_s,
+            )
+        self._writes.shutdown(wait=finished)
         self._started_mono = None
+        return finished

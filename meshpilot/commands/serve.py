@@ -15,7 +15,8 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +36,11 @@ _log = logging.getLogger("meshpilot.serve")
 
 SHUTDOWN_GRACE_S = 10.0
 """Longest wait for the API server to finish in-flight requests on shutdown (s)."""
+TICK_GRACE_S = 10.0
+"""Longest wait for a running control tick to finish on shutdown (s); a tick takes well under
+a second unless an API call hangs, and Kubernetes kills the Pod 30 s after SIGTERM."""
+SLOW_STEP_S = 2.0
+"""A shutdown step longer than this (s) is logged as a warning."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -207,7 +213,7 @@ def _leader(settings: Settings, stack: contextlib.ExitStack) -> Leadership:
     if callable(start):
         start()
     if callable(stop):
-        stack.callback(stop)
+        stack.callback(_timed, "stopping the leader election", stop)
     leadership: Leadership = elector
     return leadership
 
@@ -231,7 +237,7 @@ def build_loop(settings: Settings, stack: contextlib.ExitStack) -> tuple[Control
         store_path, max_rows=settings.store.max_rows, max_age_s=settings.store.max_age_s
     )
     _log.info("decisions recorded in %s", store_path)
-    stack.callback(store.close)
+    stack.callback(_timed, "closing the decision store", store.close)
     actuator: Actuator = mesh.actuator
     if settings.mode == "shadow":  # belt and braces: the loop also never asks to write
         actuator = ShadowActuator(reader=mesh.actuator)
@@ -290,7 +296,7 @@ def _managed_routes(
         context=settings.kube.context,
     )
     source.start()
-    stack.callback(source.stop)
+    stack.callback(_timed, "stopping the ManagedRoute watch", source.stop)
     _log.info("managing the ManagedRoutes of %s too", source.namespace)
     served = (policy_name, policy_name.split("+", 1)[0])
     return [ManagedRoutes(source, guard, static=static, served_policy=served)]
@@ -307,6 +313,16 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     return sock
+
+
+def _timed(step: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run a shutdown step; a warning names it when it took more than `SLOW_STEP_S`, so a
+    shutdown that outlives its grace period says where the time went."""
+    started = time.monotonic()
+    fn(*args, **kwargs)
+    took = time.monotonic() - started
+    if took > SLOW_STEP_S:
+        _log.warning("shutdown: %s took %.1f s", step, took)
 
 
 @contextlib.contextmanager
@@ -416,7 +432,8 @@ def run(args: argparse.Namespace) -> int:
             target=server.run, kwargs={"sockets": [sock]}, name="meshpilot-api", daemon=True
         )
         loop.start()
-        stack.callback(loop.stop)  # runs first on exit: stop writing before anything closes
+        # runs first on exit: stop writing before anything closes
+        stack.callback(_timed, "stopping the control loop", loop.stop, timeout_s=TICK_GRACE_S)
         api.start()
         _log.info(
             "meshpilot serving %d routes on http://%s:%d (mesh %s, policy %s, mode %s)",
@@ -431,8 +448,8 @@ def run(args: argparse.Namespace) -> int:
             if not api.is_alive():
                 _log.error("the API server stopped unexpectedly")
                 return 1
-        loop.stop()
+        _timed("stopping the control loop", loop.stop, timeout_s=TICK_GRACE_S)
         server.should_exit = True
-        api.join(SHUTDOWN_GRACE_S)
+        _timed("stopping the API", api.join, SHUTDOWN_GRACE_S)
     _log.info("meshpilot stopped")
     return 0

@@ -491,6 +491,38 @@ def test_the_loop_schedules_its_tick_every_tick_s_once() -> None:
     assert loop.job is None
 
 
+class StuckPolicy(FixedPolicy):
+    """Decides only once `release` is set: a tick stuck on an API that does not answer."""
+
+    def __init__(self, target: Mapping[str, int]) -> None:
+        super().__init__(target)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def decide(self, obs: Observation) -> Weights:
+        self.entered.set()
+        self.release.wait(30.0)
+        return super().decide(obs)
+
+
+def test_a_stop_waits_for_a_stuck_tick_only_as_long_as_it_is_told(caplog) -> None:
+    clock = FakeClock()
+    mesh = FakeMesh({A: split(90, 10)}, clock=clock)
+    policy = StuckPolicy({"v1": 80, "v2": 20})
+    loop = make_loop(mesh, policy, tick_s=3600.0)
+    loop.start()
+    try:
+        assert policy.entered.wait(10.0)
+        with caplog.at_level("WARNING", logger="controller.loop"):
+            assert loop.stop(timeout_s=0.2) is False
+        assert loop.job is None
+        assert "still running 0.2 s after the stop" in caplog.text
+    finally:
+        policy.release.set()
+    # Once the tick is over a bounded stop reports that none is left.
+    assert loop.stop(timeout_s=5.0) is True
+
+
 def test_rejects_an_unusable_configuration() -> None:
     clock = FakeClock()
     mesh = FakeMesh({A: split(90, 10)}, clock=clock)
