@@ -64,6 +64,9 @@ __all__ = ["AlwaysLeader", "ControlLoop", "Leadership", "TickHook"]
 
 _log = logging.getLogger(__name__)
 
+STOP_WARN_S = 5.0
+"""A stop still waiting for the running tick after this long (s) logs a warning."""
+
 
 def _check_positive(name: str, value: float) -> float:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -467,27 +470,24 @@ class ControlLoop:
         """The scheduled tick job while started (for tests and diagnostics)."""
         return None if self._scheduler is None else self._scheduler.job
 
-    def stop(self, *, wait: bool = True, timeout_s: float | None = None) -> bool:
-        """Stop scheduling; with `wait`, let a running tick finish first, for at most
-        `timeout_s` seconds when given (a tick stuck on an unanswering API must not hold a
-        shutdown past the Pod's grace period). True when no tick is left running; idempotent."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop scheduling; with `wait`, let a running tick finish first (idempotent). A tick
+        is never cut short (it may be writing, and leadership is released only after it), but
+        one still running after `STOP_WARN_S` is named in a warning: a shutdown that outlives
+        the Pod's grace period says where the time went."""
         scheduler, self._scheduler = self._scheduler, None
-        if not wait or timeout_s is None:
+        warn = threading.Timer(
+            STOP_WARN_S,
+            _log.warning,
+            ("still waiting for the running control tick to finish (%.0f s)", STOP_WARN_S),
+        )
+        warn.daemon = True
+        if wait:
+            warn.start()
+        try:
             if scheduler is not None:
                 scheduler.stop(wait=wait)
             self._writes.shutdown(wait=wait)
-            self._started_mono = None
-            return wait
-        if scheduler is not None:
-            scheduler.stop(wait=False)  # no new tick; a running one goes on
-        finished = self._tick_lock.acquire(timeout=max(timeout_s, 0.0))
-        if finished:
-            self._tick_lock.release()
-        else:
-            _log.warning(
-                "a control tick was still running %.1f s after the stop; stopping without it",
-                timeout_s,
-            )
-        self._writes.shutdown(wait=finished)
+        finally:
+            warn.cancel()
         self._started_mono = None
-        return finished

@@ -36,9 +36,6 @@ _log = logging.getLogger("meshpilot.serve")
 
 SHUTDOWN_GRACE_S = 10.0
 """Longest wait for the API server to finish in-flight requests on shutdown (s)."""
-TICK_GRACE_S = 10.0
-"""Longest wait for a running control tick to finish on shutdown (s); a tick takes well under
-a second unless an API call hangs, and Kubernetes kills the Pod 30 s after SIGTERM."""
 SLOW_STEP_S = 2.0
 """A shutdown step longer than this (s) is logged as a warning."""
 
@@ -433,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
         )
         loop.start()
         # runs first on exit: stop writing before anything closes
-        stack.callback(_timed, "stopping the control loop", loop.stop, timeout_s=TICK_GRACE_S)
+        stack.callback(_timed, "stopping the control loop", loop.stop)
         api.start()
         _log.info(
             "meshpilot serving %d routes on http://%s:%d (mesh %s, policy %s, mode %s)",
@@ -448,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
             if not api.is_alive():
                 _log.error("the API server stopped unexpectedly")
                 return 1
-        _timed("stopping the control loop", loop.stop, timeout_s=TICK_GRACE_S)
+        _timed("stopping the control loop", loop.stop)
         server.should_exit = True
         _timed("stopping the API", api.join, SHUTDOWN_GRACE_S)
     _log.info("meshpilot stopped")
