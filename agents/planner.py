@@ -324,11 +324,6 @@ def impaired(est: VersionEstimate) -> bool:
     return est.health < IMPAIRED_HEALTH or est.error > IMPAIRED_ERROR
 
 
-def planning_rps(obs: Observation) -> float:
-    """The rate (rps) the planner plans `obs`'s route for (see `planning_rate`)."""
-    return planning_rate(obs)[0]
-
-
 def planning_rate(obs: Observation) -> tuple[float, bool]:
     """The rate (rps) the planner plans `obs`'s route for, and whether the route is bursting:
     `route_rps` (the window's), or, bursting, the newest interval's total when every version

@@ -326,8 +326,8 @@ def save_ensemble_npz(
     for src in members:
         src_path = Path(src)
         arrays = _read_arrays(src_path)
-        _policy_from(arrays, src_path, None)  # every check a single file gets
-        spec_hashes.add(_text(arrays["spec_hash"]))
+        spec = _policy_from(arrays, src_path, None).spec  # every check a single file gets
+        spec_hashes.add(spec.hash)
         head = head or {k: arrays[k] for k in _HEADER_KEYS}
         nets.extend(_member_arrays(arrays, src_path))
     if len(spec_hashes) != 1:
@@ -335,8 +335,7 @@ def save_ensemble_npz(
             f"ensemble members were trained on different feature specs: {sorted(spec_hashes)}"
         )
     out_arrays: dict[str, np.ndarray] = {**head, **nets[0]}
-    # Every member passed the loader's checks against this meshpilot's inputs.
-    spec = FeatureSpec.from_dict(json.loads(_text(head["spec_json"])))
+    # Every member passed the loader's checks against this meshpilot's inputs (one spec).
     out_arrays["inputs_hash"] = np.asarray(inputs_hash(spec))
     for j, net in enumerate(nets[1:], start=1):
         out_arrays.update({f"m{j}.{k}": v for k, v in net.items()})

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.planner import PlannerPolicy, impaired, planning_rps
+from agents.planner import PlannerPolicy, impaired, planning_rate
 from agents.registry import make_policy
 from agents.version_estimates import (
     FIT_HEALTH,
@@ -118,9 +118,9 @@ def test_a_small_versions_rate_is_not_taken_for_the_routes() -> None:
     full = observe(0.0, [18, 77, 5], [150.0, 650.0, 43.0], caps=caps)
     small = observe(5.0, [18, 77, 5], [nan, nan, 60.0], p99=[nan, nan, 300.0], caps=caps)
     half = observe(5.0, [18, 77, 5], [nan, 650.0, 43.0], p99=[nan, 90.0, 90.0], caps=caps)
-    assert planning_rps(full) == pytest.approx(843.0)
-    assert math.isnan(planning_rps(small))
-    assert planning_rps(half) == pytest.approx(693.0 * 100 / 82)
+    assert planning_rate(full)[0] == pytest.approx(843.0)
+    assert math.isnan(planning_rate(small)[0])
+    assert planning_rate(half)[0] == pytest.approx(693.0 * 100 / 82)
 
     warm = PlannerPolicy()
     weights = [18, 77, 5]
@@ -324,7 +324,7 @@ def test_an_idle_version_does_not_hide_a_burst() -> None:
     the others (200 rps each in the newest interval, 100 over the window) is planned for."""
     nan = math.nan
     obs = observe(0.0, [0, 50, 50], [0.0, 100.0, 100.0], recent_rps=[nan, 200.0, 200.0])
-    assert planning_rps(obs) == pytest.approx(400.0)
+    assert planning_rate(obs)[0] == pytest.approx(400.0)
 
 
 def test_an_unobserved_version_recovers_toward_nominal() -> None:
