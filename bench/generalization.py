@@ -71,8 +71,11 @@ def ratios(
     for name, entries in report.items():
         if policy not in entries:
             continue
+        rules = [entries[r]["bad_fraction"] for r in CLASSIC if r in entries]
+        if not rules:
+            continue  # no yardstick measured: nothing to compare with
         mine = entries[policy]["bad_fraction"] + floor
-        best_rule = min(entries[r]["bad_fraction"] for r in CLASSIC if r in entries) + floor
+        best_rule = min(rules) + floor
         row = {"vs_rule": mine / best_rule, "churn": entries[policy]["churn"]}
         if "oracle" in entries:
             row["vs_oracle"] = mine / (entries["oracle"]["bad_fraction"] + floor)
@@ -93,6 +96,8 @@ def describe(
     header = f"{'policy':14s} {'vs oracle':>9s} {'vs best rule':>12s} {'<= rule':>8s}"
     print(f"{header} {'steady vs rule':>14s} {'changing vs rule':>16s} {'churn':>6s}")
     summary: dict[str, Any] = {}
+    if not any(r in policies for r in CLASSIC):
+        print("no classic rule among the policies: no ratios (--out keeps every bad fraction)")
     for policy in policies:
         rows = ratios(report, policy, floor)
         if not rows:

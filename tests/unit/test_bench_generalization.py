@@ -3,7 +3,9 @@
 Cases: without `--suite-seeds` there is nothing to run and the command says so; with it, the
 report has the suite's nine scenarios, each scored against the best rule run (`sqrt` alone
 here, so 1.0), and an empty generated part (the keys stay, so readers of the JSON need no
-special case).
+special case). Without a classic rule among the policies there is no ratio to print, and the
+report still keeps every bad fraction (a candidate is often run alone, to be compared with
+rules measured once).
 """
 
 from __future__ import annotations
@@ -32,3 +34,16 @@ def test_count_0_runs_the_suite_alone(tmp_path: Path) -> None:
     assert len(report["suite"]) == 9
     assert all(set(row) == {"sqrt"} for row in report["suite"].values())
     assert report["suite_summary"]["sqrt"]["geomean_vs_best_rule"] == pytest.approx(1.0)
+
+
+def test_a_run_without_a_classic_rule_keeps_its_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite.json"
+    argv = ["--count", "0", "--suite-seeds", "1", "--policies", "planner", "--out", str(out)]
+    assert main(argv) == 0
+    assert "no classic rule among the policies" in capsys.readouterr().out
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert len(report["suite"]) == 9
+    assert all(0.0 <= row["planner"]["bad_fraction"] <= 1.0 for row in report["suite"].values())
+    assert report["suite_summary"] == {}
