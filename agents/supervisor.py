@@ -42,8 +42,12 @@ default; it is asked every tick, so its estimates are warm when needed) and, per
   model's estimates lag what the policy may be reacting to (a fault or a burst shows in the
   newest interval a tick or more before the planner believes it), so every move goes through,
   except one of at most `quiet_floor` points: a point of traffic buys nothing a later tick
-  cannot buy, and near capacity, where some version is always a little slow, a policy
-  answers the noise with one-point moves. Bigger moves go through untouched.
+  cannot buy. Slow is judged against each version's usual: near capacity some version is
+  always a little slow, and a policy answers that noise with moves of a few points. Once a
+  route has been watched for `quiet_learn` ticks, a version counts as slow only where its
+  ratio also exceeds its usual (a moving average over about `quiet_learn` ticks) by
+  `quiet_slow` or three times its usual deviation from it, whichever is larger: a fault or a
+  burst, not the load it always carries. Bigger moves go through untouched.
 
 Overload and slowness count only while some other version has room (below 80 % of its
 estimated capacity): when every version is in trouble no split is to blame. A 5xx outlier
@@ -60,14 +64,24 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agents.planner import PlannerPolicy, current_split, route_runs
-from meshcore.model import Observation, RouteRef, Weights, finite
+from meshcore.model import Observation, RouteRef, SubsetStats, Weights, finite
 from meshcore.ports import Policy
 
 MODE_POLICY = "policy"
 MODE_FALLBACK = "fallback"
+
+
+@dataclass
+class _Usual:
+    """A version's usual slow ratio (0..1, a moving average) and its usual absolute
+    deviation from it, after `seen` readings."""
+
+    level: float
+    spread: float = 0.0
+    seen: int = 1
 
 
 @dataclass
@@ -76,6 +90,8 @@ class _RouteWatch:
     harmful: int = 0
     clear: int = 0
     in_fallback: int = 0
+    ticks: int = 0
+    usual: dict[tuple[str, str], _Usual] = field(default_factory=dict)
 
 
 class SupervisedPolicy:
@@ -101,6 +117,7 @@ class SupervisedPolicy:
         quiet_gain_abs: float = 1e-4,
         quiet_slow: float = 0.05,
         quiet_floor: int = 1,
+        quiet_learn: int = 12,
         surge: float = 1.3,
     ) -> None:
         self.primary = primary
@@ -121,6 +138,7 @@ class SupervisedPolicy:
         self.quiet_gain_abs = quiet_gain_abs
         self.quiet_slow = quiet_slow
         self.quiet_floor = quiet_floor
+        self.quiet_learn = quiet_learn
         self.surge = surge
         self.last_note: str | None = None
         self.last_notes: list[str | None] = []
@@ -238,10 +256,8 @@ class SupervisedPolicy:
             return None
         if moved <= self.quiet_floor:
             return f"{proposal} is a {moved}-point move: the current split stays"
-        for st in obs.stats:
-            for ratio in (st.slow_ratio, st.recent_slow_ratio):
-                if finite(ratio) and ratio >= self.quiet_slow:
-                    return None  # not calm: the model lags what the policy may see
+        if not self.calm(obs):
+            return None  # the model lags what the policy may see
         before = self.fallback.modelled_bad(obs.route, current)
         ordered = Weights(obs.subsets, [proposal[n] for n in obs.subsets])
         after = self.fallback.modelled_bad(obs.route, ordered)
@@ -253,6 +269,39 @@ class SupervisedPolicy:
             f"{proposal} is a {moved}-point move the model sees no gain in (modelled bad "
             f"{before:.2%} -> {after:.2%}): the current split stays"
         )
+
+    def calm(self, obs: Observation) -> bool:
+        """Whether no version of `obs` is slow, against its usual once the route has been
+        watched for `quiet_learn` ticks (see the module docstring)."""
+        watch = self._routes.get(obs.route)
+        learnt = watch is not None and watch.ticks >= self.quiet_learn
+        for name, st in zip(obs.subsets, obs.stats, strict=True):
+            for kind, ratio in _slow_readings(st):
+                if not finite(ratio) or ratio < self.quiet_slow:
+                    continue
+                usual = watch.usual.get((name, kind)) if learnt and watch else None
+                if usual is None:
+                    return False
+                if ratio > usual.level + max(self.quiet_slow, 3.0 * usual.spread):
+                    return False
+        return True
+
+    def _learn_usual(self, obs: Observation, watch: _RouteWatch) -> None:
+        """Fold `obs`'s slow ratios into each version's usual (a running mean for the first
+        `quiet_learn` readings, then a moving average of that memory)."""
+        watch.ticks += 1
+        for name, st in zip(obs.subsets, obs.stats, strict=True):
+            for kind, ratio in _slow_readings(st):
+                if not finite(ratio):
+                    continue
+                usual = watch.usual.get((name, kind))
+                if usual is None:
+                    watch.usual[(name, kind)] = _Usual(ratio)
+                    continue
+                usual.seen += 1
+                weight = 1.0 / min(usual.seen, self.quiet_learn)
+                usual.spread += weight * (abs(ratio - usual.level) - usual.spread)
+                usual.level += weight * (ratio - usual.level)
 
     def decide(self, obs: Observation) -> Weights:
         self._routes.setdefault(obs.route, _RouteWatch())
@@ -311,6 +360,21 @@ class SupervisedPolicy:
         docstring; `safe_note` and `primary_note` are their notes on their splits, kept where
         that split is written); sets `last_note`."""
         watch = self._routes[obs.route]
+        try:
+            return self._judge(obs, watch, proposal, safe, safe_note, primary_note)
+        finally:
+            self._learn_usual(obs, watch)
+
+    def _judge(
+        self,
+        obs: Observation,
+        watch: _RouteWatch,
+        proposal: Weights,
+        safe: Weights | Exception,
+        safe_note: str | None,
+        primary_note: str | None,
+    ) -> Weights:
+        """`_supervise` before the tick's slow ratios are learnt as usual."""
         self.last_note = None
         if isinstance(safe, Exception):
             self.last_note = f"supervisor: {self.fallback.name} failed ({safe}); policy unchecked"
@@ -346,6 +410,12 @@ class SupervisedPolicy:
         if safe_note:
             self.last_note += f"; {safe_note}"
         return safe
+
+
+def _slow_readings(st: SubsetStats) -> tuple[tuple[str, float], ...]:
+    """A version's slow ratios the quiet gate reads, by kind: the window's and the newest
+    interval's (their usual levels and noise differ)."""
+    return (("window", st.slow_ratio), ("newest", st.recent_slow_ratio))
 
 
 def _much_worse(mine: float, theirs: float, ratio: float, margin: float) -> bool:

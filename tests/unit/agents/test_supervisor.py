@@ -350,6 +350,28 @@ def test_the_quiet_gate_lets_every_move_through_while_a_version_is_slow(field: s
     assert sup.worth_moving(replace(calm, stats=tuple(stats)), move) is not None
 
 
+def test_the_quiet_gate_judges_slowness_against_a_versions_usual() -> None:
+    """Near capacity a version is always a little slow: once the route has been watched for
+    `quiet_learn` ticks, the slowness it always shows no longer opens the gate, a jump well
+    above it does, and a version that was never slow is judged on the fixed bar."""
+    sup = SupervisedPolicy(Jitter(3), surge=1.0)
+    stats = list(loaded(0.0, (34, 33, 33), 100.0).stats)
+    stats[2] = replace(stats[2], slow_ratio=0.1, recent_slow_ratio=0.1)
+    busy = replace(loaded(0.0, (34, 33, 33), 100.0), stats=tuple(stats))
+    move = Weights(NAMES, [37, 30, 33])
+    assert sup.worth_moving(busy, move) is None, "nothing learnt yet: 10 % slow is not calm"
+    for k in range(sup.quiet_learn):
+        sup.decide(replace(busy, timestamp_s=5.0 * k))
+    held = sup.worth_moving(busy, move)
+    assert held is not None and "3-point move" in held
+    jump = list(stats)
+    jump[2] = replace(jump[2], recent_slow_ratio=0.2)
+    assert sup.worth_moving(replace(busy, stats=tuple(jump)), move) is None
+    other = list(stats)
+    other[0] = replace(other[0], slow_ratio=0.06)
+    assert sup.worth_moving(replace(busy, stats=tuple(other)), move) is None
+
+
 def test_a_one_point_move_is_held_even_while_a_version_is_slow() -> None:
     """Near capacity some version is always a little slow, and a policy answers the noise
     with one-point moves: those are held, calm or not; two points go through on a busy route."""
