@@ -62,7 +62,7 @@ bench: install system-deps  ## measured performance numbers (printed, never asse
 	$(PY) bench/lab_reaction.py --trials 5
 	$(PY) bench/fidelity.py
 	$(PY) bench/lab_advantage.py --out runs/bench/lab_advantage.json
-	$(PY) bench/generalization.py --range test --count 200 --seeds 2 --suite-seeds 10 --workers 2 --as-served --policies ppo,planner,oracle,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization_test200x2_served.json
+	$(PY) bench/generalization.py --range test --count 200 --seeds 2 --suite-seeds 10 --workers 2 --as-served --policies ppo,planner,oracle,oracle-late,oracle-hindsight,equal,proportional,sqrt,greedy,canary,ewma --out runs/bench/generalization_test200x2_served.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs
